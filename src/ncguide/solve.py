@@ -1,0 +1,241 @@
+"""The inner problem: the simplex ETF nearest to the class means.
+
+    U* = argmin_{U ∈ St(d,K)}  ‖H - U M / sqrt(K-1)‖²_F + (δ/2) ‖U - U_prev‖²_F        (1)
+
+On ``St(d,K)`` both ``‖U‖²_F = K`` and ``tr(UᵀU M) = K-1`` are constant, so (1) equals
+``const - 2⟨Z, U⟩`` with
+
+    Z = H M / sqrt(K-1) + (δ/2) U_prev,                                                  (2)
+
+whose minimiser is the orthogonal polar factor of ``Z`` (orthogonal Procrustes): thin SVD
+``Z = A Σ Bᵀ``, ``U* = A Bᵀ``. It is the global minimiser, unique when ``σ_min(Z) > 0``; the
+certificate is ``⟨Z, U*⟩ = ‖Z‖_*`` (nuclear norm). One ``d×K`` SVD, ``O(dK²)``.
+
+Backward (implicit derivative of (1) = derivative of the polar factor). For ``G = ∂L/∂U*``:
+
+    X = Aᵀ G B,   Ω_ij = (X_ij - X_ji) / (σ_i + σ_j),
+    ∂L/∂Z = A Ω Bᵀ + (I - AAᵀ) G B Σ⁻¹ Bᵀ.                                               (3)
+
+(3) is ``O(dK²)`` and only divides by ``σ_i + σ_j`` — unlike autograd through ``torch.linalg.svd``,
+whose ``1/(σ_i² - σ_j²)`` terms blow up when singular values coincide, which they do near neural
+collapse. The chain through (2) (a centering and a scaling) is left to autograd.
+
+``solver="riemannian"`` solves (1) iteratively with trust regions on the Stiefel manifold
+(pymanopt, an optional extra), warm-started from ``U_prev`` as in the paper; its gradient is the
+same implicit derivative (3), evaluated at the solution it found.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .etf import canonical_stiefel, center_classes
+
+__all__ = ["nearest_etf", "inner_objective", "polar_factor", "PolarFactor", "riemannian_nearest_etf"]
+
+_SOLVERS = ("polar", "riemannian")
+
+
+def inner_objective(
+    U: torch.Tensor, H: torch.Tensor, U_prev: torch.Tensor | None = None, delta: float = 1e-3
+) -> torch.Tensor:
+    """Objective (1) for ``U, H`` of shape ``(..., d, K)``; returns shape ``(...)``."""
+    k = H.shape[-1]
+    if U_prev is None:
+        U_prev = canonical_stiefel(H.shape[-2], k, dtype=H.dtype, device=H.device)
+    fit = H - center_classes(U) / math.sqrt(k - 1)
+    prox = U - U_prev
+    return fit.pow(2).sum((-2, -1)) + 0.5 * delta * prox.pow(2).sum((-2, -1))
+
+
+class PolarFactor(torch.autograd.Function):
+    """``U = polar(Z) = A Bᵀ`` for ``Z = A Σ Bᵀ`` with the analytic backward (3)."""
+
+    @staticmethod
+    def forward(ctx, Z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        A, S, Bh = torch.linalg.svd(Z, full_matrices=False)
+        U = A @ Bh
+        ctx.save_for_backward(A, S, Bh)
+        return U
+
+    @staticmethod
+    def backward(ctx, G: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        A, S, Bh = ctx.saved_tensors
+        return _polar_backward(A, S, Bh, G)
+
+
+def _polar_backward(A: torch.Tensor, S: torch.Tensor, Bh: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
+    """Equation (3). ``A (..., d, K)``, ``S (..., K)``, ``Bh = Bᵀ (..., K, K)``, ``G (..., d, K)``."""
+    G = G.to(A.dtype)
+    B = Bh.transpose(-1, -2)
+    GB = G @ B  # d×K
+    X = A.transpose(-1, -2) @ GB  # K×K
+    tiny = torch.finfo(S.dtype).tiny
+    s = S.clamp_min(tiny)
+    denom = s.unsqueeze(-1) + s.unsqueeze(-2)
+    omega = (X - X.transpose(-1, -2)) / denom
+    # (I - AAᵀ) G B Σ⁻¹ without forming the d×d projector.
+    perp = (GB - A @ X) / s.unsqueeze(-2)
+    return (A @ omega + perp) @ Bh
+
+
+def polar_factor(Z: torch.Tensor) -> torch.Tensor:
+    """Orthogonal polar factor of ``Z`` (``(..., d, K)``, ``d >= K``), differentiable by (3)."""
+    return PolarFactor.apply(Z)
+
+
+def nearest_etf(
+    H: torch.Tensor,
+    U_prev: torch.Tensor | None = None,
+    delta: float = 1e-3,
+    *,
+    solver: str = "polar",
+    dtype: torch.dtype | None = None,
+    check_finite: bool = True,
+    max_iterations: int = 30,
+) -> torch.Tensor:
+    """Exact minimiser ``U*`` of (1), batched over leading dimensions, differentiable w.r.t. ``H``.
+
+    Args:
+        H: class means ``(..., d, K)`` (column ``c`` = centred mean of class ``c``). Used as given:
+            the heads normalise it (``H̄ = H/‖H‖_F``) before calling.
+        U_prev: proximal anchor ``(..., d, K)`` or ``(d, K)``; ``None`` uses the fixed ``U_0``
+            (first ``K`` columns of ``I_d``).
+        delta: proximal weight ``δ >= 0``.
+        solver: ``"polar"`` (closed form, default) or ``"riemannian"`` (trust regions, needs pymanopt).
+        dtype: compute dtype; default the input's, promoted to at least float32 (so also under
+            ``torch.autocast``). Pass ``torch.float64`` for more accuracy at large ``K``.
+        check_finite: raise on non-finite ``H``/``U_prev`` (costs one device sync on GPU).
+        max_iterations: trust-region iterations for ``solver="riemannian"``.
+
+    Returns:
+        ``U`` with the shape of ``H``, ``UᵀU = I``, in the compute dtype.
+    """
+    _validate(H, U_prev, delta, solver, check_finite)
+    d, k = H.shape[-2], H.shape[-1]
+    if dtype is None:
+        dtype = torch.promote_types(H.dtype, torch.float32)
+    with torch.autocast(device_type=H.device.type, enabled=False):
+        Hc = H.to(dtype)
+        if U_prev is None:
+            U_prev = canonical_stiefel(d, k, dtype=dtype, device=H.device)
+        U_prev = U_prev.to(dtype)
+        Z = center_classes(Hc) / math.sqrt(k - 1) + (0.5 * delta) * U_prev
+        if Z.shape != Hc.shape:
+            Z = Z.expand(Hc.shape)
+        if solver == "polar":
+            return PolarFactor.apply(Z)
+        return _RiemannianNearestETF.apply(Z, Hc.detach(), U_prev.detach(), delta, max_iterations)
+
+
+def _validate(H: torch.Tensor, U_prev: torch.Tensor | None, delta: float, solver: str, check: bool) -> None:
+    if not isinstance(H, torch.Tensor):
+        raise ValueError(f"H must be a torch.Tensor of shape (..., d, K); got {type(H).__name__}")
+    if H.dim() < 2:
+        raise ValueError(f"H must have shape (..., d, K) with at least 2 dimensions; got {tuple(H.shape)}")
+    d, k = H.shape[-2], H.shape[-1]
+    if k < 2:
+        raise ValueError(f"the nearest simplex ETF needs K >= 2 classes; got K={k}")
+    if d < k:
+        raise ValueError(f"the nearest simplex ETF needs d >= K; got d={d} < K={k} (H has shape (..., d, K))")
+    if not (H.is_floating_point()):
+        raise ValueError(f"H must be a floating-point tensor; got {H.dtype}")
+    if solver not in _SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {_SOLVERS}")
+    if not (delta >= 0 and math.isfinite(delta)):
+        raise ValueError(f"delta must be finite and >= 0; got {delta}")
+    if U_prev is not None:
+        if U_prev.shape[-2:] != H.shape[-2:] or U_prev.dim() > H.dim():
+            raise ValueError(
+                f"U_prev must have shape {tuple(H.shape)} or {tuple(H.shape[-2:])} like H; "
+                f"got {tuple(U_prev.shape)}"
+            )
+        try:
+            torch.broadcast_shapes(U_prev.shape, H.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"U_prev of shape {tuple(U_prev.shape)} does not broadcast to H's {tuple(H.shape)}"
+            ) from None
+    if check:
+        if not bool(torch.isfinite(H).all()):
+            raise ValueError("H has non-finite entries (NaN or inf); check the features fed to the head")
+        if U_prev is not None and not bool(torch.isfinite(U_prev).all()):
+            raise ValueError("U_prev has non-finite entries (NaN or inf)")
+
+
+# --------------------------------------------------------------------------- Riemannian solver
+
+
+def riemannian_nearest_etf(
+    H: torch.Tensor,
+    U_prev: torch.Tensor,
+    delta: float = 1e-3,
+    max_iterations: int = 30,
+    min_gradient_norm: float = 1e-12,
+) -> torch.Tensor:
+    """Solve (1) for one ``d×K`` problem with pymanopt's Riemannian trust regions (float64, CPU),
+    warm-started at ``U_prev`` — the paper's solver. Exact Euclidean gradient and Hessian:
+
+        ∇f(U) = -2c H M + 2c² U M + δ (U - U_prev),   ∇²f(U)[V] = 2c² V M + δ V,   c = 1/sqrt(K-1).
+    """
+    try:
+        import numpy as np
+        import pymanopt
+        from pymanopt.manifolds import Stiefel
+        from pymanopt.optimizers import TrustRegions
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "solver='riemannian' needs pymanopt: pip install 'ncguide[riemannian]'"
+        ) from exc
+
+    h = H.detach().to("cpu", torch.float64).numpy()
+    up = U_prev.detach().to("cpu", torch.float64).numpy()
+    d, k = h.shape
+    c = 1.0 / math.sqrt(k - 1)
+    hm = h - h.mean(axis=1, keepdims=True)
+
+    def centered(x):
+        return x - x.mean(axis=1, keepdims=True)
+
+    manifold = Stiefel(d, k)
+
+    @pymanopt.function.numpy(manifold)
+    def cost(u):
+        return float(np.sum((h - c * centered(u)) ** 2) + 0.5 * delta * np.sum((u - up) ** 2))
+
+    @pymanopt.function.numpy(manifold)
+    def egrad(u):
+        return -2 * c * hm + 2 * c * c * centered(u) + delta * (u - up)
+
+    @pymanopt.function.numpy(manifold)
+    def ehess(u, v):
+        return 2 * c * c * centered(v) + delta * v
+
+    problem = pymanopt.Problem(manifold, cost, euclidean_gradient=egrad, euclidean_hessian=ehess)
+    optimizer = TrustRegions(max_iterations=max_iterations, min_gradient_norm=min_gradient_norm, verbosity=0)
+    x0 = up if np.allclose(up.T @ up, np.eye(k), atol=1e-10) else np.linalg.qr(up)[0]
+    result = optimizer.run(problem, initial_point=x0)
+    return torch.from_numpy(np.ascontiguousarray(result.point)).to(device=H.device, dtype=H.dtype)
+
+
+class _RiemannianNearestETF(torch.autograd.Function):
+    """Trust-region forward; backward = the implicit derivative (3) at the solution found."""
+
+    @staticmethod
+    def forward(ctx, Z, H, U_prev, delta, max_iterations):  # type: ignore[override]
+        U_prev = U_prev.expand(H.shape)
+        flat_h = H.reshape(-1, *H.shape[-2:])
+        flat_p = U_prev.reshape(-1, *H.shape[-2:])
+        U = torch.stack(
+            [riemannian_nearest_etf(h, p, delta, max_iterations) for h, p in zip(flat_h, flat_p)]
+        ).reshape(H.shape)
+        A, S, Bh = torch.linalg.svd(Z, full_matrices=False)
+        ctx.save_for_backward(A, S, Bh)
+        return U
+
+    @staticmethod
+    def backward(ctx, G):  # type: ignore[override]
+        A, S, Bh = ctx.saved_tensors
+        return _polar_backward(A, S, Bh, G), None, None, None, None
