@@ -67,18 +67,18 @@ class PolarFactor(torch.autograd.Function):
 
 
 def _polar_backward(A: torch.Tensor, S: torch.Tensor, Bh: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
-    """Equation (3). ``A (..., d, K)``, ``S (..., K)``, ``Bh = Bᵀ (..., K, K)``, ``G (..., d, K)``."""
+    """Equation (3). ``A (..., d, K)``, ``S (..., K)``, ``Bh = Bᵀ (..., K, K)``, ``G (..., d, K)``.
+
+    Regrouped so that only three ``d×K×K`` products are formed: with ``X = (AᵀG) B``,
+    ``∂L/∂Z = A (Ω - X Σ⁻¹) Bᵀ + G (B Σ⁻¹ Bᵀ)`` — the same as (3), since ``A Aᵀ G B Σ⁻¹ Bᵀ = A X Σ⁻¹ Bᵀ``.
+    """
     G = G.to(A.dtype)
     B = Bh.transpose(-1, -2)
-    GB = G @ B  # d×K
-    X = A.transpose(-1, -2) @ GB  # K×K
-    tiny = torch.finfo(S.dtype).tiny
-    s = S.clamp_min(tiny)
-    denom = s.unsqueeze(-1) + s.unsqueeze(-2)
-    omega = (X - X.transpose(-1, -2)) / denom
-    # (I - AAᵀ) G B Σ⁻¹ without forming the d×d projector.
-    perp = (GB - A @ X) / s.unsqueeze(-2)
-    return (A @ omega + perp) @ Bh
+    X = (A.transpose(-1, -2) @ G) @ B  # K×K
+    s = S.clamp_min(torch.finfo(S.dtype).tiny)
+    omega = (X - X.transpose(-1, -2)) / (s.unsqueeze(-1) + s.unsqueeze(-2))
+    inv_s = s.reciprocal().unsqueeze(-2)
+    return A @ ((omega - X * inv_s) @ Bh) + G @ ((B * inv_s) @ Bh)
 
 
 def polar_factor(Z: torch.Tensor) -> torch.Tensor:
