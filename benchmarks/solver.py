@@ -35,7 +35,7 @@ def _time(fn, device: str) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def bench_shape(d: int, k: int, device: str, dtype: torch.dtype, reps: int) -> dict:
+def bench_shape(d: int, k: int, device: str, dtype: torch.dtype, reps: int, solver: str = "polar") -> dict:
     g = torch.Generator().manual_seed(0)
     H = torch.randn(d, k, generator=g).to(device=device, dtype=dtype)
     H = H / H.norm()
@@ -48,11 +48,11 @@ def bench_shape(d: int, k: int, device: str, dtype: torch.dtype, reps: int) -> d
 
     def forward():
         with torch.no_grad():
-            nearest_etf(H, U_prev, check_finite=False)
+            nearest_etf(H, U_prev, solver=solver, check_finite=False)
 
     def forward_backward():
         h = H.detach().requires_grad_(True)
-        U = nearest_etf(h, U_prev, check_finite=False)
+        U = nearest_etf(h, U_prev, solver=solver, check_finite=False)
         torch.autograd.backward(U, G)
 
     for fn in (svd, forward, forward_backward):  # warm-up (kernels, workspace)
@@ -65,6 +65,7 @@ def bench_shape(d: int, k: int, device: str, dtype: torch.dtype, reps: int) -> d
     med = {key: statistics.median(v) for key, v in times.items()}
     return {
         "device": device,
+        "solver": solver,
         "dtype": str(dtype).replace("torch.", ""),
         "d": d,
         "K": k,
@@ -90,6 +91,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="both", choices=["float32", "float64", "both"])
     parser.add_argument("--shapes", default=",".join(f"{d}x{k}" for d, k in DEFAULT_SHAPES))
     parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--solvers", default="polar,polar-gram")
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
@@ -97,21 +99,24 @@ def main() -> None:
     dtypes = [torch.float32, torch.float64] if args.dtype == "both" else [getattr(torch, args.dtype)]
 
     print(f"# nearest_etf cost vs one thin SVD — {machine()}")
-    header = f"| {'device':6} | {'dtype':7} | {'d':>5} | {'K':>5} | {'svd ms':>9} | {'fwd ms':>9} | " \
-             f"{'fwd+bwd ms':>10} | {'fwd/svd':>7} | {'fwd+bwd/svd':>11} |"
+    header = (
+        f"| {'device':6} | {'solver':10} | {'dtype':7} | {'d':>5} | {'K':>5} | {'svd ms':>9} | {'fwd ms':>9} | "
+        f"{'fwd+bwd ms':>10} | {'fwd/svd':>7} | {'fwd+bwd/svd':>11} |"
+    )
     print(header)
     print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
     for device in devices:
         for dtype in dtypes:
             for d, k in shapes:
-                reps = args.reps if k < 1000 or device == "cuda" else max(2, args.reps // 2)
-                r = bench_shape(d, k, device, dtype, reps)
-                print(
-                    f"| {r['device']:6} | {r['dtype']:7} | {d:>5} | {k:>5} | {r['svd_ms']:>9.2f} | "
-                    f"{r['fwd_ms']:>9.2f} | {r['fwdbwd_ms']:>10.2f} | {r['fwd_ratio']:>7.2f} | "
-                    f"{r['fwdbwd_ratio']:>11.2f} |",
-                    flush=True,
-                )
+                for solver in args.solvers.split(","):
+                    reps = args.reps if k < 1000 or device == "cuda" else max(2, args.reps // 2)
+                    r = bench_shape(d, k, device, dtype, reps, solver)
+                    print(
+                        f"| {r['device']:6} | {solver:10} | {r['dtype']:7} | {d:>5} | {k:>5} | {r['svd_ms']:>9.2f} | "
+                        f"{r['fwd_ms']:>9.2f} | {r['fwdbwd_ms']:>10.2f} | {r['fwd_ratio']:>7.2f} | "
+                        f"{r['fwdbwd_ratio']:>11.2f} |",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ Backward (implicit derivative of (1) = derivative of the polar factor). For ``G 
 whose ``1/(σ_i² - σ_j²)`` terms blow up when singular values coincide, which they do near neural
 collapse. The chain through (2) (a centering and a scaling) is left to autograd.
 
+``solver="polar-gram"`` computes the same polar factor from the eigendecomposition of the ``K×K``
+Gram matrix ``ZᵀZ = B Σ² Bᵀ`` in float64 (``A = Z B Σ⁻¹``, ``U* = Z B Σ⁻¹ Bᵀ``): squaring the condition
+number (``σ_min ≈ δ/2``) is harmless in float64, and a small symmetric eigensolver can be cheaper than a
+tall SVD, notably on GPUs. The result is cast back to the compute dtype.
+
 ``solver="riemannian"`` solves (1) iteratively with trust regions on the Stiefel manifold
 (pymanopt, an optional extra), warm-started from ``U_prev`` as in the paper; its gradient is the
 same implicit derivative (3), evaluated at the solution it found.
@@ -33,9 +38,9 @@ import torch
 
 from .etf import canonical_stiefel, center_classes
 
-__all__ = ["nearest_etf", "inner_objective", "polar_factor", "PolarFactor", "riemannian_nearest_etf"]
+__all__ = ["nearest_etf", "inner_objective", "polar_factor", "PolarFactor", "GramPolarFactor", "riemannian_nearest_etf"]
 
-_SOLVERS = ("polar", "riemannian")
+_SOLVERS = ("polar", "polar-gram", "riemannian")
 
 
 def inner_objective(
@@ -59,6 +64,26 @@ class PolarFactor(torch.autograd.Function):
         U = A @ Bh
         ctx.save_for_backward(A, S, Bh)
         return U
+
+    @staticmethod
+    def backward(ctx, G: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        A, S, Bh = ctx.saved_tensors
+        return _polar_backward(A, S, Bh, G)
+
+
+class GramPolarFactor(torch.autograd.Function):
+    """``polar(Z)`` via ``eigh(ZᵀZ)`` in float64; same backward (3) as :class:`PolarFactor`."""
+
+    @staticmethod
+    def forward(ctx, Z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        Z64 = Z.double()
+        lam, B = torch.linalg.eigh(Z64.transpose(-1, -2) @ Z64)
+        S = lam.clamp_min(torch.finfo(torch.float64).tiny).sqrt()
+        A = (Z64 @ B) / S.unsqueeze(-2)
+        Bh = B.transpose(-1, -2)
+        U = A @ Bh
+        ctx.save_for_backward(A.to(Z.dtype), S.to(Z.dtype), Bh.to(Z.dtype))
+        return U.to(Z.dtype)
 
     @staticmethod
     def backward(ctx, G: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
@@ -104,7 +129,8 @@ def nearest_etf(
         U_prev: proximal anchor ``(..., d, K)`` or ``(d, K)``; ``None`` uses the fixed ``U_0``
             (first ``K`` columns of ``I_d``).
         delta: proximal weight ``δ >= 0``.
-        solver: ``"polar"`` (closed form, default) or ``"riemannian"`` (trust regions, needs pymanopt).
+        solver: ``"polar"`` (closed form by thin SVD, default), ``"polar-gram"`` (closed form by a float64
+            eigendecomposition of ``ZᵀZ``) or ``"riemannian"`` (trust regions, needs pymanopt).
         dtype: compute dtype; default the input's, promoted to at least float32 (so also under
             ``torch.autocast``). Pass ``torch.float64`` for more accuracy at large ``K``.
         check_finite: raise on non-finite ``H``/``U_prev`` (costs one device sync on GPU).
@@ -127,6 +153,8 @@ def nearest_etf(
             Z = Z.expand(Hc.shape)
         if solver == "polar":
             return PolarFactor.apply(Z)
+        if solver == "polar-gram":
+            return GramPolarFactor.apply(Z)
         return _RiemannianNearestETF.apply(Z, Hc.detach(), U_prev.detach(), delta, max_iterations)
 
 
