@@ -1,0 +1,510 @@
+"""NC metrics: exact collapse, hand-computed cases, an independent numpy oracle, streaming == one shot
+(also over 2 gloo processes), invariances, bad input; and the forward-hook feature extraction."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from ncguide.etf import random_stiefel, simplex_etf
+from ncguide.features import capture, extract_features, iter_features
+from ncguide.metrics import NCAccumulator, nc_metrics, nc_metrics_streaming
+
+KEYS = [
+    "nc1", "nc1_papyan", "nc1_trace", "nc2_w", "nc2_h", "nc3", "nc3_dist", "nc4", "bias_collapse",
+    "w_equinorm", "h_equinorm", "w_equiangular", "h_equiangular", "w_maxangle", "h_maxangle",
+    "accuracy", "cosine_margin",
+]
+PER_SAMPLE = ("nc4", "accuracy", "cosine_margin")
+F64 = torch.float64
+
+
+def make_data(n, d, k, seed=0, imbalanced=False, spread=0.5, dtype=F64):
+    """Random labelled features (every class present) and a random classifier."""
+    g = torch.Generator().manual_seed(seed)
+    if imbalanced:
+        probs = torch.rand(k, generator=g, dtype=F64) ** 3 + 0.01
+        y = torch.cat([torch.arange(k), torch.multinomial(probs, n - k, replacement=True, generator=g)])
+    else:
+        y = torch.arange(n) % k
+    y = y[torch.randperm(n, generator=g)]
+    means = torch.randn(k, d, generator=g, dtype=F64) + 0.3
+    h = means[y] + spread * torch.randn(n, d, generator=g, dtype=F64)
+    W = torch.randn(k, d, generator=g, dtype=F64)
+    b = torch.randn(k, generator=g, dtype=F64)
+    return h.to(dtype), y, W, b
+
+
+def assert_metrics_close(a, b, rtol=1e-9, atol=1e-12, keys=None):
+    keys = keys or a.keys()
+    for key in keys:
+        x, y = a[key], b[key]
+        if math.isinf(x) or math.isinf(y):
+            assert x == y, (key, x, y)
+        else:
+            assert abs(x - y) <= atol + rtol * abs(y), (key, x, y)
+
+
+# ----------------------------------------------------------------------------- numpy oracle
+
+
+def numpy_reference(h, y, W, b, k):
+    """Plain numpy, straight from the definitions: d×d pseudo-inverse, explicit distances and cosines."""
+    h, y, W, b = (np.asarray(t, dtype=np.float64) for t in (h, y, W, b))
+    y = y.astype(int)
+    n, d = h.shape
+    mu = np.stack([h[y == c].mean(axis=0) for c in range(k)])
+    mu_g = h.mean(axis=0)
+    H = mu - mu_g
+    D = h - mu[y]
+    Sw = D.T @ D / n
+    Sb = H.T @ H / k
+    out = {"nc1": np.trace(Sw @ np.linalg.pinv(Sb, rcond=1e-10)) / k}
+    lam, V = np.linalg.eigh(Sb)  # ascending
+    if d >= k - 1:
+        top, Vt = lam[::-1][: k - 1], V[:, ::-1][:, : k - 1]
+        out["nc1_papyan"] = np.trace(Sw @ Vt @ np.diag(1 / top) @ Vt.T)
+    out["nc1_trace"] = np.trace(Sw) / np.trace(Sb)
+    M = np.eye(k) - np.ones((k, k)) / k
+
+    def etf_gap(A):
+        return np.linalg.norm(A / np.linalg.norm(A) - M / np.sqrt(k - 1))
+
+    out["nc2_w"], out["nc2_h"], out["nc3"] = etf_gap(W @ W.T), etf_gap(H @ H.T), etf_gap(W @ H.T)
+    out["nc3_dist"] = np.linalg.norm(W / np.linalg.norm(W) - H / np.linalg.norm(H))
+    pred = np.argmax(h @ W.T + b, axis=1)
+    ncc = np.argmin(np.linalg.norm(h[:, None, :] - mu[None, :, :], axis=2), axis=1)
+    out["nc4"] = np.mean(pred != ncc)
+    out["accuracy"] = np.mean(pred == y)
+    out["bias_collapse"] = np.linalg.norm(W @ mu_g + b)
+    for name, X in (("w", W), ("h", H)):
+        norms = np.linalg.norm(X, axis=1)
+        out[f"{name}_equinorm"] = norms.std() / norms.mean()
+        cos = [X[i] @ X[j] / (norms[i] * norms[j]) for i in range(k) for j in range(k) if i != j]
+        out[f"{name}_equiangular"] = np.std(cos)
+        out[f"{name}_maxangle"] = np.mean(np.abs(np.array(cos) + 1 / (k - 1)))
+    margins = []
+    for i in range(n):
+        v = h[i] - mu_g
+        cos = [v @ W[c] / (np.linalg.norm(v) * np.linalg.norm(W[c])) for c in range(k)]
+        margins.append(cos[y[i]] - max(cos[c] for c in range(k) if c != y[i]))
+    out["cosine_margin"] = np.mean(margins)
+    return {key: float(v) for key, v in out.items()}, np.sort(margins)
+
+
+@pytest.mark.parametrize("imbalanced", [False, True])
+@pytest.mark.parametrize("n,d,k", [(60, 5, 3), (200, 16, 10), (150, 40, 7), (90, 4, 6)])
+def test_agrees_with_numpy_reference(n, d, k, imbalanced):
+    h, y, W, b = make_data(n, d, k, seed=n + d, imbalanced=imbalanced)
+    ours, margins = nc_metrics(h, y, W, b, return_margins=True)
+    ref, ref_margins = numpy_reference(h, y, W, b, k)
+    assert_metrics_close(ours, ref, rtol=1e-8, keys=[key for key in KEYS if key in ref])
+    np.testing.assert_allclose(margins.numpy(), ref_margins, rtol=0, atol=1e-12)
+    if d < k - 1:  # rank Σ_B <= d < K-1: the top-(K-1) inverse does not exist
+        assert ours["nc1_papyan"] == math.inf
+    elif not imbalanced:
+        assert ours["nc1_papyan"] == pytest.approx(k * ours["nc1"], rel=1e-10)
+    assert set(KEYS) <= set(ours)
+
+
+# ----------------------------------------------------------------------------- exact collapse
+
+
+@pytest.mark.parametrize("k,d", [(2, 2), (3, 7), (10, 10), (10, 32)])
+@pytest.mark.parametrize("per_class", [1, 4])
+def test_exact_simplex_etf_collapse_gives_zero(k, d, per_class):
+    """h_i = α E_{y_i} + v with E a (rotated) simplex ETF, W = β E, b = -W v (so W μ_G + b = 0)."""
+    g = torch.Generator().manual_seed(k + d)
+    E = simplex_etf(d, k, random=True, generator=g, dtype=F64)
+    v = 3.0 * torch.randn(d, generator=g, dtype=F64)
+    y = torch.arange(k).repeat(per_class)
+    h = 2.5 * E[y] + v
+    W = 0.7 * E
+    b = -W @ v
+    out, margins = nc_metrics(h, y, W, b, return_margins=True)
+    for key in KEYS:
+        if key == "accuracy":
+            assert out[key] == 1.0
+        elif key == "cosine_margin":  # own cosine 1, others -1/(K-1)
+            assert out[key] == pytest.approx(k / (k - 1), abs=1e-12)
+        else:
+            assert abs(out[key]) < 1e-8, (key, out[key])
+    torch.testing.assert_close(margins, torch.full_like(margins, k / (k - 1)), rtol=0, atol=1e-12)
+    # the one-pass accumulator (raw second moment) is also exact here, up to float64 cancellation
+    acc = NCAccumulator(k, d)
+    acc.update(h, y)
+    one_pass = acc.compute(W, b)
+    assert all(abs(one_pass[key]) < 1e-8 for key in KEYS if key not in PER_SAMPLE)
+
+
+# ----------------------------------------------------------------------------- hand-computed cases
+
+
+def test_two_classes_hand_computed():
+    """K=2, d=2. Class 0: (-2,0), (0.5,1), (-1.5,-1), mean (-1,0); class 1: (2,0), (0.1,1), (0.9,-1),
+    mean (1,0); μ_G = 0, H = [[-1,0],[1,0]], Σ_B = (1/2)(e1e1ᵀ + e1e1ᵀ) = e1e1ᵀ, Σ_B⁺ = e1e1ᵀ.
+    Deviations (x, y): (-1,0), (1.5,1), (-0.5,-1), (1,0), (-0.9,1), (-0.1,-1):
+    Σx² = 1+2.25+0.25+1+0.81+0.01 = 5.32, Σy² = 4, so Σ_W = diag-part (5.32/6, 4/6) and
+    nc1 = tr(Σ_W Σ_B⁺)/K = (5.32/6)/2; nc1_papyan (top K-1 = 1 eigenpair, eigenvalue 1) = 5.32/6;
+    nc1_trace = (9.32/6)/1.
+    W = [[-1,0],[1,0]] = H: WWᵀ = WHᵀ = HHᵀ = [[1,-1],[-1,1]] = 2M, so nc2_w = nc2_h = nc3 = nc3_dist = 0.
+    b = (0.25,-0.25): predicts class 0 iff x < 0.25; the nearest mean is class 0 iff x < 0.
+    (0.5,1) [label 0] -> pred 1, ncc 1 (wrong, agree); (0.1,1) [label 1] -> pred 0, ncc 1 (wrong,
+    disagree); the other four are right and agree: accuracy 4/6, nc4 1/6.
+    Margins: h - μ_G = h, cos to w0 = -x/‖h‖, to w1 = x/‖h‖, so m = -2x/‖h‖ (class 0), 2x/‖h‖ (class 1).
+    bias_collapse = ‖b‖ = 0.25·√2; row norms equal (equinorm 0); one pair with cos -1 = -1/(K-1).
+    """
+    h = torch.tensor([[-2, 0], [0.5, 1], [-1.5, -1], [2, 0], [0.1, 1], [0.9, -1]], dtype=F64)
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    W = torch.tensor([[-1.0, 0.0], [1.0, 0.0]], dtype=F64)
+    b = torch.tensor([0.25, -0.25], dtype=F64)
+    out, margins = nc_metrics(h, y, W, b, return_margins=True)
+    sign = torch.where(y == 0, -1.0, 1.0).to(F64)
+    expected_margins = (2 * sign * h[:, 0] / h.norm(dim=1)).sort().values
+    expected = {
+        "nc1": 5.32 / 6 / 2, "nc1_papyan": 5.32 / 6, "nc1_trace": 9.32 / 6,
+        "nc2_w": 0.0, "nc2_h": 0.0, "nc3": 0.0, "nc3_dist": 0.0,
+        "accuracy": 4 / 6, "nc4": 1 / 6, "bias_collapse": 0.25 * math.sqrt(2),
+        "w_equinorm": 0.0, "h_equinorm": 0.0, "w_equiangular": 0.0, "h_equiangular": 0.0,
+        "w_maxangle": 0.0, "h_maxangle": 0.0, "cosine_margin": float(expected_margins.mean()),
+    }
+    assert_metrics_close(out, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(margins, expected_margins, rtol=0, atol=1e-14)
+    assert expected_margins[0] == pytest.approx(-1 / math.sqrt(1.25))  # (0.5, 1): -2·0.5/‖h‖
+
+
+def test_two_classes_identity_classifier_closed_forms():
+    """Same features, W = I_2: WWᵀ/‖WWᵀ‖_F = I/√2, M/√(K-1) = M, so
+    nc2_w² = 2(1/√2 - 1/2)² + 2(1/2)² = 2 - √2. WHᵀ = [[-1,1],[0,0]] (norm √2), so
+    nc3² = 2(1/√2 + 1/2)² + 2(1/2)² = 2 + √2. nc3_dist = ‖(I - H)/√2‖_F = √((4+1+1)/2) = √3.
+    The rows of I are orthogonal: cos 0, so w_maxangle = |0 + 1/(K-1)| = 1."""
+    h = torch.tensor([[-2, 0], [0.5, 1], [-1.5, -1], [2, 0], [0.1, 1], [0.9, -1]], dtype=F64)
+    y = torch.tensor([0, 0, 0, 1, 1, 1])
+    out = nc_metrics(h, y, torch.eye(2, dtype=F64))
+    assert out["nc2_w"] == pytest.approx(math.sqrt(2 - math.sqrt(2)), abs=1e-14)
+    assert out["nc3"] == pytest.approx(math.sqrt(2 + math.sqrt(2)), abs=1e-14)
+    assert out["nc3_dist"] == pytest.approx(math.sqrt(3), abs=1e-14)
+    assert out["w_maxangle"] == pytest.approx(1.0, abs=1e-14)
+    assert out["nc2_h"] == pytest.approx(0.0, abs=1e-14)
+
+
+@pytest.mark.parametrize("s,t", [(0.3, 0.0), (0.5, 2.0)])
+def test_rank_deficient_between_class_scatter(s, t):
+    """K=3 collinear means (-1,0), (0,0), (1,0), balanced, each class = mean + (±s,0), (0,±t).
+    μ_G = 0, Σ_B = (1/3)·2 e1e1ᵀ (rank 1 < K-1 = 2), Σ_B⁺ = (3/2) e1e1ᵀ; Σ_W = diag(s²/2, t²/2).
+    nc1 = (s²/2)(3/2)/3 = s²/4, however large t is; nc1_trace = ((s²+t²)/2)/(2/3);
+    the top-(K-1) inverse does not exist: nc1_papyan = inf.
+    H has a zero row: its cosines are 0, so the cosines over ordered pairs are (-1,-1,0,0,0,0):
+    h_equiangular = √(2/6 - 1/9) = √2/3."""
+    means = torch.tensor([[-1.0, 0.0], [0.0, 0.0], [1.0, 0.0]], dtype=F64)
+    offsets = torch.tensor([[s, 0], [-s, 0], [0, t], [0, -t]], dtype=F64)
+    h = (means[:, None, :] + offsets[None]).reshape(-1, 2)
+    y = torch.arange(3).repeat_interleave(4)
+    out = nc_metrics(h, y, torch.randn(3, 2, dtype=F64))
+    assert out["nc1"] == pytest.approx(s**2 / 4, rel=1e-12)
+    assert out["nc1_trace"] == pytest.approx((s**2 + t**2) / 2 / (2 / 3), rel=1e-12)
+    assert out["nc1_papyan"] == math.inf
+    assert out["h_equiangular"] == pytest.approx(math.sqrt(2) / 3, rel=1e-12)
+
+
+def test_sigma_b_zero_gives_nan_not_zero():
+    """All class means equal: Σ_B = 0, so NC1 is undefined (pinv(0) = 0 would report a false 0)."""
+    h = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0], [-1.0, 0.0]], dtype=F64)
+    y = torch.tensor([0, 0, 1, 1])
+    out = nc_metrics(h, y, torch.eye(2, dtype=F64))
+    assert math.isnan(out["nc1"]) and math.isnan(out["nc1_papyan"]) and out["nc1_trace"] == math.inf
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+def batches_of(h, y, sizes):
+    def make():
+        start = 0
+        for s in sizes:
+            yield h[start : start + s], y[start : start + s]
+            start += s
+        assert start == len(y)
+
+    return make
+
+
+@pytest.mark.parametrize("imbalanced", [False, True])
+@pytest.mark.parametrize("sizes", [[1] * 7 + [93], [33, 33, 34], [100]])
+@pytest.mark.parametrize("dtype", [F64, torch.float32])
+def test_streaming_equals_one_shot(sizes, imbalanced, dtype):
+    h, y, W, b = make_data(100, 12, 6, seed=3, imbalanced=imbalanced, dtype=dtype)
+    one, margins = nc_metrics(h, y, W, b, return_margins=True)
+    stream, stream_margins = nc_metrics_streaming(batches_of(h, y, sizes), W, b, return_margins=True)
+    assert_metrics_close(stream, one, rtol=1e-10)
+    torch.testing.assert_close(stream_margins, margins, rtol=0, atol=1e-14)
+    # one pass, Σ_W from the raw second moment: the same up to float64 cancellation
+    acc = NCAccumulator(6, 12)
+    for hb, yb in batches_of(h, y, sizes)():
+        acc.update(hb, yb)
+    one_pass = acc.compute(W, b)
+    assert_metrics_close(one_pass, one, rtol=1e-8, keys=[k for k in KEYS if k not in PER_SAMPLE])
+    assert not set(PER_SAMPLE) & set(one_pass)
+
+
+def test_accumulator_api_two_passes_and_reuse():
+    h, y, W, b = make_data(80, 9, 4, seed=5)
+    acc = NCAccumulator(4, 9, device="cpu", raw_scatter=False)
+    for hb, yb in zip(h.split(30), y.split(30)):
+        acc.update(hb, yb)
+    with pytest.raises(ValueError, match="raw_scatter"):
+        acc.compute(W, b)
+    acc.start_second_pass(W, b)
+    for hb, yb in zip(h.split(17), y.split(17)):  # batching may differ between passes
+        acc.update(hb, yb)
+    assert_metrics_close(acc.compute(), nc_metrics(h, y, W, b), rtol=1e-10)
+    assert acc.compute() == acc.compute()  # compute is repeatable (no double reduction)
+    with pytest.raises(ValueError, match="different classifier"):
+        acc.compute(W + 1, b)
+    with pytest.raises(ValueError, match="already started"):
+        acc.start_second_pass(W, b)
+    acc.reset()
+    with pytest.raises(ValueError, match="sorted margins"):
+        acc.sorted_margins()
+
+
+def test_second_pass_over_different_samples_is_refused():
+    h, y, W, b = make_data(40, 5, 3, seed=6)
+    calls = []
+
+    def make():
+        calls.append(None)
+        return [(h, y)] if len(calls) == 1 else [(h[:-1], y[:-1])]
+
+    with pytest.raises(ValueError, match="same samples"):
+        nc_metrics_streaming(make, W, b)
+
+
+@pytest.mark.slow
+def test_imagenet_shape_streaming_equals_one_shot():
+    """K = 1000, d = 2048 streamed in uneven batches (N = 4000, float32 inputs as a model gives them)."""
+    k, d, n = 1000, 2048, 4000
+    h, y, W, b = make_data(n, d, k, seed=7, spread=0.8, dtype=torch.float32)
+    one = nc_metrics(h, y, W, b)
+    sizes = [512] * 7 + [n - 7 * 512]
+    stream = nc_metrics_streaming(batches_of(h, y, sizes), W, b)
+    assert_metrics_close(stream, one, rtol=1e-9)
+    assert one["nc1_papyan"] == pytest.approx(k * one["nc1"], rel=1e-9)  # rank Σ_B = K-1, balanced
+    assert 0 < one["nc1"] < math.inf
+
+
+# ----------------------------------------------------------------------------- invariances
+
+
+def test_invariant_to_sample_order():
+    h, y, W, b = make_data(120, 10, 5, seed=8, imbalanced=True)
+    perm = torch.randperm(120, generator=torch.Generator().manual_seed(0))
+    a, ma = nc_metrics(h, y, W, b, return_margins=True)
+    c, mc = nc_metrics(h[perm], y[perm], W, b, return_margins=True)
+    assert_metrics_close(a, c, rtol=1e-10)
+    torch.testing.assert_close(ma, mc, rtol=0, atol=1e-14)
+
+
+def test_invariant_to_class_relabelling():
+    h, y, W, b = make_data(120, 10, 5, seed=9, imbalanced=True)
+    perm = torch.randperm(5, generator=torch.Generator().manual_seed(1))  # class c -> perm[c]
+    inv = torch.argsort(perm)
+    assert_metrics_close(nc_metrics(h, perm[y], W[inv], b[inv]), nc_metrics(h, y, W, b), rtol=1e-10)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 7.0])
+def test_scaling_leaves_scale_free_metrics_unchanged(scale):
+    """h -> a·h with b -> a·b scales the logits by a (same argmax); W, b -> β·(W, b) likewise.
+    Everything is scale-free except bias_collapse = ‖Wμ_G + b‖, which scales by a (resp. β)."""
+    h, y, W, b = make_data(100, 8, 4, seed=10)
+    base = nc_metrics(h, y, W, b)
+    for out in (nc_metrics(scale * h, y, W, scale * b), nc_metrics(h, y, scale * W, scale * b)):
+        assert_metrics_close(out, base, rtol=1e-9, keys=[k for k in KEYS if k != "bias_collapse"])
+        assert out["bias_collapse"] == pytest.approx(scale * base["bias_collapse"], rel=1e-12)
+
+
+def test_invariant_to_rotating_features_and_classifier():
+    h, y, W, b = make_data(100, 8, 4, seed=11)
+    Q = random_stiefel(8, 8, generator=torch.Generator().manual_seed(2), dtype=F64)
+    assert_metrics_close(nc_metrics(h @ Q, y, W @ Q, b), nc_metrics(h, y, W, b), rtol=1e-9, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _bad_inputs():
+    h, y, W, b = make_data(30, 4, 3, seed=12)
+    nan_h = h.clone()
+    nan_h[3, 1] = math.nan
+    inf_h = h.clone()
+    inf_h[0, 0] = math.inf
+    missing = y.clone()
+    missing[missing == 2] = 0
+    return {
+        "length mismatch": (h, y[:-1], W, b, "one entry per"),
+        "empty class": (h, missing, W, b, "no samples"),
+        "nan features": (nan_h, y, W, b, "NaN or inf"),
+        "inf features": (inf_h, y, W, b, "NaN or inf"),
+        "label too large": (h, torch.where(y == 2, 3, y), W, b, r"\[0, 2\]"),
+        "negative label": (h, torch.where(y == 2, -1, y), W, b, r"\[0, 2\]"),
+        "float labels": (h, y.double(), W, b, "integer"),
+        "weight d mismatch": (h, y, W[:, :3], b, "shape"),
+        "bias shape": (h, y, W, b[:2], "bias must have shape"),
+        "1-D features": (h[:, 0], y, W, b, "2-D"),
+        "nan weight": (h, y, W * math.nan, b, "NaN or inf"),
+    }
+
+
+BAD = _bad_inputs()
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_raises_value_error(case):
+    h, y, W, b, match = BAD[case]
+    with pytest.raises(ValueError, match=match):
+        nc_metrics(h, y, W, b)
+    with pytest.raises(ValueError, match=match):
+        nc_metrics_streaming(lambda: [(h, y)], W, b, num_classes=3, feature_dim=4)
+
+
+def test_weight_rows_must_match_num_classes():
+    h, y, W, b = make_data(30, 4, 3, seed=13)
+    with pytest.raises(ValueError, match="shape"):
+        nc_metrics(h, y, W, b, num_classes=4)
+    with pytest.raises(ValueError, match="K >= 2"):
+        NCAccumulator(1, 4)
+    with pytest.raises(ValueError, match="no batches"):
+        NCAccumulator(3, 4).compute(W, b)
+
+
+# ----------------------------------------------------------------------------- torch.distributed
+
+
+WORLD = 2
+
+
+def _ddp_worker(rank, world, port, out_dir):
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        h, y, W, b = make_data(90, 7, 4, seed=14, imbalanced=True)
+        shard = slice(0, 50) if rank == 0 else slice(50, 90)  # unequal shards
+        hs, ys = h[shard], y[shard]
+        out, margins = nc_metrics_streaming(lambda: zip(hs.split(16), ys.split(16)), W, b, return_margins=True)
+        acc = NCAccumulator(4, 7)
+        acc.update(hs, ys)
+        # rank 1 sees no samples at all: its sums are zeros on the weight's device, nothing hangs
+        empty = nc_metrics_streaming(lambda: [(h, y)] if rank == 0 else [], W, b)
+        result = {"two": out, "margins": margins, "one": acc.compute(W, b), "empty": empty}
+        torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    mp.spawn(_ddp_worker, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    h, y, W, b = make_data(90, 7, 4, seed=14, imbalanced=True)
+    single, margins = nc_metrics(h, y, W, b, return_margins=True)
+    for rank in range(WORLD):
+        res = torch.load(tmp_path / f"{rank}.pt")
+        assert_metrics_close(res["two"], single, rtol=1e-10)
+        torch.testing.assert_close(res["margins"], margins, rtol=0, atol=1e-14)
+        assert_metrics_close(res["one"], single, rtol=1e-8, keys=[k for k in KEYS if k not in PER_SAMPLE])
+        assert_metrics_close(res["empty"], single, rtol=1e-10)
+
+
+# ----------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_equals_cpu():
+    h, y, W, b = make_data(500, 64, 10, seed=15, imbalanced=True, dtype=torch.float32)
+    cpu, m_cpu = nc_metrics(h, y, W, b, return_margins=True)
+    dev = torch.device("cuda")
+    gpu, m_gpu = nc_metrics(h.to(dev), y.to(dev), W.to(dev), b.to(dev), return_margins=True)
+    assert_metrics_close(gpu, cpu, rtol=1e-9)
+    torch.testing.assert_close(m_gpu.cpu(), m_cpu, rtol=0, atol=1e-12)
+    batches = lambda: zip(h.to(dev).split(64), y.to(dev).split(64))  # noqa: E731
+    assert_metrics_close(nc_metrics_streaming(batches, W.to(dev), b.to(dev)), cpu, rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------- features.py
+
+
+def small_net():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 3)
+    ).double()
+
+
+@pytest.mark.parametrize("layer,which", [("4", "output"), ("5", "input")])
+def test_hook_extraction_equals_manual_penultimate(layer, which):
+    net = small_net().train()
+    x = torch.randn(50, 6, dtype=F64)
+    with torch.no_grad():
+        manual = net.eval()[:5](x)  # eval mode: dropout off
+    net.train()
+    got = extract_features(net, layer, x, which=which, batch_size=16)
+    torch.testing.assert_close(got, manual, rtol=0, atol=1e-14)  # batched GEMMs round differently
+    assert net.training and all(m.training for m in net.modules())  # modes restored
+    assert not any(m._forward_hooks for m in net.modules())  # hooks removed
+    y = torch.arange(50) % 3
+    loader = [(x[i : i + 20], y[i : i + 20]) for i in range(0, 50, 20)]
+    got2, labels = extract_features(net, layer, loader, which=which, return_labels=True)
+    torch.testing.assert_close(got2, manual, rtol=0, atol=1e-14)
+    assert torch.equal(labels, y)
+
+
+def test_hook_features_feed_the_metrics():
+    net = small_net()
+    x = torch.randn(60, 6, dtype=F64)
+    y = torch.arange(60) % 3
+    loader = [(x[i : i + 25], y[i : i + 25]) for i in range(0, 60, 25)]
+    W, b = net[5].weight, net[5].bias
+    h = extract_features(net, "5", x, which="input")
+    stream = nc_metrics_streaming(lambda: iter_features(net, "5", loader, which="input"), W, b)
+    assert_metrics_close(stream, nc_metrics(h, y, W, b), rtol=1e-10)
+    # the classifier's accuracy computed from hooked features equals the model's own
+    assert stream["accuracy"] == pytest.approx(float((net.eval()(x).argmax(1) == y).double().mean()))
+
+
+def test_capture_context_manager_and_errors():
+    net = small_net().eval()
+    x = torch.randn(5, 6, dtype=F64, requires_grad=True)
+    with capture(net, "3", detach=False) as store:
+        net(x)
+        net(x)
+    assert len(store) == 2 and store[0].requires_grad and store[0].shape == (5, 8)
+    assert not net[3]._forward_hooks
+    with pytest.raises(ValueError, match=r"no layer named 'fc'.*Valid names \(6\): '0', '1'"):
+        with capture(net, "fc"):
+            pass
+    with pytest.raises(ValueError, match="which"):
+        extract_features(net, "3", x, which="both")
+    with pytest.raises(ValueError, match="Did you mean '3'"):
+        iter_features(net, "3 ", x)  # raised at the call, before any batch
+    lin = nn.Linear(4, 4)
+    twice = nn.Sequential()
+    twice.add_module("a", lin)
+    twice.add_module("b", lin)  # the same module runs twice per forward
+    with pytest.raises(ValueError, match="2 times"):
+        extract_features(twice, "a", torch.randn(3, 4))
+    with pytest.raises(ValueError, match="carry no labels"):
+        extract_features(net, "3", x.detach(), return_labels=True)
