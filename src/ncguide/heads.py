@@ -1,0 +1,338 @@
+"""Classifier heads: nearest simplex ETF (the paper's method), fixed ETF and the standard linear head.
+
+All heads share one interface, so any of them can sit on any backbone that returns ``(N, d)``
+features::
+
+    head = build_head("nearest-etf", feature_dim=512, num_classes=100)
+    logits = head(features, targets)        # targets needed in training mode for nearest-etf
+    loss = F.cross_entropy(logits, targets)
+    loss.backward(); optimizer.step(); head.after_step()   # after_step: see StandardHead
+
+Features as the classifier sees them: ``h̃ = τ h/‖h‖`` (``transform``; identity for the plain
+head). Logits ``W h̃ + b`` in float32 or better: autocast is disabled inside ``forward`` and the
+features are cast up, so the solve never runs in bfloat16/float16.
+
+- ``NearestETFHead``: ``W = sqrt(K/(K-1)) M U*ᵀ`` with ``U*`` the ETF nearest to the running class
+  means (``means.py``, ``solve.py``); ``b = -W μ_B`` in training, ``-W μ_G`` (running mean) in eval.
+- ``FixedETFHead``: the same with a fixed ``U_0`` (random Haar rotation by default).
+- ``StandardHead``: learnable ``Linear(d, K)``; rows renormalised to unit norm by ``after_step()``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .etf import canonical_stiefel, etf_weight, random_stiefel
+from .means import RunningClassMeans, RunningMean
+from .solve import nearest_etf
+
+__all__ = ["METHODS", "Head", "NearestETFHead", "FixedETFHead", "StandardHead", "build_head"]
+
+METHODS = ("standard", "fixed-etf", "nearest-etf", "nearest-etf-nograd", "standard-plain")
+
+
+class Head(nn.Module):
+    """Base class: ``forward(features, targets=None) -> logits`` (``N×K``, float32 or better),
+    ``transform``, the current ``weight`` (``K×d``) and eval-mode ``bias`` (``K``), ``after_step``.
+
+    Label range check: every call for CPU targets; on other devices only on the first call (it needs
+    a host sync), after which an out-of-range label fails inside the kernels instead.
+    """
+
+    needs_targets = False  # targets required in training mode
+
+    def __init__(
+        self, feature_dim: int, num_classes: int, temperature: float = 5.0, normalize_features: bool = True
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"a classifier head needs num_classes >= 2; got {num_classes}")
+        if feature_dim < 1:
+            raise ValueError(f"feature_dim must be >= 1; got {feature_dim}")
+        if not (temperature > 0 and math.isfinite(temperature)):
+            raise ValueError(f"temperature must be a finite positive number; got {temperature}")
+        self.feature_dim, self.num_classes = int(feature_dim), int(num_classes)
+        self.temperature, self.normalize_features = float(temperature), normalize_features
+        self._device_targets_checked = False
+
+    def transform(self, features: torch.Tensor) -> torch.Tensor:
+        """``h̃ = τ h/‖h‖`` row-wise (identity when ``normalize_features=False``), in float32 or better."""
+        h = features.to(torch.promote_types(features.dtype, torch.float32))
+        if not self.normalize_features:
+            return h
+        return self.temperature * F.normalize(h, dim=1, eps=1e-12)
+
+    def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_inputs(features, targets)
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return self._logits(self.transform(features), targets)
+
+    def _logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The current classifier ``W`` (``K×d``), detached."""
+        raise NotImplementedError
+
+    @property
+    def bias(self) -> torch.Tensor:
+        """The evaluation-mode bias ``b`` (``K``), detached."""
+        raise NotImplementedError
+
+    def after_step(self) -> None:
+        """Call after every ``optimizer.step()`` (no-op except for ``StandardHead``)."""
+
+    def _check_inputs(self, features: torch.Tensor, targets: torch.Tensor | None) -> None:
+        if features.dim() != 2 or features.shape[1] != self.feature_dim:
+            raise ValueError(
+                f"features must have shape (N, {self.feature_dim}); got {tuple(features.shape)} "
+                f"(build the head with feature_dim={features.shape[-1] if features.dim() else '?'} "
+                "or flatten the backbone output)"
+            )
+        if not features.is_floating_point():
+            raise ValueError(f"features must be floating point; got {features.dtype}")
+        if targets is None:
+            if self.training and self.needs_targets:
+                raise ValueError(
+                    f"{type(self).__name__} needs targets in training mode to update the class means: "
+                    "call head(features, targets), or head.eval() for inference"
+                )
+            return
+        if targets.shape != features.shape[:1] or targets.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"targets must be an integer (int64) tensor of shape ({features.shape[0]},) of class "
+                f"indices; got dtype {targets.dtype}, shape {tuple(targets.shape)}"
+            )
+        if targets.device.type != "cpu":
+            if self._device_targets_checked:
+                return
+            self._device_targets_checked = True
+        if targets.numel() and not bool(((targets >= 0) & (targets < self.num_classes)).all()):
+            raise ValueError(
+                f"targets must be class indices in [0, {self.num_classes}); got values in "
+                f"[{int(targets.min())}, {int(targets.max())}] (remap the labels or set num_classes)"
+            )
+
+
+def _check_etf_dims(feature_dim: int, num_classes: int) -> None:
+    if feature_dim < num_classes:
+        raise ValueError(
+            f"a simplex-ETF head needs feature_dim >= num_classes; got {feature_dim} < {num_classes} "
+            "(widen the feature layer, e.g. add a Linear projection, or use StandardHead)"
+        )
+
+
+class NearestETFHead(Head):
+    """Classifier set to the simplex ETF nearest to the running class means (Markou et al. 2024).
+
+    Training forward (``targets`` required), ``h̃ = τ h/‖h‖``:
+
+        A_t = running class means (means.py),  H̄ = A_t/‖A_t‖_F  (H̄ = 0 if A_t = 0)
+        U*  = argmin_{U ∈ St(d,K)} ‖H̄ - U M/sqrt(K-1)‖²_F + (δ/2)‖U - U_prev‖²_F   (solve.py)
+        W   = sqrt(K/(K-1)) M U*ᵀ,   logits = W h̃ - W μ_B
+
+    then ``U_prev ← U*`` (detached; the first anchor is ``U_0`` = first ``K`` columns of ``I_d``).
+    ``implicit_grad=True`` backpropagates through the solve (implicit derivative); ``False`` is the
+    paper's "no DDN gradient" ablation (solve under ``no_grad``; the features still get gradient
+    through ``W h̃ - W μ_B``). Eval forward: ``W`` of the last solution, ``b = -W μ_G`` with the
+    running global mean; no state changes. The solve runs in ``solve_dtype`` (default: float32, or
+    the features' dtype if wider). The training forward does no host-device sync.
+    """
+
+    needs_targets = True
+
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: int,
+        temperature: float = 5.0,
+        delta: float = 1e-3,
+        solver: str = "polar",
+        implicit_grad: bool = True,
+        mean_schedule: str = "paper",
+        alpha_min: float = 1e-4,
+        solve_dtype: torch.dtype | None = None,
+        *,
+        ema_alpha: float = 0.1,
+        sync_distributed: bool = True,
+    ) -> None:
+        super().__init__(feature_dim, num_classes, temperature)
+        _check_etf_dims(feature_dim, num_classes)
+        if not (delta >= 0 and math.isfinite(delta)):
+            raise ValueError(f"delta must be finite and >= 0; got {delta}")
+        if solver not in ("polar", "riemannian"):
+            raise ValueError(f"unknown solver {solver!r}; choose 'polar' or 'riemannian'")
+        if solve_dtype is not None and solve_dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"solve_dtype must be None, torch.float32 or torch.float64; got {solve_dtype}")
+        self.delta, self.solver, self.implicit_grad, self.solve_dtype = float(delta), solver, implicit_grad, solve_dtype
+        self.means = RunningClassMeans(
+            feature_dim, num_classes, mean_schedule, alpha_min, ema_alpha, sync=sync_distributed
+        )
+        self.register_buffer("U", canonical_stiefel(feature_dim, num_classes, dtype=solve_dtype or torch.float32))
+
+    def _logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        if not self.training:
+            W = etf_weight(self.U).to(h.dtype)
+            return h @ W.T - W @ self.means.global_mean.to(h.dtype)
+        A, mu = self.means.update(h, targets)
+        norm = torch.linalg.vector_norm(A)
+        Hbar = A / (norm + (norm == 0))  # H̄ = A/‖A‖_F, and 0 (not NaN) when A = 0
+        U = self.solve(Hbar)
+        with torch.no_grad():
+            self.U.copy_(U)
+        W = etf_weight(U).to(h.dtype)
+        return h @ W.T - W @ mu
+
+    def solve(self, Hbar: torch.Tensor) -> torch.Tensor:
+        """``U*`` for the normalised means ``H̄`` (``d×K``), anchored at the stored ``U_prev``."""
+        kw = dict(solver=self.solver, dtype=self.solve_dtype, check_finite=False)
+        if self.implicit_grad:
+            return nearest_etf(Hbar, self.U, self.delta, **kw)
+        with torch.no_grad():
+            return nearest_etf(Hbar.detach(), self.U, self.delta, **kw)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return etf_weight(self.U).detach()
+
+    @property
+    def bias(self) -> torch.Tensor:
+        W = self.weight
+        return -(W @ self.means.global_mean.to(W.dtype))
+
+    def extra_repr(self) -> str:
+        return (
+            f"feature_dim={self.feature_dim}, num_classes={self.num_classes}, temperature={self.temperature}, "
+            f"delta={self.delta}, solver={self.solver!r}, implicit_grad={self.implicit_grad}, "
+            f"mean_schedule={self.means.schedule!r}"
+        )
+
+
+class FixedETFHead(Head):
+    """Fixed simplex-ETF classifier ``W = sqrt(K/(K-1)) M U_0ᵀ`` (buffer), ``b = -W μ_B`` in training
+    and ``-W μ_G`` (running global mean) in eval. ``rotation="random"`` (default) draws a Haar ``U_0``
+    from ``seed``; ``"canonical"`` uses the first ``K`` columns of ``I_d``, which trains slowly and
+    unstably under Adam (coordinate-wise updates meet an axis-aligned ETF; DESIGN §5)."""
+
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: int,
+        temperature: float = 5.0,
+        rotation: str = "random",
+        seed: int = 0,
+        *,
+        mean_schedule: str = "paper",
+        alpha_min: float = 1e-4,
+        ema_alpha: float = 0.1,
+        sync_distributed: bool = True,
+    ) -> None:
+        super().__init__(feature_dim, num_classes, temperature)
+        _check_etf_dims(feature_dim, num_classes)
+        if rotation == "random":
+            U0 = random_stiefel(feature_dim, num_classes, generator=torch.Generator().manual_seed(seed))
+        elif rotation == "canonical":
+            U0 = canonical_stiefel(feature_dim, num_classes)
+        else:
+            raise ValueError(f"unknown rotation {rotation!r}; choose 'random' or 'canonical'")
+        self.rotation = rotation
+        self.register_buffer("fixed_weight", etf_weight(U0))
+        self.global_mean = RunningMean(feature_dim, mean_schedule, alpha_min, ema_alpha, sync=sync_distributed)
+
+    def _logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        mu = self.global_mean.update(h) if self.training else self.global_mean.mean.to(h.dtype)
+        W = self.fixed_weight.to(h.dtype)
+        return h @ W.T - W @ mu
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.fixed_weight.detach()
+
+    @property
+    def bias(self) -> torch.Tensor:
+        return -(self.fixed_weight @ self.global_mean.mean.to(self.fixed_weight.dtype))
+
+    def extra_repr(self) -> str:
+        return (
+            f"feature_dim={self.feature_dim}, num_classes={self.num_classes}, "
+            f"temperature={self.temperature}, rotation={self.rotation!r}"
+        )
+
+
+class StandardHead(Head):
+    """Learnable ``Linear(d, K)`` on ``h̃ = τ h/‖h‖`` — the paper's baseline.
+
+    With ``normalize_weights=True`` the rows of ``W`` are renormalised to unit norm at construction
+    and by ``after_step()``, which the training loop must call after every ``optimizer.step()``
+    (in your own loop: ``optimizer.step(); head.after_step()``, or once
+    ``optimizer.register_step_post_hook(lambda *_: head.after_step())``). The bias stays learnable.
+    ``normalize_weights=False, normalize_features=False`` is the ordinary linear layer on raw
+    features (``standard-plain``; ``temperature`` is then unused).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: int,
+        temperature: float = 5.0,
+        normalize_weights: bool = True,
+        normalize_features: bool = True,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(feature_dim, num_classes, temperature, normalize_features)
+        self.normalize_weights = normalize_weights
+        self.linear = nn.Linear(feature_dim, num_classes, bias=bias)
+        self.after_step()
+
+    def _logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        b = self.linear.bias
+        return F.linear(h, self.linear.weight.to(h.dtype), None if b is None else b.to(h.dtype))
+
+    def after_step(self) -> None:
+        """``W ← W / ‖W_row‖`` (unit-norm rows) when ``normalize_weights``; otherwise nothing."""
+        if self.normalize_weights:
+            with torch.no_grad():
+                w = self.linear.weight
+                w.div_(torch.linalg.vector_norm(w, dim=1, keepdim=True).clamp_min(1e-12))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight.detach()
+
+    @property
+    def bias(self) -> torch.Tensor:
+        b = self.linear.bias
+        return self.linear.weight.new_zeros(self.num_classes) if b is None else b.detach()
+
+    def extra_repr(self) -> str:
+        return (
+            f"temperature={self.temperature}, normalize_weights={self.normalize_weights}, "
+            f"normalize_features={self.normalize_features}"
+        )
+
+
+_REGISTRY: dict[str, tuple[type[Head], dict]] = {
+    "standard": (StandardHead, {}),
+    "standard-plain": (StandardHead, {"normalize_weights": False, "normalize_features": False}),
+    "fixed-etf": (FixedETFHead, {}),
+    "nearest-etf": (NearestETFHead, {"implicit_grad": True}),
+    "nearest-etf-nograd": (NearestETFHead, {"implicit_grad": False}),
+}
+
+
+def build_head(method: str, feature_dim: int, num_classes: int, **kwargs) -> Head:
+    """The head for a method name in ``METHODS``; ``kwargs`` go to its constructor."""
+    if method not in _REGISTRY:
+        raise ValueError(f"unknown head method {method!r}; choose one of {METHODS}")
+    cls, fixed = _REGISTRY[method]
+    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "feature_dim", "num_classes"} - set(fixed)
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise ValueError(f"method {method!r} does not take {unknown}; it accepts {sorted(allowed)}")
+    return cls(feature_dim, num_classes, **fixed, **kwargs)

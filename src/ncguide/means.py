@@ -1,0 +1,227 @@
+"""Running class-mean estimate fed to the nearest-ETF solve (DESIGN §1).
+
+Each training batch gives ``B_t`` (``d×K``): column ``c`` is the mean of ``h̃`` over the batch's
+class-``c`` samples minus the batch's global mean ``μ_B``. The running estimate is
+
+    A_t[:, c] = (1 - α_{t,c}) A_{t-1}[:, c].detach() + α_{t,c} B_t[:, c]     (c present in the batch)
+    A_t[:, c] = A_{t-1}[:, c]                                                 (c absent: unchanged)
+
+so gradient reaches the features through the current batch term ``α B_t`` only. Schedules
+(``t`` = number of batches in which class ``c`` has been present, this one included; it equals the
+global step when every batch holds every class, the paper's setting):
+
+    "paper"       α = max(2/(t+1), α_min)                     (α_min = 1e-4)
+    "cumulative"  α = n_{t,c} / Σ_{s<=t} n_{s,c}              (plain sample-weighted mean of the B_s)
+    "ema"         α = ema_alpha (fixed), except α = 1 the first time a class is seen
+
+Every schedule has ``α = 1`` at a class's first batch, so the placeholder a class holds before
+then is never mixed into its estimate.
+
+**Never-seen classes.** Until class ``c`` appears, :meth:`RunningClassMeans.estimate` gives it the
+mean ``m`` of the seen columns (no zeros, no NaN). Then the centred estimate ``A M`` (the only part
+of ``A`` the solve uses besides its norm) is exactly "seen columns centred among themselves, zero
+columns for the unseen": the mean over all ``K`` columns is ``m`` itself, so the unseen columns
+centre to 0 and the seen ones are centred by their own mean. An unseen class thus contributes
+nothing to the fit term of the inner problem, and the proximal anchor keeps ``U`` defined there.
+If no class has been seen, or all seen columns coincide (e.g. a first batch of one class), the
+estimate is 0; the head then solves with ``H̄ = 0`` and gets ``U* = U_prev``.
+
+**Distributed.** Under ``torch.distributed`` (initialised, world size > 1) the per-class sums and
+counts of ``h̃`` are all-reduced (one collective of a ``K×(d+1)`` tensor) before any mean is formed,
+with an autograd-aware all-reduce (as ``torch.distributed.nn.functional.all_reduce``, now deprecated):
+every rank computes the same ``A_t``, ``μ_B`` and running state. Its backward sums the incoming
+gradients over ranks (every rank must run the backward), so rank
+``r``'s features receive the gradient of ``Σ_r' L_r'`` (the sum of all ranks' losses); DDP's averaging
+of parameter gradients over ranks then yields the gradient of the mean loss.
+
+A running estimate of the global feature mean (same schedule, with ``t`` = training steps) is kept
+for the evaluation-mode bias ``b = -W μ_G``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["SCHEDULES", "mean_alpha", "batch_class_sums", "fill_unseen", "RunningMean", "RunningClassMeans"]
+
+SCHEDULES = ("paper", "cumulative", "ema")
+
+
+def mean_alpha(
+    schedule: str,
+    steps: torch.Tensor,
+    batch_count: torch.Tensor,
+    total_count: torch.Tensor,
+    alpha_min: float = 1e-4,
+    ema_alpha: float = 0.1,
+) -> torch.Tensor:
+    """Step size ``α`` per entry: ``steps`` = updates so far including this one, ``batch_count`` =
+    samples in this batch, ``total_count`` = samples so far including this batch. ``α = 0`` where
+    ``batch_count == 0`` (nothing to update); ``α = 1`` at the first update."""
+    t = steps.to(total_count.dtype)
+    if schedule == "paper":
+        alpha = (2.0 / (t + 1.0)).clamp_min(alpha_min)
+    elif schedule == "cumulative":
+        alpha = batch_count / total_count.clamp_min(1.0)
+    elif schedule == "ema":
+        alpha = 1.0 + (ema_alpha - 1.0) * (t > 1)
+    else:
+        raise ValueError(f"unknown mean schedule {schedule!r}; choose one of {SCHEDULES}")
+    return alpha * (batch_count > 0)
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks; backward sums the incoming gradients over ranks (the adjoint of the forward)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
+def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable all-reduce (sum) over the default group; identity when not distributed."""
+    return _AllReduceSum.apply(x) if _world_size() > 1 else x
+
+
+def batch_class_sums(
+    features: torch.Tensor, targets: torch.Tensor, num_classes: int, sync: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums ``S`` (``K×d``, differentiable) and counts ``n`` (``K``) of ``features``
+    (``N×d``) by ``targets`` (``N``), all-reduced over ranks when ``sync`` and distributed.
+    Vectorised with ``index_add`` (no loop over classes, no host sync)."""
+    n, d = features.shape
+    ones = torch.ones(n, 1, dtype=features.dtype, device=features.device)
+    stacked = torch.cat([features, ones], dim=1)  # N×(d+1): last column counts
+    sums = stacked.new_zeros(num_classes, d + 1).index_add(0, targets, stacked)
+    if sync:
+        sums = _all_reduce_sum(sums)
+    return sums[:, :d], sums[:, d].detach()
+
+
+class RunningMean(nn.Module):
+    """Running estimate ``μ_t = (1-α_t) μ_{t-1} + α_t μ_B`` of the global feature mean (detached),
+    ``t`` = number of training batches, ``α`` from :func:`mean_alpha`. Used by ``FixedETFHead``;
+    ``RunningClassMeans`` tracks the same quantity alongside the class means."""
+
+    def __init__(
+        self, feature_dim: int, schedule: str = "paper", alpha_min: float = 1e-4, ema_alpha: float = 0.1,
+        sync: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_schedule(schedule, alpha_min, ema_alpha)
+        self.feature_dim, self.schedule, self.alpha_min, self.ema_alpha = feature_dim, schedule, alpha_min, ema_alpha
+        self.sync = sync
+        self.register_buffer("mean", torch.zeros(feature_dim))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+
+    def update(self, features: torch.Tensor) -> torch.Tensor:
+        """Training step: returns ``μ_B`` (``d``, with gradient; over all ranks when distributed) and
+        folds it into the running mean (no gradient, no host sync)."""
+        stacked = torch.cat([features.sum(0), features.new_full((1,), features.shape[0])])
+        if self.sync:
+            stacked = _all_reduce_sum(stacked)
+        n = stacked[-1].detach()
+        mu = stacked[:-1] / n.clamp_min(1.0)
+        with torch.no_grad():
+            n = n.to(self.count.dtype)
+            step, count = self.step + (n > 0), self.count + n
+            alpha = mean_alpha(self.schedule, step, n, count, self.alpha_min, self.ema_alpha)
+            mean = self.mean.to(mu.dtype)
+            self.mean.copy_(mean + alpha.to(mu.dtype) * (mu - mean))
+            self.step.copy_(step)
+            self.count.copy_(count)
+        return mu
+
+
+class RunningClassMeans(nn.Module):
+    """The running class-mean estimate ``A_t`` (``d×K``) of the module docstring, and the running
+    global mean ``μ_G`` (``d``), updated together as the ``K+1`` columns ``[A | μ_G]``.
+
+    Buffers (all in ``state_dict``): ``means`` (``A``, ``d×K``; unseen columns hold 0 and are never
+    read as such), ``global_mean`` (``d``), ``steps`` (``K+1``: batches in which each class appeared,
+    then the number of non-empty batches) and ``counts`` (``K+1``: samples per class, then in total).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        num_classes: int,
+        schedule: str = "paper",
+        alpha_min: float = 1e-4,
+        ema_alpha: float = 0.1,
+        sync: bool = True,
+    ) -> None:
+        super().__init__()
+        _check_schedule(schedule, alpha_min, ema_alpha)
+        self.feature_dim, self.num_classes = feature_dim, num_classes
+        self.schedule, self.alpha_min, self.ema_alpha, self.sync = schedule, alpha_min, ema_alpha, sync
+        self.register_buffer("means", torch.zeros(feature_dim, num_classes))
+        self.register_buffer("global_mean", torch.zeros(feature_dim))
+        self.register_buffer("steps", torch.zeros(num_classes + 1, dtype=torch.long))
+        self.register_buffer("counts", torch.zeros(num_classes + 1, dtype=torch.float64))
+
+    def update(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training batch: ``features`` ``h̃`` (``N×d``), ``targets`` (``N``, in ``[0, K)``).
+
+        Returns ``(A_t, μ_B)``: the estimate with unseen classes filled (``d×K``, gradient through
+        ``α B_t``) and the batch mean (``d``, with gradient). Updates the running state (detached).
+        """
+        k = self.num_classes
+        sums, counts = batch_class_sums(features, targets, k, self.sync)  # K×d, K
+        total = counts.sum(0, keepdim=True)
+        mu = sums.sum(0) / total.clamp_min(1.0)
+        batch = torch.cat([sums / counts.clamp_min(1.0).unsqueeze(1) - mu, mu.unsqueeze(0)]).T  # [B_t | μ_B]
+        with torch.no_grad():
+            n = torch.cat([counts, total]).to(self.counts.dtype)
+            steps, seen_counts = self.steps + (n > 0), self.counts + n
+            alpha = mean_alpha(self.schedule, steps, n, seen_counts, self.alpha_min, self.ema_alpha)
+            self.steps.copy_(steps)
+            self.counts.copy_(seen_counts)
+        prev = torch.cat([self.means, self.global_mean.unsqueeze(1)], 1).to(features.dtype)
+        new = prev + alpha.to(features.dtype) * (batch - prev)  # (1-α) prev.detach() + α batch; α=0: absent
+        with torch.no_grad():
+            self.means.copy_(new[:, :k])
+            self.global_mean.copy_(new[:, k])
+        return fill_unseen(new[:, :k], steps[:k] > 0), mu
+
+    @property
+    def class_steps(self) -> torch.Tensor:
+        """Batches in which each class appeared (``K``); 0 = never seen."""
+        return self.steps[: self.num_classes]
+
+    def estimate(self) -> torch.Tensor:
+        """Current ``A`` with never-seen classes set to the mean of the seen columns (detached)."""
+        return fill_unseen(self.means, self.class_steps > 0)
+
+
+def fill_unseen(A: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+    """Replace the columns of ``A`` (``d×K``) where ``seen`` is False by the mean of the seen
+    columns, so that centering (``A M``) zeroes them and centres the seen ones among themselves.
+    All zeros when nothing is seen. No host sync."""
+    w = seen.to(A.dtype)
+    fill = (A @ w) / w.sum().clamp_min(1.0)
+    return torch.where(seen, A, fill.unsqueeze(1))
+
+
+def _check_schedule(schedule: str, alpha_min: float, ema_alpha: float) -> None:
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown mean schedule {schedule!r}; choose one of {SCHEDULES}")
+    if not 0.0 <= alpha_min <= 1.0:
+        raise ValueError(f"alpha_min must lie in [0, 1]; got {alpha_min}")
+    if not 0.0 < ema_alpha <= 1.0:
+        raise ValueError(f"ema_alpha must lie in (0, 1]; got {ema_alpha}")
