@@ -6,7 +6,8 @@ A step is: backbone forward, head forward (with targets), cross-entropy, backwar
 ``head.after_step()``. Methods are timed interleaved (one step of each in turn, ``--reps`` rounds,
 median per method) after warm-up steps, so drifts in machine load hit all of them alike. Every
 method has its own copy of the same initial backbone. On CUDA, bf16 autocast (as ``train.py`` with
-``amp: bf16``) and peak memory per method (``max_memory_allocated`` over its steps) are reported.
+``amp: bf16``) and the peak memory of one step per method (``max_memory_allocated`` during the step
+minus what was allocated before it: activations, gradients, workspaces) are reported.
 
 Settings ``<model>-<K>``: ``mlp-K`` (MLP, 784-dim input, d = 512, or 2048 for K = 1000),
 ``ufm-K`` (free features, d = 512 or 2048), ``resnet18-K`` (32×32 input, d = 512),
@@ -96,9 +97,10 @@ def bench_setting(name: str, methods: list[str], device: str, reps: int, warmup:
         if device == "cuda":
             sync()
             torch.cuda.reset_peak_memory_stats()
+            resident = torch.cuda.memory_allocated()  # every method's model, optimiser state and data
             step(spec)
             sync()
-            memory[spec] = torch.cuda.max_memory_allocated() / 2**20
+            memory[spec] = (torch.cuda.max_memory_allocated() - resident) / 2**20
     for _ in range(reps):
         for spec in methods:
             sync()
@@ -148,7 +150,7 @@ def main() -> None:
     methods = args.methods.split(",")
     amp = args.device == "cuda" and not args.no_amp
     print(f"# step time per method, ratio to standard — {machine(args.device)}, amp={'bf16' if amp else 'off'}")
-    print(f"| {'setting':14} | {'method':24} | {'ms/step':>9} | {'ratio':>6} | {'spread':>6} | {'peak MiB':>9} |")
+    print(f"| {'setting':14} | {'method':24} | {'ms/step':>9} | {'ratio':>6} | {'spread':>6} | {'step MiB':>9} |")
     print(f"|{'-' * 16}|{'-' * 26}|{'-' * 11}|{'-' * 8}|{'-' * 8}|{'-' * 11}|")
     for name in settings:
         for r in bench_setting(name, methods, args.device, args.reps, args.warmup, args.batch_size, amp):

@@ -77,6 +77,22 @@ def bench_shape(d: int, k: int, device: str, dtype: torch.dtype, reps: int, solv
     }
 
 
+def bench_building_blocks(d: int, k: int, device: str, reps: int) -> dict:
+    """Raw decompositions of the same d×K float32 matrix (CUDA: each cuSOLVER SVD driver)."""
+    g = torch.Generator().manual_seed(0)
+    Z = torch.randn(d, k, generator=g).to(device)
+    ops = {"svd": lambda: torch.linalg.svd(Z, full_matrices=False)}
+    if device == "cuda":
+        for driver in ("gesvd", "gesvdj", "gesvda"):
+            ops[f"svd[{driver}]"] = lambda dr=driver: torch.linalg.svd(Z, full_matrices=False, driver=dr)
+    ops["eigh(ZtZ) f64"] = lambda: torch.linalg.eigh(Z.double().T @ Z.double())
+    ops["eigh(ZtZ) f32"] = lambda: torch.linalg.eigh(Z.T @ Z)
+    ops["matmul dKK"] = lambda: Z @ (Z.T @ Z)
+    for fn in ops.values():
+        fn()
+    return {name: statistics.median(_time(fn, device) for _ in range(reps)) for name, fn in ops.items()}
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     text = f"{platform.system()} {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -117,6 +133,11 @@ def main() -> None:
                         f"{r['fwdbwd_ratio']:>11.2f} |",
                         flush=True,
                     )
+    for device in devices:
+        print(f"\n# building blocks on {device}, float32 input, median ms")
+        for d, k in shapes:
+            blocks = bench_building_blocks(d, k, device, args.reps)
+            print(f"{d}x{k}: " + ", ".join(f"{name} {ms:.2f}" for name, ms in blocks.items()), flush=True)
 
 
 if __name__ == "__main__":
