@@ -29,7 +29,7 @@ from torch import nn
 
 from .etf import canonical_stiefel, etf_weight, random_stiefel
 from .means import RunningClassMeans, RunningMean
-from .solve import nearest_etf
+from .solve import SOLVERS, nearest_etf
 
 __all__ = ["METHODS", "Head", "NearestETFHead", "FixedETFHead", "StandardHead", "build_head"]
 
@@ -166,8 +166,8 @@ class NearestETFHead(Head):
         _check_etf_dims(feature_dim, num_classes)
         if not (delta >= 0 and math.isfinite(delta)):
             raise ValueError(f"delta must be finite and >= 0; got {delta}")
-        if solver not in ("polar", "riemannian"):
-            raise ValueError(f"unknown solver {solver!r}; choose 'polar' or 'riemannian'")
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
         if solve_dtype is not None and solve_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"solve_dtype must be None, torch.float32 or torch.float64; got {solve_dtype}")
         self.delta, self.solver, self.implicit_grad, self.solve_dtype = float(delta), solver, implicit_grad, solve_dtype

@@ -38,9 +38,17 @@ import torch
 
 from .etf import canonical_stiefel, center_classes
 
-__all__ = ["nearest_etf", "inner_objective", "polar_factor", "PolarFactor", "GramPolarFactor", "riemannian_nearest_etf"]
+__all__ = [
+    "SOLVERS",
+    "nearest_etf",
+    "inner_objective",
+    "polar_factor",
+    "PolarFactor",
+    "GramPolarFactor",
+    "riemannian_nearest_etf",
+]
 
-_SOLVERS = ("polar", "polar-gram", "riemannian")
+SOLVERS = ("polar", "polar-gram", "riemannian")
 
 
 def inner_objective(
@@ -170,15 +178,14 @@ def _validate(H: torch.Tensor, U_prev: torch.Tensor | None, delta: float, solver
         raise ValueError(f"the nearest simplex ETF needs d >= K; got d={d} < K={k} (H has shape (..., d, K))")
     if not (H.is_floating_point()):
         raise ValueError(f"H must be a floating-point tensor; got {H.dtype}")
-    if solver not in _SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {_SOLVERS}")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     if not (delta >= 0 and math.isfinite(delta)):
         raise ValueError(f"delta must be finite and >= 0; got {delta}")
     if U_prev is not None:
         if U_prev.shape[-2:] != H.shape[-2:] or U_prev.dim() > H.dim():
             raise ValueError(
-                f"U_prev must have shape {tuple(H.shape)} or {tuple(H.shape[-2:])} like H; "
-                f"got {tuple(U_prev.shape)}"
+                f"U_prev must have shape {tuple(H.shape)} or {tuple(H.shape[-2:])} like H; got {tuple(U_prev.shape)}"
             )
         try:
             torch.broadcast_shapes(U_prev.shape, H.shape)
@@ -214,9 +221,7 @@ def riemannian_nearest_etf(
         from pymanopt.manifolds import Stiefel
         from pymanopt.optimizers import TrustRegions
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "solver='riemannian' needs pymanopt: pip install 'ncguide[riemannian]'"
-        ) from exc
+        raise ImportError("solver='riemannian' needs pymanopt: pip install 'ncguide[riemannian]'") from exc
 
     h = H.detach().to("cpu", torch.float64).numpy()
     up = U_prev.detach().to("cpu", torch.float64).numpy()
@@ -256,9 +261,9 @@ class _RiemannianNearestETF(torch.autograd.Function):
         U_prev = U_prev.expand(H.shape)
         flat_h = H.reshape(-1, *H.shape[-2:])
         flat_p = U_prev.reshape(-1, *H.shape[-2:])
-        U = torch.stack(
-            [riemannian_nearest_etf(h, p, delta, max_iterations) for h, p in zip(flat_h, flat_p)]
-        ).reshape(H.shape)
+        U = torch.stack([riemannian_nearest_etf(h, p, delta, max_iterations) for h, p in zip(flat_h, flat_p)]).reshape(
+            H.shape
+        )
         A, S, Bh = torch.linalg.svd(Z, full_matrices=False)
         ctx.save_for_backward(A, S, Bh)
         return U
