@@ -1,0 +1,5 @@
+"""``python -m ncguide`` = the ``ncguide`` command."""
+
+from .cli import main
+
+raise SystemExit(main())
