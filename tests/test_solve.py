@@ -267,7 +267,7 @@ def test_autocast_computes_in_float32():
 
 def test_float64_compute_dtype_option_is_more_orthonormal():
     H, U_prev = make_problem(512, 200, torch.float32)
-    U32 = nearest_etf(H, U_prev)
+    U32 = nearest_etf(H, U_prev, solver="polar")
     U64 = nearest_etf(H, U_prev, dtype=torch.float64)
     assert U64.dtype == torch.float64
     err32 = (U32.double().T @ U32.double() - torch.eye(200, dtype=torch.float64)).abs().max()
@@ -316,3 +316,25 @@ def test_cuda_matches_cpu(dtype):
     (Uc * G.cuda()).sum().backward()
     (Uh * G).sum().backward()
     torch.testing.assert_close(Hc.grad.cpu(), Hh.grad, atol=1e-3 if dtype == torch.float32 else 1e-9, rtol=1e-3)
+
+
+def test_auto_solver_picks_gram_in_float32_and_svd_in_float64():
+    for dtype, expected in [(torch.float32, "polar-gram"), (torch.float64, "polar")]:
+        H, U_prev = make_problem(32, 8, dtype)
+        torch.testing.assert_close(nearest_etf(H, U_prev), nearest_etf(H, U_prev, solver=expected), atol=0, rtol=0)
+    H, U_prev = make_problem(32, 8, torch.float32)  # delta = 0: Z is singular (Z1 = 0), so the SVD route
+    torch.testing.assert_close(nearest_etf(H, U_prev, 0.0), nearest_etf(H, U_prev, 0.0, solver="polar"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_route_falls_back_to_svd_when_z_is_singular(dtype):
+    # delta = 0 leaves the 1-direction of Z empty: the Gram route would divide by σ = 0.
+    H, U_prev = make_problem(20, 5, dtype)
+    Hr = H.clone().requires_grad_(True)
+    U = nearest_etf(Hr, U_prev, delta=0.0, solver="polar-gram")
+    U.sum().backward()
+    assert torch.isfinite(U).all() and torch.isfinite(Hr.grad).all()
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    assert (U.T @ U - torch.eye(5, dtype=dtype)).abs().max() < tol
+    Z = z_of(H, U_prev, 0.0)
+    torch.testing.assert_close((Z * U).sum(), torch.linalg.matrix_norm(Z, ord="nuc"), rtol=tol, atol=tol)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .solve import SOLVERS
+
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "ETF_METHODS"]
 
 METHODS = ("standard", "fixed-etf", "nearest-etf", "nearest-etf-nograd", "standard-plain")
@@ -66,7 +68,7 @@ class TrainConfig:
     delta: float = 1e-3
     alpha_min: float = 1e-4
     mean_schedule: str = "paper"  # paper | cumulative | ema
-    solver: str = "polar"  # polar | riemannian
+    solver: str = "auto"  # auto | polar | polar-gram | riemannian (see ncguide.solve.nearest_etf)
 
     # data pipeline and evaluation
     stratified: bool = False  # every batch holds every class in proportion
@@ -112,7 +114,7 @@ class TrainConfig:
         _one_of("device", self.device, DEVICES)
         _one_of("amp", self.amp, AMP)
         _one_of("mean_schedule", self.mean_schedule, ("paper", "cumulative", "ema"))
-        _one_of("solver", self.solver, ("polar", "riemannian"))
+        _one_of("solver", self.solver, SOLVERS)
         for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "check_every", "num_classes",
                      "samples_per_class", "feature_dim"):
             if getattr(self, name) < 1 and not (name == "epochs" and self.epochs == 0):

@@ -153,7 +153,7 @@ class NearestETFHead(Head):
         num_classes: int,
         temperature: float = 5.0,
         delta: float = 1e-3,
-        solver: str = "polar",
+        solver: str = "auto",
         implicit_grad: bool = True,
         mean_schedule: str = "paper",
         alpha_min: float = 1e-4,
