@@ -58,10 +58,10 @@ deterministic version) for the duration of the run.
 
 Distributed data parallel, via torchrun (no launcher of our own)::
 
-    torchrun --nproc_per_node 4 -m ncguide train --config configs/cifar10.yaml --out out/c10
+    torchrun --nproc_per_node 4 -m ncguide train --config configs/cifar10-resnet18.yaml --out out/c10
     # several nodes (run on each; torchrun handles rendezvous):
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
-        -m ncguide train --config configs/imagenet.yaml --out out/in1k
+        -m ncguide train --config configs/imagenet-resnet50.yaml --out out/in1k
 
 When ``RANK``/``WORLD_SIZE`` are set, ``train`` initialises the process group (NCCL on CUDA, one GPU
 per local rank; gloo on CPU) unless it already is. ``batch_size`` is the global batch: each rank

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Convergence study (issue 8): every method × 5 seeds on the CPU-sized settings, through `ncguide compare`.
+#   bash benchmarks/convergence.sh [OUTROOT]        (default: convergence-out; ~45 min on 2 CPU cores)
+# Each setting writes OUTROOT/<setting>/{summary.json,report.md,*.png,runs/}; re-running reuses finished runs.
+set -euo pipefail
+out=${1:-convergence-out}
+py=${PYTHON:-.venv/bin/python}
+methods=standard,fixed-etf,nearest-etf,nearest-etf-nograd,standard-plain
+for setting in ufm-k10 ufm-k100 mnist1d fashion-mnist; do
+  echo "== $setting"
+  "$py" -m ncguide compare --config "configs/$setting.yaml" --methods "$methods" --seeds 5 \
+    --out "$out/$setting" --set device=cpu
+done
