@@ -200,12 +200,10 @@ def _validate(H: torch.Tensor, U_prev: torch.Tensor | None, delta: float, solver
             raise ValueError(
                 f"U_prev must have shape {tuple(H.shape)} or {tuple(H.shape[-2:])} like H; got {tuple(U_prev.shape)}"
             )
-        try:
-            torch.broadcast_shapes(U_prev.shape, H.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"U_prev of shape {tuple(U_prev.shape)} does not broadcast to H's {tuple(H.shape)}"
-            ) from None
+        # Leading dims must broadcast to H's (checked by hand: torch.broadcast_shapes costs ~1 s on first use).
+        lead = U_prev.shape[:-2]
+        if any(u not in (1, h) for u, h in zip(reversed(lead), reversed(H.shape[:-2]))):
+            raise ValueError(f"U_prev of shape {tuple(U_prev.shape)} does not broadcast to H's {tuple(H.shape)}")
     if check:
         if not bool(torch.isfinite(H).all()):
             raise ValueError("H has non-finite entries (NaN or inf); check the features fed to the head")
