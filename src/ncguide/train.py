@@ -83,7 +83,6 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import os
 import random
 import signal
@@ -500,7 +499,7 @@ def _has_test(ds) -> bool:
 
 def _make_loaders(cfg: TrainConfig, ds, device, rank: int, world: int) -> tuple[Any, dict, int]:
     """(training loader, {"train", "test"} evaluation loaders, training-set size)."""
-    from .data import TensorLoader
+    from .data.loader import DatasetLoader, TensorLoader
 
     lazy = ds.x_train is None
     n_train = len(ds.train_set) if lazy else len(ds.y_train)
@@ -511,10 +510,10 @@ def _make_loaders(cfg: TrainConfig, ds, device, rank: int, world: int) -> tuple[
             raise ValueError(f"dataset {cfg.dataset!r} is file-backed: stratified and augment need in-memory "
                              "data (its own transforms augment it); set stratified=false, augment=none")
         common = dict(seed=cfg.seed, device=device, rank=rank, world_size=world, num_workers=cfg.num_workers)
-        loader = _DatasetLoader(ds.train_set, cfg.batch_size, shuffle=True, drop_last=drop_last, **common)
-        evals = {"train": _DatasetLoader(ds.train_set, cfg.eval_batch_size, shuffle=False, **common)}
+        loader = DatasetLoader(ds.train_set, cfg.batch_size, shuffle=True, drop_last=drop_last, **common)
+        evals = {"train": DatasetLoader(ds.train_set, cfg.eval_batch_size, shuffle=False, **common)}
         if ds.test_set is not None and len(ds.test_set):
-            evals["test"] = _DatasetLoader(ds.test_set, cfg.eval_batch_size, shuffle=False, **common)
+            evals["test"] = DatasetLoader(ds.test_set, cfg.eval_batch_size, shuffle=False, **common)
         return loader, evals, n_train
     loader = TensorLoader(ds.x_train, ds.y_train, cfg.batch_size, shuffle=True, stratified=cfg.stratified,
                           seed=cfg.seed, augment=cfg.augment, drop_last=drop_last, device=device, rank=rank,
@@ -524,58 +523,6 @@ def _make_loaders(cfg: TrainConfig, ds, device, rank: int, world: int) -> tuple[
     if _has_test(ds):
         evals["test"] = TensorLoader(ds.x_test, ds.y_test, cfg.eval_batch_size, **common)
     return loader, evals, n_train
-
-
-class _DatasetLoader:
-    """``TensorLoader``'s interface over a map-style ``torch.utils.data.Dataset`` (file-backed sets,
-    e.g. ``imagenet``): the same epoch order (a permutation seeded by ``(seed, epoch)``), rank slices of
-    each global batch, ``state_dict`` = ``(epoch, position)``; samples are read by a ``DataLoader``
-    with ``num_workers`` processes. Its random transforms draw from worker seeds fixed by
-    ``(seed, epoch, position)``, so a resume at an epoch boundary replays them, a mid-epoch one not."""
-
-    def __init__(self, dataset, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
-                 device=None, rank: int = 0, world_size: int = 1, num_workers: int = 0):
-        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
-        self.drop_last, self.device, self.rank, self.world_size = drop_last, device, rank, world_size
-        self.num_workers = num_workers
-        self.epoch = self.position = 0
-
-    def __len__(self) -> int:
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "num_samples": len(self.dataset)}
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["num_samples"] != len(self.dataset):
-            raise ValueError(f"loader state is for {state['num_samples']} samples, this data set has "
-                             f"{len(self.dataset)}; resume with the same data")
-        self.epoch, self.position = int(state["epoch"]), int(state["position"])
-
-    def __iter__(self):
-        from .data.dataset import seeded_generator
-
-        if self.position >= len(self):
-            self.epoch, self.position = self.epoch + 1, 0
-        n = len(self.dataset)
-        order = torch.randperm(n, generator=seeded_generator(self.seed, self.epoch, 0)) if self.shuffle \
-            else torch.arange(n)
-        batches = list(order.split(self.batch_size))[self.position : len(self)]
-        mine = [b.tensor_split(self.world_size)[self.rank].tolist() for b in batches]
-        loader = torch.utils.data.DataLoader(
-            self.dataset, batch_sampler=mine, num_workers=self.num_workers,
-            pin_memory=torch.device(self.device or "cpu").type == "cuda",
-            generator=seeded_generator(self.seed, self.epoch, self.position, 3),
-        )
-        for x, y in loader:
-            self.position += 1
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        self.epoch, self.position = self.epoch + 1, 0
 
 
 def _global_batch_size(batch: int, batch_size: int, n: int, batches_per_epoch: int) -> int:

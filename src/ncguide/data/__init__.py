@@ -31,13 +31,14 @@ import torch
 
 from . import dataset as _dataset
 from .dataset import Dataset, balanced_subset, cache_dir, channel_stats, normalize, seeded_generator
-from .loader import TensorLoader, crop_flip, random_crop_flip, stratified_batches
+from .loader import DatasetLoader, TensorLoader, crop_flip, random_crop_flip, stratified_batches
 from .offline import load_digits, load_mnist1d, load_ufm
 from .ondisk import load_cifar10, load_cifar100, load_fashion_mnist, load_imagenet, load_npz, load_stl10
 
 __all__ = [
     "DATASETS",
     "Dataset",
+    "DatasetLoader",
     "TensorLoader",
     "balanced_subset",
     "cache_dir",

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .dataset import seeded_generator
 
-__all__ = ["TensorLoader", "stratified_batches", "crop_flip", "random_crop_flip"]
+__all__ = ["TensorLoader", "DatasetLoader", "stratified_batches", "crop_flip", "random_crop_flip"]
 
 AUGMENTATIONS = ("crop-flip", "flip")
 
@@ -129,7 +129,29 @@ def _crop_flip_params(
     return offsets, flips
 
 
-class TensorLoader:
+class _EpochLoader:
+    """Epoch/position bookkeeping shared by the loaders: ``len`` = global batches per epoch,
+    ``set_epoch`` jumps to the start of an epoch (a no-op when already in it)."""
+
+    batch_size: int
+    drop_last: bool
+    epoch: int
+    position: int
+
+    def _num_samples(self) -> int:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        n = self._num_samples()
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Go to the start of ``epoch`` (no-op if already in it, keeping the position)."""
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+
+class TensorLoader(_EpochLoader):
     """Iterable of ``(x, y)`` batches from tensors kept on ``device`` (see the module docstring)."""
 
     def __init__(
@@ -176,14 +198,8 @@ class TensorLoader:
         self._plan_cache: tuple[int, list[torch.Tensor]] | None = None
         self._y_cpu: torch.Tensor | None = None
 
-    def __len__(self) -> int:
-        n = len(self.x)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def set_epoch(self, epoch: int) -> None:
-        """Go to the start of ``epoch`` (no-op if already in it, keeping the position)."""
-        if epoch != self.epoch:
-            self.epoch, self.position = epoch, 0
+    def _num_samples(self) -> int:
+        return len(self.x)
 
     def state_dict(self) -> dict:
         return {
@@ -242,3 +258,48 @@ class TensorLoader:
             return self.augment(x, g), y
         offsets, flips = _crop_flip_params(len(idx), g, self.pad, crop=self.augment == "crop-flip")
         return crop_flip(x, offsets[lo:hi], flips[lo:hi], self.pad), y
+
+
+class DatasetLoader(_EpochLoader):
+    """``TensorLoader``'s interface over a map-style ``torch.utils.data.Dataset`` (file-backed sets,
+    e.g. ``imagenet``): the same epoch order (a permutation seeded by ``(seed, epoch)``), rank slices of
+    each global batch, ``state_dict`` = ``(epoch, position)``; samples are read by a ``DataLoader``
+    with ``num_workers`` processes. Its random transforms draw from worker seeds fixed by
+    ``(seed, epoch, position)``, so a resume at an epoch boundary replays them, a mid-epoch one not."""
+
+    def __init__(self, dataset, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = False,
+                 device=None, rank: int = 0, world_size: int = 1, num_workers: int = 0):
+        self.dataset, self.batch_size, self.shuffle, self.seed = dataset, batch_size, shuffle, seed
+        self.drop_last, self.device, self.rank, self.world_size = drop_last, device, rank, world_size
+        self.num_workers = num_workers
+        self.epoch = self.position = 0
+
+    def _num_samples(self) -> int:
+        return len(self.dataset)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "num_samples": len(self.dataset)}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_samples"] != len(self.dataset):
+            raise ValueError(f"loader state is for {state['num_samples']} samples, this data set has "
+                             f"{len(self.dataset)}; resume with the same data")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    def __iter__(self):
+        if self.position >= len(self):
+            self.epoch, self.position = self.epoch + 1, 0
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=seeded_generator(self.seed, self.epoch, 0)) if self.shuffle \
+            else torch.arange(n)
+        batches = list(order.split(self.batch_size))[self.position : len(self)]
+        mine = [b.tensor_split(self.world_size)[self.rank].tolist() for b in batches]
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=mine, num_workers=self.num_workers,
+            pin_memory=torch.device(self.device or "cpu").type == "cuda",
+            generator=seeded_generator(self.seed, self.epoch, self.position, 3),
+        )
+        for x, y in loader:
+            self.position += 1
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        self.epoch, self.position = self.epoch + 1, 0
