@@ -260,7 +260,7 @@ def summary_table(summary: dict) -> str:
                 ep_s = f">{max_epoch:g}" if max_epoch is not None else "—"
             else:
                 ep_s = f"{ep:g}"
-            row += [f"{ep_s} ({r['reached']}/{r['total']})", "—" if sec is None else f"{sec:.1f}"]
+            row += [f"{ep_s} ({r['reached']}/{r['total']})", "—" if sec is None else f"{sec:.3g}"]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
