@@ -1,0 +1,56 @@
+"""The headline table: epochs (and training seconds) to the thresholds per setting and method, from the
+``summary.json`` files that ``ncguide compare`` wrote.
+
+    python benchmarks/headline.py benchmarks/results/convergence [--metric train_acc]
+
+Cells are ``median [min–max]`` over seeds; ``>E (r/n)`` when the median seed did not reach it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def cell(reach: dict, key: str = "epoch", fmt: str = "{:.0f}") -> str:
+    stats = reach.get(key) or {}
+    if reach["reached"] * 2 <= reach["total"] or stats.get("median") is None:
+        return f"— ({reach['reached']}/{reach['total']})"
+    text = fmt.format(stats["median"])
+    if stats["min"] != stats["max"]:
+        text += f" [{fmt.format(stats['min'])}–{fmt.format(stats['max'])}]"
+    return text if reach["reached"] == reach["total"] else f"{text} ({reach['reached']}/{reach['total']})"
+
+
+def rows(root: Path, metric: str) -> list[str]:
+    out = []
+    for summary_path in sorted(root.glob("*/summary.json")):
+        summary = json.loads(summary_path.read_text())
+        for method, s in summary["methods"].items():
+            reach = s["reach"].get(metric)
+            nc1 = s["reach"].get("nc1")
+            test = s["final"].get("test_acc", {}).get("median")
+            out.append(
+                f"| {summary_path.parent.name} | `{method}` | {len(s['seeds'])} | "
+                f"{cell(reach) if reach else '—'} | {cell(reach, 'wall_s', '{:.2g}') if reach else '—'} | "
+                f"{cell(nc1) if nc1 else '—'} | {'—' if test is None else f'{100 * test:.1f}%'} |"
+            )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--metric", default="train_acc")
+    args = parser.parse_args()
+    print(
+        f"| setting | method | seeds | epochs to {args.metric} threshold | training s to it | epochs to NC1 threshold "
+        "| final test acc |"
+    )
+    print("|---|---|---:|---|---|---|---:|")
+    print("\n".join(rows(args.root, args.metric)))
+
+
+if __name__ == "__main__":
+    main()
