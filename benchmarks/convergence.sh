@@ -11,3 +11,5 @@ for setting in ufm-k10 ufm-k100 mnist1d fashion-mnist; do
   "$py" -m ncguide compare --config "configs/$setting.yaml" --methods "$methods" --seeds 5 \
     --out "$out/$setting" --set device=cpu
 done
+# Fashion-MNIST (subset, 30 epochs) ends near 98.5% training accuracy: report time to 97% instead of 99%.
+"$py" -m ncguide report "$out/fashion-mnist" --train-acc-threshold 0.97
