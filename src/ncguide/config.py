@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .heads import METHODS
 from .solve import SOLVERS
 
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "ETF_METHODS"]
 
-METHODS = ("standard", "fixed-etf", "nearest-etf", "nearest-etf-nograd", "standard-plain")
 ETF_METHODS = ("fixed-etf", "nearest-etf", "nearest-etf-nograd")  # need feature_dim >= num_classes
 OPTIMIZERS = ("sgd", "adam", "adamw", "agd")
 SCHEDULES = ("constant", "step", "cosine")
