@@ -501,3 +501,19 @@ def test_cuda_training_step_of_the_head_does_not_sync(method, monkeypatch):
         head.after_step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_float64_features_keep_a_float64_anchor():
+    """With float64 features the solve runs in float64; the stored U_prev must not be rounded to float32."""
+    torch.manual_seed(0)
+    head = NearestETFHead(12, 4).double()
+    h = torch.randn(16, 12, dtype=torch.float64)
+    y = torch.arange(16) % 4
+    head(h, y)
+    assert head.U.dtype == torch.float64
+    eye = torch.eye(4, dtype=torch.float64)
+    assert (head.U.T @ head.U - eye).abs().max() < 1e-12
+    state = head.state_dict()
+    fresh = NearestETFHead(12, 4).double()
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh(h, y), head(h, y), atol=0, rtol=0)

@@ -226,6 +226,21 @@ def test_ctrl_c_mid_epoch_checkpoints_and_resumes_exactly(tmp_path):
     assert without_wall(records(out)) == without_wall(records(ref))
 
 
+def test_ctrl_c_on_the_last_step_of_an_epoch_resumes_without_an_extra_pass(tmp_path):
+    cfg = cfg_of(method="standard", epochs=3)
+    spe = math.ceil(1437 / 64)
+    ref = tmp_path / "ref"
+    train(cfg, ref, progress="none", model=build_probe(cfg))
+    out = tmp_path / "int"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, progress="none", model=build_probe(cfg, sigint_at=2 * spe))  # last step of epoch 2
+    ck = load_checkpoint(out / "checkpoint.pt")
+    assert not ck["mid_epoch"] and ck["epoch"] == 2 and ck["step"] == 2 * spe
+    train(cfg, out, progress="none", model=build_probe(cfg))
+    assert without_wall(records(out)) == without_wall(records(ref))
+    assert records(out)[-1]["step"] == 3 * spe
+
+
 @pytest.mark.parametrize("method", ["standard", "nearest-etf"])
 def test_nan_features_stop_the_run_cleanly(tmp_path, method):
     cfg = cfg_of(method=method, epochs=3)
@@ -404,3 +419,8 @@ def test_cuda_ctrl_c_resume_matches_uninterrupted_run(tmp_path):
         for key in ("train_loss", "test_loss", "nc1", "nc3"):
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), key
         assert abs(a["train_acc"] - b["train_acc"]) * 1437 <= 2
+
+
+def test_malformed_set_value_is_a_value_error():
+    with pytest.raises(ValueError, match="bad value"):
+        apply_overrides({}, ["model_kwargs.width=[1,"])

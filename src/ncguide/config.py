@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from .heads import METHODS
+from .means import SCHEDULES as MEAN_SCHEDULES
+from .optim import OPTIMIZERS, SCHEDULES
 from .solve import SOLVERS
 
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "ETF_METHODS"]
 
 ETF_METHODS = ("fixed-etf", "nearest-etf", "nearest-etf-nograd")  # need feature_dim >= num_classes
-OPTIMIZERS = ("sgd", "adam", "adamw", "agd")
-SCHEDULES = ("constant", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
 
@@ -113,7 +113,7 @@ class TrainConfig:
         _one_of("schedule", self.schedule, SCHEDULES)
         _one_of("device", self.device, DEVICES)
         _one_of("amp", self.amp, AMP)
-        _one_of("mean_schedule", self.mean_schedule, ("paper", "cumulative", "ema"))
+        _one_of("mean_schedule", self.mean_schedule, MEAN_SCHEDULES)
         _one_of("solver", self.solver, SOLVERS)
         for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "check_every", "num_classes",
                      "samples_per_class", "feature_dim"):
@@ -204,13 +204,15 @@ def _parse_scalar(text: str) -> Any:
     """A value typed on the command line: YAML if available (``1e-3``, ``[1, 2]``, ``{a: 1}``), else JSON."""
     try:
         import yaml
-
-        return yaml.safe_load(text)
     except ImportError:
         try:
             return json.loads(text)
         except json.JSONDecodeError:
             return text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"bad value {text!r}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:

@@ -22,7 +22,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .heads import METHODS
 from .report import short_record, summary_table, write_report
-from .train import is_finished, train
+from .train import RUNTIME_FIELDS, is_finished, train
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SEEDS", "parse_methods", "parse_seeds", "run_dir", "run_compare"]
 
@@ -30,7 +30,6 @@ DEFAULT_METHODS = ("standard", "fixed-etf", "nearest-etf")
 DEFAULT_SEEDS = 3
 
 # Fields that may differ between a saved run and a re-run without changing its results (as in train.py).
-_RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold"}
 
 
 def parse_seeds(seeds: int | str | Iterable[int]) -> list[int]:
@@ -75,7 +74,7 @@ def run_dir(out_dir: str | Path, method: str, seed: int) -> Path:
 
 
 def _config_diff(saved: dict, wanted: dict) -> list[str]:
-    keys = sorted((set(saved) | set(wanted)) - _RUNTIME_FIELDS - {"method", "seed"})
+    keys = sorted((set(saved) | set(wanted)) - RUNTIME_FIELDS - {"method", "seed"})
     return [f"{k}: {saved.get(k)!r} vs {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k)]
 
 

@@ -142,7 +142,8 @@ class NearestETFHead(Head):
     paper's "no DDN gradient" ablation (solve under ``no_grad``; the features still get gradient
     through ``W h̃ - W μ_B``). Eval forward: ``W`` of the last solution, ``b = -W μ_G`` with the
     running global mean; no state changes. The solve runs in ``solve_dtype`` (default: float32, or
-    the features' dtype if wider). The training forward does no host-device sync.
+    the features' dtype if wider). The heads' own bookkeeping does no host-device sync;
+    on CUDA the solve itself does one (cuSOLVER reports its status to the host; see BENCHMARKS.md §2).
     """
 
     needs_targets = True
@@ -185,7 +186,10 @@ class NearestETFHead(Head):
         Hbar = A / (norm + (norm == 0))  # H̄ = A/‖A‖_F, and 0 (not NaN) when A = 0
         U = self.solve(Hbar)
         with torch.no_grad():
-            self.U.copy_(U)
+            if U.dtype == self.U.dtype:
+                self.U.copy_(U)
+            else:  # float64 features solve in float64: keep the anchor at that precision
+                self.U = U.detach().clone()
         W = etf_weight(U).to(h.dtype)
         return h @ W.T - W @ mu
 

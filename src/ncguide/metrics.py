@@ -68,6 +68,8 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.distributed as dist
 
+from .etf import centering_matrix
+
 __all__ = ["nc_metrics", "nc_metrics_streaming", "NCAccumulator"]
 
 _F64 = torch.float64
@@ -153,7 +155,7 @@ def _etf_gap(A: torch.Tensor) -> float:
     norm = torch.linalg.matrix_norm(A)
     if norm == 0:
         return math.nan
-    target = (torch.eye(k, dtype=A.dtype, device=A.device) - 1.0 / k) / math.sqrt(k - 1)
+    target = centering_matrix(k, dtype=A.dtype, device=A.device) / math.sqrt(k - 1)
     return float(torch.linalg.matrix_norm(A / norm - target))
 
 

@@ -27,7 +27,8 @@ tall SVD, notably on GPUs. The result is cast back to the compute dtype.
 
 ``solver="riemannian"`` solves (1) iteratively with trust regions on the Stiefel manifold
 (pymanopt, an optional extra), warm-started from ``U_prev`` as in the paper; its gradient is the
-same implicit derivative (3), evaluated at the solution it found.
+same implicit derivative (3) at the exact optimum (from the SVD of ``Z``), which is the derivative at
+the solver's point once it has converged.
 """
 
 from __future__ import annotations
@@ -167,9 +168,7 @@ def nearest_etf(
         if U_prev is None:
             U_prev = canonical_stiefel(d, k, dtype=dtype, device=H.device)
         U_prev = U_prev.to(dtype)
-        Z = center_classes(Hc) / math.sqrt(k - 1) + (0.5 * delta) * U_prev
-        if Z.shape != Hc.shape:
-            Z = Z.expand(Hc.shape)
+        Z = center_classes(Hc) / math.sqrt(k - 1) + (0.5 * delta) * U_prev  # U_prev broadcasts (validated)
         if solver == "auto":
             solver = "polar-gram" if dtype != torch.float64 and delta > 0 else "polar"
         if solver == "polar":
@@ -265,7 +264,7 @@ def riemannian_nearest_etf(
 
 
 class _RiemannianNearestETF(torch.autograd.Function):
-    """Trust-region forward; backward = the implicit derivative (3) at the solution found."""
+    """Trust-region forward; backward = the implicit derivative (3) at the exact optimum (SVD of ``Z``)."""
 
     @staticmethod
     def forward(ctx, Z, H, U_prev, delta, max_iterations):  # type: ignore[override]

@@ -108,7 +108,7 @@ __all__ = ["train", "is_finished", "load_checkpoint", "evaluate", "NonFiniteLoss
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-_RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers"}
+RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers"}
 _PROGRESS = ("auto", "bar", "table", "none")
 _CACHE_BYTES = 512 * 2**20  # evaluation keeps the training features for the 2nd NC pass up to this size
 
@@ -230,6 +230,7 @@ def _train(cfg, out, resume, progress, model, device, rank, world) -> dict:
         _set_rng_state(ck["rng"])
         del ck
     elif rank == 0:
+        ckpt_path.unlink(missing_ok=True)  # a stale (e.g. finished) checkpoint must not outlive a fresh start
         metrics_path.write_text("")
     if rank == 0:
         _write_json_atomic(out / "config.json", cfg.to_dict())
@@ -341,7 +342,9 @@ def _train(cfg, out, resume, progress, model, device, rank, world) -> dict:
                     running += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(),
                                             torch.full((), len(y), dtype=torch.float64, device=device)])
                     show.step(running)
-                    if interrupt.is_set():  # Ctrl-C: checkpoint at this step, inside the epoch
+                    # Ctrl-C: checkpoint at this step, inside the epoch (after its last step, the
+                    # end-of-epoch checkpoint below serves, so a resume does not start a new pass)
+                    if interrupt.is_set() and loader.position < spe:
                         check_finite(force=True)
                         wall += _elapsed(t0, device)
                         save()
@@ -526,8 +529,8 @@ def _make_loaders(cfg: TrainConfig, ds, device, rank: int, world: int) -> tuple[
 
 
 def _global_batch_size(batch: int, batch_size: int, n: int, batches_per_epoch: int) -> int:
-    """Samples in global batch ``batch`` of an epoch (the last one may be short)."""
-    return batch_size if batch < batches_per_epoch - 1 else n - batch_size * (batches_per_epoch - 1)
+    """Samples in global batch ``batch`` of an epoch (the last one may be short; with drop_last it is full)."""
+    return min(batch_size, n - batch_size * batch)
 
 
 def _all_reduce_grads(module: nn.Module, world: int) -> None:
@@ -614,7 +617,7 @@ def _last_record(path: Path) -> dict:
 def _check_same_config(saved: dict, cfg: TrainConfig, path: Path) -> None:
     now = json.loads(json.dumps(cfg.to_dict()))
     saved = json.loads(json.dumps(saved))
-    diff = sorted(k for k in set(saved) | set(now) if k not in _RUNTIME_FIELDS and saved.get(k) != now.get(k))
+    diff = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_FIELDS and saved.get(k) != now.get(k))
     if diff:
         raise ValueError(
             f"{path} was written by a different config (differs in: {', '.join(diff)}); "
