@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import TrainConfig
+from .files import atomic_write_text
 from .heads import METHODS
 from .report import short_record, summary_table, write_report
 from .train import RUNTIME_FIELDS, is_finished, train
@@ -110,7 +111,7 @@ def _write_compare_config(out_dir: Path, base: dict, methods: list[str], seeds: 
 
     resolved = {"methods": methods, "seeds": seeds, **{k: v for k, v in base.items() if k not in ("method", "seed")}}
     text = "# resolved by `ncguide compare`; rerun with: ncguide compare --config config.yaml --out <dir>\n"
-    (out_dir / "config.yaml").write_text(text + yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
+    atomic_write_text(out_dir / "config.yaml", text + yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
 
 
 def run_compare(

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import atomic_write_text
+
 __all__ = [
     "FIGURES",
     "DEFAULT_TRAIN_ACC_THRESHOLD",
@@ -369,7 +371,7 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
     runs = load_runs(out_dir)
     configs = run_configs(out_dir)
     summary = summarize(runs, thresholds or default_thresholds(configs))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = plot_figures(runs, out_dir)
     t = summary["thresholds"]
     reach = "; ".join(_threshold_label(k, v["op"], v["value"]) for k, v in t.items())
@@ -397,5 +399,5 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
         "",
     ]
     md += [f"![{f.removesuffix('.png')}]({f})\n" for f in figures]
-    (out_dir / "report.md").write_text("\n".join(md))
+    atomic_write_text(out_dir / "report.md", "\n".join(md))
     return summary

@@ -87,7 +87,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -102,6 +101,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ETF_METHODS, TrainConfig
+from .files import atomic_write, atomic_write_text
 from .optim import build_optimizer, lr_factor, set_lr
 
 __all__ = ["train", "is_finished", "load_checkpoint", "evaluate", "NonFiniteLossError"]
@@ -576,25 +576,12 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, fsync, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` through :func:`files.atomic_write` (temporary file, fsync, ``os.replace``)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _truncate(path: Path, size: int) -> None:

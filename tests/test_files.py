@@ -1,0 +1,27 @@
+"""Atomic writes: a failure while writing leaves the previous file intact and no temporary file."""
+
+import pytest
+
+from ncguide.files import atomic_write, atomic_write_text
+
+
+def test_atomic_write_replaces_the_file(tmp_path):
+    path = tmp_path / "summary.json"
+    atomic_write_text(path, "old\n")
+    atomic_write_text(path, "new ✓\n")
+    assert path.read_text(encoding="utf-8") == "new ✓\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_failure_mid_write_keeps_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    atomic_write_text(path, "last good")
+
+    def crash(f):
+        f.write(b"half of a new checkpoint")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(path, crash)
+    assert path.read_text() == "last good"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
