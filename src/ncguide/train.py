@@ -183,6 +183,13 @@ def _train(cfg, out, resume, progress, model, device, rank, world) -> dict:
     if cfg.amp == "bf16" and not amp:
         warnings.warn("amp='bf16' needs CUDA; training in float32 on CPU", stacklevel=3)
     _seed_everything(cfg.seed)
+    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
+    ck = None
+    if resume and ckpt_path.is_file():
+        ck = load_checkpoint(ckpt_path)
+        _check_same_config(ck["config"], cfg, ckpt_path)
+        if ck.get("finished"):  # nothing to do: skip loading data and building the model
+            return _last_record(metrics_path)
 
     # data, model, head, optimiser --------------------------------------------------------------
     ds = _load_data(cfg)
@@ -212,14 +219,9 @@ def _train(cfg, out, resume, progress, model, device, rank, world) -> dict:
 
     # start or resume ------------------------------------------------------------------------------
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
     epoch, step, wall, mid_epoch = 0, 0, 0.0, False
-    fresh = not (resume and ckpt_path.is_file())
+    fresh = ck is None
     if not fresh:
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        _check_same_config(ck["config"], cfg, ckpt_path)
-        if ck.get("finished"):
-            return _last_record(metrics_path)
         model.load_state_dict(ck["model"])
         head.load_state_dict(ck["head"])
         opt.load_state_dict(ck["optimizer"])
