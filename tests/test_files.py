@@ -25,3 +25,13 @@ def test_failure_mid_write_keeps_the_old_file_and_no_temporary(tmp_path):
         atomic_write(path, crash)
     assert path.read_text() == "last good"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_read_jsonl_skips_a_cut_off_last_line_and_missing_files(tmp_path):
+    from ncguide.files import last_record, read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    assert read_jsonl(path) == [] and last_record(path) == {}
+    path.write_text('{"epoch": 0}\n\n{"epoch": 1}\n{"epoch": 2, "st')
+    assert read_jsonl(path) == [{"epoch": 0}, {"epoch": 1}]
+    assert last_record(path) == {"epoch": 1}

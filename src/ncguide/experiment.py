@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import TrainConfig
-from .files import atomic_write_text
+from .files import atomic_write_text, last_record
 from .heads import METHODS
 from .report import short_record, summary_table, write_report
-from .train import RUNTIME_FIELDS, is_finished, train
+from .train import METRICS, RUNTIME_FIELDS, is_finished, train
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SEEDS", "parse_methods", "parse_seeds", "run_dir", "run_compare"]
 
@@ -98,14 +98,6 @@ def _check_same_experiment(out_dir: Path, wanted: dict, skip: set[Path]) -> None
             )
 
 
-def _last_record(path: Path) -> dict:
-    try:
-        lines = [ln for ln in (path / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-        return json.loads(lines[-1]) if lines else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
 def _write_compare_config(out_dir: Path, base: dict, methods: list[str], seeds: list[int]) -> None:
     import yaml
 
@@ -148,7 +140,7 @@ def run_compare(
         path = run_dir(out_dir, m, s)
         tag = f"[{i}/{n}] {m} seed {s}"
         if resume and is_finished(path):
-            log(f"{tag}: reused finished run in {path} ({short_record(_last_record(path))})")
+            log(f"{tag}: reused finished run in {path} ({short_record(last_record(path / METRICS))})")
             continue
         resuming = resume and (path / "checkpoint.pt").is_file()
         log(f"{tag}: {'resuming' if resuming else 'training'} in {path}")

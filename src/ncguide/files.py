@@ -1,14 +1,16 @@
-"""Atomic file writes: a crash or Ctrl-C leaves either the old file or the new one, never a torn one."""
+"""Run files: atomic writes (a crash or Ctrl-C leaves the old file or the new one, never a torn one)
+and reading JSON-lines logs that a killed run may have left with a cut-off last line."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_text"]
+__all__ = ["atomic_write", "atomic_write_text", "read_jsonl", "last_record"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
@@ -29,3 +31,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """``Path.write_text``, atomically (UTF-8)."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines file, skipping blank lines and a line cut short by an interrupted
+    write; ``[]`` when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def last_record(path: str | os.PathLike) -> dict:
+    """The last complete record of a JSON-lines file, ``{}`` if none."""
+    records = read_jsonl(path)
+    return records[-1] if records else {}

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_text
+from .files import atomic_write_text, read_jsonl
 
 __all__ = [
     "FIGURES",
@@ -76,18 +76,6 @@ _NON_METRICS = {"epoch", "step"}
 # reading logs
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by an interrupted write
-    return records
-
-
 def _order_methods(methods) -> list[str]:
     known = [m for m in _METHOD_ORDER if m in methods]
     return known + sorted(m for m in methods if m not in _METHOD_ORDER)
@@ -104,7 +92,7 @@ def load_runs(out_dir: str | Path) -> dict[str, dict[int, list[dict]]]:
             seed = int(path.parent.name.removeprefix("seed-"))
         except ValueError:
             continue
-        records = _read_jsonl(path)
+        records = read_jsonl(path)
         if records:
             runs.setdefault(path.parent.parent.name, {})[seed] = records
     if not runs:

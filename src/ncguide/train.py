@@ -101,7 +101,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ETF_METHODS, TrainConfig
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text, last_record
 from .optim import build_optimizer, lr_factor, set_lr
 
 __all__ = ["train", "is_finished", "load_checkpoint", "evaluate", "NonFiniteLossError"]
@@ -189,7 +189,7 @@ def _train(cfg, out, resume, progress, model, device, rank, world) -> dict:
         ck = load_checkpoint(ckpt_path)
         _check_same_config(ck["config"], cfg, ckpt_path)
         if ck.get("finished"):  # nothing to do: skip loading data and building the model
-            return _last_record(metrics_path)
+            return last_record(metrics_path)
 
     # data, model, head, optimiser --------------------------------------------------------------
     ds = _load_data(cfg)
@@ -366,7 +366,7 @@ def _train(cfg, out, resume, progress, model, device, rank, world) -> dict:
         show.close()
     if world > 1:
         dist.barrier()
-    return last or _last_record(metrics_path)
+    return last or last_record(metrics_path)
 
 
 # ------------------------------------------------------------------------------------- evaluation
@@ -594,13 +594,6 @@ def _truncate(path: Path, size: int) -> None:
     if path.stat().st_size > size:
         with path.open("r+b") as f:
             f.truncate(size)
-
-
-def _last_record(path: Path) -> dict:
-    if not path.is_file():
-        return {}
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    return json.loads(lines[-1]) if lines else {}
 
 
 def _check_same_config(saved: dict, cfg: TrainConfig, path: Path) -> None:
