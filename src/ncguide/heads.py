@@ -31,7 +31,7 @@ from .etf import canonical_stiefel, etf_weight, random_stiefel
 from .means import RunningClassMeans, RunningMean
 from .solve import SOLVERS, nearest_etf
 
-__all__ = ["METHODS", "Head", "NearestETFHead", "FixedETFHead", "StandardHead", "build_head"]
+__all__ = ["METHODS", "Head", "NearestETFHead", "FixedETFHead", "StandardHead", "build_head", "head_options"]
 
 METHODS = ("standard", "fixed-etf", "nearest-etf", "nearest-etf-nograd", "standard-plain")
 
@@ -330,12 +330,18 @@ _REGISTRY: dict[str, tuple[type[Head], dict]] = {
 }
 
 
-def build_head(method: str, feature_dim: int, num_classes: int, **kwargs) -> Head:
-    """The head for a method name in ``METHODS``; ``kwargs`` go to its constructor."""
+def head_options(method: str) -> set[str]:
+    """The keyword options ``build_head(method, ...)`` accepts (its constructor's, less those the method fixes)."""
     if method not in _REGISTRY:
         raise ValueError(f"unknown head method {method!r}; choose one of {METHODS}")
     cls, fixed = _REGISTRY[method]
-    allowed = set(inspect.signature(cls.__init__).parameters) - {"self", "feature_dim", "num_classes"} - set(fixed)
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "feature_dim", "num_classes"} - set(fixed)
+
+
+def build_head(method: str, feature_dim: int, num_classes: int, **kwargs) -> Head:
+    """The head for a method name in ``METHODS``; ``kwargs`` go to its constructor."""
+    allowed = head_options(method)
+    cls, fixed = _REGISTRY[method]
     unknown = sorted(set(kwargs) - allowed)
     if unknown:
         raise ValueError(f"method {method!r} does not take {unknown}; it accepts {sorted(allowed)}")

@@ -102,6 +102,7 @@ from torch import nn
 
 from .config import ETF_METHODS, TrainConfig
 from .files import atomic_write, atomic_write_text, last_record
+from .heads import build_head, head_options
 from .optim import build_optimizer, lr_factor, set_lr
 
 __all__ = ["train", "is_finished", "load_checkpoint", "evaluate", "NonFiniteLossError"]
@@ -172,8 +173,6 @@ def train(
 
 
 def _train(cfg, out, resume, progress, model, device, rank, world) -> dict:
-    from .heads import build_head
-
     if cfg.deterministic:
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -489,13 +488,11 @@ def _build_model(cfg: TrainConfig, ds) -> nn.Module:
 
 
 def _head_kwargs(cfg: TrainConfig) -> dict:
-    if cfg.method in ("nearest-etf", "nearest-etf-nograd"):
-        return dict(temperature=cfg.temperature, delta=cfg.delta, solver=cfg.solver,
-                    mean_schedule=cfg.mean_schedule, alpha_min=cfg.alpha_min)
-    if cfg.method == "fixed-etf":
-        return dict(temperature=cfg.temperature, seed=cfg.seed, mean_schedule=cfg.mean_schedule,
-                    alpha_min=cfg.alpha_min)
-    return dict(temperature=cfg.temperature)
+    """The config fields that the method's head takes (``heads.head_options``)."""
+    fields = dict(temperature=cfg.temperature, delta=cfg.delta, solver=cfg.solver, seed=cfg.seed,
+                  mean_schedule=cfg.mean_schedule, alpha_min=cfg.alpha_min)
+    options = head_options(cfg.method)
+    return {k: v for k, v in fields.items() if k in options}
 
 
 def _has_test(ds) -> bool:
