@@ -207,14 +207,19 @@ def _nc1_all(sigma_w: torch.Tensor, H: torch.Tensor, rtol: float | None) -> dict
     return {"nc1": nc1, "nc1_papyan": nc1_papyan, "nc1_trace": tr_w / tr_b}
 
 
+def _class_means(counts: torch.Tensor, sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means ``μ_c`` (K×d) and the global mean ``μ_G`` (sample-weighted) from counts and class sums."""
+    return sums / counts.unsqueeze(1), sums.sum(dim=0) / counts.sum()
+
+
 def _geometry(
     counts: torch.Tensor, sums: torch.Tensor, scatter_w: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
     rtol: float | None,
 ) -> dict[str, float]:
     """Metrics from the sufficient statistics: counts (K,), class sums (K×d), ``N Σ_W`` (d×d)."""
     n = counts.sum()
-    mu_g = sums.sum(dim=0) / n
-    H = sums / counts.unsqueeze(1) - mu_g
+    means, mu_g = _class_means(counts, sums)
+    H = means - mu_g
     sigma_w = 0.5 * (scatter_w + scatter_w.T) / n
     out = _nc1_all(sigma_w, H, rtol)
     out["nc2_w"] = _etf_gap(W @ W.T)
@@ -285,10 +290,9 @@ def nc_metrics(
     counts = torch.bincount(y, minlength=k).to(_F64)
     _check_counts(counts)
     sums = torch.zeros(k, h.shape[1], dtype=_F64, device=h.device).index_add_(0, y, h)
-    means = sums / counts.unsqueeze(1)
+    means, mu_g = _class_means(counts, sums)
     dev = h - means[y]
     out = _geometry(counts, sums, dev.T @ dev, W, b, rtol)
-    mu_g = sums.sum(dim=0) / h.shape[0]
     correct = mismatch = 0
     margins = []
     for hb, yb in zip(h.split(_CHUNK), y.split(_CHUNK)):
@@ -434,11 +438,8 @@ class NCAccumulator:
             raise ValueError("the second pass has already started; call reset() to start over")
         stats = self._pass1_stats()
         W, b = _check_classifier(weight, bias, self.num_classes, self.feature_dim, self.device)
-        counts, sums = stats["counts"], stats["sums"]
-        self._frozen = {
-            "pass1": stats, "W": W, "b": b,
-            "means": sums / counts.unsqueeze(1), "mu_g": sums.sum(dim=0) / counts.sum(),
-        }
+        means, mu_g = _class_means(stats["counts"], stats["sums"])
+        self._frozen = {"pass1": stats, "W": W, "b": b, "means": means, "mu_g": mu_g}
         z = dict(dtype=_F64, device=self.device)
         d, k = self.feature_dim, self.num_classes
         self._state.update(
