@@ -112,6 +112,15 @@ def batch_class_sums(
     return sums[:, :d], sums[:, d].detach()
 
 
+@torch.no_grad()
+def _count_batch(steps, counts, n, schedule: str, alpha_min: float, ema_alpha: float) -> torch.Tensor:
+    """Count a batch with ``n`` samples per entry into ``steps``/``counts`` (in place); return its α."""
+    n = n.to(counts.dtype)
+    steps.add_((n > 0).to(steps.dtype))
+    counts.add_(n)
+    return mean_alpha(schedule, steps, n, counts, alpha_min, ema_alpha)
+
+
 class RunningMean(nn.Module):
     """Running estimate ``μ_t = (1-α_t) μ_{t-1} + α_t μ_B`` of the global feature mean (detached),
     ``t`` = number of training batches, ``α`` from :func:`mean_alpha`. Used by ``FixedETFHead``;
@@ -137,14 +146,10 @@ class RunningMean(nn.Module):
             stacked = _all_reduce_sum(stacked)
         n = stacked[-1].detach()
         mu = stacked[:-1] / n.clamp_min(1.0)
+        alpha = _count_batch(self.step, self.count, n, self.schedule, self.alpha_min, self.ema_alpha)
         with torch.no_grad():
-            n = n.to(self.count.dtype)
-            step, count = self.step + (n > 0), self.count + n
-            alpha = mean_alpha(self.schedule, step, n, count, self.alpha_min, self.ema_alpha)
             mean = self.mean.to(mu.dtype)
             self.mean.copy_(mean + alpha.to(mu.dtype) * (mu - mean))
-            self.step.copy_(step)
-            self.count.copy_(count)
         return mu
 
 
@@ -186,18 +191,14 @@ class RunningClassMeans(nn.Module):
         total = counts.sum(0, keepdim=True)
         mu = sums.sum(0) / total.clamp_min(1.0)
         batch = torch.cat([sums / counts.clamp_min(1.0).unsqueeze(1) - mu, mu.unsqueeze(0)]).T  # [B_t | μ_B]
-        with torch.no_grad():
-            n = torch.cat([counts, total]).to(self.counts.dtype)
-            steps, seen_counts = self.steps + (n > 0), self.counts + n
-            alpha = mean_alpha(self.schedule, steps, n, seen_counts, self.alpha_min, self.ema_alpha)
-            self.steps.copy_(steps)
-            self.counts.copy_(seen_counts)
+        n = torch.cat([counts, total]).detach()
+        alpha = _count_batch(self.steps, self.counts, n, self.schedule, self.alpha_min, self.ema_alpha)
         prev = torch.cat([self.means, self.global_mean.unsqueeze(1)], 1).to(features.dtype)
         new = prev + alpha.to(features.dtype) * (batch - prev)  # (1-α) prev.detach() + α batch; α=0: absent
         with torch.no_grad():
             self.means.copy_(new[:, :k])
             self.global_mean.copy_(new[:, k])
-        return fill_unseen(new[:, :k], steps[:k] > 0), mu
+        return fill_unseen(new[:, :k], self.steps[:k] > 0), mu
 
     @property
     def class_steps(self) -> torch.Tensor:
