@@ -25,7 +25,7 @@ def z_of(H, U_prev, delta):
     return center_classes(H) / math.sqrt(k - 1) + 0.5 * delta * U_prev
 
 
-SOLVERS = ["polar", "polar-gram"]
+SOLVERS = ["polar", "polar-gram", "polar-ns"]
 
 
 @pytest.mark.parametrize("solver", SOLVERS)

@@ -1,0 +1,230 @@
+"""The matrix-product polar solver (``solver="polar-ns"``): its polynomials are minimax-optimal, their
+composition reaches 1 from the designed lower bound, the iteration equals the SVD's polar factor, the
+Lyapunov/sign backward equals the SVD form of the implicit derivative, and nothing reads the device."""
+
+import math
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ncguide import NearestETFHead, etf_weight, nearest_etf, random_stiefel
+from ncguide.etf import center_classes
+from ncguide.polar_iteration import (
+    best_odd_quintic,
+    lyapunov_and_inverse,
+    polar_iteration,
+    polar_iteration_backward,
+    polynomial_schedule,
+)
+from ncguide.solve import _polar_backward
+
+
+def quintic(coeffs, x):
+    a, b, c = coeffs
+    return a * x + b * x**3 + c * x**5
+
+
+def compose(steps, x):
+    for coeffs in steps:
+        x = quintic(coeffs, x)
+    return x
+
+
+def with_singular_values(d, k, sigma, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    A = random_stiefel(d, k, generator=g, dtype=torch.float64)
+    B = random_stiefel(k, k, generator=g, dtype=torch.float64)
+    return ((A * sigma) @ B.T).to(dtype), (A @ B.T).to(dtype)
+
+
+@pytest.mark.parametrize("lower,upper", [(1e-4, 1.0), (1e-2, 1.5), (0.3, 1.9), (0.9, 1.1)])
+def test_quintic_is_the_minimax_approximation_of_one(lower, upper):
+    a, b, c, err = best_odd_quintic(lower, upper)
+    x = torch.linspace(lower, upper, 200_001, dtype=torch.float64)
+    dev = 1 - quintic((a, b, c), x)
+    assert abs(dev.abs().max().item() - err) < 1e-9 * max(err, 1e-3)
+    # Chebyshev alternation: the error reaches ±E with alternating signs at four points, so no other odd
+    # quintic does better (de la Vallée Poussin); check that random perturbations indeed do worse.
+    signs = [1, -1, 1, -1]
+    hits = [(x[(dev - s * err).abs() < 1e-7 * max(err, 1e-3)]).numel() > 0 for s in signs]
+    assert all(hits)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        da, db, dc = (1e-3 * torch.randn(3, generator=g, dtype=torch.float64)).tolist()
+        assert (1 - quintic((a + da, b + db, c + dc), x)).abs().max() >= err
+
+
+@pytest.mark.parametrize("lower", [1e-6, 1e-5, 1e-4, 1e-2, 0.5])
+@pytest.mark.parametrize("tol", [16 * torch.finfo(torch.float32).eps, 16 * torch.finfo(torch.float64).eps])
+def test_schedule_takes_the_interval_to_one(lower, tol):
+    steps = polynomial_schedule(lower, tol)
+    x = torch.logspace(math.log10(lower), 0, 100_001, dtype=torch.float64)
+    assert (compose(steps, x) - 1).abs().max() <= tol
+    # and below the designed bound the composition still increases (it never sends a value to 0 or below)
+    y = compose(steps, torch.tensor([lower / 10, lower / 3], dtype=torch.float64))
+    assert 0 < y[0] < y[1] <= 1 + tol
+
+
+def test_schedule_length_grows_like_log_of_the_bound():
+    lengths = [len(polynomial_schedule(10.0**-e, 1e-14)) for e in range(1, 8)]
+    assert lengths == sorted(lengths) and lengths[-1] <= 15
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 3e-4), (torch.float64, 1e-12)])
+@pytest.mark.parametrize("d,k", [(2, 2), (7, 7), (64, 10), (300, 100)])
+def test_iteration_equals_the_svd_polar_factor(d, k, dtype, tol):
+    """``tol``: relative (Frobenius) error. In float32 the quintics' large coefficients cost accuracy
+    (about 3e-5 at K = 100 and 1e-4 at K = 1000, against 1e-6 for a float32 SVD), which is why
+    ``nearest_etf`` runs the iteration in float64, where it is exact."""
+    # singular values log-spaced over the whole designed range, top one equal to the Gram scale's bound
+    sigma = torch.logspace(0, -4, k, dtype=torch.float64)
+    Z, U_true = with_singular_values(d, k, sigma, dtype)
+    U, s, _ = polar_iteration(Z, polynomial_schedule(1e-5, 16 * torch.finfo(dtype).eps))
+    assert (s >= sigma[0].to(dtype) * (1 - 1e-6)).all()
+    assert torch.linalg.matrix_norm(U.double() - U_true.double()) / math.sqrt(k) < tol
+    orth_tol = 2e-6 if dtype == torch.float32 else 1e-14  # orthonormal to rounding, whatever the accuracy
+    assert (U.mT @ U - torch.eye(k, dtype=dtype)).abs().max() < orth_tol
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-13)])
+def test_iteration_is_stable_over_many_random_problems(dtype, tol):
+    """Regression: a minimax quintic rises steeply past its design interval; without the margin a value
+    rounded above it grew step after step to inf (seen at K = 2 in float32)."""
+    g = torch.Generator().manual_seed(0)
+    steps = polynomial_schedule(1e-5, 16 * torch.finfo(dtype).eps)
+    for k in (2, 3, 5):
+        H = torch.randn(200, k, k, generator=g, dtype=torch.float64)
+        H = H / torch.linalg.matrix_norm(H, keepdim=True)
+        U_prev = torch.linalg.qr(torch.randn(200, k, k, generator=g, dtype=torch.float64))[0]
+        Z = center_classes(H) / math.sqrt(k - 1) + 0.5e-3 * U_prev
+        U, _, _ = polar_iteration(Z.to(dtype), steps)
+        err = (U.mT @ U - torch.eye(k, dtype=dtype)).abs().amax((-2, -1))
+        assert torch.isfinite(U).all()
+        # Square anchors can cancel the means (σ_min far below δ/2): a few problems sit below the designed
+        # bound; those are the ones check_finite=True sends to the SVD. All others converge.
+        assert (err < tol).double().mean() > 0.97
+        good = nearest_etf(H.to(dtype), U_prev.to(dtype), solver="polar-ns")
+        assert (good.mT @ good - torch.eye(k, dtype=dtype)).abs().max() < tol
+
+
+@pytest.mark.parametrize("d,k", [(12, 12), (40, 10), (300, 100)])
+def test_lyapunov_solution_and_inverse(d, k):
+    g = torch.Generator().manual_seed(1)
+    Q = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.float64))[0]
+    lam = torch.logspace(0, -4, k, dtype=torch.float64)
+    P = (Q * lam) @ Q.T
+    X = torch.randn(k, k, generator=g, dtype=torch.float64)
+    C = X - X.T
+    omega, P_inv = lyapunov_and_inverse(P, C, torch.tensor(1.0, dtype=torch.float64), polynomial_schedule(1e-5))
+    # independent solution in P's eigenbasis: Ω' = C' / (λ_i + λ_j)
+    ref = Q @ ((Q.T @ C @ Q) / (lam[:, None] + lam[None, :])) @ Q.T
+    torch.testing.assert_close(omega, ref, atol=1e-9 * ref.abs().max().item(), rtol=0)
+    residual = torch.linalg.matrix_norm(P @ omega + omega @ P - C)
+    assert residual <= 1e-13 * torch.linalg.matrix_norm(P) * torch.linalg.matrix_norm(omega)  # backward stable
+    torch.testing.assert_close(P_inv @ P, torch.eye(k, dtype=torch.float64), atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 3e-4), (torch.float64, 1e-11)])
+@pytest.mark.parametrize("d,k", [(5, 2), (20, 5), (64, 10), (256, 100)])
+def test_backward_equals_the_svd_form_of_the_implicit_derivative(d, k, dtype, tol):
+    g = torch.Generator().manual_seed(2)
+    H = torch.randn(d, k, generator=g, dtype=torch.float64)
+    H = H / torch.linalg.matrix_norm(H)
+    U_prev = random_stiefel(d, k, generator=g, dtype=torch.float64)
+    Z = center_classes(H) / math.sqrt(k - 1) + 0.5e-3 * U_prev
+    G = torch.randn(d, k, generator=g, dtype=torch.float64)
+    A, S, Bh = torch.linalg.svd(Z, full_matrices=False)
+    ref = _polar_backward(A, S, Bh, G)
+    steps = polynomial_schedule(1e-5, 16 * torch.finfo(dtype).eps)
+    U, s, _ = polar_iteration(Z.to(dtype), steps)
+    got = polar_iteration_backward(U, Z.to(dtype), s, G.to(dtype), steps)
+    assert torch.linalg.matrix_norm(got.double() - ref) / torch.linalg.matrix_norm(ref) < tol
+
+
+@pytest.mark.parametrize("d,k", [(4, 2), (6, 3), (7, 5)])
+def test_gradcheck_through_the_iteration(d, k):
+    g = torch.Generator().manual_seed(3)
+    H = torch.randn(d, k, generator=g, dtype=torch.float64)
+    H = (H / torch.linalg.matrix_norm(H)).requires_grad_(True)
+    U_prev = random_stiefel(d, k, generator=g, dtype=torch.float64)
+
+    def f(h):
+        return etf_weight(nearest_etf(h, U_prev, 1e-2, solver="polar-ns", check_finite=False))
+
+    assert torch.autograd.gradcheck(f, (H,), eps=1e-6, atol=1e-6)
+
+
+class _HostReads(TorchDispatchMode):
+    """Records every operator that decomposes a matrix or copies a device value to the host."""
+
+    FORBIDDEN = ("linalg_", "_linalg_", "svd", "eig", "_local_scalar_dense", "is_nonzero", "item")
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.__name__
+        if any(f in name for f in self.FORBIDDEN) and "vector_norm" not in name and "matrix_norm" not in name:
+            self.seen.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+def test_forward_and_backward_use_matrix_products_only():
+    """The property the solver exists for: no decomposition and no device-to-host read, so on a GPU
+    nothing waits (the CUDA test in test_heads checks it with torch.cuda's sync detector)."""
+    H = torch.randn(64, 10, dtype=torch.float32)
+    H = (H / torch.linalg.matrix_norm(H)).requires_grad_(True)
+    U_prev = random_stiefel(64, 10)
+    with _HostReads() as mode:
+        U = nearest_etf(H, U_prev, solver="polar-ns", check_finite=False)
+        (U * torch.randn_like(U)).sum().backward()
+    assert mode.seen == [], mode.seen
+    with _HostReads() as mode:  # the detector works: the SVD route is caught
+        nearest_etf(H.detach(), U_prev, solver="polar", check_finite=False)
+    assert mode.seen
+
+
+def test_delta_zero_uses_the_svd():
+    H = torch.randn(10, 4, dtype=torch.float64)
+    U_prev = random_stiefel(10, 4, dtype=torch.float64)
+    U = nearest_etf(H, U_prev, 0.0, solver="polar-ns")
+    torch.testing.assert_close(U, nearest_etf(H, U_prev, 0.0, solver="polar"), atol=0, rtol=0)
+
+
+def test_head_with_the_iterative_solver_follows_the_exact_head():
+    """30 training steps of a float32 head with ``polar-ns`` track a float64 head with the SVD solver."""
+    d, k = 32, 8
+    ns, exact = NearestETFHead(d, k, solver="polar-ns"), NearestETFHead(d, k, solver="polar").double()
+    g = torch.Generator().manual_seed(5)
+    for _ in range(30):
+        f = torch.randn(64, d, generator=g, dtype=torch.float64)
+        y = torch.randint(0, k, (64,), generator=g)
+        torch.testing.assert_close(ns(f.float(), y).double(), exact(f, y), atol=2e-5, rtol=0)
+        ns.after_step()
+        exact.after_step()
+    torch.testing.assert_close(ns.U.double(), exact.U, atol=2e-5, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_step_with_the_iterative_solver_does_not_sync():
+    """With ``solver="polar-ns"`` the whole head step, solve and implicit backward included, never waits
+    for the device (the default solvers' eigen/SVD kernels do)."""
+    import torch.nn.functional as F
+
+    head = NearestETFHead(512, 100, solver="polar-ns").to("cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    f = torch.randn(256, 512, device="cuda", generator=g).requires_grad_()
+    y = torch.arange(256, device="cuda") % 100
+    head(f, y)  # the first call checks the label range once (one sync)
+    head.after_step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        F.cross_entropy(head(f, y), y).backward()
+        head.after_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert (head.U.mT @ head.U - torch.eye(100, device="cuda")).abs().max() < 1e-5
