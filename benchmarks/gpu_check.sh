@@ -11,5 +11,5 @@ python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_devic
 python3 -m pytest -q -m cuda -p no:cacheprovider tests/ 2>&1 | tee "$out/cuda_tests.txt"
 python3 benchmarks/solver.py --device cuda --reps 4 2>&1 | tee "$out/solver_cuda.md"
 python3 benchmarks/overhead.py --device cuda --reps 10 --warmup 3 \
-  --methods standard,fixed-etf,nearest-etf,nearest-etf:polar-gram,nearest-etf-nograd,standard-plain 2>&1 \
+  --methods standard,fixed-etf,nearest-etf,nearest-etf:polar-gram,nearest-etf:polar-ns,nearest-etf-nograd,standard-plain 2>&1 \
   | tee "$out/overhead_cuda.md"

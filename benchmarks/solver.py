@@ -2,10 +2,11 @@
 
     python benchmarks/solver.py [--device cpu|cuda|all] [--dtype float32|float64|both] [--shapes 512x10,512x100]
 
-Columns: forward (closed-form polar solve), forward+backward (the implicit O(dK²) backward), and their
-ratios to one ``torch.linalg.svd(Z, full_matrices=False)`` timed interleaved with them. Each number is
-the median of ``--reps`` timings after a warm-up. Target (issue 2): forward+backward within 1.5× of one
-thin SVD for K >= 100.
+Solvers: ``polar`` (thin SVD), ``polar-gram`` (float64 ``eigh`` of ``ZᵀZ``), ``polar-ns`` (float64
+matrix-product iteration, no synchronisation). Columns: forward (polar solve), forward+backward (the
+implicit backward), and their ratios to one ``torch.linalg.svd(Z, full_matrices=False)`` timed
+interleaved with them. Each number is the median of ``--reps`` timings after a warm-up. Target
+(issue 2): forward+backward within 1.5× of one thin SVD for K >= 100.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ def bench_building_blocks(d: int, k: int, device: str, reps: int) -> dict:
     ops["eigh(ZtZ) f64"] = lambda: torch.linalg.eigh(Z.double().T @ Z.double())
     ops["eigh(ZtZ) f32"] = lambda: torch.linalg.eigh(Z.T @ Z)
     ops["matmul dKK"] = lambda: Z @ (Z.T @ Z)
+    Z64 = Z.double()
+    ops["matmul dKK f64"] = lambda: Z64 @ (Z64.T @ Z64)  # polar-ns's unit of work (it runs in float64)
     for fn in ops.values():
         fn()
     return {name: statistics.median(_time(fn, device) for _ in range(reps)) for name, fn in ops.items()}
@@ -107,7 +110,7 @@ def main() -> None:
     parser.add_argument("--dtype", default="both", choices=["float32", "float64", "both"])
     parser.add_argument("--shapes", default=",".join(f"{d}x{k}" for d, k in DEFAULT_SHAPES))
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--solvers", default="polar,polar-gram")
+    parser.add_argument("--solvers", default="polar,polar-gram,polar-ns")
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
