@@ -68,7 +68,7 @@ class TrainConfig:
     delta: float = 1e-3
     alpha_min: float = 1e-4
     mean_schedule: str = "paper"  # paper | cumulative | ema
-    solver: str = "auto"  # auto | polar | polar-gram | riemannian (see ncguide.solve.nearest_etf)
+    solver: str = "auto"  # auto | polar | polar-gram | polar-ns | riemannian (see ncguide.solve.nearest_etf)
 
     # data pipeline and evaluation
     stratified: bool = False  # every batch holds every class in proportion

@@ -143,7 +143,8 @@ class NearestETFHead(Head):
     through ``W h̃ - W μ_B``). Eval forward: ``W`` of the last solution, ``b = -W μ_G`` with the
     running global mean; no state changes. The solve runs in ``solve_dtype`` (default: float32, or
     the features' dtype if wider). The heads' own bookkeeping does no host-device sync;
-    on CUDA the solve itself does one (cuSOLVER reports its status to the host; see BENCHMARKS.md §2).
+    on CUDA the default solvers do one (cuSOLVER reports its status to the host; see BENCHMARKS.md §2),
+    ``solver="polar-ns"`` none (matrix products only; a CUDA test checks the whole step).
     """
 
     needs_targets = True
