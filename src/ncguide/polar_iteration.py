@@ -10,8 +10,8 @@ which maps every singular value through ``p_k`` and leaves the singular vectors 
 the orthogonal polar factor of ``Z = A Σ Bᵀ``. Each ``p_k`` is the best uniform approximation of 1 by an
 odd quintic on the current interval ``[l_k, u_k]`` of singular values (Remez, computed on the host once);
 the next interval is ``[1 - E_k, 1 + E_k]``, ``E_k`` its minimax error. This greedy choice is optimal among
-compositions of quintics (Amsel, Persson, Musco, Musco 2025, "The Polar Express"). From ``l_0 = 1e-4``,
-9 steps reach ``E < 1e-14``; the cost is ``O(dK²)`` per step, all matrix products.
+compositions of quintics (Amsel, Persson, Musco, Musco 2025, "The Polar Express"). From ``l_0 = 1e-5``,
+11 steps reach ``E < 1e-14``; the cost is ``O(dK²)`` per step, all matrix products.
 
 **Backward.** For ``U = polar(Z)``, ``P = UᵀZ = (ZᵀZ)^{1/2}`` and ``G = ∂L/∂U``,
 
@@ -98,10 +98,11 @@ def gram_scale(S: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_norm(S, keepdim=True).sqrt().clamp_min(torch.finfo(S.dtype).tiny)
 
 
-def polar_iteration(
-    Z: torch.Tensor, steps: tuple[tuple[float, float, float], ...]
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Iteration (1). Returns ``U ≈ polar(Z)``, the scale ``s`` and ``S = XᵀX`` of the last step's input."""
+Steps = tuple[tuple[float, float, float], ...]
+
+
+def polar_iteration(Z: torch.Tensor, steps: Steps) -> tuple[torch.Tensor, torch.Tensor]:
+    """Iteration (1). Returns ``U ≈ polar(Z)`` and the scale ``s`` (``X_0 = Z/s``)."""
     S = Z.transpose(-1, -2) @ Z
     s = gram_scale(S)
     X, S = Z / s, S / (s * s)
@@ -109,11 +110,11 @@ def polar_iteration(
         if i:
             S = X.transpose(-1, -2) @ X
         X = X @ _quintic(S, a, b, c)
-    return X, s, S
+    return X, s
 
 
 def lyapunov_and_inverse(
-    P: torch.Tensor, C: torch.Tensor, s: torch.Tensor, steps: tuple[tuple[float, float, float], ...]
+    P: torch.Tensor, C: torch.Tensor, s: torch.Tensor, steps: Steps
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``Ω`` with ``PΩ + ΩP = C`` (``P`` symmetric positive definite, ``C`` antisymmetric) and ``P⁻¹``,
     both by the block sign iteration above; ``s >= λ_max(P)``, and the spectrum of ``P/s`` must lie in the
@@ -138,7 +139,7 @@ def lyapunov_and_inverse(
 
 
 def polar_iteration_backward(
-    U: torch.Tensor, Z: torch.Tensor, s: torch.Tensor, G: torch.Tensor, steps: tuple[tuple[float, float, float], ...]
+    U: torch.Tensor, Z: torch.Tensor, s: torch.Tensor, G: torch.Tensor, steps: Steps
 ) -> torch.Tensor:
     """Equation (2): ``∂L/∂Z = U (Ω - UᵀG P⁻¹) + G P⁻¹`` for ``U = polar(Z)``."""
     P = U.transpose(-1, -2) @ Z

@@ -135,7 +135,7 @@ class IterativePolarFactor(torch.autograd.Function):
     def forward(ctx, Z: torch.Tensor, lower: float, verify: bool) -> torch.Tensor:  # type: ignore[override]
         steps = polynomial_schedule(lower, 16 * torch.finfo(torch.float64).eps)
         Z64 = Z.double()
-        U, s, _ = polar_iteration(Z64, steps)
+        U, s = polar_iteration(Z64, steps)
         if verify:
             eye = torch.eye(Z.shape[-1], dtype=U.dtype, device=Z.device)
             if not bool((U.transpose(-1, -2) @ U - eye).abs().amax() <= 1e-8):
