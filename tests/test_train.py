@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ncguide.config import TrainConfig, apply_overrides, load_config
+from ncguide.experiment import run_compare
 from ncguide.optim import AGD, agd_scale, build_optimizer, lr_factor, set_lr
 from ncguide.train import is_finished, load_checkpoint, train
 
@@ -424,3 +425,39 @@ def test_cuda_ctrl_c_resume_matches_uninterrupted_run(tmp_path):
 def test_malformed_set_value_is_a_value_error():
     with pytest.raises(ValueError, match="bad value"):
         apply_overrides({}, ["model_kwargs.width=[1,"])
+
+
+def test_ema_alpha_reaches_the_heads_that_take_it_and_a_mixed_compare_runs(tmp_path):
+    """``ema_alpha`` is a config field: a comparison of ``standard`` (no running means) with nearest-ETF
+    under ``mean_schedule=ema`` builds both heads (it used to need head_kwargs, which standard refuses)."""
+    from ncguide.train import _head_kwargs
+
+    assert "ema_alpha" not in _head_kwargs(cfg_of(method="standard", ema_alpha=0.5))
+    assert _head_kwargs(cfg_of(method="nearest-etf", ema_alpha=0.5))["ema_alpha"] == 0.5
+    base = cfg_of(epochs=1, mean_schedule="ema", ema_alpha=0.5)
+    run_compare(base, ["standard", "nearest-etf"], [0], tmp_path, progress="none", log=lambda _: None, report=False)
+    saved = json.loads((tmp_path / "runs/nearest-etf/seed-0/config.json").read_text())
+    assert saved["ema_alpha"] == 0.5 and saved["mean_schedule"] == "ema"
+    with pytest.raises(ValueError, match="ema_alpha"):
+        cfg_of(ema_alpha=0.0)
+
+
+def test_a_run_saved_before_a_config_field_existed_is_still_reused(tmp_path):
+    """A config written by an older version lacks newer fields; their defaults reproduce the old
+    behaviour, so the finished run is reused (and resumable), not refused as a different config."""
+    cfg = cfg_of(epochs=1)
+    rec = train(cfg, tmp_path, progress="none")
+    path = tmp_path / "config.json"
+    old = json.loads(path.read_text())
+    del old["ema_alpha"]
+    path.write_text(json.dumps(old))
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    del ckpt["config"]["ema_alpha"]
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    assert train(cfg, tmp_path, progress="none") == rec
+    from ncguide.config import with_defaults
+    from ncguide.experiment import _config_diff
+
+    assert _config_diff(with_defaults(old), cfg.to_dict()) == []  # compare's reuse check agrees
+    with pytest.raises(ValueError, match="different config.*ema_alpha"):
+        train(cfg_of(epochs=2, ema_alpha=0.5), tmp_path, progress="none")

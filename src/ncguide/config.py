@@ -23,7 +23,7 @@ from .means import SCHEDULES as MEAN_SCHEDULES
 from .optim import OPTIMIZERS, SCHEDULES
 from .solve import SOLVERS
 
-__all__ = ["TrainConfig", "load_config", "apply_overrides", "ETF_METHODS"]
+__all__ = ["TrainConfig", "load_config", "apply_overrides", "with_defaults", "ETF_METHODS"]
 
 ETF_METHODS = ("fixed-etf", "nearest-etf", "nearest-etf-nograd")  # need feature_dim >= num_classes
 DEVICES = ("auto", "cpu", "cuda")
@@ -67,6 +67,7 @@ class TrainConfig:
     temperature: float = 5.0
     delta: float = 1e-3
     alpha_min: float = 1e-4
+    ema_alpha: float = 0.1  # mean_schedule "ema": the current batch's fixed weight α in the running means
     mean_schedule: str = "paper"  # paper | cumulative | ema
     solver: str = "auto"  # auto | polar | polar-gram | polar-ns | riemannian (see ncguide.solve.nearest_etf)
 
@@ -133,6 +134,8 @@ class TrainConfig:
             raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}]; got {self.warmup_epochs}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0; got {self.num_workers}")
+        if not 0 <= self.alpha_min <= 1 or not 0 < self.ema_alpha <= 1:
+            raise ValueError(f"need 0 <= alpha_min <= 1 and 0 < ema_alpha <= 1; got {self.alpha_min}, {self.ema_alpha}")
         if self.train_per_class is not None and self.train_per_class < 1:
             raise ValueError(f"train_per_class must be >= 1 or None; got {self.train_per_class}")
         if self.test_per_class is not None and self.test_per_class < 1:
@@ -144,6 +147,12 @@ class TrainConfig:
             if not (self.dataset in DATASETS or self.dataset.startswith("npz:")):
                 raise ValueError(f"unknown dataset {self.dataset!r} (valid: {', '.join(DATASETS)}, npz:PATH)")
             _one_of("model", self.model.lower(), tuple(MODELS))
+
+
+def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config dict completed with today's defaults: a run written before a field existed ran with
+    the behaviour that field's default keeps, so it still counts as the same config."""
+    return {**TrainConfig().to_dict(), **saved}
 
 
 def field_names() -> list[str]:

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import TrainConfig, with_defaults
 from .files import atomic_write_text, last_record
 from .heads import METHODS
 from .report import short_record, summary_table, write_report
@@ -90,7 +90,7 @@ def _check_same_experiment(out_dir: Path, wanted: dict, skip: set[Path]) -> None
             saved = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):
             continue  # train() rewrites it
-        diff = _config_diff(saved, wanted)
+        diff = _config_diff(with_defaults(saved), wanted)
         if diff:
             raise ValueError(
                 f"{out_dir} holds runs made with a different config ({'; '.join(diff[:3])}; e.g. {path.parent}); "

@@ -100,7 +100,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ETF_METHODS, TrainConfig
+from .config import ETF_METHODS, TrainConfig, with_defaults
 from .files import atomic_write, atomic_write_text, last_record
 from .heads import build_head, head_options
 from .optim import build_optimizer, lr_factor, set_lr
@@ -490,7 +490,7 @@ def _build_model(cfg: TrainConfig, ds) -> nn.Module:
 def _head_kwargs(cfg: TrainConfig) -> dict:
     """The config fields that the method's head takes (``heads.head_options``)."""
     fields = dict(temperature=cfg.temperature, delta=cfg.delta, solver=cfg.solver, seed=cfg.seed,
-                  mean_schedule=cfg.mean_schedule, alpha_min=cfg.alpha_min)
+                  mean_schedule=cfg.mean_schedule, alpha_min=cfg.alpha_min, ema_alpha=cfg.ema_alpha)
     options = head_options(cfg.method)
     return {k: v for k, v in fields.items() if k in options}
 
@@ -595,7 +595,7 @@ def _truncate(path: Path, size: int) -> None:
 
 def _check_same_config(saved: dict, cfg: TrainConfig, path: Path) -> None:
     now = json.loads(json.dumps(cfg.to_dict()))
-    saved = json.loads(json.dumps(saved))
+    saved = json.loads(json.dumps(with_defaults(saved)))
     diff = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_FIELDS and saved.get(k) != now.get(k))
     if diff:
         raise ValueError(
