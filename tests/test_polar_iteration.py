@@ -228,3 +228,22 @@ def test_cuda_training_step_with_the_iterative_solver_does_not_sync():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert (head.U.mT @ head.U - torch.eye(100, device="cuda")).abs().max() < 1e-5
+
+
+def test_compiles_as_one_graph():
+    """No graph break in forward or backward (``fullgraph=True``): what CUDA graphs and ``torch.compile``
+    need, and what the eigen/SVD routes cannot give. ``aot_eager`` traces without a C++ compiler."""
+    H = torch.randn(40, 8, dtype=torch.float64)
+    H = H / torch.linalg.matrix_norm(H)
+    U_prev = random_stiefel(40, 8, dtype=torch.float64)
+
+    def solve(h):
+        return nearest_etf(h, U_prev, solver="polar-ns", check_finite=False)
+
+    compiled = torch.compile(solve, backend="aot_eager", fullgraph=True)
+    h1, h2 = H.clone().requires_grad_(True), H.clone().requires_grad_(True)
+    G = torch.randn(40, 8, dtype=torch.float64)
+    (compiled(h1) * G).sum().backward()
+    (solve(h2) * G).sum().backward()
+    torch.testing.assert_close(compiled(H), solve(H), atol=1e-13, rtol=0)
+    torch.testing.assert_close(h1.grad, h2.grad, atol=1e-12, rtol=0)

@@ -30,7 +30,6 @@ All ``K×K`` products; ``O(K³)`` per step.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -53,9 +52,8 @@ def best_odd_quintic(lower: float, upper: float, iterations: int = 50) -> tuple[
     sign = [1.0, -1.0, 1.0, -1.0]  # p = 1 - E, 1 + E, 1 - E, 1 + E
     a = b = c = e = 0.0
     for _ in range(iterations):
-        # p(x_i) + sign_i E = 1, solved in float64 with torch (4x4).
-        A = torch.tensor([[xi, xi**3, xi**5, si] for xi, si in zip(x, sign)], dtype=torch.float64)
-        a, b, c, e = torch.linalg.solve(A, torch.ones(4, dtype=torch.float64)).tolist()
+        # p(x_i) + sign_i E = 1 (4x4, Python floats: no tensors, so torch.compile traces it as constants)
+        a, b, c, e = _solve([[xi, xi**3, xi**5, si] for xi, si in zip(x, sign)], [1.0] * 4)
         # interior extrema: p'(x) = a + 3 b x² + 5 c x⁴ = 0, a quadratic in y = x²
         root = math.sqrt(max(9 * b * b - 20 * a * c, 0.0))
         y1, y2 = sorted(((-3 * b - root) / (10 * c), (-3 * b + root) / (10 * c)))
@@ -66,9 +64,33 @@ def best_odd_quintic(lower: float, upper: float, iterations: int = 50) -> tuple[
     return a, b, c, abs(e)
 
 
-@functools.lru_cache(maxsize=64)
+def _solve(A: list[list[float]], y: list[float]) -> list[float]:
+    """``A x = y`` by Gaussian elimination with partial pivoting (small dense systems, Python floats)."""
+    n = len(y)
+    M = [row[:] + [v] for row, v in zip(A, y)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(M[r][col]))
+        M[col], M[pivot] = M[pivot], M[col]
+        for r in range(col + 1, n):
+            f = M[r][col] / M[col][col]
+            M[r] = [v - f * w for v, w in zip(M[r], M[col])]
+    x = [0.0] * n
+    for r in reversed(range(n)):
+        x[r] = (M[r][n] - sum(M[r][j] * x[j] for j in range(r + 1, n))) / M[r][r]
+    return x
+
+
+_SCHEDULES: dict[tuple[float, float], tuple[tuple[float, float, float], ...]] = {}
+
+
 def polynomial_schedule(lower: float = LOWER_DEFAULT, tol: float = 1e-14) -> tuple[tuple[float, float, float], ...]:
-    """Greedy minimax quintics taking singular values in ``[lower, 1]`` to ``1 ± tol``."""
+    """Greedy minimax quintics taking singular values in ``[lower, 1]`` to ``1 ± tol`` (cached)."""
+    if (lower, tol) not in _SCHEDULES:
+        _SCHEDULES[(lower, tol)] = _greedy_schedule(lower, tol)
+    return _SCHEDULES[(lower, tol)]
+
+
+def _greedy_schedule(lower: float, tol: float) -> tuple[tuple[float, float, float], ...]:
     if not 0 < lower <= 1:
         raise ValueError(f"lower must lie in (0, 1]; got {lower}")
     steps, lo, hi = [], lower, 1.0
