@@ -9,6 +9,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ncguide import NearestETFHead, etf_weight, nearest_etf, random_stiefel
+from ncguide import polar_iteration as polar_iteration_module
 from ncguide.etf import center_classes
 from ncguide.polar_iteration import (
     best_odd_quintic,
@@ -102,10 +103,44 @@ def test_iteration_is_stable_over_many_random_problems(dtype, tol):
         err = (U.mT @ U - torch.eye(k, dtype=dtype)).abs().amax((-2, -1))
         assert torch.isfinite(U).all()
         # Square anchors can cancel the means (σ_min far below δ/2): a few problems sit below the designed
-        # bound; those are the ones check_finite=True sends to the SVD. All others converge.
+        # bound (handled by nearest_etf, next test). All others converge.
         assert (err < tol).double().mean() > 0.97
-        good = nearest_etf(H.to(dtype), U_prev.to(dtype), solver="polar-ns")
-        assert (good.mT @ good - torch.eye(k, dtype=dtype)).abs().max() < tol
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_problems_below_the_design_bound_keep_the_anchor_or_use_the_svd(dtype):
+    """At d = K the means can cancel the anchor: σ_min(Z) far below δ/2 and the fixed step count falls
+    short. Without a sync nearest_etf keeps U_prev for exactly those problems; check_finite=True solves
+    the batch by the SVD. Either way U is orthonormal."""
+    g = torch.Generator().manual_seed(0)
+    k, n = 3, 2000
+    H = torch.randn(n, k, k, generator=g, dtype=torch.float64)
+    H = (H / torch.linalg.matrix_norm(H, keepdim=True)).to(dtype)
+    U_prev = torch.linalg.qr(torch.randn(n, k, k, generator=g, dtype=torch.float64))[0].to(dtype)
+    eye = torch.eye(k, dtype=dtype)
+    exact = nearest_etf(H, U_prev, solver="polar")
+    fast = nearest_etf(H, U_prev, solver="polar-ns", check_finite=False)
+    kept = (fast == U_prev).all(-1).all(-1)
+    assert 0 < kept.sum() < n // 20  # the case occurs, and rarely
+    assert (fast.mT @ fast - eye).abs().max() < 1e-6
+    assert (fast[~kept] - exact[~kept]).abs().max() < (1e-5 if dtype == torch.float32 else 1e-10)
+    checked = nearest_etf(H, U_prev, solver="polar-ns")
+    torch.testing.assert_close(checked, exact, atol=1e-5 if dtype == torch.float32 else 1e-10, rtol=0)
+
+
+def test_head_with_d_equal_k_always_holds_an_orthonormal_u():
+    """The heads call without checks (no sync); at d = K a few solves fall below the design bound."""
+    kept = 0
+    for seed in range(150):
+        torch.manual_seed(seed)
+        head = NearestETFHead(2, 2, solver="polar-ns")
+        for _ in range(3):
+            before = head.U.clone()
+            head(torch.randn(16, 2), torch.arange(16) % 2)
+            kept += int(torch.equal(head.U, before))
+            assert (head.U.mT @ head.U - torch.eye(2)).abs().max() < 1e-6
+            head.after_step()
+    assert kept > 0  # the fallback was exercised
 
 
 @pytest.mark.parametrize("d,k", [(12, 12), (40, 10), (300, 100)])
@@ -240,6 +275,7 @@ def test_compiles_as_one_graph():
     def solve(h):
         return nearest_etf(h, U_prev, solver="polar-ns", check_finite=False)
 
+    polar_iteration_module._SCHEDULES.clear()  # a cold cache: the schedule is built while tracing
     compiled = torch.compile(solve, backend="aot_eager", fullgraph=True)
     h1, h2 = H.clone().requires_grad_(True), H.clone().requires_grad_(True)
     G = torch.randn(40, 8, dtype=torch.float64)
@@ -247,3 +283,22 @@ def test_compiles_as_one_graph():
     (solve(h2) * G).sum().backward()
     torch.testing.assert_close(compiled(H), solve(H), atol=1e-13, rtol=0)
     torch.testing.assert_close(h1.grad, h2.grad, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("solver", ["polar", "polar-gram", "polar-ns"])
+def test_double_backward_is_refused_not_silently_wrong(solver):
+    H = torch.randn(12, 4, dtype=torch.float64, requires_grad=True)
+    U = nearest_etf(H, None, solver=solver)
+    (g,) = torch.autograd.grad((U * torch.randn_like(U)).sum(), H, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|does not require grad|double backward"):
+        g.sum().backward()
+
+
+def test_tiny_delta_and_empty_batches():
+    H = torch.randn(10, 4, dtype=torch.float64)
+    U_prev = random_stiefel(10, 4, dtype=torch.float64)
+    for delta in (0.0, 1e-9):  # Z (nearly) singular: the SVD, exactly
+        fast, exact = (nearest_etf(H, U_prev, delta, solver=s) for s in ("polar-ns", "polar"))
+        torch.testing.assert_close(fast, exact, atol=0, rtol=0)
+    empty = nearest_etf(torch.zeros(0, 10, 4), None, solver="polar-ns")
+    assert empty.shape == (0, 10, 4)

@@ -8,10 +8,13 @@ on the singular values:
 
 which maps every singular value through ``p_k`` and leaves the singular vectors alone, so ``X → A Bᵀ``,
 the orthogonal polar factor of ``Z = A Σ Bᵀ``. Each ``p_k`` is the best uniform approximation of 1 by an
-odd quintic on the current interval ``[l_k, u_k]`` of singular values (Remez, computed on the host once);
-the next interval is ``[1 - E_k, 1 + E_k]``, ``E_k`` its minimax error. This greedy choice is optimal among
-compositions of quintics (Amsel, Persson, Musco, Musco 2025, "The Polar Express"). From ``l_0 = 1e-5``,
-11 steps reach ``E < 1e-14``; the cost is ``O(dK²)`` per step, all matrix products.
+odd quintic on the current interval ``[l_k, u_k]`` of singular values, its right end widened by 1% so that
+rounding cannot push a value past it (Remez, computed on the host once); the next interval is
+``[1 - E_k, 1 + E_k]``, ``E_k`` its minimax error; near 1 the fixed quintic ``(15x - 10x³ + 3x⁵)/8``
+finishes. This greedy choice is optimal among compositions of quintics (Amsel, Persson, Musco, Musco
+2025, "The Polar Express"). From ``l_0 = 1e-5``, 11 steps reach ``E < 1e-14``; the cost is ``O(dK²)``
+per step, all matrix products. A singular value below ``l_0`` still grows at every step but need not
+reach 1: the caller must check (``ncguide.solve`` does, on the device).
 
 **Backward.** For ``U = polar(Z)``, ``P = UᵀZ = (ZᵀZ)^{1/2}`` and ``G = ∂L/∂U``,
 
@@ -36,7 +39,6 @@ import torch
 
 __all__ = ["polynomial_schedule", "polar_iteration", "lyapunov_and_inverse", "polar_iteration_backward"]
 
-LOWER_DEFAULT = 1e-4
 NARROW = 2e-2  # interval width below which the fixed quintic NEWTON_SCHULZ_5 takes over
 NEWTON_SCHULZ_5 = (15 / 8, -10 / 8, 3 / 8)
 MARGIN = 1e-2  # relative widening of each designed interval's right end (see polynomial_schedule)
@@ -83,7 +85,7 @@ def _solve(A: list[list[float]], y: list[float]) -> list[float]:
 _SCHEDULES: dict[tuple[float, float], tuple[tuple[float, float, float], ...]] = {}
 
 
-def polynomial_schedule(lower: float = LOWER_DEFAULT, tol: float = 1e-14) -> tuple[tuple[float, float, float], ...]:
+def polynomial_schedule(lower: float, tol: float = 1e-14) -> tuple[tuple[float, float, float], ...]:
     """Greedy minimax quintics taking singular values in ``[lower, 1]`` to ``1 ± tol`` (cached)."""
     if (lower, tol) not in _SCHEDULES:
         _SCHEDULES[(lower, tol)] = _greedy_schedule(lower, tol)

@@ -33,12 +33,14 @@ the solver's point once it has converged.
 ``solver="polar-ns"`` computes the polar factor and its derivative (3) in float64 from matrix
 products only — a Newton–Schulz-type iteration of minimax quintics forward, the Lyapunov form of (3)
 by the matrix sign function backward (:mod:`ncguide.polar_iteration`) — with no eigensolver and no
-host synchronisation (with ``check_finite=False``), e.g. for CUDA graphs or ``torch.compile``. The
-iteration count is fixed on the host for singular values of ``Z/‖ZᵀZ‖_F^{1/2}`` down to ``δ/100``
-(11 steps at ``δ = 1e-3``). The heads' normalisation ``‖H̄‖_F = 1`` keeps them above ``0.4 δ`` for
-every ``K`` while ``σ_min(Z) ≈ δ/2`` (the ``1`` direction: ``Z1 = (δ/2) U_prev 1``); the margin of
-40 covers class means that partly cancel the anchor (seen with random anchors at ``d ≈ K``). With
-``check_finite=True`` the result is verified (``‖UᵀU - I‖_max <= 1e-8``) and the SVD is used if not.
+host synchronisation (with ``check_finite=False``), so ``torch.compile`` and CUDA graphs can capture
+it. The iteration count is fixed on the host for singular values of ``Z/‖ZᵀZ‖_F^{1/2}`` down to
+``δ/100`` (11 steps at ``δ = 1e-3``). Typically ``σ_min(Z) ≈ δ/2`` (``Z1 = (δ/2) U_prev 1``), but that
+is only an upper bound: when ``d ≈ K`` the class means can cancel the anchor in some direction, and at
+``d = K ≤ 10`` about 0.5% of the heads' solves fall below the bound (un-normalised ``H``, with
+``‖H‖_F ≫ 1``, does it too). Such a problem is detected on the device (``‖UᵀU - I‖`` above rounding) and,
+without a sync, answered with ``U_prev`` (the previous ETF is kept for that step); with
+``check_finite=True`` the batch is solved by the SVD instead. ``δ < 1e-6`` uses the SVD.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .etf import canonical_stiefel, center_classes
 from .polar_iteration import polar_iteration, polar_iteration_backward, polynomial_schedule
@@ -63,6 +66,7 @@ __all__ = [
 
 SOLVERS = ("auto", "polar", "polar-gram", "polar-ns", "riemannian")
 GRAM_MIN_RATIO = 1e-4
+NS_MIN_LOWER = 1e-8  # polar-ns: below this design bound (δ < 1e-6) the SVD is used instead
 
 
 def inner_objective(
@@ -88,6 +92,7 @@ class PolarFactor(torch.autograd.Function):
         return U
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, G: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         A, S, Bh = ctx.saved_tensors
         return _polar_backward(A, S, Bh, G)
@@ -116,6 +121,7 @@ class GramPolarFactor(torch.autograd.Function):
         return U.to(Z.dtype)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, G: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         A, S, Bh = ctx.saved_tensors
         return _polar_backward(A, S, Bh, G)
@@ -127,28 +133,32 @@ class IterativePolarFactor(torch.autograd.Function):
     quintics lose ~1e-4 relative accuracy at K = 1000 (their rounding is amplified by 1/σ_min of the
     iterate). On A100/H100-class GPUs float64 matrix products run at the float32 (non-TF32) rate.
 
-    ``lower``: the smallest singular value of ``Z/‖ZᵀZ‖_F^{1/2}`` the fixed iteration count is built for.
-    ``verify=True`` checks ``‖UᵀU - I‖_max <= 1e-8`` (one sync) and falls back to the SVD if not.
+    ``steps``: the polynomial schedule (built for a lower bound on the singular values of
+    ``Z/‖ZᵀZ‖_F^{1/2}``). Returns ``U`` and ``converged`` (per matrix: ``‖UᵀU - I‖_max <= tol``, a device
+    tensor, no sync). ``verify=True`` replaces the batch by its SVD polar factor if any did not converge
+    (one sync).
     """
 
     @staticmethod
-    def forward(ctx, Z: torch.Tensor, lower: float, verify: bool) -> torch.Tensor:  # type: ignore[override]
-        steps = polynomial_schedule(lower, 16 * torch.finfo(torch.float64).eps)
+    def forward(ctx, Z: torch.Tensor, steps: tuple, verify: bool):  # type: ignore[override]
         Z64 = Z.double()
         U, s = polar_iteration(Z64, steps)
-        if verify:
-            eye = torch.eye(Z.shape[-1], dtype=U.dtype, device=Z.device)
-            if not bool((U.transpose(-1, -2) @ U - eye).abs().amax() <= 1e-8):
-                A, S, Bh = torch.linalg.svd(Z, full_matrices=False)
-                ctx.save_for_backward(A, S, Bh)
-                ctx.svd = True
-                return A @ Bh
+        eye = torch.eye(Z.shape[-1], dtype=U.dtype, device=Z.device)
+        tol = 1e-10 if Z.dtype == torch.float64 else 1e-6
+        converged = (U.transpose(-1, -2) @ U - eye).abs().amax((-2, -1)) <= tol
+        ctx.mark_non_differentiable(converged)
+        if verify and Z.numel() and not bool(converged.all()):
+            A, S, Bh = torch.linalg.svd(Z, full_matrices=False)
+            ctx.save_for_backward(A, S, Bh)
+            ctx.svd = True
+            return A @ Bh, torch.ones_like(converged)
         ctx.save_for_backward(U, Z64, s)
         ctx.svd, ctx.steps = False, steps
-        return U.to(Z.dtype)
+        return U.to(Z.dtype), converged
 
     @staticmethod
-    def backward(ctx, G: torch.Tensor):  # type: ignore[override]
+    @once_differentiable
+    def backward(ctx, G: torch.Tensor, _):  # type: ignore[override]
         if ctx.svd:
             A, S, Bh = ctx.saved_tensors
             return _polar_backward(A, S, Bh, G), None, None
@@ -226,9 +236,12 @@ def nearest_etf(
         if solver == "polar-gram":
             return GramPolarFactor.apply(Z)
         if solver == "polar-ns":
-            if delta == 0:  # Z1 = 0: Z is singular, no iteration converges to an orthogonal U
+            lower = min(0.01 * delta, 0.01)
+            if lower < NS_MIN_LOWER:  # δ = 0: Z1 = 0, Z is singular; tiny δ: too many steps
                 return PolarFactor.apply(Z)
-            return IterativePolarFactor.apply(Z, min(0.01 * delta, 0.01), check_finite)
+            steps = polynomial_schedule(lower, 16 * torch.finfo(torch.float64).eps)
+            U, converged = IterativePolarFactor.apply(Z, steps, check_finite)
+            return torch.where(converged[..., None, None], U, U_prev)  # rare: Z near-singular (see above)
         return _RiemannianNearestETF.apply(Z, Hc.detach(), U_prev.detach(), delta, max_iterations)
 
 
@@ -333,6 +346,7 @@ class _RiemannianNearestETF(torch.autograd.Function):
         return U
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, G):  # type: ignore[override]
         A, S, Bh = ctx.saved_tensors
         return _polar_backward(A, S, Bh, G), None, None, None, None
