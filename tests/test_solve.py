@@ -8,6 +8,7 @@ import torch
 
 from ncguide import canonical_stiefel, etf_weight, inner_objective, nearest_etf, random_stiefel
 from ncguide.etf import center_classes
+from ncguide.solve import auto_solver
 
 SHAPES = [(2, 2), (5, 2), (6, 6), (20, 5), (64, 10), (128, 40)]
 
@@ -324,6 +325,9 @@ def test_auto_solver_picks_gram_in_float32_and_svd_in_float64():
         torch.testing.assert_close(nearest_etf(H, U_prev), nearest_etf(H, U_prev, solver=expected), atol=0, rtol=0)
     H, U_prev = make_problem(32, 8, torch.float32)  # delta = 0: Z is singular (Z1 = 0), so the SVD route
     torch.testing.assert_close(nearest_etf(H, U_prev, 0.0), nearest_etf(H, U_prev, 0.0, solver="polar"))
+    # devices without float64 (Apple's MPS) cannot run the float64 Gram route
+    assert auto_solver(torch.float32, 1e-3, "cuda") == "polar-gram"
+    assert auto_solver(torch.float32, 1e-3, "mps") == auto_solver(torch.float64, 1e-3, "cpu") == "polar"
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -206,10 +206,11 @@ def nearest_etf(
         delta: proximal weight ``δ >= 0``.
         solver: ``"polar"`` (closed form by thin SVD), ``"polar-gram"`` (closed form by a float64
             eigendecomposition of ``ZᵀZ``), ``"polar-ns"`` (the same polar factor by a matrix-product
-            iteration, synchronisation-free; see the module docstring for its condition-number
-            assumption; ``delta = 0`` uses the SVD), ``"riemannian"`` (trust regions, needs pymanopt) or
-            ``"auto"`` (default): ``polar-gram`` when computing in float32 with ``delta > 0`` (faster on
-            GPUs and on CPU, and more accurate than a float32 SVD), else ``polar`` (exact in float64).
+            iteration in float64, synchronisation-free; see the module docstring for its design bound
+            and fallback; ``delta < 1e-6`` uses the SVD), ``"riemannian"`` (trust regions, needs pymanopt) or
+            ``"auto"`` (default): ``polar-gram`` when computing in float32 with ``delta > 0`` on CPU or
+            CUDA (faster there, and more accurate than a float32 SVD), else ``polar`` (exact in float64;
+            also on devices without float64, e.g. Apple's MPS, which the float64 routes need).
         dtype: compute dtype; default the input's, promoted to at least float32 (so also under
             ``torch.autocast``). Pass ``torch.float64`` for more accuracy at large ``K``.
         check_finite: raise on non-finite ``H``/``U_prev`` and, for ``"polar-ns"``, verify convergence
@@ -230,7 +231,7 @@ def nearest_etf(
         U_prev = U_prev.to(dtype)
         Z = center_classes(Hc) / math.sqrt(k - 1) + (0.5 * delta) * U_prev  # U_prev broadcasts (validated)
         if solver == "auto":
-            solver = "polar-gram" if dtype != torch.float64 and delta > 0 else "polar"
+            solver = auto_solver(dtype, delta, H.device.type)
         if solver == "polar":
             return PolarFactor.apply(Z)
         if solver == "polar-gram":
@@ -243,6 +244,12 @@ def nearest_etf(
             U, converged = IterativePolarFactor.apply(Z, steps, check_finite)
             return torch.where(converged[..., None, None], U, U_prev)  # rare: Z near-singular (see above)
         return _RiemannianNearestETF.apply(Z, Hc.detach(), U_prev.detach(), delta, max_iterations)
+
+
+def auto_solver(dtype: torch.dtype, delta: float, device_type: str) -> str:
+    """What ``solver="auto"`` runs: the float64 Gram route for float32 work with ``δ > 0`` on CPU/CUDA."""
+    gram = dtype != torch.float64 and delta > 0 and device_type in ("cpu", "cuda")
+    return "polar-gram" if gram else "polar"
 
 
 def _validate(H: torch.Tensor, U_prev: torch.Tensor | None, delta: float, solver: str, check: bool) -> None:
