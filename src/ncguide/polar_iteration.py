@@ -1,5 +1,6 @@
 """The polar factor and its derivative from matrix products only: no eigen- or singular-value solver,
-no host synchronisation (so the solve can be captured in a CUDA graph or by ``torch.compile``).
+no host synchronisation, no data-dependent control flow (``torch.compile(fullgraph=True)`` traces it;
+CUDA-graph capture needs the same and is not yet tested on a GPU).
 
 **Forward.** With ``X_0 = Z/s`` (``s >= σ_max(Z)``), iterate odd quintics ``p_k(x) = a x + b x³ + c x⁵``
 on the singular values:

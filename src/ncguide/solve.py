@@ -33,8 +33,8 @@ the solver's point once it has converged.
 ``solver="polar-ns"`` computes the polar factor and its derivative (3) in float64 from matrix
 products only — a Newton–Schulz-type iteration of minimax quintics forward, the Lyapunov form of (3)
 by the matrix sign function backward (:mod:`ncguide.polar_iteration`) — with no eigensolver and no
-host synchronisation (with ``check_finite=False``), so ``torch.compile`` and CUDA graphs can capture
-it. The iteration count is fixed on the host for singular values of ``Z/‖ZᵀZ‖_F^{1/2}`` down to
+host synchronisation (with ``check_finite=False``), which ``torch.compile`` (tested, one graph) and CUDA
+graphs need. The iteration count is fixed on the host for singular values of ``Z/‖ZᵀZ‖_F^{1/2}`` down to
 ``δ/100`` (11 steps at ``δ = 1e-3``). Typically ``σ_min(Z) ≈ δ/2`` (``Z1 = (δ/2) U_prev 1``), but that
 is only an upper bound: when ``d ≈ K`` the class means can cancel the anchor in some direction, and at
 ``d = K ≤ 10`` about 0.5% of the heads' solves fall below the bound (un-normalised ``H``, with
