@@ -191,9 +191,11 @@ def test_gradcheck_through_the_iteration(d, k):
 
 
 class _HostReads(TorchDispatchMode):
-    """Records every operator that decomposes a matrix or copies a device value to the host."""
+    """Records every operator that decomposes a matrix, copies a device value to the host, or has a
+    data-dependent output shape (which makes CUDA wait: nonzero, masked_select, unique, boolean indexing)."""
 
-    FORBIDDEN = ("linalg_", "_linalg_", "svd", "eig", "_local_scalar_dense", "is_nonzero", "item")
+    FORBIDDEN = ("linalg_", "_linalg_", "svd", "eig", "_local_scalar_dense", "is_nonzero", "item",
+                 "nonzero", "masked_select", "unique")
 
     def __init__(self):
         super().__init__()
@@ -203,6 +205,10 @@ class _HostReads(TorchDispatchMode):
         name = func.__name__
         if any(f in name for f in self.FORBIDDEN) and "vector_norm" not in name and "matrix_norm" not in name:
             self.seen.append(name)
+        if name.startswith("index") and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else [])
+        ):
+            self.seen.append(name + " with a boolean mask")
         return func(*args, **(kwargs or {}))
 
 
@@ -216,9 +222,14 @@ def test_forward_and_backward_use_matrix_products_only():
         U = nearest_etf(H, U_prev, solver="polar-ns", check_finite=False)
         (U * torch.randn_like(U)).sum().backward()
     assert mode.seen == [], mode.seen
-    with _HostReads() as mode:  # the detector works: the SVD route is caught
-        nearest_etf(H.detach(), U_prev, solver="polar", check_finite=False)
-    assert mode.seen
+    for sync in (  # the detector works
+        lambda: nearest_etf(H.detach(), U_prev, solver="polar", check_finite=False),
+        lambda: H[H > 0],
+        lambda: float(H.sum()),
+    ):
+        with _HostReads() as mode:
+            sync()
+        assert mode.seen
 
 
 def test_delta_zero_uses_the_svd():
