@@ -43,6 +43,7 @@ __all__ = ["polynomial_schedule", "polar_iteration", "lyapunov_and_inverse", "po
 NARROW = 2e-2  # interval width below which the fixed quintic NEWTON_SCHULZ_5 takes over
 NEWTON_SCHULZ_5 = (15 / 8, -10 / 8, 3 / 8)
 MARGIN = 1e-2  # relative widening of each designed interval's right end (see polynomial_schedule)
+Steps = tuple[tuple[float, float, float], ...]  # a polynomial schedule: (a, b, c) per step
 
 
 def best_odd_quintic(lower: float, upper: float, iterations: int = 50) -> tuple[float, float, float, float]:
@@ -83,17 +84,17 @@ def _solve(A: list[list[float]], y: list[float]) -> list[float]:
     return x
 
 
-_SCHEDULES: dict[tuple[float, float], tuple[tuple[float, float, float], ...]] = {}
+_SCHEDULES: dict[tuple[float, float], Steps] = {}
 
 
-def polynomial_schedule(lower: float, tol: float = 1e-14) -> tuple[tuple[float, float, float], ...]:
+def polynomial_schedule(lower: float, tol: float = 1e-14) -> Steps:
     """Greedy minimax quintics taking singular values in ``[lower, 1]`` to ``1 ± tol`` (cached)."""
     if (lower, tol) not in _SCHEDULES:
         _SCHEDULES[(lower, tol)] = _greedy_schedule(lower, tol)
     return _SCHEDULES[(lower, tol)]
 
 
-def _greedy_schedule(lower: float, tol: float) -> tuple[tuple[float, float, float], ...]:
+def _greedy_schedule(lower: float, tol: float) -> Steps:
     if not 0 < lower <= 1:
         raise ValueError(f"lower must lie in (0, 1]; got {lower}")
     steps, lo, hi = [], lower, 1.0
@@ -118,12 +119,14 @@ def _quintic(S: torch.Tensor, a: float, b: float, c: float) -> torch.Tensor:
     return out
 
 
+def _sym(X: torch.Tensor) -> torch.Tensor:
+    """The symmetric part ``(X + Xᵀ)/2`` (removes rounding asymmetry of matrices that are symmetric)."""
+    return 0.5 * (X + X.transpose(-1, -2))
+
+
 def gram_scale(S: torch.Tensor) -> torch.Tensor:
     """``s = ‖ZᵀZ‖_F^{1/2} >= σ_max(Z)`` (and ``<= K^{1/4} σ_max``) from ``S = ZᵀZ``, shape ``(..., 1, 1)``."""
     return torch.linalg.matrix_norm(S, keepdim=True).sqrt().clamp_min(torch.finfo(S.dtype).tiny)
-
-
-Steps = tuple[tuple[float, float, float], ...]
 
 
 def polar_iteration(Z: torch.Tensor, steps: Steps) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,8 +148,8 @@ def lyapunov_and_inverse(
     both by the block sign iteration above; ``s >= λ_max(P)``, and the spectrum of ``P/s`` must lie in the
     interval ``steps`` was designed for. Per step, with ``T = a I + b E² + c E⁴`` and ``D = EF - FE``:
     ``E ← E T``, ``F ← E (b D + c (E²D + DE²)) + F T``, ``R ← R T``."""
-    E, F = P / s, -C / s
-    R = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device) / s
+    eye = torch.eye(P.shape[-1], dtype=P.dtype, device=P.device)
+    E, F, R = P / s, -C / s, eye / s
     for a, b, c in steps:
         E2 = E @ E
         T = _quintic(E2, a, b, c)
@@ -156,19 +159,18 @@ def lyapunov_and_inverse(
         F = E @ (b * D + c * (E2D + E2D.transpose(-1, -2))) + F @ T
         F = 0.5 * (F - F.transpose(-1, -2))  # exactly antisymmetric, as the exact iterates are
         E, R = E @ T, R @ T
-        E, R = 0.5 * (E + E.transpose(-1, -2)), 0.5 * (R + R.transpose(-1, -2))
+        E, R = _sym(E), _sym(R)
     # One Newton step for the inverse, R ← R + R (I - P R): the product of the steps loses ~eps·cond(P)
     # relative accuracy in the small eigen-directions; the step brings R to the accuracy of a direct inverse.
-    R = R + R @ (torch.eye(P.shape[-1], dtype=P.dtype, device=P.device) - P @ R)
-    return -0.5 * F, 0.5 * (R + R.transpose(-1, -2))
+    R = R + R @ (eye - P @ R)
+    return -0.5 * F, _sym(R)
 
 
 def polar_iteration_backward(
     U: torch.Tensor, Z: torch.Tensor, s: torch.Tensor, G: torch.Tensor, steps: Steps
 ) -> torch.Tensor:
     """Equation (2): ``∂L/∂Z = U (Ω - UᵀG P⁻¹) + G P⁻¹`` for ``U = polar(Z)``."""
-    P = U.transpose(-1, -2) @ Z
-    P = 0.5 * (P + P.transpose(-1, -2))
+    P = _sym(U.transpose(-1, -2) @ Z)
     W = U.transpose(-1, -2) @ G
     omega, P_inv = lyapunov_and_inverse(P, W - W.transpose(-1, -2), s, steps)
     return U @ (omega - W @ P_inv) + G @ P_inv

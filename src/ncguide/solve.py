@@ -86,10 +86,7 @@ class PolarFactor(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, Z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        A, S, Bh = torch.linalg.svd(Z, full_matrices=False)
-        U = A @ Bh
-        ctx.save_for_backward(A, S, Bh)
-        return U
+        return _svd_polar(ctx, Z)
 
     @staticmethod
     @once_differentiable
@@ -111,9 +108,7 @@ class GramPolarFactor(torch.autograd.Function):
         lam, B = torch.linalg.eigh(Z64.transpose(-1, -2) @ Z64)  # ascending eigenvalues
         S = lam.clamp_min(0).sqrt()
         if bool((S[..., 0] <= GRAM_MIN_RATIO * S[..., -1]).any()):
-            A, S, Bh = torch.linalg.svd(Z, full_matrices=False)
-            ctx.save_for_backward(A, S, Bh)
-            return A @ Bh
+            return _svd_polar(ctx, Z)
         A = (Z64 @ B) / S.unsqueeze(-2)
         Bh = B.transpose(-1, -2)
         U = A @ Bh
@@ -148,10 +143,8 @@ class IterativePolarFactor(torch.autograd.Function):
         converged = (U.transpose(-1, -2) @ U - eye).abs().amax((-2, -1)) <= tol
         ctx.mark_non_differentiable(converged)
         if verify and Z.numel() and not bool(converged.all()):
-            A, S, Bh = torch.linalg.svd(Z, full_matrices=False)
-            ctx.save_for_backward(A, S, Bh)
             ctx.svd = True
-            return A @ Bh, torch.ones_like(converged)
+            return _svd_polar(ctx, Z), torch.ones_like(converged)
         ctx.save_for_backward(U, Z64, s)
         ctx.svd, ctx.steps = False, steps
         return U.to(Z.dtype), converged
@@ -164,6 +157,13 @@ class IterativePolarFactor(torch.autograd.Function):
             return _polar_backward(A, S, Bh, G), None, None
         U, Z, s = ctx.saved_tensors
         return polar_iteration_backward(U, Z, s, G.double(), ctx.steps).to(G.dtype), None, None
+
+
+def _svd_polar(ctx, Z: torch.Tensor) -> torch.Tensor:
+    """``polar(Z) = A Bᵀ`` from the thin SVD, saving ``A, Σ, Bᵀ`` on ``ctx`` for :func:`_polar_backward`."""
+    A, S, Bh = torch.linalg.svd(Z, full_matrices=False)
+    ctx.save_for_backward(A, S, Bh)
+    return A @ Bh
 
 
 def _polar_backward(A: torch.Tensor, S: torch.Tensor, Bh: torch.Tensor, G: torch.Tensor) -> torch.Tensor:
@@ -348,8 +348,7 @@ class _RiemannianNearestETF(torch.autograd.Function):
         U = torch.stack([riemannian_nearest_etf(h, p, delta, max_iterations) for h, p in zip(flat_h, flat_p)]).reshape(
             H.shape
         )
-        A, S, Bh = torch.linalg.svd(Z, full_matrices=False)
-        ctx.save_for_backward(A, S, Bh)
+        _svd_polar(ctx, Z)  # the backward is (3) at the exact optimum
         return U
 
     @staticmethod
