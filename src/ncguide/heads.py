@@ -29,7 +29,8 @@ from torch import nn
 
 from .etf import canonical_stiefel, etf_weight, random_stiefel
 from .means import RunningClassMeans, RunningMean
-from .solve import SOLVERS, nearest_etf
+from .solve import SOLVERS, nearest_etf, polar_target
+from .warm_polar import WarmPolarSolver
 
 __all__ = ["METHODS", "Head", "NearestETFHead", "FixedETFHead", "StandardHead", "build_head", "head_options"]
 
@@ -177,6 +178,7 @@ class NearestETFHead(Head):
             feature_dim, num_classes, mean_schedule, alpha_min, ema_alpha, sync=sync_distributed
         )
         self.register_buffer("U", canonical_stiefel(feature_dim, num_classes, dtype=solve_dtype or torch.float32))
+        self.warm = WarmPolarSolver(num_classes) if solver == "warm" else None
 
     def _logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         if not self.training:
@@ -196,6 +198,11 @@ class NearestETFHead(Head):
 
     def solve(self, Hbar: torch.Tensor) -> torch.Tensor:
         """``U*`` for the normalised means ``H̄`` (``d×K``), anchored at the stored ``U_prev``."""
+        if self.warm is not None:
+            dtype = self.solve_dtype or torch.promote_types(Hbar.dtype, torch.float32)
+            with torch.set_grad_enabled(self.implicit_grad and torch.is_grad_enabled()):
+                Hbar = Hbar.to(dtype) if self.implicit_grad else Hbar.detach().to(dtype)
+                return self.warm(polar_target(Hbar, self.U.to(dtype), self.delta), self.U)
         kw = dict(solver=self.solver, dtype=self.solve_dtype, check_finite=False)
         if self.implicit_grad:
             return nearest_etf(Hbar, self.U, self.delta, **kw)

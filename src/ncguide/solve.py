@@ -56,6 +56,7 @@ from .polar_iteration import polar_iteration, polar_iteration_backward, polynomi
 __all__ = [
     "SOLVERS",
     "nearest_etf",
+    "polar_target",
     "inner_objective",
     "polar_factor",
     "PolarFactor",
@@ -64,7 +65,7 @@ __all__ = [
     "riemannian_nearest_etf",
 ]
 
-SOLVERS = ("auto", "polar", "polar-gram", "polar-ns", "riemannian")
+SOLVERS = ("auto", "polar", "polar-gram", "polar-ns", "warm", "riemannian")
 GRAM_MIN_RATIO = 1e-4
 NS_MIN_LOWER = 1e-8  # polar-ns: below this design bound (δ < 1e-6) the SVD is used instead
 
@@ -229,7 +230,7 @@ def nearest_etf(
         if U_prev is None:
             U_prev = canonical_stiefel(d, k, dtype=dtype, device=H.device)
         U_prev = U_prev.to(dtype)
-        Z = center_classes(Hc) / math.sqrt(k - 1) + (0.5 * delta) * U_prev  # U_prev broadcasts (validated)
+        Z = polar_target(Hc, U_prev, delta)
         if solver == "auto":
             solver = auto_solver(dtype, delta, H.device.type)
         if solver == "polar":
@@ -244,6 +245,11 @@ def nearest_etf(
             U, converged = IterativePolarFactor.apply(Z, steps, check_finite)
             return torch.where(converged[..., None, None], U, U_prev)  # rare: Z near-singular (see above)
         return _RiemannianNearestETF.apply(Z, Hc.detach(), U_prev.detach(), delta, max_iterations)
+
+
+def polar_target(H: torch.Tensor, U_prev: torch.Tensor, delta: float) -> torch.Tensor:
+    """``Z = H M / sqrt(K-1) + (δ/2) U_prev`` of (2), whose polar factor solves (1); ``U_prev`` broadcasts."""
+    return center_classes(H) / math.sqrt(H.shape[-1] - 1) + (0.5 * delta) * U_prev
 
 
 def auto_solver(dtype: torch.dtype, delta: float, device_type: str) -> str:
@@ -266,6 +272,11 @@ def _validate(H: torch.Tensor, U_prev: torch.Tensor | None, delta: float, solver
         raise ValueError(f"H must be a floating-point tensor; got {H.dtype}")
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    if solver == "warm":
+        raise ValueError(
+            "solver='warm' keeps state between training steps: use NearestETFHead(solver='warm') or "
+            "ncguide.WarmPolarSolver on polar_target(H, U_prev, delta)"
+        )
     if not (delta >= 0 and math.isfinite(delta)):
         raise ValueError(f"delta must be finite and >= 0; got {delta}")
     if U_prev is not None:

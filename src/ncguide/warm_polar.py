@@ -1,0 +1,302 @@
+"""The warm solver route (``solver="warm"``): each training step's polar factor from the previous step's,
+by matrix products only — no decomposition, no host read — with an exact refresh now and then.
+
+Consecutive training steps solve nearby problems (the running class means move by ``α_t`` per step).
+With ``S = ZᵀZ`` and ``P = S^{1/2}``, the solution is ``U = polar(Z) = Z P⁻¹``. The route keeps ``P`` and
+``P⁻¹`` from the previous step as ``X = VᵀPV`` and ``Y = VᵀP⁻¹V`` in a basis ``V`` in which they were
+diagonal at the last exact solve (a *refresh*: the float64 eigendecomposition of ``S``), and updates
+them for the current ``Z``:
+
+    S̃ = Vᵀ S V                                        the current Gram matrix in the stale basis
+    X ← X + E,   X E + E X = S̃ − X²                    Newton's method for X² = S̃      (``newton`` steps) (1)
+    Y ← Y + F,   X F + F X = 2I − XY − YX              Newton's method for XY + YX = 2I (``inverse`` steps) (2)
+    U = Z (V Y Vᵀ)                                                                                     (3)
+
+(1) converges to the unique positive definite square root of the *current* ``S̃``: the warm start
+only shortens the way, it never changes the answer (unlike a polynomial polar iteration started
+from ``U_prev``, whose limit is ``polar(U_prev)``). (2) holds because for positive definite ``X`` the
+Lyapunov equation ``XY + YX = 2I`` has the single solution ``Y = X⁻¹``. Each Lyapunov equation
+``X E + E X = R`` is solved by ``cg`` conjugate-gradient iterations on symmetric matrices (the
+operator is self-adjoint and positive definite), preconditioned by its exact solution for the
+diagonal of ``X``, ``E_ij = R_ij / (x_ii + x_jj)`` — good while ``V`` is close to the eigenbasis.
+
+**Certificate.** ``η = max|Y S̃ Y − I| = max|UᵀU − I|``. Because ``Q = V Y Vᵀ`` is symmetric, ``UᵀU = I``
+forces ``U = polar(Z)`` (``T = P Q`` is then orthogonal with positive eigenvalues, so ``T = I``), and to
+first order ``‖U − polar(Z)‖ ≲ η``: the certificate measures the error of the answer, not of a proxy.
+
+**Policy** (host side; a regular step reads nothing back from the device):
+- A *refresh* (exact: ``eigh`` of ``S`` in float64, like the Gram route, one host synchronisation)
+  runs at the first step; when the previous step's ``η`` exceeded ``soft_tol`` (read one step late,
+  through a non-blocking copy); when ``interval`` steps have passed since the last refresh; and
+  while the refreshes see the problem move fast (``‖S − S_prev‖_F/‖S‖_F > drift_max`` between
+  consecutive steps, e.g. the first steps, where the running means have ``α_t = 2/(t+1)``).
+- ``interval`` starts at ``first_interval``, doubles after every interval whose warm steps all met
+  ``soft_tol`` (up to ``max_interval``) and halves after a miss.
+- A regular step whose own ``η`` exceeds ``hard_tol`` keeps ``U_prev`` for that step (a device-side
+  select, no sync) and the next step refreshes; ``fallbacks`` counts these (on the training
+  trajectories of the tests: none).
+
+**Backward** of a regular step (the implicit derivative, as in :mod:`ncguide.polar_iteration`):
+``∂L/∂Z = U (Ω − W P⁻¹) + G P⁻¹`` with ``W = UᵀG`` and ``P Ω + Ω P = W − Wᵀ``, the Lyapunov equation
+solved by ``backward_cg`` preconditioned CG iterations in the stale basis with ``P = V X Vᵀ``.
+A refresh step's backward is the closed form of :mod:`ncguide.solve`.
+
+**Cost**, in ``d×K×K`` products (``dK²``) and ``K×K×K`` products (``K³``), all float64: forward
+``2 dK² + (6 + newton·(1 + cg) + inverse·(1 + cg)) K³``; backward ``3 dK² + (5 + backward_cg) K³``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+__all__ = ["WarmSettings", "WarmPolarSolver", "warm_polar", "lyapunov_cg"]
+
+
+@dataclass(frozen=True)
+class WarmSettings:
+    """Iteration counts and the refresh policy of the warm route (see the module docstring)."""
+
+    newton: int = 3
+    inverse: int = 2
+    cg: int = 5
+    backward_cg: int = 8
+    soft_tol: float = 1e-8
+    hard_tol: float = 1e-6
+    drift_max: float = 0.05
+    first_interval: int = 4
+    max_interval: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("newton", "inverse", "cg", "backward_cg", "first_interval", "max_interval"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise ValueError(f"WarmSettings.{name} must be an integer >= 1; got {getattr(self, name)!r}")
+        if not 0 < self.soft_tol <= self.hard_tol:
+            raise ValueError(f"need 0 < soft_tol <= hard_tol; got {self.soft_tol}, {self.hard_tol}")
+        if not self.drift_max > 0:
+            raise ValueError(f"drift_max must be > 0; got {self.drift_max}")
+
+
+def _sym(X: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (X + X.transpose(-1, -2))
+
+
+def lyapunov_cg(X: torch.Tensor, R: torch.Tensor, iterations: int, antisymmetric: bool = False) -> torch.Tensor:
+    """Approximate ``E`` with ``X E + E X = R`` (``X`` symmetric positive definite, ``R`` symmetric, or
+    antisymmetric with ``antisymmetric=True``) by preconditioned conjugate gradients from ``E = 0``.
+
+    Preconditioner: the exact solution for ``diag(X)``, ``R_ij / (x_ii + x_jj)``. Fixed iteration count,
+    scalars kept on the device: no host read. Cost: one ``K×K×K`` product per iteration.
+    """
+    x = X.diagonal()
+    D = x.unsqueeze(-1) + x.unsqueeze(-2)
+    sign = -1.0 if antisymmetric else 1.0
+    zero = X.new_zeros(())
+    E = torch.zeros_like(R)
+    r = R
+    z = r / D
+    p = z
+    rz = (r * z).sum()
+    floor = rz * torch.finfo(X.dtype).eps ** 2  # residual at rounding level: stop (steps of zero)
+    for _ in range(iterations):
+        Xp = X @ p
+        Ap = Xp + sign * Xp.transpose(-1, -2)  # X p + p X, as p is (anti)symmetric and X symmetric
+        pAp = (p * Ap).sum()
+        live = (rz > floor) & (pAp > 0)
+        a = torch.where(live, rz / torch.where(live, pAp, 1.0), zero)
+        E = E + a * p
+        r = r - a * Ap
+        z = r / D
+        rz_next = (r * z).sum()
+        p = z + torch.where(live, rz_next / torch.where(live, rz, 1.0), zero) * p
+        rz = rz_next
+    return E
+
+
+def _warm_iterations(Z: torch.Tensor, V: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, s: WarmSettings):
+    """Steps (1)–(3) in float64. Returns ``U, X, Y, Q = V Y Vᵀ`` and the certificate ``η``."""
+    eye = torch.eye(Z.shape[-1], dtype=Z.dtype, device=Z.device)
+    St = _sym(V.transpose(-1, -2) @ (Z.transpose(-1, -2) @ Z) @ V)
+    for _ in range(s.newton):
+        X = _sym(X + lyapunov_cg(X, St - X @ X, s.cg))
+    for _ in range(s.inverse):
+        XY = X @ Y
+        Y = _sym(Y + lyapunov_cg(X, 2 * eye - XY - XY.transpose(-1, -2), s.cg))
+    eta = (Y @ St @ Y - eye).abs().amax()
+    Q = _sym(V @ Y @ V.transpose(-1, -2))
+    return Z @ Q, X, Y, Q, eta
+
+
+class _WarmPolar(torch.autograd.Function):
+    """A regular step: forward (1)–(3), backward the implicit derivative by preconditioned CG."""
+
+    @staticmethod
+    def forward(ctx, Z, V, X, Y, settings):  # type: ignore[override]
+        Z64 = Z.double()
+        U, X, Y, Q, eta = _warm_iterations(Z64, V, X, Y, settings)
+        ctx.save_for_backward(U, V, X, Q)
+        ctx.settings, ctx.dtype = settings, Z.dtype
+        ctx.mark_non_differentiable(X, Y, eta)
+        return U.to(Z.dtype), X, Y, eta
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, G, *_):  # type: ignore[override]
+        U, V, X, Q = ctx.saved_tensors
+        G = G.double()
+        W = U.transpose(-1, -2) @ G
+        Vt = V.transpose(-1, -2)
+        C = Vt @ (W - W.transpose(-1, -2)) @ V
+        omega = V @ lyapunov_cg(X, C, ctx.settings.backward_cg, antisymmetric=True) @ Vt
+        dZ = U @ (omega - W @ Q) + G @ Q
+        return dZ.to(ctx.dtype), None, None, None, None
+
+
+class _Refresh(torch.autograd.Function):
+    """A refresh step: ``polar(Z)`` from the float64 ``eigh(ZᵀZ) = V diag(p²) Vᵀ``; the closed-form backward."""
+
+    @staticmethod
+    def forward(ctx, Z):  # type: ignore[override]
+        from .solve import GRAM_MIN_RATIO
+
+        Z64 = Z.double()
+        lam, V = torch.linalg.eigh(Z64.transpose(-1, -2) @ Z64)
+        p = lam.clamp_min(0).sqrt()
+        if not bool(p[0] > GRAM_MIN_RATIO * p[-1]):
+            raise ValueError(
+                f"the warm route needs a well-conditioned Z (σ_min/σ_max = {float(p[0] / p[-1]):.1e} <= "
+                f"{GRAM_MIN_RATIO}); use delta > 0 or solver='polar'"
+            )
+        A = (Z64 @ V) / p
+        U = A @ V.transpose(-1, -2)
+        ctx.save_for_backward(A, p, V.transpose(-1, -2).contiguous())
+        ctx.dtype = Z.dtype
+        ctx.mark_non_differentiable(V, p)
+        return U.to(Z.dtype), V, p
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, G, *_):  # type: ignore[override]
+        from .solve import _polar_backward
+
+        A, p, Bh = ctx.saved_tensors
+        return _polar_backward(A, p, Bh, G.double()).to(ctx.dtype)
+
+
+def warm_polar(
+    Z: torch.Tensor, V: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, settings: WarmSettings = WarmSettings()
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One regular step, functional: ``Z`` (``d×K``) and the state ``V, X, Y`` (``K×K``, float64) →
+    ``U ≈ polar(Z)`` (dtype of ``Z``, differentiable w.r.t. ``Z``), the new ``X, Y`` and ``η``. Stateless,
+    so ``gradcheck`` applies; :class:`WarmPolarSolver` adds the state and the refresh policy."""
+    return _WarmPolar.apply(Z, V, X, Y, settings)
+
+
+class WarmPolarSolver(nn.Module):
+    """Stateful ``polar(Z)`` for a sequence of nearby ``d×K`` problems (one per training step).
+
+    ``solver(Z, U_prev) -> U``. Buffers (in ``state_dict``, so a resumed run continues exactly): the
+    stale basis ``V``, ``X``, ``Y`` (float64, ``K×K``), the last certificate ``eta``, counters
+    ``refreshes``, ``fallbacks``, ``steps``; the host-side policy state travels as extra state.
+    ``last_refreshed`` tells whether the latest call was a refresh (the only calls that decompose a
+    matrix or read from the device).
+    """
+
+    def __init__(self, num_classes: int, settings: WarmSettings | None = None) -> None:
+        super().__init__()
+        self.settings = settings or WarmSettings()
+        k = int(num_classes)
+        eye = torch.eye(k, dtype=torch.float64)
+        self.register_buffer("V", eye.clone())
+        self.register_buffer("X", eye.clone())
+        self.register_buffer("Y", eye.clone())
+        self.register_buffer("eta", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
+        self.register_buffer("fallbacks", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+        self._policy = {"ready": False, "cold": True, "since": 0, "interval": self.settings.first_interval,
+                        "pending": False}
+        self._eta_host: torch.Tensor | None = None
+        self._eta_event = None
+        self.last_refreshed = False
+
+    # ---- policy state in the checkpoint -------------------------------------------------------------
+    def get_extra_state(self) -> dict:
+        return {"policy": dict(self._policy), "settings": asdict(self.settings)}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._policy = dict(state["policy"])
+        self.settings = WarmSettings(**state["settings"])
+        self._eta_host = None  # a pending certificate is read from the loaded ``eta`` buffer
+
+    # ---- one step -------------------------------------------------------------------------------------
+    def forward(self, Z: torch.Tensor, U_prev: torch.Tensor) -> torch.Tensor:
+        if Z.dim() != 2:
+            raise ValueError(f"the warm route solves one d×K problem at a time; got Z of shape {tuple(Z.shape)}")
+        pol, s = self._policy, self.settings
+        missed = pol["pending"] and not (self._late_eta() <= s.soft_tol)  # NaN counts as a miss
+        pol["pending"] = False
+        self.steps += 1
+        if not pol["ready"] or pol["cold"]:
+            return self._refresh(Z)
+        if missed:
+            pol["interval"] = max(1, pol["interval"] // 2)
+            return self._refresh(Z)
+        if pol["since"] >= pol["interval"]:  # a clean interval: every warm step met soft_tol
+            pol["interval"] = min(s.max_interval, 2 * pol["interval"])
+            return self._refresh(Z)
+        self.last_refreshed = False
+        U, X, Y, eta = warm_polar(Z, self.V, self.X, self.Y, s)
+        ok = eta <= s.hard_tol
+        with torch.no_grad():
+            self.X.copy_(X)
+            self.Y.copy_(Y)
+            self.eta.copy_(torch.where(eta.isnan(), torch.full_like(eta, torch.inf), eta))
+            self.fallbacks += (~ok).long()
+        self._post_eta()
+        pol["since"] += 1
+        pol["pending"] = True
+        return torch.where(ok, U, U_prev.to(U.dtype))
+
+    def _refresh(self, Z: torch.Tensor) -> torch.Tensor:
+        pol, s = self._policy, self.settings
+        U, V, p = _Refresh.apply(Z)
+        with torch.no_grad():
+            S = (V * p * p) @ V.transpose(-1, -2)
+            drift = float("inf")
+            if pol["ready"]:
+                S_prev = self.V @ (self.X @ self.X) @ self.V.transpose(-1, -2)
+                drift = float(torch.linalg.matrix_norm(S - S_prev) / torch.linalg.matrix_norm(S))
+            self.V.copy_(V)
+            self.X.copy_(torch.diag(p))
+            self.Y.copy_(torch.diag(p.reciprocal()))
+            self.eta.zero_()
+            self.refreshes += 1
+        pol.update(ready=True, cold=not drift <= s.drift_max, since=0)
+        self.last_refreshed = True
+        return U
+
+    def _post_eta(self) -> None:
+        """Start copying ``eta`` to the host without waiting (read at the next step)."""
+        if self._eta_host is None or self._eta_host.device.type != "cpu":
+            pin = self.eta.device.type == "cuda"
+            self._eta_host = torch.zeros((), dtype=torch.float64, pin_memory=pin)
+        self._eta_host.copy_(self.eta, non_blocking=True)
+        if self.eta.device.type == "cuda":
+            self._eta_event = torch.cuda.Event()
+            self._eta_event.record()
+
+    def _late_eta(self) -> float:
+        """The previous step's certificate. Its copy was started a whole step ago, so waiting for it
+        costs nothing in practice; after loading a checkpoint it is read from the buffer (one sync)."""
+        if self._eta_host is None:
+            return float(self.eta)
+        if self._eta_event is not None:
+            self._eta_event.synchronize()
+        return float(self._eta_host.numpy())
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in asdict(self.settings).items())
