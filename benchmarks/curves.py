@@ -15,7 +15,7 @@ import math
 import statistics
 from pathlib import Path
 
-from ncguide.files import read_jsonl
+from ncguide.experiments.files import read_jsonl
 
 
 def fmt(values: list[float], scale: float = 1.0, spec: str = "{:.1f}") -> str:

@@ -3,7 +3,7 @@ MNIST-1D test-accuracy gap; not a method of the package).
 
     python benchmarks/freeze_probe.py OUT --config configs/mnist1d.yaml --freeze-epoch 10 --seeds 0,1,2
 
-Trains ``nearest-etf`` with ``ncguide.train.train`` into ``OUT/runs/nearest-etf/seed-<s>/`` (the layout of
+Trains ``nearest-etf`` with ``ncguide.experiments.train`` into ``OUT/runs/nearest-etf/seed-<s>/`` (the layout of
 ``ncguide compare``), but from the first step of epoch ``freeze_epoch + 1`` on, ``NearestETFHead.solve``
 returns the stored ``U`` (the last solution) instead of solving: from then on the head is a fixed ETF at
 the nearest-ETF's own ``U`` (the running means and global mean keep updating; eval is unchanged).
@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 from ncguide import heads
-from ncguide.config import TrainConfig, apply_overrides, load_config
-from ncguide.train import _load_data, train
+from ncguide.experiments.config import TrainConfig, apply_overrides, load_config
+from ncguide.experiments.train import _load_data, train
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from ncguide.files import read_jsonl
+from ncguide.experiments.files import read_jsonl
 
 
 def stats(r: list[dict], thr: float) -> tuple[float, float, float]:

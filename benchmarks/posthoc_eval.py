@@ -30,11 +30,11 @@ from pathlib import Path
 
 import torch
 
-from ncguide.config import TrainConfig
 from ncguide.etf import center_classes, etf_weight
+from ncguide.experiments.config import TrainConfig
+from ncguide.experiments.train import _build_model, _head_kwargs, _load_data, load_checkpoint
 from ncguide.heads import build_head
 from ncguide.metrics import nc_metrics
-from ncguide.train import _build_model, _head_kwargs, _load_data, load_checkpoint
 
 
 def polar(Z: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from ncguide.files import read_jsonl
+from ncguide.experiments.files import read_jsonl
 
 
 def fmt(v: list, spec: str) -> str:

@@ -1,6 +1,7 @@
-"""Helper for tests/test_train.py: run ``ncguide.train.train`` in a separate process (or under torchrun).
+"""Helper for tests/experiments/test_train.py: run ``ncguide.experiments.train`` in a separate process
+(or under torchrun).
 
-    python tests/train_script.py OUT_DIR CONFIG_JSON [--sleep S --sleep-after N] [--no-resume]
+    python tests/experiments/train_script.py OUT_DIR CONFIG_JSON [--sleep S --sleep-after N] [--no-resume]
 
 ``Probe`` wraps the configured backbone: it counts training forward calls in ``OUT_DIR/calls.txt``,
 sleeps ``S`` seconds per training call after the first ``N`` (a window for the test to kill the
@@ -49,8 +50,8 @@ class Probe(nn.Module):
 
 def build_probe(cfg, **kwargs) -> Probe:
     """The backbone ``train`` would build for ``cfg`` (same seed), wrapped in a ``Probe``."""
-    from ncguide.data import load_dataset
-    from ncguide.models import build_model
+    from ncguide.experiments.data import load_dataset
+    from ncguide.experiments.models import build_model
 
     ds = load_dataset(cfg.dataset, seed=cfg.seed, train_per_class=cfg.train_per_class)
     torch.manual_seed(cfg.seed)
@@ -58,8 +59,8 @@ def build_probe(cfg, **kwargs) -> Probe:
 
 
 def main() -> None:
-    from ncguide.config import TrainConfig
-    from ncguide.train import train
+    from ncguide.experiments.config import TrainConfig
+    from ncguide.experiments.train import train
 
     p = argparse.ArgumentParser()
     p.add_argument("out")

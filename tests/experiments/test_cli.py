@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from ncguide import cli, experiment
-from ncguide.cli import main
+from ncguide.experiments import cli, compare
+from ncguide.experiments.cli import main
 
 METHODS = ["standard", "nearest-etf"]
 SEEDS = [0, 1]
@@ -135,7 +135,7 @@ def test_precedence_config_flags_set(tmp_path):
 
 @pytest.mark.parametrize("seeds,expected", [(3, [0, 1, 2]), ("2", [0, 1]), ("0,4", [0, 4]), ([5, 1], [5, 1])])
 def test_parse_seeds(seeds, expected):
-    assert experiment.parse_seeds(seeds) == expected
+    assert compare.parse_seeds(seeds) == expected
 
 
 def _errors(tmp_path: Path) -> list[tuple[list[str], str]]:
@@ -188,7 +188,7 @@ def test_error_cases_counted(tmp_path):
     (["compare", "--config", "no/such/file.yaml"], "not found"),
 ])
 def test_errors_from_python_m_have_no_traceback(argv, message, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     r = subprocess.run([sys.executable, "-m", "ncguide", *argv, "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2
@@ -217,7 +217,7 @@ def test_help(argv, words, capsys):
 def test_print_config(tmp_path, capsys):
     import yaml
 
-    argv = ["compare", "--config", str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"),
+    argv = ["compare", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"),
             "--seeds", "2", "--set", "lr=0.01", "--print-config"]
     assert main(argv) == 0
     shown = yaml.safe_load(capsys.readouterr().out)
@@ -236,7 +236,7 @@ def test_ctrl_c_exits_130(tmp_path, capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experiment, "train", interrupted)
+    monkeypatch.setattr(compare, "train", interrupted)
     argv = ["compare", *TINY, "--methods", "standard", "--seeds", "1", "--out", str(tmp_path / "o")]
     assert main(argv) == 130
     err = capsys.readouterr().err

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from ncguide.data import (
+from ncguide.experiments.data import (
     DATASETS,
     TensorLoader,
     archives,
@@ -30,7 +30,7 @@ from ncguide.data import (
     random_crop_flip,
     stratified_batches,
 )
-from ncguide.data.formats import read_idx
+from ncguide.experiments.data.formats import read_idx
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 

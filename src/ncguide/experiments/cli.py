@@ -216,8 +216,8 @@ def _print_config(d: dict) -> int:
 
 
 def _cmd_compare(args) -> int:
+    from .compare import DEFAULT_METHODS, DEFAULT_SEEDS, parse_methods, parse_seeds, run_compare
     from .config import TrainConfig
-    from .experiment import DEFAULT_METHODS, DEFAULT_SEEDS, parse_methods, parse_seeds, run_compare
 
     d, compare = resolve_config(args)
     for k in ("method", "seed"):  # set per run

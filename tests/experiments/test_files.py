@@ -2,7 +2,7 @@
 
 import pytest
 
-from ncguide.files import atomic_write, atomic_write_text
+from ncguide.experiments.files import atomic_write, atomic_write_text
 
 
 def test_atomic_write_replaces_the_file(tmp_path):
@@ -28,7 +28,7 @@ def test_failure_mid_write_keeps_the_old_file_and_no_temporary(tmp_path):
 
 
 def test_read_jsonl_skips_a_cut_off_last_line_and_missing_files(tmp_path):
-    from ncguide.files import last_record, read_jsonl
+    from ncguide.experiments.files import last_record, read_jsonl
 
     path = tmp_path / "metrics.jsonl"
     assert read_jsonl(path) == [] and last_record(path) == {}

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ncguide.config import TrainConfig, load_config
-from ncguide.data import load_dataset
-from ncguide.experiment import parse_seeds
+from ncguide.experiments.compare import parse_seeds
+from ncguide.experiments.config import TrainConfig, load_config
+from ncguide.experiments.data import load_dataset
+from ncguide.experiments.models import build_model
 from ncguide.heads import METHODS, build_head
-from ncguide.models import build_model
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 # (input shape, classes) of the data sets that are not shipped with the package
 EXTERNAL = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "stl10": ((3, 96, 96), 10),
             "imagenet": ((3, 224, 224), 1000)}

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from ncguide.report import FIGURES, load_runs, summarize, summary_table, write_report
+from ncguide.experiments.report import FIGURES, load_runs, summarize, summary_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -4,8 +4,8 @@ figures, the UFM's index semantics, and the registry's errors."""
 import pytest
 import torch
 
-from ncguide.models import MODELS, UFM, build_model
-from ncguide.models.cnn import CNN1d, CNN2d
+from ncguide.experiments.models import MODELS, UFM, build_model
+from ncguide.experiments.models.cnn import CNN1d, CNN2d
 
 
 @pytest.fixture(autouse=True)

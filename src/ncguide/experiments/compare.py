@@ -4,7 +4,7 @@
                           methods=["standard", "fixed-etf", "nearest-etf"], seeds=3, out_dir="out")
 
 Layout of ``out_dir`` (DESIGN §4): ``runs/<method>/seed-<s>/`` (``metrics.jsonl``, ``config.json``,
-``checkpoint.pt``, all written by :func:`ncguide.train.train`), ``config.yaml`` (the resolved comparison:
+``checkpoint.pt``, all written by :func:`ncguide.experiments.train.train`), ``config.yaml`` (the resolved comparison:
 base config, methods, seeds; ``ncguide compare --config out/config.yaml --out out`` repeats it), and the
 report (``summary.json``, ``report.md``, ``*.png``). Runs go one after the other in this process.
 Re-running on the same ``out_dir`` reuses finished runs and resumes unfinished ones from their checkpoint;
@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from ..heads import METHODS
 from .config import TrainConfig, with_defaults
 from .files import atomic_write_text, last_record
-from .heads import METHODS
 from .report import short_record, summary_table, write_report
 from .train import METRICS, RUNTIME_FIELDS, is_finished, train
 
@@ -122,7 +122,7 @@ def run_compare(
     ``base``: a TrainConfig or a dict of its fields (``method`` and ``seed`` are replaced per run).
     ``seeds``: a count N (seeds 0..N-1) or a list. Finished runs are reused (not retrained) and unfinished
     ones resumed when ``resume``; ``resume=False`` retrains everything from scratch. ``log`` gets one line
-    per run. Returns the report summary (:func:`ncguide.report.summarize`), or ``{}`` when ``report=False``.
+    per run. Returns the report summary (:func:`ncguide.experiments.report.summarize`), or ``{}`` when ``report=False``.
     """
     base_dict = base.to_dict() if isinstance(base, TrainConfig) else dict(base)
     methods, seeds = parse_methods(methods), parse_seeds(seeds)

@@ -18,10 +18,10 @@ import pytest
 import torch
 from torch import nn
 
-from ncguide.config import TrainConfig, apply_overrides, load_config
-from ncguide.experiment import run_compare
-from ncguide.optim import AGD, agd_scale, build_optimizer, lr_factor, set_lr
-from ncguide.train import is_finished, load_checkpoint, train
+from ncguide.experiments.compare import run_compare
+from ncguide.experiments.config import TrainConfig, apply_overrides, load_config
+from ncguide.experiments.optim import AGD, agd_scale, build_optimizer, lr_factor, set_lr
+from ncguide.experiments.train import is_finished, load_checkpoint, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_script import build_probe  # noqa: E402
@@ -54,7 +54,7 @@ def without_wall(recs: list[dict]) -> list[str]:
 
 
 def run_script(out: Path, cfg: TrainConfig, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src"), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, str(SCRIPT), str(out), json.dumps(cfg.to_dict()), *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -293,7 +293,7 @@ def test_torchrun_two_processes_match_one(tmp_path, method):
     leave a wide margin. The MLP has no batch norm (its statistics would be per rank)."""
     cfg = cfg_of(method=method, epochs=3, model_kwargs={"widths": [64, 64], "batch_norm": False})
     single = train(cfg, tmp_path / "one", progress="none", model=build_probe(cfg))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
            str(tmp_path / "two"), json.dumps(cfg.to_dict())]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -360,11 +360,11 @@ def test_file_backed_dataset_trains_like_in_memory(tmp_path, monkeypatch):
     the same batch order as the in-memory TensorLoader: the run is identical."""
     import dataclasses
 
-    import ncguide.data
+    import ncguide.experiments.data
 
     cfg = cfg_of(method="nearest-etf", epochs=2, num_workers=0)
     train(cfg, tmp_path / "mem", progress="none")
-    real = ncguide.data.load_dataset
+    real = ncguide.experiments.data.load_dataset
 
     def lazy(*args, **kwargs):
         ds = real(*args, **kwargs)
@@ -373,7 +373,7 @@ def test_file_backed_dataset_trains_like_in_memory(tmp_path, monkeypatch):
         return dataclasses.replace(ds, x_train=None, y_train=None, x_test=None, y_test=None,
                                    train_set=sets["train"], test_set=sets["test"])
 
-    monkeypatch.setattr(ncguide.data, "load_dataset", lazy)
+    monkeypatch.setattr(ncguide.experiments.data, "load_dataset", lazy)
     train(cfg, tmp_path / "lazy", progress="none")
     assert without_wall(records(tmp_path / "lazy")) == without_wall(records(tmp_path / "mem"))
     with pytest.raises(ValueError, match="file-backed"):
@@ -430,7 +430,7 @@ def test_malformed_set_value_is_a_value_error():
 def test_ema_alpha_reaches_the_heads_that_take_it_and_a_mixed_compare_runs(tmp_path):
     """``ema_alpha`` is a config field: a comparison of ``standard`` (no running means) with nearest-ETF
     under ``mean_schedule=ema`` builds both heads (it used to need head_kwargs, which standard refuses)."""
-    from ncguide.train import _head_kwargs
+    from ncguide.experiments.train import _head_kwargs
 
     assert "ema_alpha" not in _head_kwargs(cfg_of(method="standard", ema_alpha=0.5))
     assert _head_kwargs(cfg_of(method="nearest-etf", ema_alpha=0.5))["ema_alpha"] == 0.5
@@ -455,8 +455,8 @@ def test_a_run_saved_before_a_config_field_existed_is_still_reused(tmp_path):
     del ckpt["config"]["ema_alpha"]
     torch.save(ckpt, tmp_path / "checkpoint.pt")
     assert train(cfg, tmp_path, progress="none") == rec
-    from ncguide.config import with_defaults
-    from ncguide.experiment import _config_diff
+    from ncguide.experiments.compare import _config_diff
+    from ncguide.experiments.config import with_defaults
 
     assert _config_diff(with_defaults(old), cfg.to_dict()) == []  # compare's reuse check agrees
     with pytest.raises(ValueError, match="different config.*ema_alpha"):

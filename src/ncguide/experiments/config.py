@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .heads import METHODS
-from .means import SCHEDULES as MEAN_SCHEDULES
+from ..heads import METHODS
+from ..means import SCHEDULES as MEAN_SCHEDULES
+from ..solve import SOLVERS
 from .optim import OPTIMIZERS, SCHEDULES
-from .solve import SOLVERS
 
 __all__ = ["TrainConfig", "load_config", "apply_overrides", "with_defaults", "ETF_METHODS"]
 
@@ -37,8 +37,8 @@ class TrainConfig:
 
     # what to train
     method: str = "nearest-etf"  # standard | fixed-etf | nearest-etf | nearest-etf-nograd | standard-plain
-    dataset: str = "digits"  # a name in ncguide.data.DATASETS, or npz:PATH
-    model: str = "mlp"  # a name in ncguide.models.MODELS
+    dataset: str = "digits"  # a name in ncguide.experiments.data.DATASETS, or npz:PATH
+    model: str = "mlp"  # a name in ncguide.experiments.models.MODELS
     model_kwargs: dict = field(default_factory=dict)  # builder options, e.g. {"widths": [256, 256]}
     head_kwargs: dict = field(default_factory=dict)  # extra head options, e.g. {"rotation": "canonical"}
     data_dir: str | None = None

@@ -100,9 +100,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..heads import build_head, head_options
 from .config import ETF_METHODS, TrainConfig, with_defaults
 from .files import atomic_write, atomic_write_text, last_record
-from .heads import build_head, head_options
 from .optim import build_optimizer, lr_factor, set_lr
 
 __all__ = ["train", "is_finished", "load_checkpoint", "evaluate", "NonFiniteLossError"]
@@ -387,7 +387,7 @@ def _loss_acc_sums(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _train_split(model, head, loader, autocast) -> tuple[torch.Tensor, dict]:
     """Loss/accuracy sums and NC metrics of the training split. The 2nd NC pass reuses the first
     pass's features when they fit in ``_CACHE_BYTES``, else runs the backbone again."""
-    from .metrics import nc_metrics_streaming
+    from ..metrics import nc_metrics_streaming
 
     state: dict[str, Any] = {"sums": 0, "cache": [], "bytes": 0}
 
