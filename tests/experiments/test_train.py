@@ -18,10 +18,11 @@ import pytest
 import torch
 from torch import nn
 
+from ncguide.experiments.checkpoint import is_finished, load_checkpoint
 from ncguide.experiments.compare import run_compare
-from ncguide.experiments.config import TrainConfig, apply_overrides, load_config
-from ncguide.experiments.optim import AGD, agd_scale, build_optimizer, lr_factor, set_lr
-from ncguide.experiments.train import is_finished, load_checkpoint, train
+from ncguide.experiments.config import TrainConfig
+from ncguide.experiments.optim import agd_scale
+from ncguide.experiments.train import NonFiniteLossError, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 from train_script import build_probe  # noqa: E402
@@ -59,33 +60,7 @@ def run_script(out: Path, cfg: TrainConfig, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-# ------------------------------------------------------------------------------------ schedules
-
-
-@pytest.mark.parametrize("warmup", [0, 5])
-def test_warmup_then_cosine_matches_closed_form(warmup):
-    total = 40
-    for s in [0, 1, 4, 5, 6, 17, 39, 40, 50]:
-        if s < warmup:
-            want = (s + 1) / warmup
-        else:
-            want = 0.5 * (1 + math.cos(math.pi * min(1.0, (s - warmup) / (total - warmup))))
-        assert lr_factor(s, total, schedule="cosine", warmup_steps=warmup) == pytest.approx(want, abs=1e-15)
-    # the cosine goes from 1 right after warm-up to 0 at the end; warm-up rises linearly to 1
-    assert lr_factor(warmup, total, schedule="cosine", warmup_steps=warmup) == 1.0
-    assert lr_factor(total, total, schedule="cosine", warmup_steps=warmup) == pytest.approx(0.0, abs=1e-15)
-
-
-def test_step_and_constant_schedules_and_set_lr():
-    ms = [10, 20]
-    got = [lr_factor(s, 30, schedule="step", milestones=ms, gamma=0.5) for s in (0, 9, 10, 19, 20, 29)]
-    assert got == [1, 1, 0.5, 0.5, 0.25, 0.25]
-    assert lr_factor(7, 30, schedule="constant", warmup_steps=4) == 1.0
-    assert lr_factor(1, 30, schedule="constant", warmup_steps=4) == 0.5
-    opt = build_optimizer("sgd", [("w", nn.Parameter(torch.zeros(2)))], 0.2)
-    assert set_lr(opt, 0.25) == pytest.approx(0.05) and opt.param_groups[0]["lr"] == pytest.approx(0.05)
-    with pytest.raises(ValueError, match="valid"):
-        lr_factor(0, 10, schedule="linear")
+# ---------------------------------------------------------------------------- schedules and AGD
 
 
 def test_recorded_lr_follows_the_schedule(tmp_path):
@@ -99,53 +74,23 @@ def test_recorded_lr_follows_the_schedule(tmp_path):
     assert recs[2]["lr"] == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * (spe - 1) / spe)))
 
 
-# ------------------------------------------------------------------------------------------ AGD
-
-
-def _agd_net(conv: bool) -> nn.Module:
-    torch.manual_seed(0)
-    if conv:
-        return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.ReLU(), nn.Flatten(),
-                             nn.Linear(8 * 4 * 4, 5, bias=False))
-    return nn.Sequential(nn.Linear(12, 32, bias=False), nn.ReLU(), nn.Linear(32, 16, bias=False), nn.ReLU(),
-                         nn.Linear(16, 5, bias=False))
-
-
-@pytest.mark.parametrize("conv", [False, True])
-def test_agd_step_has_the_documented_spectral_scale(conv):
-    net = _agd_net(conv).double()
-    opt = AGD(net.parameters(), lr=1.0)
-    params = list(net.parameters())
-    L = len(params)
-    for p in params:  # orthogonal init: every tap's singular values all equal s = sqrt(n_out/n_in)[/sqrt(k)]
-        taps = p.detach().reshape(p.shape[0], p.shape[1], -1)
-        for k in range(taps.shape[2]):
-            sv = torch.linalg.svdvals(taps[:, :, k])
-            assert torch.allclose(sv, torch.full_like(sv, agd_scale(p.shape)), rtol=1e-10)
-    x = torch.randn(64, 3, 6, 6, dtype=torch.float64) if conv else torch.randn(64, 12, dtype=torch.float64)
-    y = torch.randint(0, 5, (64,))
-    nn.functional.cross_entropy(net(x), y).backward()
-    before = [p.detach().clone() for p in params]
-    grads = [p.grad.clone() for p in params]
-    G = sum(agd_scale(g.shape) * g.reshape(g.shape[0], g.shape[1], -1).norm(dim=(0, 1)).sum() for g in grads) / L
-    eta = math.log((1 + math.sqrt(1 + 4 * float(G))) / 2)
-    assert float(opt.step()) == pytest.approx(eta, rel=1e-12)
-    for p, w0, g in zip(params, before, grads):
-        dw = (p.detach() - w0).reshape(p.shape[0], p.shape[1], -1)
-        g = g.reshape(dw.shape)
-        for k in range(dw.shape[2]):
-            # ‖ΔW‖_F = (η/L)·s per tap, in the direction of -∇W, hence ‖ΔW‖_* <= (η/L)·‖W‖_*
-            assert float(dw[:, :, k].norm()) == pytest.approx(eta / L * agd_scale(p.shape), rel=1e-10)
-            cos = float((dw[:, :, k] * -g[:, :, k]).sum() / (dw[:, :, k].norm() * g[:, :, k].norm()))
-            assert cos == pytest.approx(1.0, abs=1e-12)
-            assert float(torch.linalg.matrix_norm(dw[:, :, k], ord=2)) <= eta / L * agd_scale(p.shape) * (1 + 1e-12)
-
-
 @pytest.mark.parametrize("kwargs", [{"bias": True, "batch_norm": False}, {"bias": False, "batch_norm": True}])
 def test_agd_rejects_biases_and_batch_norm(tmp_path, kwargs):
     cfg = cfg_of(optimizer="agd", weight_decay=0.0, model_kwargs={"widths": [32], **kwargs})
     with pytest.raises(ValueError, match="AGD supports bias-free"):
         train(cfg, tmp_path, progress="none")
+
+
+def test_the_loop_starts_agd_from_its_own_initialisation(tmp_path):
+    """AGD's optimiser leaves the weights alone; the training loop applies agd_init_ (Algorithm 1)."""
+    cfg = cfg_of(optimizer="agd", weight_decay=0.0, method="nearest-etf", epochs=0,
+                 model_kwargs={"widths": [32, 16], "bias": False, "batch_norm": False})
+    train(cfg, tmp_path, progress="none")
+    weights = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
+    assert len(weights) == 2
+    for w in weights.values():
+        sv = torch.linalg.svdvals(w.double())
+        assert torch.allclose(sv, torch.full_like(sv, agd_scale(w.shape)), rtol=1e-5)
 
 
 def test_agd_trains_a_bias_free_mlp(tmp_path):
@@ -270,6 +215,79 @@ def test_finished_run_is_not_retrained_and_other_config_is_refused(tmp_path):
     assert len(records(tmp_path)) == 2 and records(tmp_path)[-1] != rec
 
 
+class _RaiseAt(nn.Module):
+    """A backbone that raises ``exc`` at its ``at``-th training forward."""
+
+    def __init__(self, inner: nn.Module, at: int, exc: BaseException):
+        super().__init__()
+        self.inner, self.feature_dim, self.at, self.exc, self.calls = inner, inner.feature_dim, at, exc, 0
+
+    def forward(self, x):
+        self.calls += self.training
+        if self.training and self.calls == self.at:
+            raise self.exc
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("exc", [torch.OutOfMemoryError("CUDA out of memory (simulated)"), ValueError("bad batch")])
+def test_an_error_inside_a_step_keeps_its_type_and_says_where(tmp_path, exc):
+    cfg = cfg_of(epochs=1)
+    model = _RaiseAt(build_probe(cfg), at=3, exc=exc)
+    with pytest.raises(type(exc)) as info:
+        train(cfg, tmp_path, progress="none", model=model)
+    assert info.value is exc and not isinstance(exc, NonFiniteLossError)
+    where = "training failed at epoch 1, step 3"
+    assert where in (getattr(exc, "__notes__", None) or [str(exc)])[0]
+
+
+def test_train_restores_every_global_setting_it_changes(tmp_path):
+    import random
+
+    import numpy as np
+
+    def snapshot():
+        return dict(env=os.environ.get("CUBLAS_WORKSPACE_CONFIG"), det=torch.are_deterministic_algorithms_enabled(),
+                    warn=torch.is_deterministic_algorithms_warn_only_enabled(), bench=torch.backends.cudnn.benchmark,
+                    cudnn_det=torch.backends.cudnn.deterministic, threads=torch.get_num_threads(),
+                    torch_rng=torch.get_rng_state(), np_rng=np.random.get_state()[1].copy(),  # noqa: NPY002
+                    py_rng=random.getstate())
+
+    torch.manual_seed(123)
+    before = snapshot()
+    train(cfg_of(epochs=1, deterministic=True, seed=7), tmp_path, progress="none")
+    after = snapshot()
+    for key in before:
+        same = (torch.equal(before[key], after[key]) if isinstance(before[key], torch.Tensor)
+                else np.array_equal(before[key], after[key]) if isinstance(before[key], np.ndarray)
+                else before[key] == after[key])
+        assert same, key
+    torch.use_deterministic_algorithms(True)
+    try:
+        train(cfg_of(epochs=1, deterministic=False), tmp_path / "b", progress="none")
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_a_given_head_is_the_one_trained(tmp_path):
+    """``train(..., head=...)``: a subclass (a probe) replaces the method's head, and is checkpointed."""
+    from ncguide import NearestETFHead
+
+    class CountingHead(NearestETFHead):
+        solves = 0
+
+        def solve(self, Hbar):
+            CountingHead.solves += 1
+            return super().solve(Hbar)
+
+    cfg = cfg_of(method="nearest-etf", epochs=1)
+    head = CountingHead(64, 10)
+    train(cfg, tmp_path, progress="none", head=head)
+    assert CountingHead.solves == math.ceil(1437 / 64)
+    saved = load_checkpoint(tmp_path / "checkpoint.pt")["head"]
+    assert torch.equal(saved["U"], head.U.cpu())
+
+
 def test_table_progress_prints_one_line_per_epoch(tmp_path, capsys):
     train(cfg_of(epochs=2, eval_every=2), tmp_path, progress="table")
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
@@ -308,44 +326,7 @@ def test_torchrun_two_processes_match_one(tmp_path, method):
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), key
 
 
-# ------------------------------------------------------------------------------------------ config
-
-
-def test_config_round_trip_and_unknown_key():
-    cfg = cfg_of(step_milestones=[2, 5])
-    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="unknown config key 'lrr'"):
-        TrainConfig.from_dict({"lrr": 0.1})
-
-
-def test_apply_overrides_coerces_to_field_types(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("method: standard\nepochs: 5\nmodel_kwargs: {widths: [32]}\n")
-    d = apply_overrides(load_config(path), [
-        "epochs=7", "lr=1e-3", "nesterov=true", "train_per_class=none", "step_milestones=3,6",
-        "model_kwargs.batch_norm=false", "augment=flip", "warmup_epochs=1",
-    ])
-    assert d == {"method": "standard", "epochs": 7, "lr": 1e-3, "nesterov": True, "train_per_class": None,
-                 "step_milestones": [3, 6], "model_kwargs": {"widths": [32], "batch_norm": False},
-                 "augment": "flip", "warmup_epochs": 1.0}
-    assert isinstance(d["warmup_epochs"], float) and isinstance(d["epochs"], int)
-    with pytest.raises(ValueError, match="unknown config key 'foo'"):
-        apply_overrides({}, ["foo=1"])
-    for bad in ("epochs=2.5", "nesterov=maybe", "lr=fast", "epochs"):
-        with pytest.raises(ValueError, match="bad"):
-            apply_overrides({}, [bad])
-
-
-@pytest.mark.parametrize("key,value,match", [
-    ("method", "nearest", "unknown method 'nearest'.*nearest-etf"),
-    ("dataset", "mnist2", "unknown dataset 'mnist2'.*digits"),
-    ("model", "resnet7", "unknown model 'resnet7'.*resnet18"),
-    ("optimizer", "lbfgs", "unknown optimizer 'lbfgs'.*agd"),
-    ("schedule", "linear", "unknown schedule.*cosine"),
-])
-def test_unknown_names_are_refused_with_valid_names(key, value, match):
-    with pytest.raises(ValueError, match=match):
-        cfg_of(**{key: value})
+# ---------------------------------------------------------------------------------- building
 
 
 def test_etf_head_wider_than_features_is_refused(tmp_path):
@@ -360,11 +341,11 @@ def test_file_backed_dataset_trains_like_in_memory(tmp_path, monkeypatch):
     the same batch order as the in-memory TensorLoader: the run is identical."""
     import dataclasses
 
-    import ncguide.experiments.data
+    import ncguide.experiments.build
 
     cfg = cfg_of(method="nearest-etf", epochs=2, num_workers=0)
     train(cfg, tmp_path / "mem", progress="none")
-    real = ncguide.experiments.data.load_dataset
+    real = ncguide.experiments.build.load_dataset
 
     def lazy(*args, **kwargs):
         ds = real(*args, **kwargs)
@@ -373,7 +354,7 @@ def test_file_backed_dataset_trains_like_in_memory(tmp_path, monkeypatch):
         return dataclasses.replace(ds, x_train=None, y_train=None, x_test=None, y_test=None,
                                    train_set=sets["train"], test_set=sets["test"])
 
-    monkeypatch.setattr(ncguide.experiments.data, "load_dataset", lazy)
+    monkeypatch.setattr(ncguide.experiments.build, "load_dataset", lazy)
     train(cfg, tmp_path / "lazy", progress="none")
     assert without_wall(records(tmp_path / "lazy")) == without_wall(records(tmp_path / "mem"))
     with pytest.raises(ValueError, match="file-backed"):
@@ -422,18 +403,13 @@ def test_cuda_ctrl_c_resume_matches_uninterrupted_run(tmp_path):
         assert abs(a["train_acc"] - b["train_acc"]) * 1437 <= 2
 
 
-def test_malformed_set_value_is_a_value_error():
-    with pytest.raises(ValueError, match="bad value"):
-        apply_overrides({}, ["model_kwargs.width=[1,"])
-
-
 def test_ema_alpha_reaches_the_heads_that_take_it_and_a_mixed_compare_runs(tmp_path):
     """``ema_alpha`` is a config field: a comparison of ``standard`` (no running means) with nearest-ETF
     under ``mean_schedule=ema`` builds both heads (it used to need head_kwargs, which standard refuses)."""
-    from ncguide.experiments.train import _head_kwargs
+    from ncguide.experiments.build import head_kwargs
 
-    assert "ema_alpha" not in _head_kwargs(cfg_of(method="standard", ema_alpha=0.5))
-    assert _head_kwargs(cfg_of(method="nearest-etf", ema_alpha=0.5))["ema_alpha"] == 0.5
+    assert "ema_alpha" not in head_kwargs(cfg_of(method="standard", ema_alpha=0.5))
+    assert head_kwargs(cfg_of(method="nearest-etf", ema_alpha=0.5))["ema_alpha"] == 0.5
     base = cfg_of(epochs=1, mean_schedule="ema", ema_alpha=0.5)
     run_compare(base, ["standard", "nearest-etf"], [0], tmp_path, progress="none", log=lambda _: None, report=False)
     saved = json.loads((tmp_path / "runs/nearest-etf/seed-0/config.json").read_text())

@@ -3,7 +3,7 @@
     summary = run_compare({"dataset": "mnist1d", "model": "cnn1d", "epochs": 30},
                           methods=["standard", "fixed-etf", "nearest-etf"], seeds=3, out_dir="out")
 
-Layout of ``out_dir`` (DESIGN §4): ``runs/<method>/seed-<s>/`` (``metrics.jsonl``, ``config.json``,
+Layout of ``out_dir`` (docs/design.md): ``runs/<method>/seed-<s>/`` (``metrics.jsonl``, ``config.json``,
 ``checkpoint.pt``, all written by :func:`ncguide.experiments.train.train`), ``config.yaml`` (the resolved comparison:
 base config, methods, seeds; ``ncguide compare --config out/config.yaml --out out`` repeats it), and the
 report (``summary.json``, ``report.md``, ``*.png``). Runs go one after the other in this process.
@@ -20,17 +20,16 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..heads import METHODS
+from .checkpoint import RUNTIME_FIELDS, is_finished
 from .config import TrainConfig, with_defaults
 from .files import atomic_write_text, last_record
 from .report import short_record, summary_table, write_report
-from .train import METRICS, RUNTIME_FIELDS, is_finished, train
+from .train import METRICS, train
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SEEDS", "parse_methods", "parse_seeds", "run_dir", "run_compare"]
 
 DEFAULT_METHODS = ("standard", "fixed-etf", "nearest-etf")
 DEFAULT_SEEDS = 3
-
-# Fields that may differ between a saved run and a re-run without changing its results (as in train.py).
 
 
 def parse_seeds(seeds: int | str | Iterable[int]) -> list[int]:

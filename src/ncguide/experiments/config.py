@@ -23,9 +23,8 @@ from ..means import SCHEDULES as MEAN_SCHEDULES
 from ..solve import SOLVERS
 from .optim import OPTIMIZERS, SCHEDULES
 
-__all__ = ["TrainConfig", "load_config", "apply_overrides", "with_defaults", "ETF_METHODS"]
+__all__ = ["TrainConfig", "load_config", "apply_overrides", "with_defaults", "field_names", "DEVICES", "AMP"]
 
-ETF_METHODS = ("fixed-etf", "nearest-etf", "nearest-etf-nograd")  # need feature_dim >= num_classes
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
 
@@ -63,7 +62,7 @@ class TrainConfig:
     gamma: float = 0.1
     label_smoothing: float = 0.0
 
-    # head (DESIGN §1)
+    # head (docs/maths.md)
     temperature: float = 5.0
     delta: float = 1e-3
     alpha_min: float = 1e-4

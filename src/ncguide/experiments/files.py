@@ -1,5 +1,6 @@
-"""Run files: atomic writes (a crash or Ctrl-C leaves the old file or the new one, never a torn one)
-and reading JSON-lines logs that a killed run may have left with a cut-off last line."""
+"""Run files: atomic writes (a crash or Ctrl-C leaves the old file or the new one, never a torn one),
+reading JSON-lines logs that a killed run may have left with a cut-off last line, and cutting a log
+back to the size it had at a checkpoint."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_text", "read_jsonl", "last_record"]
+__all__ = ["atomic_write", "atomic_write_text", "read_jsonl", "last_record", "truncate"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
@@ -53,3 +54,14 @@ def last_record(path: str | os.PathLike) -> dict:
     """The last complete record of a JSON-lines file, ``{}`` if none."""
     records = read_jsonl(path)
     return records[-1] if records else {}
+
+
+def truncate(path: str | os.PathLike, size: int) -> None:
+    """Cut ``path`` back to ``size`` bytes (an empty file when it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        path.write_text("")
+        return
+    if path.stat().st_size > size:
+        with path.open("r+b") as f:
+            f.truncate(size)

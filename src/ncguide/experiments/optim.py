@@ -16,6 +16,7 @@ Algorithm 1), for a depth-``L`` network of weight matrices ``W_l`` of shape ``n_
 with no biases:
 
     init:    W_l ← s_l · (uniformly random semi-orthogonal n_l × n_{l-1}),  s_l = sqrt(n_l / n_{l-1})
+                                                                     (agd_init_, called by the training loop)
     step:    G  = (1/L) Σ_l s_l ‖∇_{W_l} ℒ‖_F                                (gradient summary)
              η  = log((1 + sqrt(1 + 4G)) / 2)                                  (automatic step size)
              W_l ← W_l - g · (η / L) · s_l · ∇_{W_l} ℒ / ‖∇_{W_l} ℒ‖_F          (g = gain, paper: 1)
@@ -113,19 +114,18 @@ def _tap_norms(g: torch.Tensor) -> torch.Tensor:
 class AGD(torch.optim.Optimizer):
     """Automatic gradient descent (see the module docstring for the update).
 
-    ``AGD(params, lr=1.0, init=True)``: ``lr`` is the gain ``g`` (1 in the paper); ``init=True``
-    applies :func:`agd_init_` to ``params`` (Algorithm 1 starts from that initialisation).
-    The depth ``L`` is the number of weight tensors. ``step()`` returns ``η`` as a 0-d tensor.
+    ``AGD(params, lr=1.0)``: ``lr`` is the gain ``g`` (1 in the paper). Like every torch optimiser it
+    leaves the parameters alone when constructed; Algorithm 1 starts from :func:`agd_init_`, which the
+    caller applies (the training loop does, for ``optimizer="agd"``). The depth ``L`` is the number of
+    weight tensors. ``step()`` returns ``η`` as a 0-d tensor.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1.0, init: bool = True):
+    def __init__(self, params: Iterable[torch.Tensor], lr: float = 1.0):
         params = list(params)
         if not params:
             raise ValueError("AGD got no parameters")
         for i, p in enumerate(params):
             _check_agd_param(p, f"#{i}")
-        if init:
-            agd_init_(params)
         super().__init__(params, dict(lr=lr))
         self.depth = len(params)
 
@@ -161,8 +161,8 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """Optimizer ``name`` (sgd | adam | adamw | agd) over the trainable ``named_params``.
 
-    For ``agd``, ``lr`` is the gain; the weights are re-initialised (AGD's orthogonal init), and a
-    parameter that is not a 2-D/4-D weight or a nonzero ``weight_decay`` raise ``ValueError``.
+    For ``agd``, ``lr`` is the gain, and a parameter that is not a 2-D/4-D weight or a nonzero
+    ``weight_decay`` raise ``ValueError``; the weights are not touched (apply :func:`agd_init_` first).
     Every group gets ``initial_lr = lr`` (the base of :func:`set_lr`).
     """
     named = [(n, p) for n, p in named_params if p.requires_grad]

@@ -1,10 +1,12 @@
-"""The training loop shared by every method: evaluation, logs, checkpoint/resume, DDP, mixed precision.
+"""The training loop shared by every method.
 
-    from ncguide.config import TrainConfig
-    from ncguide.train import train
+    from ncguide.experiments import TrainConfig, train
     record = train(TrainConfig(method="nearest-etf", dataset="digits", epochs=10), "out/run")
 
-Per step (``h`` = backbone features, ``ℓ`` = cross-entropy with ``label_smoothing``)::
+Read top to bottom: :func:`train` sets up and restores the process (devices, process group,
+determinism, global RNG states), :func:`_train` builds or resumes a :class:`RunState` and runs the
+epochs, :func:`train_one_epoch` takes the optimiser steps, ``evaluate.py`` measures, ``checkpoint.py``
+saves. One step (``h`` = backbone features, ``ℓ`` = cross-entropy with ``label_smoothing``)::
 
     lr = base_lr · lr_factor(step)                         (optim.py; warm-up then constant/step/cosine)
     loss = mean_i ℓ(head(model(x_i), y_i), y_i)            (bf16 autocast on the backbone if amp="bf16")
@@ -17,124 +19,122 @@ Outputs in ``out_dir`` (only rank 0 writes):
   ``eval_every`` epochs and after the last epoch. Keys: ``epoch`` (epochs completed), ``step``
   (optimiser steps taken), ``wall_s`` (cumulative training seconds, evaluation and checkpointing
   excluded, carried over a resume), ``lr`` (of the latest step; at epoch 0 that of the first step),
-  ``train_loss, train_acc, test_loss, test_acc`` (model and head in eval mode; plain cross-entropy,
-  no label smoothing), and the NC metrics of ``metrics.nc_metrics`` on the training set's
-  ``h̃ = head.transform(model(x))`` with ``head.weight, head.bias`` (``nc1, nc1_papyan, nc1_trace,
-  nc2_w, nc2_h, nc3, nc3_dist, nc4, bias_collapse, *_equinorm, *_equiangular, *_maxangle,
-  cosine_margin``). The UFM has no test set: ``test_loss`` and ``test_acc`` are ``null``.
-  Non-finite values are written as ``NaN``/``Infinity`` (Python's ``json`` reads them back).
-- ``checkpoint.pt``: written atomically (temporary file in ``out_dir`` + ``os.replace``) after every
-  epoch; it holds model, head (running means, ``U_prev``), optimiser, step, loader position, the RNG
-  states (torch, CUDA, numpy, python) and the size of ``metrics.jsonl`` at that point; ``finished``
-  marks a completed run (``is_finished``).
+  then the record of ``evaluate.evaluate``: ``train_loss, train_acc, test_loss, test_acc`` and the NC
+  metrics of the training split (docs/metrics.md). The UFM has no test set: ``test_loss`` and
+  ``test_acc`` are ``null``. Non-finite values are written as ``NaN``/``Infinity`` (Python's ``json``
+  reads them back).
+- ``checkpoint.pt`` (``checkpoint.py``): after every epoch, atomically; ``finished`` marks a
+  completed run (``is_finished``).
 
-Resume (``resume=True`` and a checkpoint exists): everything above is restored, ``metrics.jsonl`` is
-truncated to its size at the checkpoint (dropping lines a killed run wrote later) and training goes
-on; the final metrics equal an uninterrupted run's (bitwise on CPU with ``deterministic=True``). A
-process killed mid-epoch (SIGKILL, power loss) loses that partial epoch, which is replayed identically.
-A finished run is not retrained: ``train`` returns its last record. A checkpoint written by a
-different config (other than ``device, data_dir, compile, check_every, eval_batch_size,
-nc1_threshold, num_workers``) raises ``ValueError``.
+Resume (``resume=True`` and a checkpoint exists): the checkpoint is restored, ``metrics.jsonl`` is cut
+back to its size at the checkpoint and training goes on; the final metrics equal an uninterrupted
+run's (bitwise on CPU with ``deterministic=True``). A process killed mid-epoch loses that partial
+epoch, which is replayed identically. A finished run is not retrained: ``train`` returns its last
+record. A checkpoint written by a different config raises ``ValueError`` (``checkpoint.RUNTIME_FIELDS``
+may differ).
 
 Ctrl-C (single process): SIGINT only sets a flag; the loop finishes the current step, writes a
-checkpoint *at that step* (loader position inside the epoch included), and raises
-``KeyboardInterrupt``. Resuming from it continues exactly where it stopped. A second Ctrl-C raises
-at once (the last written checkpoint stands). Under torchrun the ranks are not interrupted in
-lockstep, so Ctrl-C raises at once and the last end-of-epoch checkpoint is the resume point.
+checkpoint *at that step* (loader position included) and raises ``KeyboardInterrupt``; resuming
+continues exactly there. A second Ctrl-C raises at once. Under torchrun the ranks are not interrupted
+in lockstep, so Ctrl-C raises at once and the last end-of-epoch checkpoint is the resume point.
 
-Non-finite loss: the run stops with ``RuntimeError("non-finite loss ... at epoch E, step S ...")``
-(``E`` counted from 1, ``S`` the global step, counted from 1) and nothing is saved after the last
-good checkpoint. On CPU the loss is checked every step, before the update. On CUDA a per-step check
-would sync the host, so the first bad step is recorded on the device and read every ``check_every``
-steps and at the end of the epoch (the weights may then hold NaN, but no checkpoint is written).
-An exception raised inside a step (e.g. an SVD that fails on NaN features) is re-raised with the
-epoch and step in its message.
+Non-finite loss: the run stops with :class:`NonFiniteLossError` (a ``RuntimeError``) naming the epoch
+(from 1) and the global step (from 1); nothing is saved after the last good checkpoint. On CPU the
+loss is checked every step, before the update; on CUDA a per-step check would sync the host, so the
+first bad step is recorded on the device and read every ``check_every`` steps and at the end of the
+epoch (the weights may then hold NaN, but no checkpoint is written). Any other exception raised
+inside a step keeps its type and gets a note with the epoch and step.
 
 Devices and precision: ``device="auto"`` picks CUDA when available. ``amp="bf16"`` runs the backbone
 under ``torch.autocast(bfloat16)`` on CUDA (the heads compute in float32; on CPU it is ignored with a
-warning). ``compile=True`` applies ``torch.compile`` to the backbone. ``deterministic=True`` calls
-``torch.use_deterministic_algorithms(True)`` (warn-only on CUDA, where some scatter kernels have no
-deterministic version) for the duration of the run.
+warning). ``compile=True`` applies ``torch.compile`` to the backbone. ``deterministic=True`` turns on
+``torch.use_deterministic_algorithms`` (warn-only on CUDA, where some scatter kernels have no
+deterministic version) and, on CUDA, ``CUBLAS_WORKSPACE_CONFIG`` and ``cudnn.benchmark=False``.
+Every process-wide setting a run changes, and the global RNG states, are restored when it returns.
 
-Distributed data parallel, via torchrun (no launcher of our own)::
+Distributed data parallel, via torchrun (``distributed.py``)::
 
     torchrun --nproc_per_node 4 -m ncguide train --config configs/cifar10-resnet18.yaml --out out/c10
-    # several nodes (run on each; torchrun handles rendezvous):
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
         -m ncguide train --config configs/imagenet-resnet50.yaml --out out/in1k
 
-When ``RANK``/``WORLD_SIZE`` are set, ``train`` initialises the process group (NCCL on CUDA, one GPU
-per local rank; gloo on CPU) unless it already is. ``batch_size`` is the global batch: each rank
-gets its slice of every global batch (``TensorLoader(rank=, world_size=)``), DDP wraps the backbone,
-the heads all-reduce their class statistics themselves, and the gradients of head parameters are
-all-reduced here. Each rank's loss is scaled so that the averaged gradient is exactly that of the
-mean loss over the global batch, even when the last batch splits unevenly. Evaluation is sharded
-the same way and its sums are all-reduced, so every rank computes the same record. Batch norm
-statistics are per rank (use a model without batch norm, or ``SyncBatchNorm``, to match a
-single-process run). Only rank 0 writes files and prints.
-
-Progress: ``progress="auto"`` shows a tqdm bar on a terminal (``sys.stderr.isatty()``), otherwise a
-fixed-width table with one line per epoch (``epoch, train_loss, train_acc, test_acc, nc1, time_s``:
-evaluation values on evaluation epochs; on others the running averages over the epoch's training
-batches, rank 0's shard, and ``-``); ``"bar"``/``"table"`` force one, ``"none"`` is silent.
+``batch_size`` is the global batch: each rank gets its slice of every global batch, DDP wraps the
+backbone, the heads all-reduce their class statistics themselves, and the gradients of head
+parameters are all-reduced here. Each rank's loss is scaled so that the averaged gradient is exactly
+that of the mean loss over the global batch, even when the last batch splits unevenly. Evaluation is
+sharded the same way. Batch norm statistics are per rank (use ``SyncBatchNorm`` to match a
+single-process run). Only rank 0 writes files and prints (``progress.py``).
 """
 
 from __future__ import annotations
 
-import gc
+import functools
 import json
 import os
-import random
 import signal
-import sys
 import threading
 import time
 import warnings
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..heads import build_head, head_options
-from .config import ETF_METHODS, TrainConfig, with_defaults
-from .files import atomic_write, atomic_write_text, last_record
-from .optim import build_optimizer, lr_factor, set_lr
+from ..heads import Head
+from . import distributed
+from .build import build_backbone, build_run_head, load_data, make_loaders
+from .checkpoint import (
+    CHECKPOINT,
+    check_same_config,
+    get_rng_state,
+    load_checkpoint,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
+from .config import TrainConfig
+from .distributed import Placement
+from .evaluate import evaluate
+from .files import atomic_write_text, last_record, truncate
+from .optim import agd_init_, build_optimizer, lr_factor, set_lr
+from .progress import PROGRESS_MODES, Progress
 
-__all__ = ["train", "is_finished", "load_checkpoint", "evaluate", "NonFiniteLossError"]
+__all__ = ["METRICS", "NonFiniteLossError", "RunState", "train", "train_one_epoch"]
 
-CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
-RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers"}
-_PROGRESS = ("auto", "bar", "table", "none")
-_CACHE_BYTES = 512 * 2**20  # evaluation keeps the training features for the 2nd NC pass up to this size
-
-
-# ------------------------------------------------------------------------------------------ public
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite (the message names the epoch and step)."""
 
 
-def is_finished(out_dir: str | os.PathLike) -> bool:
-    """True when ``out_dir`` holds the checkpoint of a completed run."""
-    path = Path(out_dir) / CHECKPOINT
-    if not path.is_file():
-        return False
-    try:
-        return bool(load_checkpoint(path).get("finished", False))
-    except Exception:
-        return False
+@dataclass
+class RunState:
+    """One training run: its parts, and where it stands (what a checkpoint stores besides the modules)."""
 
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """The checkpoint dict (tensors on CPU, memory-mapped). It is our own file: not ``weights_only``."""
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    cfg: TrainConfig
+    out: Path
+    where: Placement
+    model: nn.Module
+    head: Head
+    optimizer: torch.optim.Optimizer
+    loader: Any  # data.TensorLoader or data.DatasetLoader: iterable, len, position, set_epoch, state_dict
+    eval_loaders: dict[str, Any]
+    n_train: int  # training samples (all ranks)
+    lr_factor: Callable[[int], float]  # step -> multiplier of the base learning rate
+    autocast: Callable[[], Any]
+    net: nn.Module | None = None  # the model as a step calls it (wrapped in DDP / torch.compile)
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    wall_s: float = 0.0  # training seconds, evaluation and checkpointing excluded
+    mid_epoch: bool = False  # stopped inside an epoch (Ctrl-C): resume there, not at a new epoch
+    last: dict = field(default_factory=dict)  # the latest evaluation record
 
 
 def train(
@@ -144,464 +144,250 @@ def train(
     progress: str = "auto",
     *,
     model: nn.Module | None = None,
+    head: Head | None = None,
 ) -> dict:
     """Train ``cfg`` into ``out_dir`` (see the module docstring); returns the last metrics record.
 
-    ``model``: a backbone to use instead of building ``cfg.model`` (it needs ``feature_dim`` and
-    must be built identically on resume; ``cfg.model`` is then only a label).
+    ``model``: a backbone to use instead of building ``cfg.model`` (it needs ``feature_dim``; ``cfg.model``
+    is then only a label). ``head``: a head to use instead of ``build_head(cfg.method, ...)``, e.g. a
+    subclass for a probe. Either must be built identically when the run is resumed.
     """
     if isinstance(cfg, dict):
         cfg = TrainConfig.from_dict(cfg)
     cfg.validate(check_registries=model is None)
-    if progress not in _PROGRESS:
-        raise ValueError(f"unknown progress {progress!r} (valid: {', '.join(_PROGRESS)})")
-    device, rank, world, own_group = _setup_device_and_group(cfg.device)
-    det = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    try:
-        return _train(cfg, Path(out_dir), resume, progress, model, device, rank, world)
-    finally:
-        torch.use_deterministic_algorithms(det[0], warn_only=det[1])
-        if world > 1:
-            # DDP holds a reference cycle; free it (and its reducer) while the process group is alive,
-            # else gloo can abort at interpreter exit ("terminate called without an active exception")
-            gc.collect()
-        if own_group:
-            dist.destroy_process_group()
+    if progress not in PROGRESS_MODES:
+        raise ValueError(f"unknown progress {progress!r} (valid: {', '.join(PROGRESS_MODES)})")
+    with _global_settings_restored():
+        where = distributed.setup(cfg.device)
+        try:
+            return _train(cfg, Path(out_dir), resume, progress, model, head, where)
+        finally:
+            distributed.teardown(where)
 
 
-# -------------------------------------------------------------------------------------- the loop
-
-
-def _train(cfg, out, resume, progress, model, device, rank, world) -> dict:
-    if cfg.deterministic:
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.backends.cudnn.benchmark = False
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-    amp = cfg.amp == "bf16" and device.type == "cuda"
-    if cfg.amp == "bf16" and not amp:
+def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head, where: Placement) -> dict:
+    _set_determinism(cfg.deterministic, where.device)
+    if cfg.amp == "bf16" and where.device.type != "cuda":
         warnings.warn("amp='bf16' needs CUDA; training in float32 on CPU", stacklevel=3)
-    _seed_everything(cfg.seed)
-    ckpt_path, metrics_path = out / CHECKPOINT, out / METRICS
-    ck = None
-    if resume and ckpt_path.is_file():
-        ck = load_checkpoint(ckpt_path)
-        _check_same_config(ck["config"], cfg, ckpt_path)
-        if ck.get("finished"):  # nothing to do: skip loading data and building the model
-            return last_record(metrics_path)
+    seed_everything(cfg.seed)
+    ckpt = None
+    if resume and (out / CHECKPOINT).is_file():
+        ckpt = load_checkpoint(out / CHECKPOINT)
+        check_same_config(ckpt["config"], cfg, out / CHECKPOINT)
+        if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
+            return last_record(out / METRICS)
 
-    # data, model, head, optimiser --------------------------------------------------------------
-    ds = _load_data(cfg)
-    K = ds.num_classes
+    run = _build_run(cfg, out, where, model, head)
+    out.mkdir(parents=True, exist_ok=True)
+    fresh = ckpt is None
+    if fresh:
+        _start_fresh(run)
+    else:
+        _restore(run, ckpt)
+        del ckpt
+    if where.rank == 0:
+        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+    run.net = _wrap_for_training(run.model, cfg, where)
+
+    watch = _NonFiniteWatch(run)
+    with _InterruptFlag(enabled=where.world == 1) as interrupt, \
+            Progress(progress if where.rank == 0 else "none", cfg.epochs, len(run.loader)) as show:
+        if fresh:
+            show.record(_log_evaluation(run))
+            _save(run, finished=cfg.epochs == 0)
+            interrupt.raise_if_set()
+        while run.epoch < cfg.epochs:
+            running = train_one_epoch(run, watch, show, interrupt)
+            run.epoch += 1
+            run.mid_epoch = False
+            if run.epoch % cfg.eval_every == 0 or run.epoch == cfg.epochs:
+                show.record(_log_evaluation(run))
+            else:
+                show.running(run.epoch, running, run.wall_s)
+            _save(run, finished=run.epoch == cfg.epochs)
+            if run.epoch < cfg.epochs:
+                interrupt.raise_if_set()
+    if where.world > 1:
+        dist.barrier()
+    return run.last or last_record(out / METRICS)
+
+
+def train_one_epoch(run: RunState, watch: _NonFiniteWatch, show: Progress, interrupt: _InterruptFlag) -> torch.Tensor:
+    """Steps from the loader's position to the end of the epoch; returns this rank's (loss sum, correct,
+    count) over them. On Ctrl-C it checkpoints at the current step and raises ``KeyboardInterrupt``."""
+    device = run.where.device
+    if not run.mid_epoch:
+        run.loader.set_epoch(run.epoch)
+    run.mid_epoch = True
+    run.model.train()
+    run.head.train()
+    running = torch.zeros(3, dtype=torch.float64, device=device)
+    t0 = time.perf_counter()
+    show.start_epoch(run.epoch + 1, initial=run.loader.position)
+    for x, y in run.loader:
+        where = f"epoch {run.epoch + 1}, step {run.step + 1}"
+        try:
+            loss_sum, logits = _train_step(run, watch, x, y)
+        except (ValueError, RuntimeError) as e:
+            if not isinstance(e, NonFiniteLossError):
+                _add_note(e, f"training failed at {where}")
+            raise
+        running += torch.stack([loss_sum.double(), (logits.argmax(1) == y).sum().double(),
+                                torch.full((), len(y), dtype=torch.float64, device=device)])
+        show.step(running)
+        # Ctrl-C: checkpoint at this step, inside the epoch (after its last step, the end-of-epoch
+        # checkpoint serves, so a resume does not start a new pass)
+        if interrupt.is_set() and run.loader.position < len(run.loader):
+            watch.check(force=True)
+            run.wall_s += _elapsed(t0, device)
+            _save(run)
+            interrupt.raise_if_set()
+    watch.check(force=True)
+    run.wall_s += _elapsed(t0, device)
+    return running
+
+
+def _train_step(run: RunState, watch: _NonFiniteWatch, x: torch.Tensor, y: torch.Tensor):
+    """One optimiser step; returns (this rank's loss sum, detached logits)."""
+    cfg, world = run.cfg, run.where.world
+    batch = run.step - run.epoch * len(run.loader)  # index of this global batch within the epoch
+    set_lr(run.optimizer, run.lr_factor(run.step))
+    with run.autocast():
+        feats = run.net(x)
+    logits = run.head(feats, y)
+    if world == 1:
+        loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+        loss_sum = loss.detach() * len(y)
+    else:  # DDP averages over ranks: scale so the result is the global batch's mean loss
+        loss_sum = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="sum")
+        loss = loss_sum * (world / distributed.global_batch_size(batch, cfg.batch_size, run.n_train))
+        loss_sum = loss_sum.detach()
+    run.step += 1
+    watch.record(loss_sum, run.step)
+    watch.check()
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if world > 1:
+        distributed.all_reduce_grads(run.head, world)
+    run.optimizer.step()
+    run.head.after_step()
+    return loss_sum, logits.detach()
+
+
+# ------------------------------------------------------------------------------- building and saving
+
+
+def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> RunState:
+    """Data, model, head, optimiser, loaders and learning-rate schedule, in this order (the global RNG
+    draws of a run depend on it)."""
+    ds = load_data(cfg)
     if model is None:
-        model = _build_model(cfg, ds)
-    d = int(model.feature_dim)
-    if cfg.method in ETF_METHODS and d < K:
-        raise ValueError(
-            f"method {cfg.method!r} needs feature_dim >= num_classes, got {d} < {K}: widen the model "
-            f"(e.g. a last layer of width >= {K})"
-        )
-    head = build_head(cfg.method, d, K, **{**_head_kwargs(cfg), **cfg.head_kwargs})
-    model.to(device)
-    head.to(device)
+        model = build_backbone(cfg, ds)
+    if head is None:
+        head = build_run_head(cfg, int(model.feature_dim), ds.num_classes)
+    model.to(where.device)
+    head.to(where.device)
     named = [("model." + n, p) for n, p in model.named_parameters()]
     named += [("head." + n, p) for n, p in head.named_parameters()]
-    lr = cfg.agd_gain if cfg.optimizer == "agd" else cfg.lr
-    opt = build_optimizer(cfg.optimizer, named, lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
-    head.after_step()  # re-establish the head's invariant after AGD's re-initialisation
-
-    loader, eval_loaders, n_train = _make_loaders(cfg, ds, device, rank, world)
+    opt = build_optimizer(cfg.optimizer, named, cfg.agd_gain if cfg.optimizer == "agd" else cfg.lr,
+                          momentum=cfg.momentum, nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "agd":  # AGD starts from its own initialisation (optim.py, Algorithm 1)
+        agd_init_(p for group in opt.param_groups for p in group["params"])
+    head.after_step()  # re-establish the head's invariant (StandardHead's unit rows) after any re-init
+    loader, eval_loaders = make_loaders(cfg, ds, where.device, where.rank, where.world)
     spe = len(loader)
-    sched = dict(total_steps=cfg.epochs * spe, schedule=cfg.schedule, warmup_steps=round(cfg.warmup_epochs * spe),
-                 milestones=[m * spe for m in cfg.step_milestones], gamma=cfg.gamma)
+    schedule = functools.partial(lr_factor, total_steps=cfg.epochs * spe, schedule=cfg.schedule,
+                                 warmup_steps=round(cfg.warmup_epochs * spe),
+                                 milestones=[m * spe for m in cfg.step_milestones], gamma=cfg.gamma)
+    amp = cfg.amp == "bf16" and where.device.type == "cuda"
+    return RunState(cfg=cfg, out=out, where=where, model=model, head=head, optimizer=opt, loader=loader,
+                    eval_loaders=eval_loaders, n_train=len(ds.train_set) if ds.is_lazy else len(ds.y_train),
+                    lr_factor=schedule,
+                    autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext)
 
-    # start or resume ------------------------------------------------------------------------------
-    out.mkdir(parents=True, exist_ok=True)
-    epoch, step, wall, mid_epoch = 0, 0, 0.0, False
-    fresh = ck is None
-    if not fresh:
-        model.load_state_dict(ck["model"])
-        head.load_state_dict(ck["head"])
-        opt.load_state_dict(ck["optimizer"])
-        loader.load_state_dict(ck["loader"])
-        epoch, step, wall, mid_epoch = ck["epoch"], ck["step"], ck["wall_s"], ck["mid_epoch"]
-        if rank == 0:
-            _truncate(metrics_path, ck["metrics_bytes"])
-        _set_rng_state(ck["rng"])
-        del ck
-    elif rank == 0:
-        ckpt_path.unlink(missing_ok=True)  # a stale (e.g. finished) checkpoint must not outlive a fresh start
-        metrics_path.write_text("")
-    if rank == 0:
-        _write_json_atomic(out / "config.json", cfg.to_dict())
 
-    train_net: nn.Module = model
-    if world > 1:
+def _start_fresh(run: RunState) -> None:
+    if run.where.rank == 0:
+        (run.out / CHECKPOINT).unlink(missing_ok=True)  # a stale (e.g. finished) checkpoint must not outlive it
+        (run.out / METRICS).write_text("")
+    set_lr(run.optimizer, run.lr_factor(0))  # so the epoch-0 record shows the first step's lr
+
+
+def _restore(run: RunState, ckpt: dict) -> None:
+    run.model.load_state_dict(ckpt["model"])
+    run.head.load_state_dict(ckpt["head"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.loader.load_state_dict(ckpt["loader"])
+    run.epoch, run.step, run.wall_s, run.mid_epoch = ckpt["epoch"], ckpt["step"], ckpt["wall_s"], ckpt["mid_epoch"]
+    if run.where.rank == 0:
+        truncate(run.out / METRICS, ckpt["metrics_bytes"])  # drop records a killed run wrote after it
+    set_rng_state(ckpt["rng"])
+
+
+def _wrap_for_training(model: nn.Module, cfg: TrainConfig, where: Placement) -> nn.Module:
+    net = model
+    if where.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        train_net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        net = DistributedDataParallel(model, device_ids=[where.device.index] if where.device.type == "cuda" else None)
     if cfg.compile:
-        train_net = torch.compile(train_net)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext
+        net = torch.compile(net)
+    return net
 
-    # state shared by the helpers below --------------------------------------------------------------
-    show = _Display(progress if rank == 0 else "none", cfg.epochs, spe)
-    interrupt = _InterruptFlag(enabled=world == 1)
-    check_every = 1 if device.type == "cpu" else cfg.check_every
-    no_bad = torch.iinfo(torch.long).max
-    first_bad = torch.full((), no_bad, dtype=torch.long, device=device)
-    last = {}
 
-    def evaluate_now() -> dict:
-        nonlocal last
-        rec = {"epoch": epoch, "step": step, "wall_s": wall, "lr": opt.param_groups[0]["lr"]}
-        rec.update(evaluate(model, head, eval_loaders, autocast))
-        last = rec
-        if rank == 0:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(rec) + "\n")
-        return rec
+def _log_evaluation(run: RunState) -> dict:
+    """Evaluate, append the record to ``metrics.jsonl`` (rank 0) and keep it as ``run.last``."""
+    rec = {"epoch": run.epoch, "step": run.step, "wall_s": run.wall_s, "lr": run.optimizer.param_groups[0]["lr"]}
+    rec.update(evaluate(run.model, run.head, run.eval_loaders, run.autocast))
+    run.last = rec
+    if run.where.rank == 0:
+        with (run.out / METRICS).open("a") as f:
+            f.write(json.dumps(rec) + "\n")
+    return rec
 
-    def save(finished: bool = False) -> None:
-        if rank != 0:
-            return
-        state = {
-            "version": 1, "config": cfg.to_dict(), "epoch": epoch, "step": step, "wall_s": wall,
-            "mid_epoch": mid_epoch, "finished": finished, "model": model.state_dict(),
-            "head": head.state_dict(), "optimizer": opt.state_dict(), "loader": loader.state_dict(),
-            "rng": _get_rng_state(), "metrics_bytes": metrics_path.stat().st_size,
-        }
-        _save_atomic(state, ckpt_path)
 
-    def check_finite(force: bool = False) -> None:
-        if not force and step % check_every:
-            return
-        bad = first_bad.clone()
-        if world > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
-        if int(bad) != no_bad:
-            e = 1 + (int(bad) - 1) // spe
-            raise NonFiniteLossError(
-                f"non-finite loss at epoch {e}, step {int(bad)} (global step, counted from 1); stopping. "
-                f"The last good checkpoint is {ckpt_path} (lower the learning rate, or check the data)"
-            )
+def _save(run: RunState, finished: bool = False) -> None:
+    if run.where.rank != 0:
+        return
+    save_checkpoint(run.out / CHECKPOINT, {
+        "version": 1, "config": run.cfg.to_dict(), "epoch": run.epoch, "step": run.step, "wall_s": run.wall_s,
+        "mid_epoch": run.mid_epoch, "finished": finished, "model": run.model.state_dict(),
+        "head": run.head.state_dict(), "optimizer": run.optimizer.state_dict(), "loader": run.loader.state_dict(),
+        "rng": get_rng_state(), "metrics_bytes": (run.out / METRICS).stat().st_size,
+    })
 
-    def train_step(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal step, first_bad
-        batch = step - epoch * spe  # index of this global batch within the epoch
-        set_lr(opt, lr_factor(step, **sched))
-        with autocast():
-            feats = train_net(x)
-        logits = head(feats, y)
-        if world == 1:
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            loss_sum = loss.detach() * len(y)
-        else:  # DDP averages over ranks: scale so the result is the global batch's mean loss
-            loss_sum = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing, reduction="sum")
-            loss = loss_sum * (world / _global_batch_size(batch, cfg.batch_size, n_train, spe))
-            loss_sum = loss_sum.detach()
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+class _NonFiniteWatch:
+    """The first step with a non-finite loss, recorded on the device (no host sync) and read every
+    ``check_every`` steps on CUDA (every step on CPU) and whenever ``force``d."""
+
+    NONE = torch.iinfo(torch.long).max
+
+    def __init__(self, run: RunState):
+        self.run = run
+        self.every = 1 if run.where.device.type == "cpu" else run.cfg.check_every
+        self.first_bad = torch.full((), self.NONE, dtype=torch.long, device=run.where.device)
+
+    def record(self, loss_sum: torch.Tensor, step: int) -> None:
         bad = ~torch.isfinite(loss_sum)
-        first_bad = torch.where(bad & (first_bad == no_bad), step + 1, first_bad)  # no host sync
-        step += 1
-        check_finite()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if world > 1:
-            _all_reduce_grads(head, world)
-        opt.step()
-        head.after_step()
-        return loss_sum, logits.detach()
+        self.first_bad = torch.where(bad & (self.first_bad == self.NONE), step, self.first_bad)
 
-    if fresh:
-        set_lr(opt, lr_factor(0, **sched))  # so the epoch-0 record shows the first step's lr
-    try:
-        with interrupt:
-            if fresh:
-                show.record(evaluate_now())
-                save(finished=cfg.epochs == 0)
-                interrupt.raise_if_set()
-            while epoch < cfg.epochs:
-                if not mid_epoch:
-                    loader.set_epoch(epoch)
-                mid_epoch = True
-                model.train()
-                head.train()
-                running = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-                t0 = time.perf_counter()
-                show.start_epoch(epoch + 1, initial=loader.position)
-                for x, y in loader:
-                    where = f"epoch {epoch + 1}, step {step + 1}"
-                    try:
-                        loss, logits = train_step(x, y)  # loss: the sum over this rank's samples
-                    except NonFiniteLossError:
-                        raise
-                    except ValueError as e:
-                        raise ValueError(f"training failed at {where}: {e}") from e
-                    except RuntimeError as e:
-                        raise RuntimeError(f"training failed at {where}: {e}") from e
-                    running += torch.stack([loss.double(), (logits.argmax(1) == y).sum().double(),
-                                            torch.full((), len(y), dtype=torch.float64, device=device)])
-                    show.step(running)
-                    # Ctrl-C: checkpoint at this step, inside the epoch (after its last step, the
-                    # end-of-epoch checkpoint below serves, so a resume does not start a new pass)
-                    if interrupt.is_set() and loader.position < spe:
-                        check_finite(force=True)
-                        wall += _elapsed(t0, device)
-                        save()
-                        interrupt.raise_if_set()
-                check_finite(force=True)
-                wall += _elapsed(t0, device)
-                epoch += 1
-                mid_epoch = False
-                if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
-                    show.record(evaluate_now())
-                else:
-                    show.running(epoch, running, wall)
-                save(finished=epoch == cfg.epochs)
-                if epoch < cfg.epochs:
-                    interrupt.raise_if_set()
-    finally:
-        show.close()
-    if world > 1:
-        dist.barrier()
-    return last or last_record(metrics_path)
-
-
-# ------------------------------------------------------------------------------------- evaluation
-
-
-def _forward_batches(model: nn.Module, loader, autocast):
-    for x, y in loader:
-        with autocast():
-            f = model(x)
-        yield f.float(), y
-
-
-def _loss_acc_sums(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(cross-entropy sum, correct, count) in float64."""
-    return torch.stack([F.cross_entropy(logits.double(), y, reduction="sum"), (logits.argmax(1) == y).sum().double(),
-                        torch.full((), len(y), dtype=torch.float64, device=logits.device)])
-
-
-def _train_split(model, head, loader, autocast) -> tuple[torch.Tensor, dict]:
-    """Loss/accuracy sums and NC metrics of the training split. The 2nd NC pass reuses the first
-    pass's features when they fit in ``_CACHE_BYTES``, else runs the backbone again."""
-    from ..metrics import nc_metrics_streaming
-
-    state: dict[str, Any] = {"sums": 0, "cache": [], "bytes": 0}
-
-    def first_pass():
-        for f, y in _forward_batches(model, loader, autocast):
-            state["sums"] = state["sums"] + _loss_acc_sums(head(f), y)
-            h = head.transform(f)
-            state["bytes"] += h.numel() * h.element_size()
-            if state["cache"] is not None and state["bytes"] <= _CACHE_BYTES:
-                state["cache"].append((h, y))
-            else:
-                state["cache"] = None
-            yield h, y
-
-    def second_pass():
-        if state["cache"] is not None:
-            return state["cache"]
-        return ((head.transform(f), y) for f, y in _forward_batches(model, loader, autocast))
-
-    passes = iter((first_pass, second_pass))
-    nc = nc_metrics_streaming(lambda: next(passes)(), head.weight, head.bias, head.num_classes, head.feature_dim)
-    nc.pop("accuracy", None)  # the same as train_acc
-    return state["sums"], nc
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, head: nn.Module, loaders: dict[str, Any], autocast=nullcontext) -> dict:
-    """``{split}_loss`` (plain cross-entropy) and ``{split}_acc`` for every loader, with model and head
-    in eval mode, plus the NC metrics of the ``"train"`` split on ``h̃ = head.transform(model(x))``
-    with ``head.weight, head.bias``. Under ``torch.distributed`` each rank passes its shard and the
-    sums are all-reduced. ``test_loss``/``test_acc`` are ``None`` without a ``"test"`` loader."""
-    modes = model.training, head.training
-    model.eval()
-    head.eval()
-    out: dict[str, Any] = {}
-    nc: dict[str, float] = {}
-    try:
-        for split, loader in loaders.items():
-            if split == "train":
-                sums, nc = _train_split(model, head, loader, autocast)
-            else:
-                sums = sum(_loss_acc_sums(head(f), y) for f, y in _forward_batches(model, loader, autocast))
-            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-                dist.all_reduce(sums)
-            loss_sum, correct, count = sums.tolist()
-            out[f"{split}_loss"] = loss_sum / count
-            out[f"{split}_acc"] = correct / count
-        out.setdefault("test_loss", None)
-        out.setdefault("test_acc", None)
-        out.update(nc)
-    finally:
-        model.train(modes[0])
-        head.train(modes[1])
-    return out
-
-
-# ---------------------------------------------------------------------------------------- helpers
-
-
-def _setup_device_and_group(name: str) -> tuple[torch.device, int, int, bool]:
-    """(device, rank, world size, whether we created the process group)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but CUDA is not available; use device='cpu' or 'auto'")
-    use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    own = False
-    if world > 1 and not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-        own = True
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-    if not use_cuda:
-        return torch.device("cpu"), rank, world, own
-    index = int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else torch.cuda.current_device()
-    return torch.device("cuda", index), rank, world, own
-
-
-def _load_data(cfg: TrainConfig):
-    from .data import load_dataset
-
-    kw: dict[str, Any] = {}
-    if cfg.test_per_class is not None:
-        kw["test_per_class"] = cfg.test_per_class
-    if cfg.dataset == "ufm":
-        kw.update(num_classes=cfg.num_classes, samples_per_class=cfg.samples_per_class)
-    return load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed, train_per_class=cfg.train_per_class, **kw)
-
-
-def _build_model(cfg: TrainConfig, ds) -> nn.Module:
-    from .models import build_model
-
-    kw = dict(cfg.model_kwargs)
-    if cfg.model == "ufm":
-        kw.setdefault("num_samples", len(ds.y_train))
-        kw.setdefault("feature_dim", cfg.feature_dim)
-    return build_model(cfg.model, ds.input_shape, ds.num_classes, **kw)
-
-
-def _head_kwargs(cfg: TrainConfig) -> dict:
-    """The config fields that the method's head takes (``heads.head_options``)."""
-    fields = dict(temperature=cfg.temperature, delta=cfg.delta, solver=cfg.solver, seed=cfg.seed,
-                  mean_schedule=cfg.mean_schedule, alpha_min=cfg.alpha_min, ema_alpha=cfg.ema_alpha)
-    options = head_options(cfg.method)
-    return {k: v for k, v in fields.items() if k in options}
-
-
-def _has_test(ds) -> bool:
-    return ds.name != "ufm" and ds.y_test is not None and len(ds.y_test) > 0
-
-
-def _make_loaders(cfg: TrainConfig, ds, device, rank: int, world: int) -> tuple[Any, dict, int]:
-    """(training loader, {"train", "test"} evaluation loaders, training-set size)."""
-    from .data.loader import DatasetLoader, TensorLoader
-
-    lazy = ds.x_train is None
-    n_train = len(ds.train_set) if lazy else len(ds.y_train)
-    # under DDP a final global batch smaller than the world would leave a rank an empty slice: drop it
-    drop_last = world > 1 and 0 < n_train % cfg.batch_size < world
-    if lazy:
-        if cfg.stratified or cfg.augment is not None:
-            raise ValueError(f"dataset {cfg.dataset!r} is file-backed: stratified and augment need in-memory "
-                             "data (its own transforms augment it); set stratified=false, augment=none")
-        common = dict(seed=cfg.seed, device=device, rank=rank, world_size=world, num_workers=cfg.num_workers)
-        loader = DatasetLoader(ds.train_set, cfg.batch_size, shuffle=True, drop_last=drop_last, **common)
-        evals = {"train": DatasetLoader(ds.train_set, cfg.eval_batch_size, shuffle=False, **common)}
-        if ds.test_set is not None and len(ds.test_set):
-            evals["test"] = DatasetLoader(ds.test_set, cfg.eval_batch_size, shuffle=False, **common)
-        return loader, evals, n_train
-    loader = TensorLoader(ds.x_train, ds.y_train, cfg.batch_size, shuffle=True, stratified=cfg.stratified,
-                          seed=cfg.seed, augment=cfg.augment, drop_last=drop_last, device=device, rank=rank,
-                          world_size=world)
-    common = dict(shuffle=False, device=device, rank=rank, world_size=world)
-    evals = {"train": TensorLoader(ds.x_train, ds.y_train, cfg.eval_batch_size, **common)}
-    if _has_test(ds):
-        evals["test"] = TensorLoader(ds.x_test, ds.y_test, cfg.eval_batch_size, **common)
-    return loader, evals, n_train
-
-
-def _global_batch_size(batch: int, batch_size: int, n: int, batches_per_epoch: int) -> int:
-    """Samples in global batch ``batch`` of an epoch (the last one may be short; with drop_last it is full)."""
-    return min(batch_size, n - batch_size * batch)
-
-
-def _all_reduce_grads(module: nn.Module, world: int) -> None:
-    """Average the gradients of ``module``'s parameters over ranks (the head is not inside DDP)."""
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset : offset + g.numel()].view_as(g))
-        offset += g.numel()
-
-
-def _elapsed(t0: float, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global RNG user code draws from)
-    torch.manual_seed(seed)
-
-
-def _get_rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # noqa: NPY002
-             "python": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through :func:`files.atomic_write` (temporary file, fsync, ``os.replace``)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
-
-
-def _truncate(path: Path, size: int) -> None:
-    """Cut ``path`` back to ``size`` bytes (the records up to the checkpoint)."""
-    if not path.exists():
-        path.write_text("")
-        return
-    if path.stat().st_size > size:
-        with path.open("r+b") as f:
-            f.truncate(size)
-
-
-def _check_same_config(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    now = json.loads(json.dumps(cfg.to_dict()))
-    saved = json.loads(json.dumps(with_defaults(saved)))
-    diff = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_FIELDS and saved.get(k) != now.get(k))
-    if diff:
-        raise ValueError(
-            f"{path} was written by a different config (differs in: {', '.join(diff)}); "
-            "pass resume=False to start over, or use another out_dir"
-        )
+    def check(self, force: bool = False) -> None:
+        run = self.run
+        if not force and run.step % self.every:
+            return
+        bad = self.first_bad.clone()
+        if run.where.world > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+        if int(bad) != self.NONE:
+            epoch = 1 + (int(bad) - 1) // len(run.loader)
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch}, step {int(bad)} (global step, counted from 1); stopping. "
+                f"The last good checkpoint is {run.out / CHECKPOINT} (lower the learning rate, or check the data)"
+            )
 
 
 class _InterruptFlag:
@@ -617,12 +403,12 @@ class _InterruptFlag:
         self._set = True
         signal.signal(signal.SIGINT, self._previous)
 
-    def __enter__(self):
+    def __enter__(self) -> _InterruptFlag:
         if self.enabled:
             self._previous = signal.signal(signal.SIGINT, self._handler)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> bool:
         if self.enabled:
             signal.signal(signal.SIGINT, self._previous)
         return False
@@ -635,67 +421,45 @@ class _InterruptFlag:
             raise KeyboardInterrupt
 
 
-class _Display:
-    """tqdm bar (terminal) or fixed-width table (logs), or nothing."""
+def _set_determinism(deterministic: bool, device: torch.device) -> None:
+    if deterministic:
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
 
-    COLUMNS = ("epoch", "train_loss", "train_acc", "test_acc", "nc1", "time_s")
 
-    def __init__(self, mode: str, epochs: int, steps_per_epoch: int):
-        if mode == "auto":
-            mode = "bar" if sys.stderr.isatty() else "table"
-        self.mode, self.epochs, self.spe = mode, epochs, steps_per_epoch
-        self.bar = None
-        self._header = False
-        self._since = 0
+@contextmanager
+def _global_settings_restored() -> Iterator[None]:
+    """Put back, on the way out, every process-wide setting a run may change: the determinism flags,
+    cuDNN's flags, ``CUBLAS_WORKSPACE_CONFIG``, the global RNG states and the thread count."""
+    env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    det = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    cudnn = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    rng, threads = get_rng_state(), torch.get_num_threads()
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(det[0], warn_only=det[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = cudnn
+        if env is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+        else:
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = env
+        set_rng_state(rng)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
-    def _row(self, cells: list[str]) -> None:
-        if not self._header:
-            print("  ".join(f"{c:>10}" for c in self.COLUMNS), flush=True)
-            self._header = True
-        print("  ".join(f"{c:>10}" for c in cells), flush=True)
 
-    def start_epoch(self, epoch: int, initial: int = 0) -> None:
-        if self.mode == "bar":
-            from tqdm.auto import tqdm
+def _add_note(exc: BaseException, note: str) -> None:
+    """Attach ``note`` to ``exc`` keeping its type: ``add_note`` (Python 3.11+), else in its message."""
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    elif exc.args and isinstance(exc.args[0], str):
+        exc.args = (f"{exc.args[0]} ({note})", *exc.args[1:])
 
-            self.close()
-            self.bar = tqdm(total=self.spe, initial=initial, desc=f"epoch {epoch}/{self.epochs}", leave=False,
-                            dynamic_ncols=True)
-        self._since = 0
 
-    def step(self, running: torch.Tensor) -> None:
-        if self.bar is None:
-            return
-        self.bar.update(1)
-        self._since += 1
-        if self._since % 10 == 1:  # reading the sums syncs the device: not every step
-            loss, correct, n = running.tolist()
-            self.bar.set_postfix(loss=f"{loss / n:.4f}", acc=f"{correct / n:.4f}")
-
-    def record(self, rec: dict) -> None:
-        if self.mode == "none":
-            return
-        test = "-" if rec.get("test_acc") is None else f"{rec['test_acc']:.4f}"
-        cells = [str(rec["epoch"]), f"{rec['train_loss']:.4f}", f"{rec['train_acc']:.4f}", test,
-                 f"{rec.get('nc1', float('nan')):.4g}", f"{rec['wall_s']:.1f}"]
-        self._emit(cells)
-
-    def running(self, epoch: int, running: torch.Tensor, wall: float) -> None:
-        if self.mode == "none":
-            return
-        loss, correct, n = running.tolist()
-        self._emit([str(epoch), f"{loss / n:.4f}", f"{correct / n:.4f}", "-", "-", f"{wall:.1f}"])
-
-    def _emit(self, cells: list[str]) -> None:
-        if self.mode == "table":
-            self._row(cells)
-        elif self.mode == "bar":
-            from tqdm.auto import tqdm
-
-            self.close()
-            tqdm.write("  ".join(f"{k}={v}" for k, v in zip(self.COLUMNS, cells)), file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+def _elapsed(t0: float, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
