@@ -45,6 +45,7 @@ configuration (lowest to highest precedence):
   Any TrainConfig field can be set with --set, e.g. --set optimizer=adam --set temperature=10;
   one entry of a dict field with a dot: --set model_kwargs.width=0.5. Unknown keys are rejected
   with the list of valid ones; --print-config shows every field and its resolved value.
+valid names:
 """
 
 _TRAIN_DESCRIPTION = """\
@@ -66,16 +67,25 @@ and the figures DIR/*.png (overview.png, train_acc.png, test_acc.png, loss.png, 
 nc2.png, nc3.png, nc4.png): median over seeds with a min-max band, per method."""
 
 
+def _names(names) -> str:
+    """``a, b or c`` for a registry's names."""
+    names = list(names)
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else "".join(names)
+
+
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    from .config import DEVICES
+    from .data import DATASETS
+    from .models import MODELS
+
     g = p.add_argument_group("run settings (override the config file)")
     g.add_argument("--config", metavar="FILE", help="YAML file of TrainConfig fields (see configs/)")
-    g.add_argument("--dataset", metavar="NAME",
-                   help="ufm, digits, mnist1d, fashion-mnist, cifar10, cifar100, stl10, imagenet, or npz:PATH")
-    g.add_argument("--model", metavar="NAME", help="ufm, mlp, cnn, cnn1d, cnn2d, resnet18, resnet34, resnet50, vgg13")
+    g.add_argument("--dataset", metavar="NAME", help=_names([*(n for n in DATASETS if n != "npz"), "npz:PATH"]))
+    g.add_argument("--model", metavar="NAME", help=_names(MODELS))
     g.add_argument("--epochs", type=int, metavar="N", help="training epochs")
     g.add_argument("--batch-size", type=int, metavar="B", help="batch size")
     g.add_argument("--lr", type=float, metavar="LR", help="learning rate")
-    g.add_argument("--device", choices=["cpu", "cuda", "auto"], help="where to train (default: auto)")
+    g.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
     g.add_argument("--data-dir", metavar="DIR",
                    help="folder of external data sets (default $NCGUIDE_CACHE or ~/.cache/ncguide)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -86,19 +96,32 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
 
+def _config_epilog() -> str:
+    """The configuration epilog, with the valid names of the choice fields read from their registries."""
+    from ..heads import METHODS
+    from ..means import SCHEDULES as MEAN_SCHEDULES
+    from ..solve import SOLVERS
+    from .optim import OPTIMIZERS, SCHEDULES
+
+    choices = {"method": METHODS, "solver": SOLVERS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES,
+               "mean_schedule": MEAN_SCHEDULES}
+    return _EPILOG_CONFIG + "".join(f"  {k}: {', '.join(v)}\n" for k, v in choices.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ncguide`` (subcommands train, compare, report)."""
+    from ..heads import METHODS
+
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="ncguide", formatter_class=fmt, description=_DESCRIPTION, epilog=_EPILOG)
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
 
     t = sub.add_parser(
         "train", formatter_class=fmt, help="train one method with one seed", description=_TRAIN_DESCRIPTION,
-        epilog=_EPILOG_CONFIG + "\nexample:\n  ncguide train --method nearest-etf --dataset mnist1d --model cnn1d "
+        epilog=_config_epilog() + "\nexample:\n  ncguide train --method nearest-etf --dataset mnist1d --model cnn1d "
                                 "--epochs 30 --seed 0 --out out/one",
     )
-    t.add_argument("--method", metavar="M",
-                   help="standard, fixed-etf, nearest-etf, nearest-etf-nograd or standard-plain")
+    t.add_argument("--method", metavar="M", help=_names(METHODS))
     t.add_argument("--seed", type=int, metavar="S", help="random seed")
     t.add_argument("--out", metavar="DIR", help="output directory of the run (required)")
     _add_run_flags(t)
@@ -106,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare", formatter_class=fmt, help="train every method x seed, then write the report",
         description=_COMPARE_DESCRIPTION,
-        epilog=_EPILOG_CONFIG + "\nexamples:\n  ncguide compare --config configs/demo.yaml --out demo-out\n"
+        epilog=_config_epilog() + "\nexamples:\n  ncguide compare --config configs/demo.yaml --out demo-out\n"
                                 "  ncguide compare --dataset digits --model mlp --epochs 10 "
                                 "--methods standard,nearest-etf --seeds 2 --out out/digits",
     )
@@ -278,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, OSError) and e.filename is not None:
             msg = f"{e.strerror or e}: {e.filename}; check the path and its permissions"
-        return _error(msg)
+        notes = getattr(e, "__notes__", None)  # e.g. where in training it happened
+        return _error(f"{msg} ({'; '.join(notes)})" if notes else msg)
     except ImportError as e:
         return _error(f"{e}; install the missing package (pip install 'ncguide[experiments]' has them all)")
     except RuntimeError as e:
