@@ -1,4 +1,4 @@
-"""The ``ncguide`` command: a tiny compare end to end (files of DESIGN §4, reuse on re-run), train,
+"""The ``ncguide`` command: a tiny compare end to end (files of docs/design.md, reuse on re-run), train,
 report, config precedence, and the one-line errors (exit 2) a user will meet."""
 
 import json
