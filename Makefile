@@ -17,11 +17,11 @@ demo: $(STAMP)
 	$(PY) -m ncguide compare --config configs/demo.yaml --out demo-out
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks studies
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks studies
 
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py

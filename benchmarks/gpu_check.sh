@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# One prepared run on a GPU machine: the CUDA tests, then the solver and overhead benchmarks, the
-# measurements issue 8 still needs first (polar-ns against the default Gram route; ResNet-50 also at
-# the batch of configs/imagenet-resnet50.yaml), the full tables after.
+# One prepared run on a GPU machine: the CUDA tests, then the solver and overhead benchmarks: first the
+# open measurements of BENCHMARKS.md (polar-ns against the default Gram route; ResNet-50 also at the
+# batch of configs/imagenet-resnet50.yaml), the full tables after.
 # Uses the machine's own python3/torch; the package is taken from src/ (no install needed).
 #   bash benchmarks/gpu_check.sh [OUTDIR]
 set -uo pipefail

@@ -25,8 +25,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ncguide.experiments.models import build_model
 from ncguide.heads import build_head
-from ncguide.models import build_model
 
 METHODS = ["standard", "fixed-etf", "nearest-etf", "nearest-etf-nograd", "standard-plain"]
 CPU_SETTINGS = ["mlp-10", "mlp-100", "mlp-1000", "resnet18-10", "resnet18-100"]

@@ -5,8 +5,8 @@
 Solvers: ``polar`` (thin SVD), ``polar-gram`` (float64 ``eigh`` of ``ZᵀZ``), ``polar-ns`` (float64
 matrix-product iteration, no synchronisation). Columns: forward (polar solve), forward+backward (the
 implicit backward), and their ratios to one ``torch.linalg.svd(Z, full_matrices=False)`` timed
-interleaved with them. Each number is the median of ``--reps`` timings after a warm-up. Target
-(issue 2): forward+backward within 1.5× of one thin SVD for K >= 100.
+interleaved with them. Each number is the median of ``--reps`` timings after a warm-up. Target:
+forward+backward within 1.5× of one thin SVD for K >= 100.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def blobs(n: int, d_in: int, k: int, seed: int):
 
 
 def reference_logits(h_raw, y, A_prev, steps_prev, U_prev, tau, delta, alpha_min):
-    """DESIGN §1 written out independently (loops over classes, autograd through an SVD)."""
+    """docs/maths.md §2–§6 written out independently (loops over classes, autograd through an SVD)."""
     d, k = A_prev.shape
     h = tau * h_raw / h_raw.norm(dim=1, keepdim=True)
     mu = h.mean(0)
@@ -90,7 +90,7 @@ def test_every_training_step_gives_simplex_etf_and_the_documented_logits(implici
 
 
 def test_matches_an_independent_reference_of_the_whole_chain_in_float64():
-    """Logits and feature gradients equal DESIGN §1 written from scratch (SVD autograd as oracle),
+    """Logits and feature gradients equal docs/maths.md §2–§6 written from scratch (SVD autograd as oracle),
     including a step where one class is absent and one has never been seen."""
     d, k, tau, delta = 7, 5, 5.0, 1e-3
     head = NearestETFHead(d, k, temperature=tau, delta=delta, alpha_min=0.3).double()

@@ -241,7 +241,7 @@ def test_zero_means_return_the_anchor():
 def test_near_collapse_float32_gradient_matches_float64(d, k, solver):
     """Class means exactly on a simplex ETF and U_prev = the previous solution: the K-1 nonzero-class
     singular values of Z coincide. The polar backward only divides by σ_i + σ_j and stays accurate
-    in float32 (DESIGN §5: autograd through torch.linalg.svd is ~16% off here)."""
+    in float32 (docs/maths.md §5: autograd through torch.linalg.svd is ~16% off here)."""
     g = torch.Generator().manual_seed(4)
     V = random_stiefel(d, k, generator=g, dtype=torch.float64)
     H = center_classes(V)

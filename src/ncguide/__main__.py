@@ -1,5 +1,5 @@
-"""``python -m ncguide`` = the ``ncguide`` command."""
+"""``python -m ncguide`` = the ``ncguide`` command (:mod:`ncguide.experiments.cli`)."""
 
-from .cli import main
+from .experiments.cli import main
 
 raise SystemExit(main())

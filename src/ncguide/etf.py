@@ -1,6 +1,6 @@
 """Simplex equiangular tight frame (ETF) algebra.
 
-Notation (DESIGN §1): ``d`` feature dimension, ``K`` classes, ``M = I_K - 11ᵀ/K`` the centering
+Notation (docs/maths.md): ``d`` feature dimension, ``K`` classes, ``M = I_K - 11ᵀ/K`` the centering
 projector, ``St(d, K) = {U ∈ R^{d×K} : UᵀU = I_K}``. For any ``U ∈ St(d, K)``
 
     W = sqrt(K/(K-1)) · M Uᵀ            (K×d)

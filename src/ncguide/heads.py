@@ -139,8 +139,8 @@ class NearestETFHead(Head):
         W   = sqrt(K/(K-1)) M U*ᵀ,   logits = W h̃ - W μ_B
 
     then ``U_prev ← U*`` (detached; the first anchor is ``U_0`` = first ``K`` columns of ``I_d``).
-    ``implicit_grad=True`` backpropagates through the solve (implicit derivative); ``False`` is the
-    paper's "no DDN gradient" ablation (solve under ``no_grad``; the features still get gradient
+    ``implicit_grad=True`` backpropagates through the solve (the implicit gradient); ``False`` trains
+    without the implicit gradient (solve under ``no_grad``; the features still get gradient
     through ``W h̃ - W μ_B``). Eval forward: ``W`` of the last solution, ``b = -W μ_G`` with the
     running global mean; no state changes. The solve runs in ``solve_dtype`` (default: float32, or
     the features' dtype if wider). The heads' own bookkeeping does no host-device sync;
@@ -230,7 +230,7 @@ class FixedETFHead(Head):
     """Fixed simplex-ETF classifier ``W = sqrt(K/(K-1)) M U_0ᵀ`` (buffer), ``b = -W μ_B`` in training
     and ``-W μ_G`` (running global mean) in eval. ``rotation="random"`` (default) draws a Haar ``U_0``
     from ``seed``; ``"canonical"`` uses the first ``K`` columns of ``I_d``, which trains slowly and
-    unstably under Adam (coordinate-wise updates meet an axis-aligned ETF; DESIGN §5)."""
+    unstably under Adam (coordinate-wise updates meet an axis-aligned ETF; docs/maths.md §8)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Running class-mean estimate fed to the nearest-ETF solve (DESIGN §1).
+"""Running class-mean estimate fed to the nearest-ETF solve (docs/maths.md §2).
 
 Each training batch gives ``B_t`` (``d×K``): column ``c`` is the mean of ``h̃`` over the batch's
 class-``c`` samples minus the batch's global mean ``μ_B``. The running estimate is

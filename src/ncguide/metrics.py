@@ -1,4 +1,4 @@
-"""Neural-collapse (NC) metrics, exact, one-shot or streamed over batches (DESIGN §2).
+"""Neural-collapse (NC) metrics, exact, one-shot or streamed over batches (docs/metrics.md).
 
 Conventions (every metric below is computed in float64):
 
@@ -12,7 +12,7 @@ Conventions (every metric below is computed in float64):
   ``Σ_B = (1/K) Σ_c H_c H_cᵀ = HᵀH/K`` (``1/K``, classes weighted equally). ``rank Σ_B <= K-1``.
 - **NC1** (within-class variability), three conventions, all reported:
 
-  * ``nc1 = tr(Σ_W Σ_B⁺)/K`` with ``Σ_B⁺`` the Moore–Penrose pseudo-inverse (DESIGN §2). As far as
+  * ``nc1 = tr(Σ_W Σ_B⁺)/K`` with ``Σ_B⁺`` the Moore–Penrose pseudo-inverse (docs/metrics.md). As far as
     we know this is the quantity ``Tr(Σ_W Σ_B^†/C)`` plotted by Papyan, Han, Donoho (PNAS 2020).
   * ``nc1_papyan = tr(Σ_W Σ_B⁻¹)`` with the inverse restricted to the top ``K-1`` eigenpairs of
     ``Σ_B`` and no division by ``K``: what the code widely circulated with that line of work computes

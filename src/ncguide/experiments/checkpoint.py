@@ -1,0 +1,100 @@
+"""A run's checkpoint: what it holds, writing it atomically, reading it back, and when it may be resumed.
+
+``OUT/checkpoint.pt`` is written (temporary file + ``os.replace``) after every epoch and on Ctrl-C. It is
+a dict with ``version`` (1), ``config`` (``TrainConfig.to_dict()``), ``epoch``, ``step``, ``wall_s``,
+``mid_epoch``, ``finished``, the state dicts of ``model``, ``head`` (running means, ``U_prev``),
+``optimizer`` and ``loader`` (its position in the epoch), ``rng`` (torch, numpy, python and, when CUDA
+is in use, CUDA generator states) and ``metrics_bytes`` (the size of ``metrics.jsonl`` when it was
+written, so a resume can drop the lines a killed run wrote later).
+
+A checkpoint is resumed only by the same config: fields that cannot change the results
+(``RUNTIME_FIELDS``) may differ, and a field added since the checkpoint was written counts as its
+default (``config.with_defaults``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import TrainConfig, with_defaults
+from .files import atomic_write
+
+__all__ = [
+    "CHECKPOINT",
+    "RUNTIME_FIELDS",
+    "load_checkpoint",
+    "save_checkpoint",
+    "is_finished",
+    "check_same_config",
+    "get_rng_state",
+    "set_rng_state",
+    "seed_everything",
+]
+
+CHECKPOINT = "checkpoint.pt"
+RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers"}
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """The checkpoint dict (tensors on CPU, memory-mapped). It is our own file: not ``weights_only``."""
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """``torch.save`` through :func:`files.atomic_write`: a crash leaves the old checkpoint or the new one."""
+    atomic_write(path, lambda f: torch.save(checkpoint, f))
+
+
+def is_finished(out_dir: str | os.PathLike) -> bool:
+    """True when ``out_dir`` holds the checkpoint of a completed run."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        return False
+    try:
+        return bool(load_checkpoint(path).get("finished", False))
+    except Exception:
+        return False
+
+
+def check_same_config(saved: dict, cfg: TrainConfig, path: Path) -> None:
+    """``ValueError`` unless ``saved`` (a checkpoint's config) equals ``cfg`` up to ``RUNTIME_FIELDS``."""
+    now = json.loads(json.dumps(cfg.to_dict()))
+    saved = json.loads(json.dumps(with_defaults(saved)))
+    diff = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_FIELDS and saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(
+            f"{path} was written by a different config (differs in: {', '.join(diff)}); "
+            "pass resume=False to start over, or use another out_dir"
+        )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed the global generators a run draws from: python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002 (the global RNG user code draws from)
+    torch.manual_seed(seed)
+
+
+def get_rng_state() -> dict:
+    """The global generators' states (CUDA only when CUDA is initialised)."""
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # noqa: NPY002
+             "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

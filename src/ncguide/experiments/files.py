@@ -1,0 +1,67 @@
+"""Run files: atomic writes (a crash or Ctrl-C leaves the old file or the new one, never a torn one),
+reading JSON-lines logs that a killed run may have left with a cut-off last line, and cutting a log
+back to the size it had at a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+__all__ = ["atomic_write", "atomic_write_text", "read_jsonl", "last_record", "truncate"]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, fsync it, then ``os.replace`` it onto ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """``Path.write_text``, atomically (UTF-8)."""
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines file, skipping blank lines and a line cut short by an interrupted
+    write; ``[]`` when the file does not exist."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def last_record(path: str | os.PathLike) -> dict:
+    """The last complete record of a JSON-lines file, ``{}`` if none."""
+    records = read_jsonl(path)
+    return records[-1] if records else {}
+
+
+def truncate(path: str | os.PathLike, size: int) -> None:
+    """Cut ``path`` back to ``size`` bytes (an empty file when it does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        path.write_text("")
+        return
+    if path.stat().st_size > size:
+        with path.open("r+b") as f:
+            f.truncate(size)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Why does the nearest-ETF head end ~2 points lower in test accuracy on MNIST-1D (BENCHMARKS.md §3:
+# 93.9% vs 96.1% standard, 96.4% fixed-etf; the same without the implicit gradient)? One change at a time from
+# configs/mnist1d.yaml (plain shuffling, constant-lr Adam 1e-3, τ = 5, δ = 1e-3, paper mean schedule),
+# the same change for every method it applies to, 3 seeds each (base: 5). The eval-time hypotheses (running
+# global mean in the bias, last-step U) are tested without training by studies/posthoc_eval.py.
+#   bash studies/gap_study.sh [OUTROOT]      (default: gap-study-out; ~70 runs, ~14 min on 2 CPU cores)
+# Tables: python studies/study_table.py OUTROOT/*; python studies/curves.py OUTROOT/*;
+#         python studies/posthoc_eval.py OUTROOT/*
+set -euo pipefail
+out=${1:-gap-study-out}
+py=${PYTHON:-.venv/bin/python}
+all=standard,fixed-etf,nearest-etf
+seeds=3
+run() { name=$1; methods=$2; shift 2; echo "== $name"
+        "$py" -m ncguide compare --config configs/mnist1d.yaml --methods "$methods" --seeds $seeds --out "$out/$name" \
+          --set device=cpu "$@"; }
+seeds=5 run base $all
+run ema0.1      fixed-etf,nearest-etf --set mean_schedule=ema   # (2) fresh means (α = 0.1); standard has none
+run delta1e-2   nearest-etf           --set delta=1e-2          # (3) proximal weight (nearest-ETF only)
+run delta1e-1   nearest-etf           --set delta=1e-1
+run tau3        $all                  --set temperature=3       # (4) temperature
+run tau10       $all                  --set temperature=10
+run cosine      $all                  --set schedule=cosine     # (5) learning-rate schedule
+# (6) the classifier tracking the feature means: nearest-etf with U frozen (no more solves) after epoch E
+for e in 1 3 10; do
+  s=0,1,2; [[ $e != 10 ]] && s=0,1,2,3,4
+  echo "== freeze-ep$e"
+  "$py" studies/freeze_probe.py "$out/freeze-ep$e" --config configs/mnist1d.yaml --freeze-epoch $e --seeds $s
+  "$py" -m ncguide report "$out/freeze-ep$e" > /dev/null
+done

@@ -1,0 +1,243 @@
+"""The ``ncguide`` command: a tiny compare end to end (files of docs/design.md, reuse on re-run), train,
+report, config precedence, and the one-line errors (exit 2) a user will meet."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ncguide.experiments import cli, compare
+from ncguide.experiments.cli import main
+
+METHODS = ["standard", "nearest-etf"]
+SEEDS = [0, 1]
+TINY = ["--dataset", "digits", "--model", "mlp", "--epochs", "2", "--set", "model_kwargs.widths=[32]",
+        "--set", "device=cpu"]
+RECORD_KEYS = {"epoch", "step", "wall_s", "train_loss", "train_acc", "test_acc", "nc1", "nc2_w", "nc2_h", "nc3", "nc4"}
+FIGURES = ["overview.png", "train_acc.png", "loss.png", "nc1.png", "nc2.png", "nc3.png", "nc4.png"]
+
+
+def _run_files(out: Path) -> list[Path]:
+    return [out / "runs" / m / f"seed-{s}" / f for m in METHODS for s in SEEDS
+            for f in ("metrics.jsonl", "config.json", "checkpoint.pt")]
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """One tiny compare (2 methods x 2 seeds x 2 epochs on digits), shared by the tests below."""
+    out = tmp_path_factory.mktemp("cmp") / "out"
+    argv = ["compare", *TINY, "--methods", ",".join(METHODS), "--seeds", "2", "--set", "lr=0.01", "--out", str(out)]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_compare_writes_every_file(compared):
+    out, _ = compared
+    for f in _run_files(out) + [out / n for n in ("summary.json", "report.md", "config.yaml", *FIGURES)]:
+        assert f.is_file() and f.stat().st_size > 0, f
+    assert sorted(p.name for p in (out / "runs").iterdir()) == sorted(METHODS)
+    for m in METHODS:
+        for s in SEEDS:
+            run = out / "runs" / m / f"seed-{s}"
+            records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            assert [r["epoch"] for r in records] == [0, 1, 2]
+            assert all(RECORD_KEYS <= set(r) for r in records)
+            cfg = json.loads((run / "config.json").read_text())
+            assert (cfg["method"], cfg["seed"], cfg["epochs"], cfg["lr"]) == (m, s, 2, 0.01)
+            assert cfg["model_kwargs"] == {"widths": [32]}
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["methods"]) == METHODS and set(summary["thresholds"]) == {"train_acc", "nc1"}
+    for m in METHODS:
+        entry = summary["methods"][m]
+        assert entry["seeds"] == SEEDS
+        assert {"train_acc", "test_acc", "nc1", "nc2_w", "nc2_h", "nc3", "nc4"} <= set(entry["final"])
+        assert set(entry["final"]["nc1"]) >= {"median", "min", "max"}
+        assert entry["reach"]["train_acc"]["total"] == len(SEEDS)
+    md = (out / "report.md").read_text()
+    assert all(f"]({f})" in md for f in FIGURES)
+
+
+def test_compare_rerun_reuses_finished_runs(compared, capsys):
+    out, argv = compared
+    before = {f: f.stat().st_mtime_ns for f in _run_files(out)}
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reused finished run") == len(METHODS) * len(SEEDS)
+    assert "| `nearest-etf` |" in printed and "report.md" in printed  # the table and where the report is
+    assert {f: f.stat().st_mtime_ns for f in _run_files(out)} == before
+
+
+@pytest.mark.parametrize("change", [("--epochs", "3"), ("--methods", "fixed-etf")])
+def test_compare_refuses_to_mix_configs(compared, capsys, change):
+    """Another config into the same --out is refused (the report would pool both), even for other methods."""
+    out, argv = compared
+    argv = list(argv)
+    argv[argv.index("--epochs") + 1] = "3"
+    argv[argv.index(change[0]) + 1] = change[1]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ncguide: error:") and "different config" in err and "epochs: 2 vs 3" in err
+    assert not (out / "runs" / "fixed-etf").exists()
+
+
+def test_compare_adds_seeds_to_finished_runs(compared, tmp_path, capsys):
+    out, argv = compared
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    argv = list(argv)
+    argv[argv.index("--seeds") + 1] = "3"
+    argv[argv.index("--out") + 1] = str(copy)
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("reused finished run") == 4 and printed.count(": training in") == 2
+    summary = json.loads((copy / "summary.json").read_text())
+    assert all(summary["methods"][m]["seeds"] == [0, 1, 2] for m in METHODS)
+
+
+def test_report_regenerates(compared, capsys):
+    out, _ = compared
+    for name in ["summary.json", "report.md", *FIGURES]:
+        (out / name).unlink()
+    assert main(["report", str(out), "--nc1-threshold", "0.5"]) == 0
+    assert all((out / n).is_file() for n in ["summary.json", "report.md", *FIGURES])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["thresholds"]["nc1"] == {"op": "<=", "value": 0.5}
+    assert "| `standard` |" in capsys.readouterr().out
+
+
+def test_train_one_run(tmp_path, capsys):
+    out = tmp_path / "one"
+    assert main(["train", *TINY, "--method", "fixed-etf", "--seed", "3", "--epochs", "1", "--out", str(out)]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["method"], cfg["seed"], cfg["epochs"], cfg["dataset"]) == ("fixed-etf", 3, 1, "digits")
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2 and (out / "checkpoint.pt").is_file()
+    assert "metrics.jsonl" in capsys.readouterr().out
+
+
+def test_precedence_config_flags_set(tmp_path):
+    """config file < explicit flags < --set."""
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 7\nlr: 0.5\nbatch_size: 33\nmethods: [standard]\nseeds: 4\n")
+    args = cli.build_parser().parse_args(
+        ["compare", "--config", str(path), "--epochs", "2", "--lr", "0.1", "--set", "lr=0.01", "--out", "x"])
+    d, compare = cli.resolve_config(args)
+    assert (d["epochs"], d["lr"], d["batch_size"]) == (2, 0.01, 33)
+    assert compare == {"methods": ["standard"], "seeds": 4}
+    args = cli.build_parser().parse_args(
+        ["compare", "--config", str(path), "--seeds", "2", "--set", "methods=fixed-etf", "--out", "x"])
+    assert cli.resolve_config(args)[1] == {"methods": "fixed-etf", "seeds": "2"}
+
+
+@pytest.mark.parametrize("seeds,expected", [(3, [0, 1, 2]), ("2", [0, 1]), ("0,4", [0, 4]), ([5, 1], [5, 1])])
+def test_parse_seeds(seeds, expected):
+    assert compare.parse_seeds(seeds) == expected
+
+
+def _errors(tmp_path: Path) -> list[tuple[list[str], str]]:
+    """(argv, part of the message) for each documented user error."""
+    (tmp_path / "bad.yaml").write_text("epochs: [1, 2\nlr: 0.1\n")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "key.yaml").write_text("epoch: 3\n")
+    (tmp_path / "afile").write_text("")
+    out = str(tmp_path / "out")
+    base = ["train", "--out", out]
+    return [
+        (base + ["--dataset", "nope"], "unknown dataset 'nope'"),
+        (base + ["--model", "nope"], "unknown model 'nope'"),
+        (base + ["--method", "nope"], "unknown method 'nope'"),
+        (["compare", "--methods", "standard,nope", "--out", out], "unknown method(s) ['nope']"),
+        (base + ["--dataset", "imagenet", "--model", "resnet50", "--data-dir", str(tmp_path / "missing")],
+         "imagenet needs folders"),
+        (base + ["--set", "model_kwargs.widths=[8]", "--method", "nearest-etf"], "feature_dim >= num_classes"),
+        (base + ["--set", "nope=1"], "unknown config key 'nope'"),
+        (base + ["--set", "epochs=abc"], "bad value 'abc' for config key 'epochs'"),
+        (base + ["--set", "epochs"], "bad --set 'epochs'"),
+        (["train", "--out", str(tmp_path / "afile" / "sub")], "cannot create --out"),
+        (["train", "--out", str(tmp_path / "afile")], "is a file"),
+        (base + ["--config", str(tmp_path / "missing.yaml")], "not found"),
+        (base + ["--config", str(tmp_path / "bad.yaml")], "malformed YAML"),
+        (base + ["--config", str(tmp_path / "list.yaml")], "must hold a mapping"),
+        (base + ["--config", str(tmp_path / "key.yaml")], "unknown config key 'epoch'"),
+        (["compare", "--seeds", "0", "--out", out], "seeds must be a count >= 1"),
+        (["report", str(tmp_path)], "no run logs"),
+        (["report", str(tmp_path / "missing")], "not a directory"),
+        (["compare", "--dataset", "digits"], "add --out DIR"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(19))
+def test_user_errors_one_line_exit_2(case, tmp_path, capsys):
+    argv, message = _errors(tmp_path)[case]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ncguide: error: "), err
+    assert message in err
+
+
+def test_error_cases_counted(tmp_path):
+    assert len(_errors(tmp_path)) == 19  # keep the parametrize range in step
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["train", "--dataset", "nope"], "unknown dataset 'nope'"),
+    (["compare", "--config", "no/such/file.yaml"], "not found"),
+])
+def test_errors_from_python_m_have_no_traceback(argv, message, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    r = subprocess.run([sys.executable, "-m", "ncguide", *argv, "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert r.stderr.startswith("ncguide: error: ") and message in r.stderr
+
+
+@pytest.mark.parametrize("argv", [["train", "--epochs", "x"], ["compare", "--seeds"], ["bogus"], []])
+def test_argparse_errors_exit_2(argv, capsys):
+    assert main(argv) == 2
+    assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--help"], ["train", "compare", "report", "configs/demo.yaml"]),
+    (["train", "--help"], ["--method", "--set", "--resume", "--no-resume", "--device", "--data-dir"]),
+    (["compare", "--help"], ["--methods", "--seeds", "--epochs", "--batch-size", "--lr", "methods:"]),
+    (["report", "--help"], ["DIR", "--nc1-threshold"]),
+])
+def test_help(argv, words, capsys):
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert all(w in text for w in words)
+
+
+def test_print_config(tmp_path, capsys):
+    import yaml
+
+    argv = ["compare", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"),
+            "--seeds", "2", "--set", "lr=0.01", "--print-config"]
+    assert main(argv) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["seeds"] == [0, 1] and shown["lr"] == 0.01 and shown["dataset"] == "mnist1d"
+    assert shown["methods"] == ["standard", "fixed-etf", "nearest-etf"] and "nc1_threshold" in shown
+
+
+def test_diverged_run_exits_1(tmp_path, capsys):
+    argv = ["train", *TINY, "--method", "standard", "--lr", "1e30", "--set", "optimizer=sgd", "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ncguide: training diverged: non-finite loss") and err.count("\n") == 1
+
+
+def test_ctrl_c_exits_130(tmp_path, capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(compare, "train", interrupted)
+    argv = ["compare", *TINY, "--methods", "standard", "--seeds", "1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "resume" in err

@@ -1,0 +1,45 @@
+"""The two layers: the package root is the library (torch and numpy only), the experiments live in
+``ncguide.experiments`` and are never imported by the library."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import ncguide
+import ncguide.experiments
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+LIBRARY = ["etf", "solve", "polar_iteration", "means", "heads", "metrics", "features"]
+
+
+def test_the_root_exports_the_library_surface_only():
+    for name in ncguide.__all__:
+        assert not getattr(getattr(ncguide, name), "__module__", "ncguide").startswith("ncguide.experiments"), name
+    for name in ("nearest_etf", "etf_weight", "NearestETFHead", "build_head", "METHODS", "SOLVERS", "nc_metrics",
+                 "nc_metrics_streaming", "NCAccumulator", "extract_features", "polar_factor", "inner_objective"):
+        assert name in ncguide.__all__
+    for name in ("train", "run_compare", "TrainConfig", "load_config"):
+        assert name not in ncguide.__all__ and name in ncguide.experiments.__all__
+
+
+def test_the_library_imports_without_the_experiments_or_their_extras():
+    """``import ncguide`` and its use on a head work where yaml, matplotlib and tqdm are missing, and load
+    nothing from ``ncguide.experiments``."""
+    code = (
+        "import sys\n"
+        "for m in ('yaml', 'matplotlib', 'tqdm', 'sklearn', 'mnist1d'): sys.modules[m] = None\n"
+        "import torch, ncguide\n"
+        "head = ncguide.build_head('nearest-etf', 8, 4)\n"
+        "h, y = torch.randn(16, 8, requires_grad=True), torch.arange(16) % 4\n"
+        "head(h, y).sum().backward()\n"
+        "print(sorted(ncguide.nc_metrics(head.transform(h).detach(), y, head.weight, head.bias))[:2])\n"
+        "assert not [m for m in sys.modules if m.startswith('ncguide.experiments')], 'experiments imported'\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(SRC)}, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_library_modules_do_not_import_the_experiments():
+    for name in LIBRARY:
+        text = (SRC / "ncguide" / f"{name}.py").read_text()
+        assert "from .experiments" not in text and "ncguide.experiments" not in text, name
