@@ -571,6 +571,25 @@ def test_non_finite_batch_is_rejected_and_leaves_the_head_unchanged(method, kw, 
         assert torch.equal(out, twin(*batch)) and torch.equal(reloaded(*batch), out)
 
 
+@pytest.mark.parametrize("method", STATEFUL)
+def test_without_the_host_check_a_non_finite_batch_is_still_rejected(method):
+    """check_finite = False (what CUDA does by default, here on CPU): no error, NaN logits, and the
+    device-side rejection keeps every buffer bitwise, so the next batches match the twin's."""
+    d, k = 10, 4
+    head = build_head(method, d, k)
+    head.check_finite = False
+    for s in range(3):
+        head(*make_batch(32, d, k, seed=s))
+    twin, before = copy.deepcopy(head), copy.deepcopy(head.state_dict())
+    f, y = make_batch(32, d, k, seed=10)
+    assert torch.isnan(head(_poison(f, y, "nan-one-class"), y)).any()
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    for s in (12, 13):
+        batch = make_batch(32, d, k, seed=s)
+        assert torch.equal(head(*batch), twin(*batch))
+
+
 def test_empty_training_batch_leaves_the_running_means_unchanged():
     """No samples: nothing to fold in (α = 0). The nearest-ETF head still solves once more (one more
     proximal step towards the same means), so only its U may move, staying an exact ETF."""

@@ -410,6 +410,21 @@ def test_streaming_with_batches_of_very_different_magnitude_equals_one_shot():
     assert_metrics_close(acc.compute(W, b), one, rtol=1e-8, keys=[k for k in KEYS if k not in PER_SAMPLE])
 
 
+def test_zero_classifier_predicts_by_the_bias_alone():
+    """W = 0 has no scale of its own: the logits are b, so accuracy = mean(argmax b = y) and
+    bias_collapse = ‖b‖ (a scale chosen from W alone would blow b up to inf)."""
+    h, y, _, b = make_data(60, 5, 3, seed=23)
+    b = 1e3 * b
+    W = torch.zeros(3, 5, dtype=F64)
+    out = nc_metrics(h, y, W, b)
+    assert out["accuracy"] == pytest.approx(float((y == b.argmax()).double().mean()), abs=1e-15)
+    assert out["bias_collapse"] == pytest.approx(float(b.norm()), rel=1e-14)
+    stream = nc_metrics_streaming(batches_of(h, y, [20, 40]), W, b)
+    undefined = {key for key, v in out.items() if math.isnan(v)}  # nc2_w, nc3, nc3_dist, w_equinorm: W = 0
+    assert undefined == {key for key, v in stream.items() if math.isnan(v)}
+    assert_metrics_close(stream, out, rtol=1e-10, keys=set(out) - undefined)
+
+
 def test_invariant_to_rotating_features_and_classifier():
     h, y, W, b = make_data(100, 8, 4, seed=11)
     Q = random_stiefel(8, 8, generator=torch.Generator().manual_seed(2), dtype=F64)

@@ -174,10 +174,10 @@ def _check_counts(counts: torch.Tensor) -> None:
 _MAX_EXP = 1020  # |e| of one scale factor 2^e: 2^±1020 and their half-products stay finite and nonzero
 
 
-def _exponent(x: torch.Tensor) -> int:
-    """``e`` with ``2^(e-1) <= max|x| < 2^e``, clamped to ``±1020`` (``-1020`` for an empty or zero ``x``)."""
+def _exponent(x: torch.Tensor, zero: int = 0) -> int:
+    """``e`` with ``2^(e-1) <= max|x| < 2^e``, clamped to ``±1020``; ``zero`` for an empty or all-zero ``x``."""
     peak = x.abs().amax() if x.numel() else x.new_zeros(())
-    return max(-_MAX_EXP, min(_MAX_EXP, int(torch.frexp(peak).exponent))) if peak > 0 else -_MAX_EXP
+    return max(-_MAX_EXP, min(_MAX_EXP, int(torch.frexp(peak).exponent))) if peak > 0 else zero
 
 
 def _ldexp(x: torch.Tensor, e: int) -> torch.Tensor:
@@ -453,7 +453,7 @@ class NCAccumulator:
         y = labels.to(device=self.device, dtype=torch.long)
         s = self._state
         if self.pass_index == 1:
-            self._rescale(max(self._exp, _exponent(h)))
+            self._rescale(max(self._exp, _exponent(h, zero=self._exp)))
             h = _ldexp(h, -self._exp)
             s["counts"] += torch.bincount(y, minlength=self.num_classes).to(_F64)
             s["sums"].index_add_(0, y, h)
