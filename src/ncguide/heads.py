@@ -17,12 +17,14 @@ features are cast up, so the solve never runs in bfloat16/float16.
 - ``FixedETFHead``: the same with a fixed ``U_0`` (random Haar rotation by default).
 - ``StandardHead``: learnable ``Linear(d, K)``; rows renormalised to unit norm by ``after_step()``.
 
-Non-finite training batches: the ETF heads fold a batch into their running means only if its batch
-mean ``μ_B`` (all-reduced under DDP) is finite, so NaN/inf features never enter their state. On CPU
-(or with ``head.check_finite = True``) they then raise ``NonFiniteFeaturesError`` (a ``ValueError``)
-before anything changes. On other devices the default is not to check on the host (that would
-add a sync per step): the state is kept on the device and the logits are NaN, which the training
-loop's own loss check reports. ``StandardHead`` keeps no running state and does not check.
+Non-finite training batches: the ETF heads fold a batch into their running means (and store its
+``U*``) only if its batch mean ``μ_B`` (all-reduced under DDP, so every rank decides alike) is finite,
+so NaN/inf features never enter their state — a NaN in one sample rejects the whole batch. On CPU (or
+with ``head.check_finite = True``) they then raise ``NonFiniteFeaturesError`` (a ``ValueError``) with
+the state exactly as before the call. On other devices the default does not read the flag on the host
+(that would add a sync per step): the state is kept by ``torch.where`` on the device and the logits
+are NaN, which the training loop's own loss check reports. ``StandardHead`` keeps no running state
+and does not check (NaN rows give NaN logits).
 """
 
 from __future__ import annotations
