@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncguide.etf import canonical_stiefel, center_classes, centering_matrix, etf_gram_error
-from ncguide.heads import METHODS, FixedETFHead, NearestETFHead, StandardHead, build_head
+from ncguide.heads import METHODS, FixedETFHead, NearestETFHead, NonFiniteFeaturesError, StandardHead, build_head
 from ncguide.means import RunningClassMeans, RunningMean
 
 ETF_TOL = 1e-5
@@ -517,3 +517,170 @@ def test_float64_features_keep_a_float64_anchor():
     fresh = NearestETFHead(12, 4).double()
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh(h, y), head(h, y), atol=0, rtol=0)
+
+
+# --------------------------------------------------------------------------- non-finite and extreme features
+
+STATEFUL = ("fixed-etf", "nearest-etf", "nearest-etf-nograd")
+
+
+def _poison(f, y, where):
+    """A copy of the batch with NaN or inf in one place: one entry of class 1, or a whole row."""
+    f = f.clone()
+    row = int(torch.nonzero(y == 1)[0])
+    if where == "nan-one-class":
+        f[row, 0] = math.nan
+    elif where == "inf-row":
+        f[row] = math.inf
+    else:  # "-inf-entry"
+        f[row, 3] = -math.inf
+    return f
+
+
+@pytest.mark.parametrize("where", ["nan-one-class", "inf-row", "-inf-entry"])
+@pytest.mark.parametrize("method,kw", [(m, {}) for m in STATEFUL] + [
+    ("nearest-etf", {"solver": "polar-ns"}), ("nearest-etf", {"solver": "polar"}),
+    ("nearest-etf", {"mean_schedule": "cumulative"}),
+])
+def test_non_finite_batch_is_rejected_and_leaves_the_head_unchanged(method, kw, where):
+    """On CPU a batch with NaN/inf features raises ValueError and changes no state: afterwards the head
+    (eval logits, state_dict, the next training steps) is bitwise the twin that never saw the batch."""
+    d, k = 10, 4
+    head = build_head(method, d, k, **kw)
+    for s in range(3):
+        head(*make_batch(32, d, k, seed=s))
+    twin = copy.deepcopy(head)
+    before = copy.deepcopy(head.state_dict())
+    f, y = make_batch(32, d, k, seed=10)
+    with pytest.raises(ValueError, match=r"NaN or inf.*unchanged"):
+        head(_poison(f, y, where), y)
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    reloaded = build_head(method, d, k, **kw)
+    reloaded.load_state_dict(head.state_dict())
+    for model in (head, twin, reloaded):
+        model.eval()
+    f_eval, _ = make_batch(16, d, k, seed=11)
+    assert torch.isfinite(head(f_eval)).all() and torch.isfinite(head.bias).all()
+    assert torch.equal(head(f_eval), twin(f_eval)) and torch.equal(reloaded(f_eval), twin(f_eval))
+    for model in (head, twin, reloaded):
+        model.train()
+    for s in (12, 13):
+        batch = make_batch(32, d, k, seed=s)
+        out = head(*batch)
+        assert torch.equal(out, twin(*batch)) and torch.equal(reloaded(*batch), out)
+
+
+@pytest.mark.parametrize("method", STATEFUL)
+def test_without_the_host_check_a_non_finite_batch_is_still_rejected(method):
+    """check_finite = False (what CUDA does by default, here on CPU): no error, NaN logits, and the
+    device-side rejection keeps every buffer bitwise, so the next batches match the twin's."""
+    d, k = 10, 4
+    head = build_head(method, d, k)
+    head.check_finite = False
+    for s in range(3):
+        head(*make_batch(32, d, k, seed=s))
+    twin, before = copy.deepcopy(head), copy.deepcopy(head.state_dict())
+    f, y = make_batch(32, d, k, seed=10)
+    assert torch.isnan(head(_poison(f, y, "nan-one-class"), y)).any()
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    for s in (12, 13):
+        batch = make_batch(32, d, k, seed=s)
+        assert torch.equal(head(*batch), twin(*batch))
+
+
+def test_empty_training_batch_leaves_the_running_means_unchanged():
+    """No samples: nothing to fold in (α = 0). The nearest-ETF head still solves once more (one more
+    proximal step towards the same means), so only its U may move, staying an exact ETF."""
+    d, k = 8, 3
+    for method in STATEFUL:
+        head = build_head(method, d, k)
+        head(*make_batch(12, d, k, seed=0))
+        before = copy.deepcopy(head.state_dict())
+        assert head(torch.zeros(0, d), torch.zeros(0, dtype=torch.long)).shape == (0, k)
+        for key, value in head.state_dict().items():
+            assert key == "U" or torch.equal(value, before[key]), (method, key)
+        assert etf_gram_error(head.weight.double()) < ETF_TOL
+
+
+def test_standard_head_has_no_state_and_passes_non_finite_batches_through():
+    """StandardHead keeps no running mean: a NaN row gives NaN logits in that row only (no error)."""
+    head = build_head("standard", 6, 3)
+    f, y = make_batch(5, 6, 3, seed=0)
+    f[1, 2] = math.nan
+    logits = head(f, y)
+    assert torch.isnan(logits[1]).all() and torch.isfinite(logits[[0, 2, 3, 4]]).all()
+
+
+@pytest.mark.parametrize("dtype,scales", [
+    (torch.float32, [1e20, 1e-30, 1e38, 1e-34]), (torch.float64, [1e300, 1e-300]),
+])
+def test_transform_is_invariant_to_huge_and_tiny_feature_scales(dtype, scales):
+    """h̃ = τ h/‖h‖ is scale-free: ‖h‖ (or its square) may overflow or underflow, h̃ must not."""
+    head = NearestETFHead(16, 4)
+    f, _ = make_batch(8, 16, 4, seed=0, dtype=dtype)
+    f[0] = 0.0  # a zero row stays zero
+    ref = head.transform(f)
+    for scale in scales:
+        per_row = scale * torch.logspace(0, -3, 8, dtype=dtype).unsqueeze(1)  # different scale per row (normal)
+        torch.testing.assert_close(head.transform(f * per_row), ref, rtol=1e-6, atol=0)
+    assert torch.equal(ref[0], torch.zeros(16, dtype=dtype))
+
+
+@pytest.mark.parametrize("method", ["standard", "fixed-etf", "nearest-etf"])
+@pytest.mark.parametrize("scale", [1e20, 1e-30, 2.0**66, 2.0**-100])
+def test_training_step_is_invariant_to_the_feature_scale(method, scale):
+    """Same logits, same state, gradient scaled by 1/scale, for float32 features ×1e20 (‖h‖² overflows)
+    and ×1e-30 (‖h‖² underflows): bitwise for a power of two (the scaling is then exact), else up to the
+    rounding of h·scale (U: the solve amplifies a 1e-7 change of h̃ to ~1e-5 in float32)."""
+    d, k = 12, 4
+    torch.manual_seed(0)
+    head = build_head(method, d, k)
+    twin = copy.deepcopy(head)
+    exact = math.frexp(scale)[0] == 0.5
+    tol = dict(rtol=0, atol=0) if exact else dict(rtol=1e-5, atol=1e-5)
+    for s in range(3):
+        f, y = make_batch(24, d, k, seed=s)
+        x, x_big = f.clone().requires_grad_(), (f * scale).requires_grad_()
+        logits, logits_big = twin(x, y), head(x_big, y)
+        torch.testing.assert_close(logits_big, logits, **tol)
+        F.cross_entropy(logits, y).backward()
+        F.cross_entropy(logits_big, y).backward()
+        torch.testing.assert_close(x_big.grad * scale, x.grad, **(tol if exact else dict(rtol=1e-3, atol=1e-5)))
+    for (key, a), b in zip(twin.state_dict().items(), head.state_dict().values()):
+        torch.testing.assert_close(b, a, **(tol if exact else dict(rtol=1e-4, atol=1e-4)), msg=key)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("method,kw", [("fixed-etf", {}), ("nearest-etf", {}), ("nearest-etf", {"solver": "polar-ns"})])
+def test_cuda_non_finite_batch_is_rejected_on_the_device(method, kw):
+    """CUDA, default: no host read of the flag (sync-free where the solver is: fixed-etf, polar-ns), the
+    state stays bitwise as it was, the logits are NaN; the next batches continue as if it never came.
+    ``check_finite = True`` raises as on CPU."""
+    d, k = 32, 10
+    head = build_head(method, d, k, **kw).to("cuda")
+    for s in range(3):
+        head(*(t.cuda() for t in make_batch(64, d, k, seed=s)))
+    twin, before = copy.deepcopy(head), copy.deepcopy(head.state_dict())
+    f, y = make_batch(64, d, k, seed=10)
+    bad, y = _poison(f, y, "nan-one-class").cuda(), y.cuda()
+    torch.cuda.synchronize()
+    if method == "fixed-etf" or kw.get("solver") == "polar-ns":
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        logits = head(bad, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert not torch.isfinite(logits).all()
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    head.check_finite = True
+    with pytest.raises(NonFiniteFeaturesError, match="unchanged"):
+        head(bad, y)
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    for s in (11, 12):
+        batch = [t.cuda() for t in make_batch(64, d, k, seed=s)]
+        torch.testing.assert_close(head(*batch), twin(*batch), rtol=1e-5, atol=1e-5)  # atomic adds: not bitwise

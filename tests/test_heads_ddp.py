@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from ncguide.heads import NearestETFHead
+from ncguide.heads import FixedETFHead, NearestETFHead, NonFiniteFeaturesError
 
 WORLD, N, D_IN, D, K, STEPS = 2, 24, 10, 12, 5, 3
 TOL = 1e-10  # float64; far below the 1e-6 asked for
@@ -80,6 +80,27 @@ def _run(rank: int, world: int, train_backbone: bool):
     return records
 
 
+def _nan_on_one_rank(rank: int) -> dict[str, bool]:
+    """A clean step, then NaN features on rank 1 only: the all-reduced batch mean is NaN on every rank,
+    so every rank rejects the batch (no rank waits in a collective the others skipped)."""
+    out = {}
+    for head in (NearestETFHead(D, K).double(), FixedETFHead(D, K).double()):
+        x = torch.randn(N, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        y = torch.arange(N) % K
+        rows = slice(rank * N // 2, (rank + 1) * N // 2)
+        head(x[rows], y[rows])
+        before = {k: v.clone() for k, v in head.state_dict().items()}
+        bad = x[rows].clone()
+        if rank == 1:
+            bad[0, 0] = float("nan")
+        try:
+            head(bad, y[rows])
+            out[type(head).__name__] = False
+        except NonFiniteFeaturesError:
+            out[type(head).__name__] = all(torch.equal(v, before[k]) for k, v in head.state_dict().items())
+    return out
+
+
 def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world)
@@ -87,7 +108,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         torch.set_num_threads(1)
         plain = _run(rank, world, train_backbone=False)
         ddp = _run(rank, world, train_backbone=True)
-        torch.save({"plain": plain, "ddp": ddp}, os.path.join(out_dir, f"rank{rank}.pt"))
+        nan = _nan_on_one_rank(rank)
+        torch.save({"plain": plain, "ddp": ddp, "nan": nan}, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -102,6 +124,8 @@ def _free_port() -> int:
 def test_two_processes_match_one_process_on_the_whole_batch(tmp_path):
     mp.spawn(_worker, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    for r in range(WORLD):  # rejected, with the state unchanged, on both ranks
+        assert ranks[r]["nan"] == {"NearestETFHead": True, "FixedETFHead": True}, r
     for variant in ("plain", "ddp"):
         single = _run(0, 1, train_backbone=variant == "ddp")
         r0, r1 = ranks[0][variant], ranks[1][variant]

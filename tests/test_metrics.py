@@ -41,6 +41,12 @@ def make_data(n, d, k, seed=0, imbalanced=False, spread=0.5, dtype=F64):
     return h.to(dtype), y, W, b
 
 
+def two_magnitudes(h, tiny):
+    """Rows where ``tiny`` ×2^-830 (~1e-250), the others ×2^830 (their squares overflow float64)."""
+    big, small = torch.tensor(2.0**830, dtype=F64), torch.tensor(2.0**-830, dtype=F64)
+    return h * torch.where(tiny, small, big).unsqueeze(1)
+
+
 def assert_metrics_close(a, b, rtol=1e-9, atol=1e-12, keys=None):
     keys = keys or a.keys()
     for key in keys:
@@ -54,14 +60,17 @@ def assert_metrics_close(a, b, rtol=1e-9, atol=1e-12, keys=None):
 # ----------------------------------------------------------------------------- numpy oracle
 
 
-def numpy_reference(h, y, W, b, k):
-    """Plain numpy, straight from the definitions: d×d pseudo-inverse, explicit distances and cosines."""
+def numpy_reference(h, y, W, b, k, centre="centroid"):
+    """Plain numpy, straight from the definitions: d×d pseudo-inverse, explicit distances and cosines.
+    ``centre="centroid"``: H and the margins centred at the mean of the class means (the convention);
+    ``"global"``: at the sample-weighted mean, as before the imbalanced-classes fix (same when balanced)."""
     h, y, W, b = (np.asarray(t, dtype=np.float64) for t in (h, y, W, b))
     y = y.astype(int)
     n, d = h.shape
     mu = np.stack([h[y == c].mean(axis=0) for c in range(k)])
     mu_g = h.mean(axis=0)
-    H = mu - mu_g
+    centre_point = mu.mean(axis=0) if centre == "centroid" else mu_g
+    H = mu - centre_point
     D = h - mu[y]
     Sw = D.T @ D / n
     Sb = H.T @ H / k
@@ -91,7 +100,7 @@ def numpy_reference(h, y, W, b, k):
         out[f"{name}_maxangle"] = np.mean(np.abs(np.array(cos) + 1 / (k - 1)))
     margins = []
     for i in range(n):
-        v = h[i] - mu_g
+        v = h[i] - centre_point
         cos = [v @ W[c] / (np.linalg.norm(v) * np.linalg.norm(W[c])) for c in range(k)]
         margins.append(cos[y[i]] - max(cos[c] for c in range(k) if c != y[i]))
     out["cosine_margin"] = np.mean(margins)
@@ -108,7 +117,7 @@ def test_agrees_with_numpy_reference(n, d, k, imbalanced):
     np.testing.assert_allclose(margins.numpy(), ref_margins, rtol=0, atol=1e-12)
     if d < k - 1:  # rank Σ_B <= d < K-1: the top-(K-1) inverse does not exist
         assert ours["nc1_papyan"] == math.inf
-    elif not imbalanced:
+    else:  # rank Σ_B = K-1 also with imbalanced classes: H is centred at the centroid of the class means
         assert ours["nc1_papyan"] == pytest.approx(k * ours["nc1"], rel=1e-10)
     assert set(KEYS) <= set(ours)
 
@@ -141,6 +150,44 @@ def test_exact_simplex_etf_collapse_gives_zero(k, d, per_class):
     acc.update(h, y)
     one_pass = acc.compute(W, b)
     assert all(abs(one_pass[key]) < 1e-8 for key in KEYS if key not in PER_SAMPLE)
+
+
+def test_exact_simplex_etf_collapse_with_imbalanced_classes_gives_zero():
+    """Classes of 20, 40, ..., 200 samples lying exactly on a simplex ETF (h_i = α E_{y_i} + v): NC2/NC3
+    and the H geometry centre at the centroid of the class means (= v, since Σ_c E_c = 0), so they are 0
+    and every margin is K/(K-1). bias_collapse uses the sample-weighted μ_G, here ≠ v: ‖W(μ_G - v)‖ > 0."""
+    k, d = 10, 16
+    g = torch.Generator().manual_seed(0)
+    E = simplex_etf(d, k, random=True, generator=g, dtype=F64)
+    v = 3.0 * torch.randn(d, generator=g, dtype=F64)
+    y = torch.arange(k).repeat_interleave(20 * torch.arange(1, k + 1))
+    h = 2.5 * E[y] + v
+    W = 0.7 * E
+    b = -W @ v
+    out, margins = nc_metrics(h, y, W, b, return_margins=True)
+    for key in ("nc1", "nc1_trace", "nc2_w", "nc2_h", "nc3", "nc3_dist", "nc4",
+                "w_equinorm", "h_equinorm", "w_equiangular", "h_equiangular", "w_maxangle", "h_maxangle"):
+        assert abs(out[key]) < 1e-10, (key, out[key])
+    assert out["accuracy"] == 1.0
+    torch.testing.assert_close(margins, torch.full_like(margins, k / (k - 1)), rtol=0, atol=1e-12)
+    assert out["cosine_margin"] == pytest.approx(k / (k - 1), abs=1e-12)
+    bias_collapse = float(torch.linalg.vector_norm(W @ (h.mean(0) - v)))
+    assert bias_collapse > 0.1 and out["bias_collapse"] == pytest.approx(bias_collapse, rel=1e-12)
+    stream = nc_metrics_streaming(batches_of(h, y, [7, 500, len(y) - 507]), W, b)
+    assert_metrics_close(stream, out, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("imbalanced", [False, True])
+def test_balanced_classes_unchanged_by_the_centroid_centring(imbalanced):
+    """With balanced classes the centroid of the class means is the global mean: every metric is what the
+    sample-weighted centring gave before. With imbalanced classes the two conventions differ."""
+    h, y, W, b = make_data(120, 9, 5, seed=21, imbalanced=imbalanced)
+    ours = nc_metrics(h, y, W, b)
+    old, _ = numpy_reference(h, y, W, b, 5, centre="global")
+    if imbalanced:
+        assert abs(ours["nc2_h"] - old["nc2_h"]) > 1e-3 and abs(ours["nc3"] - old["nc3"]) > 1e-3
+    else:
+        assert_metrics_close(ours, old, rtol=1e-9, keys=[key for key in KEYS if key in old])
 
 
 # ----------------------------------------------------------------------------- hand-computed cases
@@ -318,15 +365,62 @@ def test_invariant_to_class_relabelling():
     assert_metrics_close(nc_metrics(h, perm[y], W[inv], b[inv]), nc_metrics(h, y, W, b), rtol=1e-10)
 
 
-@pytest.mark.parametrize("scale", [1e-3, 7.0])
+@pytest.mark.parametrize("scale", [1e-3, 7.0, 1e200, 1e-200])
 def test_scaling_leaves_scale_free_metrics_unchanged(scale):
     """h -> a·h with b -> a·b scales the logits by a (same argmax); W, b -> β·(W, b) likewise.
-    Everything is scale-free except bias_collapse = ‖Wμ_G + b‖, which scales by a (resp. β)."""
-    h, y, W, b = make_data(100, 8, 4, seed=10)
-    base = nc_metrics(h, y, W, b)
-    for out in (nc_metrics(scale * h, y, W, scale * b), nc_metrics(h, y, scale * W, scale * b)):
-        assert_metrics_close(out, base, rtol=1e-9, keys=[k for k in KEYS if k != "bias_collapse"])
-        assert out["bias_collapse"] == pytest.approx(scale * base["bias_collapse"], rel=1e-12)
+    Everything is scale-free except bias_collapse = ‖Wμ_G + b‖, which scales by a (resp. β).
+    At 1e±200 the squares (Σ_W, Σ_B, WWᵀ) overflow or underflow float64 unless rescaled first."""
+    h, y, W, b = make_data(100, 8, 4, seed=10, imbalanced=True)
+    base, base_margins = nc_metrics(h, y, W, b, return_margins=True)
+    scale_free = [k for k in KEYS if k != "bias_collapse"]
+    for sh, sw in ((scale, 1.0), (1.0, scale)):
+        args = (sh * h, y, sw * W, sh * sw * b)
+        out, margins = nc_metrics(*args, return_margins=True)
+        assert_metrics_close(out, base, rtol=1e-9, keys=scale_free)
+        torch.testing.assert_close(margins, base_margins, rtol=0, atol=1e-12)
+        assert out["bias_collapse"] == pytest.approx(sh * sw * base["bias_collapse"], rel=1e-12)
+        stream = nc_metrics_streaming(batches_of(args[0], y, [30, 1, 69]), args[2], args[3])
+        assert_metrics_close(stream, out, rtol=1e-10)
+        acc = NCAccumulator(4, 8)
+        acc.update(args[0], y)
+        pass1_keys = [k for k in KEYS if k not in PER_SAMPLE]
+        assert_metrics_close(acc.compute(args[2], args[3]), out, rtol=1e-8, keys=pass1_keys)
+
+
+def test_streaming_with_batches_of_very_different_magnitude_equals_one_shot():
+    """The accumulator's scale follows the largest batch seen (exact power-of-two rescaling of its sums),
+    so tiny batches followed by huge ones (or the reverse) neither overflow nor lose the later batches.
+    Class 0 at ~1e-250, classes 1 and 2 at ~1e250 (squares overflow float64), batches in class order."""
+    h, y, W, b = make_data(120, 6, 3, seed=22, imbalanced=True)
+    order = torch.argsort(y, stable=True)
+    h, y = two_magnitudes(h[order], y[order] == 0), y[order]
+    one, margins = nc_metrics(h, y, W, b, return_margins=True)
+    assert all(math.isfinite(v) for v in one.values()) and one["nc1"] > 0
+    for flip in (False, True):  # tiny batches first, then huge ones first
+        hs, ys = (h.flip(0), y.flip(0)) if flip else (h, y)
+        for sizes in ([10, 50, 60], [1] * 120):
+            stream, stream_margins = nc_metrics_streaming(batches_of(hs, ys, sizes), W, b, return_margins=True)
+            assert_metrics_close(stream, one, rtol=1e-10)
+            torch.testing.assert_close(stream_margins, margins, rtol=0, atol=1e-14)
+    acc = NCAccumulator(3, 6)
+    for hb, yb in batches_of(h, y, [10, 50, 60])():
+        acc.update(hb, yb)
+    assert_metrics_close(acc.compute(W, b), one, rtol=1e-8, keys=[k for k in KEYS if k not in PER_SAMPLE])
+
+
+def test_zero_classifier_predicts_by_the_bias_alone():
+    """W = 0 has no scale of its own: the logits are b, so accuracy = mean(argmax b = y) and
+    bias_collapse = ‖b‖ (a scale chosen from W alone would blow b up to inf)."""
+    h, y, _, b = make_data(60, 5, 3, seed=23)
+    b = 1e3 * b
+    W = torch.zeros(3, 5, dtype=F64)
+    out = nc_metrics(h, y, W, b)
+    assert out["accuracy"] == pytest.approx(float((y == b.argmax()).double().mean()), abs=1e-15)
+    assert out["bias_collapse"] == pytest.approx(float(b.norm()), rel=1e-14)
+    stream = nc_metrics_streaming(batches_of(h, y, [20, 40]), W, b)
+    undefined = {key for key, v in out.items() if math.isnan(v)}  # nc2_w, nc3, nc3_dist, w_equinorm: W = 0
+    assert undefined == {key for key, v in stream.items() if math.isnan(v)}
+    assert_metrics_close(stream, out, rtol=1e-10, keys=set(out) - undefined)
 
 
 def test_invariant_to_rotating_features_and_classifier():
@@ -402,7 +496,10 @@ def _ddp_worker(rank, world, port, out_dir):
         acc.update(hs, ys)
         # rank 1 sees no samples at all: its sums are zeros on the weight's device, nothing hangs
         empty = nc_metrics_streaming(lambda: [(h, y)] if rank == 0 else [], W, b)
-        result = {"two": out, "margins": margins, "one": acc.compute(W, b), "empty": empty}
+        # shards of very different magnitude: the ranks' sums are brought to one scale before the reduce
+        hw = two_magnitudes(h, torch.arange(len(h)) < 50)[shard]
+        wild = nc_metrics_streaming(lambda: zip(hw.split(16), ys.split(16)), W, b)
+        result = {"two": out, "margins": margins, "one": acc.compute(W, b), "empty": empty, "wild": wild}
         torch.save(result, os.path.join(out_dir, f"{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -424,6 +521,8 @@ def test_two_processes_equal_one_process(tmp_path):
         torch.testing.assert_close(res["margins"], margins, rtol=0, atol=1e-14)
         assert_metrics_close(res["one"], single, rtol=1e-8, keys=[k for k in KEYS if k not in PER_SAMPLE])
         assert_metrics_close(res["empty"], single, rtol=1e-10)
+        wild = two_magnitudes(h, torch.arange(len(h)) < 50)
+        assert_metrics_close(res["wild"], nc_metrics(wild, y, W, b), rtol=1e-10)
 
 
 # ----------------------------------------------------------------------------- CUDA

@@ -16,6 +16,15 @@ features are cast up, so the solve never runs in bfloat16/float16.
   means (``means.py``, ``solve.py``); ``b = -W μ_B`` in training, ``-W μ_G`` (running mean) in eval.
 - ``FixedETFHead``: the same with a fixed ``U_0`` (random Haar rotation by default).
 - ``StandardHead``: learnable ``Linear(d, K)``; rows renormalised to unit norm by ``after_step()``.
+
+Non-finite training batches: the ETF heads fold a batch into their running means (and store its
+``U*``) only if its batch mean ``μ_B`` (all-reduced under DDP, so every rank decides alike) is finite,
+so NaN/inf features never enter their state — a NaN in one sample rejects the whole batch. On CPU (or
+with ``head.check_finite = True``) they then raise ``NonFiniteFeaturesError`` (a ``ValueError``) with
+the state exactly as before the call. On other devices the default does not read the flag on the host
+(that would add a sync per step): the state is kept by ``torch.where`` on the device and the logits
+are NaN, which the training loop's own loss check reports. ``StandardHead`` keeps no running state
+and does not check (NaN rows give NaN logits).
 """
 
 from __future__ import annotations
@@ -32,9 +41,16 @@ from .means import RunningClassMeans, RunningMean
 from .solve import SOLVERS, nearest_etf, polar_target
 from .warm_polar import WarmPolarSolver
 
-__all__ = ["METHODS", "Head", "NearestETFHead", "FixedETFHead", "StandardHead", "build_head", "head_options"]
+__all__ = [
+    "METHODS", "Head", "NearestETFHead", "FixedETFHead", "StandardHead", "NonFiniteFeaturesError", "build_head",
+    "head_options",
+]
 
 METHODS = ("standard", "fixed-etf", "nearest-etf", "nearest-etf-nograd", "standard-plain")
+
+
+class NonFiniteFeaturesError(ValueError):
+    """A training batch held NaN or inf features; the head rejected it and its state is unchanged."""
 
 
 class Head(nn.Module):
@@ -43,9 +59,14 @@ class Head(nn.Module):
 
     Label range check: every call for CPU targets; on other devices only on the first call (it needs
     a host sync), after which an out-of-range label fails inside the kernels instead.
+
+    ``check_finite`` (attribute, ETF heads): raise on a non-finite training batch — ``None`` (default):
+    on CPU only; ``True``: on every device (one host sync per step on CUDA); ``False``: never. The
+    batch is rejected in every case (module docstring).
     """
 
     needs_targets = False  # targets required in training mode
+    check_finite: bool | None = None
 
     def __init__(
         self, feature_dim: int, num_classes: int, temperature: float = 5.0, normalize_features: bool = True
@@ -62,11 +83,30 @@ class Head(nn.Module):
         self._device_targets_checked = False
 
     def transform(self, features: torch.Tensor) -> torch.Tensor:
-        """``h̃ = τ h/‖h‖`` row-wise (identity when ``normalize_features=False``), in float32 or better."""
+        """``h̃ = τ h/‖h‖`` row-wise (identity when ``normalize_features=False``), in float32 or better.
+
+        Computed as ``τ g/‖g‖`` with ``g = h/max_j |h_j|`` (the same value, as ``h/‖h‖`` is scale-free), so
+        that ``‖h‖`` cannot overflow (features ×1e20 in float32) or underflow; a zero row stays zero and a
+        row with NaN or inf gives NaN. The max is detached: ``h/‖h‖`` does not depend on it.
+        """
         h = features.to(torch.promote_types(features.dtype, torch.float32))
         if not self.normalize_features:
             return h
-        return self.temperature * F.normalize(h, dim=1, eps=1e-12)
+        peak = h.detach().abs().amax(dim=1, keepdim=True)
+        g = h / torch.where(peak > 0, peak, torch.ones_like(peak))  # max |g_j| = 1: ‖g‖ in [1, sqrt(d)]
+        return self.temperature * F.normalize(g, dim=1, eps=1e-12)
+
+    def _reject_non_finite(self, mu: torch.Tensor) -> torch.Tensor:
+        """``isfinite(μ_B)`` as a device flag (the rule the running means apply); raises
+        ``NonFiniteFeaturesError`` when false and the check is on (``check_finite``; a host read)."""
+        finite = torch.isfinite(mu).all()
+        check = mu.device.type == "cpu" if self.check_finite is None else self.check_finite
+        if check and not bool(finite):
+            raise NonFiniteFeaturesError(
+                f"{type(self).__name__}: the training batch's features contain NaN or inf; the batch was "
+                "rejected and the head's state is unchanged (check the backbone's inputs, or lower the learning rate)"
+            )
+        return finite
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         self._check_inputs(features, targets)
@@ -184,15 +224,17 @@ class NearestETFHead(Head):
         if not self.training:
             W = etf_weight(self.U).to(h.dtype)
             return h @ W.T - W @ self.means.global_mean.to(h.dtype)
-        A, mu = self.means.update(h, targets)
+        A, mu = self.means.update(h, targets)  # a non-finite batch leaves the means as they were
+        finite = self._reject_non_finite(mu)
         norm = torch.linalg.vector_norm(A)
         Hbar = A / (norm + (norm == 0))  # H̄ = A/‖A‖_F, and 0 (not NaN) when A = 0
         U = self.solve(Hbar)
         with torch.no_grad():
+            U_next = torch.where(finite, U.detach(), self.U.to(U.dtype))  # rejected batch: keep U_prev
             if U.dtype == self.U.dtype:
-                self.U.copy_(U)
+                self.U.copy_(U_next)
             else:  # float64 features solve in float64: keep the anchor at that precision
-                self.U = U.detach().clone()
+                self.U = U_next.clone()
         W = etf_weight(U).to(h.dtype)
         return h @ W.T - W @ mu
 
@@ -258,7 +300,11 @@ class FixedETFHead(Head):
         self.global_mean = RunningMean(feature_dim, mean_schedule, alpha_min, ema_alpha, sync=sync_distributed)
 
     def _logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-        mu = self.global_mean.update(h) if self.training else self.global_mean.mean.to(h.dtype)
+        if self.training:
+            mu = self.global_mean.update(h)  # a non-finite batch leaves the running mean as it was
+            self._reject_non_finite(mu)
+        else:
+            mu = self.global_mean.mean.to(h.dtype)
         W = self.fixed_weight.to(h.dtype)
         return h @ W.T - W @ mu
 

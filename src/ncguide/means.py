@@ -36,6 +36,11 @@ of parameter gradients over ranks then yields the gradient of the mean loss.
 
 A running estimate of the global feature mean (same schedule, with ``t`` = training steps) is kept
 for the evaluation-mode bias ``b = -W μ_G``.
+
+**Non-finite batches.** A batch is folded in only if its (all-reduced) batch mean ``μ_B`` is finite,
+i.e. no rank's features hold NaN or inf (a non-finite entry anywhere makes its column of the summed
+features non-finite). Otherwise every buffer keeps its value (``torch.where`` on the device, no host
+sync) and the batch is not counted; raising is the caller's choice (the heads raise on CPU).
 """
 
 from __future__ import annotations
@@ -144,12 +149,13 @@ class RunningMean(nn.Module):
         stacked = torch.cat([features.sum(0), features.new_full((1,), features.shape[0])])
         if self.sync:
             stacked = _all_reduce_sum(stacked)
-        n = stacked[-1].detach()
-        mu = stacked[:-1] / n.clamp_min(1.0)
+        mu = stacked[:-1] / stacked[-1].detach().clamp_min(1.0)
+        finite = torch.isfinite(mu).all()
+        n = stacked[-1].detach() * finite  # a non-finite batch counts as empty: α = 0
         alpha = _count_batch(self.step, self.count, n, self.schedule, self.alpha_min, self.ema_alpha)
         with torch.no_grad():
             mean = self.mean.to(mu.dtype)
-            self.mean.copy_(mean + alpha.to(mu.dtype) * (mu - mean))
+            self.mean.copy_(torch.where(finite, mean + alpha.to(mu.dtype) * (mu - mean), mean))
         return mu
 
 
@@ -184,17 +190,20 @@ class RunningClassMeans(nn.Module):
         """One training batch: ``features`` ``h̃`` (``N×d``), ``targets`` (``N``, in ``[0, K)``).
 
         Returns ``(A_t, μ_B)``: the estimate with unseen classes filled (``d×K``, gradient through
-        ``α B_t``) and the batch mean (``d``, with gradient). Updates the running state (detached).
+        ``α B_t``) and the batch mean (``d``, with gradient). Updates the running state (detached);
+        a batch with non-finite ``μ_B`` leaves it unchanged and returns the previous estimate as ``A_t``.
         """
         k = self.num_classes
         sums, counts = batch_class_sums(features, targets, k, self.sync)  # K×d, K
         total = counts.sum(0, keepdim=True)
         mu = sums.sum(0) / total.clamp_min(1.0)
+        finite = torch.isfinite(mu).all()
         batch = torch.cat([sums / counts.clamp_min(1.0).unsqueeze(1) - mu, mu.unsqueeze(0)]).T  # [B_t | μ_B]
-        n = torch.cat([counts, total]).detach()
+        n = torch.cat([counts, total]).detach() * finite  # a non-finite batch counts as empty: α = 0
         alpha = _count_batch(self.steps, self.counts, n, self.schedule, self.alpha_min, self.ema_alpha)
         prev = torch.cat([self.means, self.global_mean.unsqueeze(1)], 1).to(features.dtype)
         new = prev + alpha.to(features.dtype) * (batch - prev)  # (1-α) prev.detach() + α batch; α=0: absent
+        new = torch.where(finite, new, prev)  # 0·NaN is NaN: keep the previous state exactly
         with torch.no_grad():
             self.means.copy_(new[:, :k])
             self.global_mean.copy_(new[:, k])

@@ -5,11 +5,32 @@ Conventions (every metric below is computed in float64):
 - **Features.** ``h`` are the features the classifier consumes: ``h̃ = τ·h/‖h‖`` for the ETF and
   standard heads (``head.transform(h)``), the raw features for ``standard-plain``. The classifier is
   ``logits = W h + b`` with ``W`` ``K×d`` and ``b`` ``(K,)`` (``b = 0`` when ``bias=None``).
-- **Means.** ``μ_c`` = mean of class ``c``; ``μ_G`` = mean of *all* ``N`` samples (sample-weighted,
-  so with imbalanced classes ``μ_G`` is not the mean of the ``μ_c``); ``H`` is ``K×d`` with rows
-  ``H_c = μ_c - μ_G``. Every class needs at least one sample.
+- **Means.** ``μ_c`` = mean of class ``c``; ``μ̄ = (1/K) Σ_c μ_c`` their centroid (classes weighted
+  equally); ``μ_G`` = mean of *all* ``N`` samples (sample-weighted: with imbalanced classes
+  ``μ_G ≠ μ̄``). ``H`` is ``K×d`` with rows ``H_c = μ_c - μ̄``. Every class needs at least one sample.
+  Which mean each metric uses, and why:
+
+  * ``μ̄`` for everything built on ``H`` — ``Σ_B`` and NC1, NC2 (``nc2_h``), NC3 (``nc3``,
+    ``nc3_dist``), ``h_equinorm``/``h_equiangular``/``h_maxangle`` — and for the cosine margins. The
+    simplex ETF's vectors sum to zero, so only about ``μ̄`` can exactly collapsed features score 0 when
+    the classes are imbalanced (about ``μ_G`` they do not: e.g. ``nc2_h`` 0.26 for classes of 20, 40,
+    …, 200 samples). ``Σ_B`` weights the classes equally (``1/K``), and ``μ̄`` is the centre that
+    matches those weights: ``rank Σ_B <= K-1`` always (about ``μ_G`` it would gain the rank-one term
+    ``(μ̄-μ_G)(μ̄-μ_G)ᵀ``). This is what Papyan et al.'s code and ``rhubarbwu/neural-collapse`` do.
+  * ``μ_G`` for ``bias_collapse`` only: it measures the bias against the sample-weighted mean, the
+    one the ETF heads subtract (``b = -W μ_B`` in training, ``-W μ_G`` with the running sample mean
+    in eval).
+  * ``Σ_W`` centres each sample at its own class mean ``μ_{y_i}`` (no global mean involved).
+
+  With balanced classes ``μ̄ = μ_G`` and every metric is as before this distinction was made.
 - **Scatter.** ``Σ_W = (1/N) Σ_i (h_i - μ_{y_i})(h_i - μ_{y_i})ᵀ`` (``1/N``, not per class);
   ``Σ_B = (1/K) Σ_c H_c H_cᵀ = HᵀH/K`` (``1/K``, classes weighted equally). ``rank Σ_B <= K-1``.
+- **Scale.** The features are first divided by a power of two ``2^e`` (exact) near their largest
+  entry, and ``W``, ``b`` likewise (``b`` by both factors), so that no square (``Σ_W``, ``Σ_B``,
+  ``WWᵀ``) overflows or underflows float64: features ×1e±200 give the same metrics. Every metric is
+  invariant to that rescaling (NC1–NC4, the geometry, accuracy and the margins are scale-free;
+  ``argmax(Wh+b)`` is unchanged when ``h``, ``W``, ``b`` are rescaled consistently) except
+  ``bias_collapse``, which is multiplied back by the factors (``inf`` if the true value overflows).
 - **NC1** (within-class variability), three conventions, all reported:
 
   * ``nc1 = tr(Σ_W Σ_B⁺)/K`` with ``Σ_B⁺`` the Moore–Penrose pseudo-inverse (docs/metrics.md). As far as
@@ -18,8 +39,8 @@ Conventions (every metric below is computed in float64):
     ``Σ_B`` and no division by ``K``: what the code widely circulated with that line of work computes
     (a truncated SVD of ``Σ_B`` with ``k = C-1``). It equals ``K · nc1`` when ``rank Σ_B = K-1``; when
     ``Σ_B`` has (numerical) rank below ``K-1`` the truncated inverse is unbounded and we return ``inf``.
-    That code centres by the mean of the class means; here all three conventions share ``H`` above,
-    so they agree with it exactly on balanced data.
+    That code centres by the mean of the class means, as ``H`` does here, so ``nc1_papyan = K · nc1``
+    whenever ``rank Σ_B = K-1``, balanced or not.
   * ``nc1_trace = tr(Σ_W)/tr(Σ_B)``: a scale-free, inverse-free trace ratio.
 
   All three are ``nan`` when ``Σ_B = 0`` and ``Σ_W = 0`` (``nc1``/``nc1_papyan`` also when only
@@ -33,7 +54,7 @@ Conventions (every metric below is computed in float64):
 - **NC2** (simplex ETF), normalised by Frobenius norms: with ``M = I_K - 11ᵀ/K`` (``‖M‖_F = sqrt(K-1)``)
   ``nc2_w = ‖WWᵀ/‖WWᵀ‖_F - M/sqrt(K-1)‖_F``, ``nc2_h`` the same with ``H`` (in ``[0, 2]``).
 - **NC3** (self-duality): ``nc3 = ‖WHᵀ/‖WHᵀ‖_F - M/sqrt(K-1)‖_F``, ``W`` the classifier and
-  ``H`` the centred means (rows ``μ_c - μ_G``). Also ``nc3_dist = ‖W/‖W‖_F - H/‖H‖_F‖_F``: whether
+  ``H`` the centred means (rows ``μ_c - μ̄``). Also ``nc3_dist = ‖W/‖W‖_F - H/‖H‖_F‖_F``: whether
   ``W`` and ``H`` agree up to scale, not only through their product (the self-duality distance of
   Papyan et al. 2020; the code circulated with that work reports its square).
 - **NC4** (nearest class centre): ``nc4`` = fraction of samples with ``argmax_c (Wh+b)_c ≠
@@ -46,7 +67,7 @@ Conventions (every metric below is computed in float64):
   the "mutual coherence" of that same code).
   A zero row has cosine 0 with every row.
 - ``accuracy`` = fraction with ``argmax_c (Wh+b)_c = y``.
-- ``cosine_margin``: per sample ``m_i = cos(h_i - μ_G, w_{y_i}) - max_{c ≠ y_i} cos(h_i - μ_G, w_c)``
+- ``cosine_margin``: per sample ``m_i = cos(h_i - μ̄, w_{y_i}) - max_{c ≠ y_i} cos(h_i - μ̄, w_c)``
   (in ``[-2, 2]``; bias ignored; cosine 0 for a zero vector); the key is the mean. The sorted
   ``m_i`` (the distribution plotted at the end of training) come from ``return_margins=True`` or
   ``NCAccumulator.sorted_margins()``. On an exact simplex ETF every margin is ``K/(K-1)``.
@@ -54,7 +75,9 @@ Conventions (every metric below is computed in float64):
 
 Streaming: ``NCAccumulator`` keeps ``O(Kd + d²)`` float64 sums (counts, class sums, scatter; plus
 the ``N`` margins when the sorted margins are wanted) and reduces them with
-``torch.distributed.all_reduce`` when a process group is initialised. Pass 1 gives the class means
+``torch.distributed.all_reduce`` when a process group is initialised. Its scale ``2^e`` follows the
+largest batch seen (the sums are rescaled by the exact power of two when it grows), and ranks agree
+on the largest ``e`` before reducing, so the result equals the one-shot form's. Pass 1 gives the class means
 (and, with ``raw_scatter=True``, a one-pass ``Σ_W = (Σ hhᵀ - Σ_c n_c μ_cμ_cᵀ)/N``); NC4, accuracy
 and margins need the means first, so a second pass over the same samples accumulates them together
 with the centred ``Σ_W`` (no cancellation). ``nc_metrics_streaming`` runs both passes.
@@ -146,6 +169,31 @@ def _check_counts(counts: torch.Tensor) -> None:
         )
 
 
+# ----------------------------------------------------------------------------- scale
+
+_MAX_EXP = 1020  # |e| of one scale factor 2^e: 2^±1020 and their half-products stay finite and nonzero
+
+
+def _exponent(x: torch.Tensor, zero: int = 0) -> int:
+    """``e`` with ``2^(e-1) <= max|x| < 2^e``, clamped to ``±1020``; ``zero`` for an empty or all-zero ``x``."""
+    peak = x.abs().amax() if x.numel() else x.new_zeros(())
+    return max(-_MAX_EXP, min(_MAX_EXP, int(torch.frexp(peak).exponent))) if peak > 0 else zero
+
+
+def _ldexp(x: torch.Tensor, e: int) -> torch.Tensor:
+    """``x · 2^e``, exact unless the result itself overflows or underflows (factors of at most ``2^±1000``)."""
+    while e:
+        step = max(-1000, min(1000, e))
+        x, e = x * 2.0**step, e - step
+    return x
+
+
+def _scaled_classifier(W: torch.Tensor, b: torch.Tensor, e_h: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(W/2^w, b/2^(w+e_h), w+e_h)`` for features scaled by ``2^-e_h``: the logits scale by ``2^-(w+e_h)``."""
+    e_w = _exponent(W)
+    return _ldexp(W, -e_w), _ldexp(b, -(e_w + e_h)), e_w + e_h
+
+
 # ----------------------------------------------------------------------------- the maths
 
 
@@ -208,18 +256,21 @@ def _nc1_all(sigma_w: torch.Tensor, H: torch.Tensor, rtol: float | None) -> dict
 
 
 def _class_means(counts: torch.Tensor, sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class means ``μ_c`` (K×d) and the global mean ``μ_G`` (sample-weighted) from counts and class sums."""
-    return sums / counts.unsqueeze(1), sums.sum(dim=0) / counts.sum()
+    """Class means ``μ_c`` (K×d) and their centroid ``μ̄ = (1/K) Σ_c μ_c`` from counts and class sums."""
+    means = sums / counts.unsqueeze(1)
+    return means, means.mean(dim=0)
 
 
 def _geometry(
     counts: torch.Tensor, sums: torch.Tensor, scatter_w: torch.Tensor, W: torch.Tensor, b: torch.Tensor,
-    rtol: float | None,
+    log2_scale: int, rtol: float | None,
 ) -> dict[str, float]:
-    """Metrics from the sufficient statistics: counts (K,), class sums (K×d), ``N Σ_W`` (d×d)."""
+    """Metrics from the sufficient statistics: counts (K,), class sums (K×d), ``N Σ_W`` (d×d), of features
+    scaled by some ``2^-e``, with ``W``, ``b`` scaled to match (logits ×``2^-log2_scale``; see "Scale")."""
     n = counts.sum()
-    means, mu_g = _class_means(counts, sums)
-    H = means - mu_g
+    means, centroid = _class_means(counts, sums)
+    H = means - centroid
+    mu_g = sums.sum(dim=0) / n  # sample-weighted: bias_collapse only
     sigma_w = 0.5 * (scatter_w + scatter_w.T) / n
     out = _nc1_all(sigma_w, H, rtol)
     out["nc2_w"] = _etf_gap(W @ W.T)
@@ -227,14 +278,14 @@ def _geometry(
     out["nc3"] = _etf_gap(W @ H.T)
     w_norm, h_norm = torch.linalg.matrix_norm(W), torch.linalg.matrix_norm(H)
     out["nc3_dist"] = float(torch.linalg.matrix_norm(W / w_norm - H / h_norm)) if w_norm * h_norm > 0 else math.nan
-    out["bias_collapse"] = float(torch.linalg.vector_norm(W @ mu_g + b))
+    out["bias_collapse"] = float(_ldexp(torch.linalg.vector_norm(W @ mu_g + b), log2_scale))
     out["w_equinorm"], out["w_equiangular"], out["w_maxangle"] = _norm_and_angle_stats(W)
     out["h_equinorm"], out["h_equiangular"], out["h_maxangle"] = _norm_and_angle_stats(H)
     return out
 
 
 def _sample_terms(
-    h: torch.Tensor, y: torch.Tensor, means: torch.Tensor, mu_g: torch.Tensor, W: torch.Tensor, b: torch.Tensor
+    h: torch.Tensor, y: torch.Tensor, means: torch.Tensor, centre: torch.Tensor, W: torch.Tensor, b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per batch (float64 ``h``): #correct, #(prediction ≠ nearest mean), per-sample cosine margins."""
     pred = (h @ W.T + b).argmax(dim=1)
@@ -242,7 +293,7 @@ def _sample_terms(
     ncc = (means.pow(2).sum(dim=1) - 2.0 * (h @ means.T)).argmin(dim=1)
     correct = (pred == y).sum()
     mismatch = (pred != ncc).sum()
-    centred = h - mu_g
+    centred = h - centre
     c_norm = torch.linalg.vector_norm(centred, dim=1, keepdim=True)
     w_norm = torch.linalg.vector_norm(W, dim=1)
     cos = (centred / torch.where(c_norm > 0, c_norm, torch.ones_like(c_norm))) @ (
@@ -286,17 +337,20 @@ def nc_metrics(
     _check_batch(features, labels, k, d)
     W, b = _check_classifier(weight, bias, k, features.shape[1], features.device)
     h = features.detach().to(_F64)
+    e_h = _exponent(h)
+    h = _ldexp(h, -e_h)
+    W, b, log2_scale = _scaled_classifier(W, b, e_h)
     y = labels.to(device=h.device, dtype=torch.long)
     counts = torch.bincount(y, minlength=k).to(_F64)
     _check_counts(counts)
     sums = torch.zeros(k, h.shape[1], dtype=_F64, device=h.device).index_add_(0, y, h)
-    means, mu_g = _class_means(counts, sums)
+    means, centroid = _class_means(counts, sums)
     dev = h - means[y]
-    out = _geometry(counts, sums, dev.T @ dev, W, b, rtol)
+    out = _geometry(counts, sums, dev.T @ dev, W, b, log2_scale, rtol)
     correct = mismatch = 0
     margins = []
     for hb, yb in zip(h.split(_CHUNK), y.split(_CHUNK)):
-        c, m, mb = _sample_terms(hb, yb, means, mu_g, W, b)
+        c, m, mb = _sample_terms(hb, yb, means, centroid, W, b)
         correct, mismatch = correct + c, mismatch + m
         margins.append(mb)
     margins = torch.cat(margins)
@@ -375,6 +429,7 @@ class NCAccumulator:
     def reset(self) -> None:
         """Forget everything (start a new pass 1)."""
         self.pass_index = 1
+        self._exp = -_MAX_EXP  # the sums hold features ×2^-_exp (module docstring, "Scale")
         self._state: dict[str, torch.Tensor] = {}
         self._margins: list[torch.Tensor] = []
         self._frozen: dict[str, torch.Tensor] = {}
@@ -398,28 +453,45 @@ class NCAccumulator:
         y = labels.to(device=self.device, dtype=torch.long)
         s = self._state
         if self.pass_index == 1:
+            self._rescale(max(self._exp, _exponent(h, zero=self._exp)))
+            h = _ldexp(h, -self._exp)
             s["counts"] += torch.bincount(y, minlength=self.num_classes).to(_F64)
             s["sums"].index_add_(0, y, h)
             if self.raw_scatter:
                 s["raw"].addmm_(h.T, h)
             return
         f = self._frozen
+        h = _ldexp(h, -self._exp)  # pass 1's (global) scale: the same samples, so max|h| < 1
         s["counts2"] += torch.bincount(y, minlength=self.num_classes).to(_F64)
         dev = h - f["means"][y]
         s["within"].addmm_(dev.T, dev)
-        correct, mismatch, margins = _sample_terms(h, y, f["means"], f["mu_g"], f["W"], f["b"])
+        correct, mismatch, margins = _sample_terms(h, y, f["means"], f["centroid"], f["W_s"], f["b_s"])
         s["correct"] += correct
         s["mismatch"] += mismatch
         s["margin_sum"] += margins.sum()
         if self.keep_margins:
             self._margins.append(margins)
 
+    _DEGREE = {"sums": 1, "raw": 2, "within": 2}  # how the sums scale with the features (others: 0)
+
+    def _rescale(self, e: int) -> None:
+        """Hold the sums at scale ``2^-e`` (``e >= self._exp``; exact power-of-two rescaling)."""
+        for name, degree in self._DEGREE.items():
+            if name in self._state:
+                self._state[name] = _ldexp(self._state[name], degree * (self._exp - e))
+        self._exp = e
+
     def _reduced(self, names: Iterable[str]) -> dict[str, torch.Tensor]:
-        """Copies of the named sums, all-reduced over ranks when distributed (the local state is kept)."""
+        """Copies of the named sums, all-reduced over ranks when distributed (the local state is kept),
+        after the ranks agree on the largest scale ``2^e`` (which becomes this accumulator's)."""
+        if not _dist_active(self.distributed):
+            return {n: self._state[n].clone() for n in names}
+        e = torch.tensor(self._exp, dtype=torch.long, device=self.device)
+        dist.all_reduce(e, op=dist.ReduceOp.MAX)
+        self._rescale(int(e))
         out = {n: self._state[n].clone() for n in names}
-        if _dist_active(self.distributed):
-            for t in out.values():
-                dist.all_reduce(t)
+        for t in out.values():
+            dist.all_reduce(t)
         return out
 
     def _pass1_stats(self) -> dict[str, torch.Tensor]:
@@ -438,8 +510,12 @@ class NCAccumulator:
             raise ValueError("the second pass has already started; call reset() to start over")
         stats = self._pass1_stats()
         W, b = _check_classifier(weight, bias, self.num_classes, self.feature_dim, self.device)
-        means, mu_g = _class_means(stats["counts"], stats["sums"])
-        self._frozen = {"pass1": stats, "W": W, "b": b, "means": means, "mu_g": mu_g}
+        means, centroid = _class_means(stats["counts"], stats["sums"])
+        W_s, b_s, log2_scale = _scaled_classifier(W, b, self._exp)
+        self._frozen = {
+            "pass1": stats, "W": W, "b": b, "means": means, "centroid": centroid,
+            "W_s": W_s, "b_s": b_s, "log2_scale": log2_scale,
+        }
         z = dict(dtype=_F64, device=self.device)
         d, k = self.feature_dim, self.num_classes
         self._state.update(
@@ -462,7 +538,7 @@ class NCAccumulator:
             W, b = _check_classifier(weight, bias, self.num_classes, self.feature_dim, self.device)
             sums, counts = stats["sums"], stats["counts"]
             scatter = stats["raw"] - sums.T @ (sums / counts.unsqueeze(1))
-            return _geometry(counts, sums, scatter, W, b, rtol)
+            return _geometry(counts, sums, scatter, *_scaled_classifier(W, b, self._exp), rtol)
         W, b = self._frozen["W"], self._frozen["b"]
         if weight is not None:
             W2, b2 = _check_classifier(weight, bias, self.num_classes, self.feature_dim, self.device)
@@ -474,7 +550,8 @@ class NCAccumulator:
                 "the second pass saw different samples than the first (class counts differ); "
                 "make_batches() must yield the same samples each time (no random augmentation or dropping)"
             )
-        out = _geometry(stats["counts"], stats["sums"], second["within"], W, b, rtol)
+        f = self._frozen
+        out = _geometry(stats["counts"], stats["sums"], second["within"], f["W_s"], f["b_s"], f["log2_scale"], rtol)
         n = float(stats["counts"].sum())
         out.update(
             nc4=float(second["mismatch"]) / n,
