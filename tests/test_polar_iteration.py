@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from host_reads import HostReads
 from ncguide import NearestETFHead, etf_weight, nearest_etf, random_stiefel
 from ncguide import polar_iteration as polar_iteration_module
 from ncguide.etf import center_classes
@@ -190,35 +190,13 @@ def test_gradcheck_through_the_iteration(d, k):
     assert torch.autograd.gradcheck(f, (H,), eps=1e-6, atol=1e-6)
 
 
-class _HostReads(TorchDispatchMode):
-    """Records every operator that decomposes a matrix, copies a device value to the host, or has a
-    data-dependent output shape (which makes CUDA wait: nonzero, masked_select, unique, boolean indexing)."""
-
-    FORBIDDEN = ("linalg_", "_linalg_", "svd", "eig", "_local_scalar_dense", "is_nonzero", "item",
-                 "nonzero", "masked_select", "unique")
-
-    def __init__(self):
-        super().__init__()
-        self.seen = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.__name__
-        if any(f in name for f in self.FORBIDDEN) and "vector_norm" not in name and "matrix_norm" not in name:
-            self.seen.append(name)
-        if name.startswith("index") and any(
-            isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else [])
-        ):
-            self.seen.append(name + " with a boolean mask")
-        return func(*args, **(kwargs or {}))
-
-
 def test_forward_and_backward_use_matrix_products_only():
     """The property the solver exists for: no decomposition and no device-to-host read, so on a GPU
     nothing waits (the CUDA test in test_heads checks it with torch.cuda's sync detector)."""
     H = torch.randn(64, 10, dtype=torch.float32)
     H = (H / torch.linalg.matrix_norm(H)).requires_grad_(True)
     U_prev = random_stiefel(64, 10)
-    with _HostReads() as mode:
+    with HostReads() as mode:
         U = nearest_etf(H, U_prev, solver="polar-ns", check_finite=False)
         (U * torch.randn_like(U)).sum().backward()
     assert mode.seen == [], mode.seen
@@ -227,7 +205,7 @@ def test_forward_and_backward_use_matrix_products_only():
         lambda: H[H > 0],
         lambda: float(H.detach().sum()),
     ):
-        with _HostReads() as mode:
+        with HostReads() as mode:
             sync()
         assert mode.seen
 

@@ -4,7 +4,8 @@ The library, on your own backbone (needs only ``torch`` and ``numpy``)::
 
     from ncguide import NearestETFHead, nc_metrics, nearest_etf, etf_weight
 
-- the inner problem and its solvers: ``nearest_etf``, ``polar_factor``, ``inner_objective``, ``SOLVERS``;
+- the inner problem and its solvers: ``nearest_etf``, ``polar_factor``, ``polar_target``, ``inner_objective``,
+  ``SOLVERS``; the stateful warm route for training loops: ``WarmPolarSolver``, ``WarmSettings``;
 - simplex-ETF algebra: ``etf_weight``, ``simplex_etf``, ``centering_matrix``, ``canonical_stiefel``,
   ``random_stiefel``;
 - heads: ``NearestETFHead``, ``FixedETFHead``, ``StandardHead`` (``Head``), ``build_head``, ``METHODS``;
@@ -21,7 +22,8 @@ from .features import capture, extract_features, iter_features
 from .heads import METHODS, FixedETFHead, Head, NearestETFHead, StandardHead, build_head
 from .means import RunningClassMeans
 from .metrics import NCAccumulator, nc_metrics, nc_metrics_streaming
-from .solve import SOLVERS, inner_objective, nearest_etf, polar_factor
+from .solve import SOLVERS, inner_objective, nearest_etf, polar_factor, polar_target
+from .warm_polar import WarmPolarSolver, WarmSettings
 
 __version__ = "0.1.0"
 
@@ -34,6 +36,8 @@ __all__ = [
     "NearestETFHead",
     "RunningClassMeans",
     "StandardHead",
+    "WarmPolarSolver",
+    "WarmSettings",
     "build_head",
     "canonical_stiefel",
     "capture",
@@ -46,6 +50,7 @@ __all__ = [
     "nc_metrics_streaming",
     "nearest_etf",
     "polar_factor",
+    "polar_target",
     "random_stiefel",
     "simplex_etf",
 ]

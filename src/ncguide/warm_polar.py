@@ -31,7 +31,8 @@ first order ``‖U − polar(Z)‖ ≲ η``: the certificate measures the error 
   while the refreshes see the problem move fast (``‖S − S_prev‖_F/‖S‖_F > drift_max`` between
   consecutive steps, e.g. the first steps, where the running means have ``α_t = 2/(t+1)``).
 - ``interval`` starts at ``first_interval``, doubles after every interval whose warm steps all met
-  ``soft_tol`` (up to ``max_interval``) and halves after a miss.
+  ``soft_tol`` (up to ``max_interval``) and halves after a miss; a miss also halves the drift
+  threshold (restored, doubling, by clean intervals), so a fast-moving problem stays on exact solves.
 - A regular step whose own ``η`` exceeds ``hard_tol`` keeps ``U_prev`` for that step (a device-side
   select, no sync) and the next step refreshes; ``fallbacks`` counts these (on the training
   trajectories of the tests: none).
@@ -218,7 +219,7 @@ class WarmPolarSolver(nn.Module):
         self.register_buffer("fallbacks", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self._policy = {"ready": False, "cold": True, "since": 0, "interval": self.settings.first_interval,
-                        "pending": False}
+                        "pending": False, "drift_max": self.settings.drift_max}
         self._eta_host: torch.Tensor | None = None
         self._eta_event = None
         self.last_refreshed = False
@@ -242,11 +243,13 @@ class WarmPolarSolver(nn.Module):
         self.steps += 1
         if not pol["ready"] or pol["cold"]:
             return self._refresh(Z)
-        if missed:
+        if missed:  # shorter intervals, and stay exact until the problem moves more slowly than now
             pol["interval"] = max(1, pol["interval"] // 2)
+            pol["drift_max"] = pol["drift_max"] / 2
             return self._refresh(Z)
         if pol["since"] >= pol["interval"]:  # a clean interval: every warm step met soft_tol
             pol["interval"] = min(s.max_interval, 2 * pol["interval"])
+            pol["drift_max"] = min(s.drift_max, 2 * pol["drift_max"])
             return self._refresh(Z)
         self.last_refreshed = False
         U, X, Y, eta = warm_polar(Z, self.V, self.X, self.Y, s)
@@ -262,7 +265,7 @@ class WarmPolarSolver(nn.Module):
         return torch.where(ok, U, U_prev.to(U.dtype))
 
     def _refresh(self, Z: torch.Tensor) -> torch.Tensor:
-        pol, s = self._policy, self.settings
+        pol = self._policy
         U, V, p = _Refresh.apply(Z)
         with torch.no_grad():
             S = (V * p * p) @ V.transpose(-1, -2)
@@ -275,7 +278,7 @@ class WarmPolarSolver(nn.Module):
             self.Y.copy_(torch.diag(p.reciprocal()))
             self.eta.zero_()
             self.refreshes += 1
-        pol.update(ready=True, cold=not drift <= s.drift_max, since=0)
+        pol.update(ready=True, cold=not drift <= pol["drift_max"], since=0)
         self.last_refreshed = True
         return U
 

@@ -1,0 +1,322 @@
+"""The warm solver route (``solver="warm"``): along real training trajectories it matches the exact solve
+step by step (U, orthonormality, implicit gradient), its regular steps decompose nothing and read
+nothing from the device, a warm start never changes the answer, and its state resumes exactly."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from host_reads import HostReads
+from ncguide import NearestETFHead, WarmPolarSolver, WarmSettings, nearest_etf, polar_target, random_stiefel
+from ncguide.etf import center_classes
+from ncguide.solve import PolarFactor
+from ncguide.warm_polar import lyapunov_cg, warm_polar
+
+
+class CheckedWarm(WarmPolarSolver):
+    """The head's warm solver, compared at every step with the exact solve (float64 SVD) of the same ``Z``:
+    max-abs error of ``U``, ``‖UᵀU - I‖_max`` and the relative error of the gradient w.r.t. ``H̄``."""
+
+    def __init__(self, num_classes: int):
+        super().__init__(num_classes)
+        self.worst = {"U": 0.0, "orthonormality": 0.0, "gradient": 0.0}
+        self.generator = torch.Generator().manual_seed(0)
+
+    def forward(self, Z, U_prev):
+        U = super().forward(Z, U_prev)
+        z64 = Z.detach().double().requires_grad_()
+        exact = PolarFactor.apply(z64)
+        G = torch.randn(U.shape, generator=self.generator, dtype=torch.float64)
+        (g,) = torch.autograd.grad((U.double() * G).sum(), Z, retain_graph=True)
+        (g_exact,) = torch.autograd.grad((exact * G).sum(), z64)
+        k = Z.shape[-1]  # ∂L/∂H̄ = ∂L/∂Z M / sqrt(K-1), equation (2)
+        g, g_exact = (center_classes(x.double()) / math.sqrt(k - 1) for x in (g, g_exact))
+        U64, eye = U.detach().double(), torch.eye(k, dtype=torch.float64)
+        for key, err in (
+            ("U", (U64 - exact.detach()).abs().max()),
+            ("orthonormality", (U64.T @ U64 - eye).abs().max()),
+            ("gradient", torch.linalg.matrix_norm(g - g_exact) / torch.linalg.matrix_norm(g_exact)),
+        ):
+            self.worst[key] = max(self.worst[key], float(err))
+        return U
+
+
+def _checked_head(d: int, k: int) -> NearestETFHead:
+    head = NearestETFHead(d, k, solver="warm")
+    head.warm = CheckedWarm(k)
+    return head
+
+
+def _assert_contract(worst: dict) -> None:
+    assert worst["U"] <= 1e-5, worst
+    assert worst["orthonormality"] <= 1e-6, worst
+    assert worst["gradient"] <= 1e-4, worst
+
+
+def _train(head, backbone, x, y, epochs, batch, opt, seed=0):
+    """Plain training loop; returns the number of steps taken."""
+    g = torch.Generator().manual_seed(seed)
+    steps = 0
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=g).split(batch):
+            loss = F.cross_entropy(head(backbone(x[idx]), y[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            head.after_step()
+            steps += 1
+    return steps
+
+
+def test_digits_mlp_trajectory_matches_the_exact_solve():
+    from ncguide.experiments import build_model, load_dataset
+
+    ds = load_dataset("digits")
+    torch.manual_seed(0)
+    backbone = build_model("mlp", ds.input_shape, ds.num_classes)
+    head = _checked_head(backbone.feature_dim, ds.num_classes)
+    opt = torch.optim.Adam([*backbone.parameters()], lr=1e-3)
+    steps = _train(head, backbone, ds.x_train, ds.y_train, epochs=6, batch=64, opt=opt)
+    _assert_contract(head.warm.worst)
+    assert int(head.warm.fallbacks) == 0
+    assert int(head.warm.refreshes) < steps / 4  # mostly warm steps
+    assert int(head.warm.steps) == steps
+
+
+def test_mnist1d_cnn_trajectory_matches_the_exact_solve():
+    from ncguide.experiments import build_model, load_dataset
+
+    ds = load_dataset("mnist1d")
+    torch.manual_seed(0)
+    backbone = build_model("cnn1d", ds.input_shape, ds.num_classes, channels=32, feature_dim=64)
+    head = _checked_head(backbone.feature_dim, ds.num_classes)
+    opt = torch.optim.Adam([*backbone.parameters()], lr=1e-3)
+    steps = _train(head, backbone, ds.x_train, ds.y_train, epochs=4, batch=128, opt=opt)
+    _assert_contract(head.warm.worst)
+    assert int(head.warm.fallbacks) == 0
+    assert int(head.warm.refreshes) < steps / 2
+
+
+def test_ufm_k100_trajectory_matches_the_exact_solve():
+    """Unconstrained features (the features are the parameters), K = 100, d = 512, SGD lr 1."""
+    k, d, per_class = 100, 512, 10
+    g = torch.Generator().manual_seed(0)
+    feats = torch.nn.Parameter(0.1 * torch.randn(k * per_class, d, generator=g))
+    y = torch.arange(k).repeat_interleave(per_class)
+    head = _checked_head(d, k)
+    opt = torch.optim.SGD([feats], lr=1.0, momentum=0.9, weight_decay=5e-4)
+    idx = torch.arange(k * per_class)
+    steps = _train(head, lambda i: feats[i], idx, y, epochs=12, batch=128, opt=opt)
+    _assert_contract(head.warm.worst)
+    assert int(head.warm.fallbacks) == 0
+    assert int(head.warm.refreshes) < steps / 2
+
+
+def synthetic_drift(d, k, steps, batch, delta=1e-3, seed=0, t0=50):
+    """``Z`` along running class means (paper schedule, per-class counts from ``t0``) of noisy samples
+    around slowly moving class centres, each ``Z`` anchored at the previous exact solution."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(d, k, generator=g, dtype=torch.float64)
+    A = centres + torch.randn(d, k, generator=g, dtype=torch.float64) / math.sqrt(t0)
+    t = torch.full((k,), t0)
+    move = 1e-2 * torch.randn(d, k, generator=g, dtype=torch.float64)
+    U = random_stiefel(d, k, dtype=torch.float64, generator=g)
+    for _ in range(steps):
+        centres = centres + move
+        y = torch.randint(0, k, (batch,), generator=g)
+        n = torch.bincount(y, minlength=k)
+        samples = centres[:, y] + torch.randn(d, batch, generator=g, dtype=torch.float64)
+        sums = torch.zeros(d, k, dtype=torch.float64).index_add_(1, y, samples)
+        t = t + (n > 0)
+        A = A + (2.0 / (t + 1)).clamp_min(1e-4) * (n > 0) * (sums / n.clamp_min(1) - A)
+        Z = polar_target(A / torch.linalg.matrix_norm(A), U, delta)
+        U = PolarFactor.apply(Z)
+        yield Z
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_synthetic_drift_matches_the_exact_solve(dtype):
+    """Many classes, few samples of each per batch (most columns move at each step, some not at all)."""
+    d, k = 160, 120
+    solver = CheckedWarm(k)
+    U_prev = torch.eye(d, k, dtype=dtype)
+    for Z in synthetic_drift(d, k, steps=60, batch=64):
+        U_prev = solver(Z.to(dtype).requires_grad_(), U_prev).detach()
+    _assert_contract(solver.worst)
+    assert int(solver.fallbacks) == 0 and int(solver.refreshes) < 20
+
+
+def test_gradcheck_of_a_warm_step():
+    """float64 gradcheck of the regular (warm) step, from the state a refresh left at a nearby ``Z``."""
+    d, k = 12, 5
+    g = torch.Generator().manual_seed(3)
+    H = torch.randn(d, k, generator=g, dtype=torch.float64)
+    U_prev = random_stiefel(d, k, dtype=torch.float64, generator=g)
+    Z0 = polar_target(H / torch.linalg.matrix_norm(H), U_prev, 0.05)
+    solver = WarmPolarSolver(k)
+    solver(Z0, U_prev)
+    Z1 = (Z0 + 1e-3 * torch.randn(d, k, generator=g, dtype=torch.float64)).requires_grad_()
+    settings = WarmSettings(newton=4, cg=20, backward_cg=40)  # converged: the derivative of the exact map
+
+    def step(z):
+        return warm_polar(z, solver.V, solver.X, solver.Y, settings)[0]
+
+    torch.testing.assert_close(step(Z1), PolarFactor.apply(Z1), atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(step, (Z1,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("antisymmetric", [False, True])
+def test_lyapunov_cg_solves_the_equation(antisymmetric):
+    k = 30
+    g = torch.Generator().manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=torch.float64))[0]
+    X = (Q * torch.logspace(-3, 0, k, dtype=torch.float64)) @ Q.T
+    X = X + 1e-2 * (Q - Q.T) @ (Q - Q.T).T  # not diagonal in any convenient basis
+    E = torch.randn(k, k, generator=g, dtype=torch.float64)
+    E = E - E.T if antisymmetric else E + E.T
+    R = X @ E + E @ X
+    torch.testing.assert_close(lyapunov_cg(X, R, 200, antisymmetric), E, atol=1e-7, rtol=0)
+    exact_after_converging = lyapunov_cg(X, R, 400, antisymmetric)  # steps after convergence stay put
+    assert torch.isfinite(exact_after_converging).all()
+    torch.testing.assert_close(exact_after_converging, E, atol=1e-7, rtol=0)
+
+
+def test_a_warm_start_never_changes_the_answer():
+    """State from an unrelated problem: the step either converges to polar(Z) of the *current* Z (not the
+    polar factor of anything it started from) or keeps U_prev and refreshes at the next step."""
+    d, k = 40, 8
+    g = torch.Generator().manual_seed(1)
+    solver = WarmPolarSolver(k, WarmSettings(drift_max=1e9, first_interval=100))
+    U_prev = random_stiefel(d, k, dtype=torch.float64, generator=g)
+    for _ in range(2):  # leave the cold start
+        solver(polar_target(torch.randn(d, k, generator=g, dtype=torch.float64) / 5, U_prev, 1e-3), U_prev)
+    for scale in (1e-6, 1e-2, 1.0):
+        H = torch.randn(d, k, generator=g, dtype=torch.float64)
+        Z = polar_target(H / torch.linalg.matrix_norm(H), U_prev, 1e-3) * (1 + scale)
+        U = solver(Z, U_prev)
+        if solver.last_refreshed:
+            continue
+        if float(solver.eta) <= solver.settings.hard_tol:
+            torch.testing.assert_close(U, PolarFactor.apply(Z), atol=1e-5, rtol=0)
+        else:
+            assert torch.equal(U, U_prev)
+            solver(Z, U_prev)
+            assert solver.last_refreshed  # the late check forces a refresh
+
+
+def test_a_jump_falls_back_to_the_previous_solution_and_refreshes():
+    d, k = 64, 10
+    g = torch.Generator().manual_seed(2)
+    solver = WarmPolarSolver(k, WarmSettings(drift_max=1e9))
+    U_prev = random_stiefel(d, k, dtype=torch.float64, generator=g)
+    H = torch.randn(d, k, generator=g, dtype=torch.float64)
+    Z = polar_target(H / torch.linalg.matrix_norm(H), U_prev, 1e-3)
+    for _ in range(3):
+        solver(Z, U_prev)
+    assert not solver.last_refreshed
+    H2 = torch.randn(d, k, generator=g, dtype=torch.float64)  # an unrelated problem
+    Z2 = polar_target(H2 / torch.linalg.matrix_norm(H2), U_prev, 1e-3)
+    U = solver(Z2, U_prev)
+    assert not solver.last_refreshed and int(solver.fallbacks) == 1
+    assert torch.equal(U, U_prev)
+    torch.testing.assert_close(solver(Z2, U_prev), PolarFactor.apply(Z2), atol=1e-12, rtol=0)
+    assert solver.last_refreshed
+
+
+def test_regular_steps_decompose_nothing_and_read_nothing():
+    """50 training steps of the head: decompositions and host reads happen on the declared refresh
+    steps only (``last_refreshed``); every other step is matrix products and elementwise work."""
+    d, k = 48, 6
+    head = NearestETFHead(d, k, solver="warm")
+    head.check_finite = False  # the CPU default reads one flag per step; the CUDA default does not
+    g = torch.Generator().manual_seed(0)
+    centres = 3 * torch.randn(k, d, generator=g)
+    warm_steps = 0
+    for _ in range(50):
+        y = torch.arange(60) % k
+        f = (centres[y] + torch.randn(60, d, generator=g)).requires_grad_()
+        with HostReads() as mode:
+            h = head.transform(f)
+            F.cross_entropy(head._logits(h, y), y).backward()  # the step minus the one-off label check
+        if head.warm.last_refreshed:
+            assert mode.seen  # the detector sees the refresh's eigensolver
+        else:
+            assert mode.seen == [], mode.seen
+            warm_steps += 1
+    assert warm_steps >= 40
+
+
+def test_resume_continues_the_warm_state_exactly():
+    d, k = 32, 6
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(48, d, generator=g) + 2 * torch.eye(k, d)[torch.arange(48) % k], torch.arange(48) % k)
+               for _ in range(40)]
+    a = NearestETFHead(d, k, solver="warm")
+    for f, y in batches[:25]:
+        a(f, y)
+    b = NearestETFHead(d, k, solver="warm")
+    state = a.state_dict()
+    b.load_state_dict(state)
+    assert b.warm.get_extra_state() == a.warm.get_extra_state()
+    for f, y in batches[25:]:
+        torch.testing.assert_close(a(f, y), b(f, y), atol=0, rtol=0)
+        assert a.warm.last_refreshed == b.warm.last_refreshed
+    assert torch.equal(a.U, b.U) and int(a.warm.refreshes) == int(b.warm.refreshes)
+
+
+def test_the_functional_api_refuses_the_stateful_route():
+    with pytest.raises(ValueError, match="keeps state"):
+        nearest_etf(torch.randn(6, 3), solver="warm")
+
+
+def test_bad_settings_and_shapes():
+    with pytest.raises(ValueError, match="newton"):
+        WarmSettings(newton=0)
+    with pytest.raises(ValueError, match="soft_tol"):
+        WarmSettings(soft_tol=1e-3, hard_tol=1e-6)
+    with pytest.raises(ValueError, match="one d×K problem"):
+        WarmPolarSolver(3)(torch.randn(2, 6, 3), torch.randn(6, 3))
+
+
+def test_compiles_as_one_graph():
+    """The regular step traces without a graph break (what CUDA graphs and torch.compile need)."""
+    d, k = 24, 6
+    g = torch.Generator().manual_seed(0)
+    H = torch.randn(d, k, generator=g, dtype=torch.float64)
+    U_prev = random_stiefel(d, k, dtype=torch.float64, generator=g)
+    solver = WarmPolarSolver(k)
+    Z = polar_target(H / torch.linalg.matrix_norm(H), U_prev, 1e-3)
+    solver(Z, U_prev)
+    compiled = torch.compile(lambda z: warm_polar(z, solver.V, solver.X, solver.Y)[0], backend="aot_eager",
+                             fullgraph=True)
+    z1, z2 = Z.clone().requires_grad_(), Z.clone().requires_grad_()
+    G = torch.randn(d, k, generator=g, dtype=torch.float64)
+    (compiled(z1) * G).sum().backward()
+    (warm_polar(z2, solver.V, solver.X, solver.Y)[0] * G).sum().backward()
+    torch.testing.assert_close(z1.grad, z2.grad, atol=1e-12, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_regular_training_step_does_not_sync():
+    head = NearestETFHead(512, 100, solver="warm").to("cuda")
+    head.warm.settings = WarmSettings(drift_max=1e9)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    y = torch.arange(256, device="cuda") % 100
+    centres = 3 * torch.randn(100, 512, device="cuda", generator=g)
+    for step in range(12):
+        f = (centres[y] + torch.randn(256, 512, device="cuda", generator=g)).requires_grad_()
+        if step < 6:  # the cold start and the first refresh
+            F.cross_entropy(head(f, y), y).backward()
+            continue
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            F.cross_entropy(head(f, y), y).backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        if head.warm.last_refreshed:
+            continue
+    assert int(head.warm.fallbacks) == 0
