@@ -90,7 +90,7 @@ def bench_setting(name: str, methods: list[str], device: str, reps: int, warmup:
             torch.cuda.synchronize()
 
     times = {spec: [] for spec in methods}
-    memory = {}
+    memory, refreshed = {}, {spec: 0 for spec in methods}
     for spec in methods:
         for _ in range(warmup):
             step(spec)
@@ -108,6 +108,8 @@ def bench_setting(name: str, methods: list[str], device: str, reps: int, warmup:
             step(spec)
             sync()
             times[spec].append((time.perf_counter() - t0) * 1e3)
+            warm = getattr(runs[spec][1], "warm", None)  # solver="warm": count its exact refreshes
+            refreshed[spec] += bool(warm is not None and warm.last_refreshed)
     med = {spec: statistics.median(v) for spec, v in times.items()}
     ref = med.get("standard", next(iter(med.values())))
     rows = []
@@ -120,6 +122,7 @@ def bench_setting(name: str, methods: list[str], device: str, reps: int, warmup:
                 "ratio": med[spec] / ref,
                 "spread": (max(times[spec]) - min(times[spec])) / med[spec],
                 "mem_mib": memory.get(spec),
+                "refreshes": refreshed[spec],
             }
         )
     return rows
@@ -150,14 +153,15 @@ def main() -> None:
     methods = args.methods.split(",")
     amp = args.device == "cuda" and not args.no_amp
     print(f"# step time per method, ratio to standard — {machine(args.device)}, amp={'bf16' if amp else 'off'}")
-    print(f"| {'setting':14} | {'method':24} | {'ms/step':>9} | {'ratio':>6} | {'spread':>6} | {'step MiB':>9} |")
-    print(f"|{'-' * 16}|{'-' * 26}|{'-' * 11}|{'-' * 8}|{'-' * 8}|{'-' * 11}|")
+    print(f"| {'setting':14} | {'method':24} | {'ms/step':>9} | {'ratio':>6} | {'spread':>6} | {'step MiB':>9} | "
+          "refreshes |")
+    print(f"|{'-' * 16}|{'-' * 26}|{'-' * 11}|{'-' * 8}|{'-' * 8}|{'-' * 11}|{'-' * 11}|")
     for name in settings:
         for r in bench_setting(name, methods, args.device, args.reps, args.warmup, args.batch_size, amp):
             mem = f"{r['mem_mib']:9.0f}" if r["mem_mib"] is not None else f"{'-':>9}"
             print(
                 f"| {r['setting']:14} | {r['method']:24} | {r['ms']:9.2f} | {r['ratio']:6.3f} | "
-                f"{r['spread']:6.2f} | {mem} |",
+                f"{r['spread']:6.2f} | {mem} | {r['refreshes']:9d} |",
                 flush=True,
             )
 

@@ -17,8 +17,10 @@ import statistics
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
-from ncguide import nearest_etf, random_stiefel
+from ncguide import WarmPolarSolver, nearest_etf, polar_target, random_stiefel
+from ncguide.warm_polar import warm_polar
 
 DEFAULT_SHAPES = [(512, 10), (512, 100), (2048, 1000), (4096, 2000)]
 
@@ -96,6 +98,79 @@ def bench_building_blocks(d: int, k: int, device: str, reps: int) -> dict:
     return {name: statistics.median(_time(fn, device) for _ in range(reps)) for name, fn in ops.items()}
 
 
+class _OpCounter(TorchDispatchMode):
+    """Counts the operators dispatched (an upper bound on the kernels launched on a GPU, without fusion)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def warm_units(settings) -> tuple[int, int]:
+    """Products of a regular warm step (forward + backward): ``(# d×K×K, # K×K×K)``, as counted in
+    :mod:`ncguide.warm_polar`."""
+    s = settings
+    return 5, 6 + s.newton * (1 + s.cg) + s.inverse * (1 + s.cg) + 5 + s.backward_cg
+
+
+def bench_warm(d: int, k: int, device: str, reps: int) -> dict:
+    """``solver="warm"``: a regular step (forward, forward+backward) along a slowly drifting ``Z``, beside
+    one thin SVD and the Gram route (whose ``eigh`` is what a refresh step runs), and in units of one
+    float64 ``d×K×K`` product. ``amortised``: a regular step plus 1/256 of a refresh (the longest
+    refresh interval)."""
+    g = torch.Generator().manual_seed(0)
+    H0, move = torch.randn(d, k, generator=g), torch.randn(d, k, generator=g)
+    U_prev = random_stiefel(d, k, generator=g, device=device)
+    G = torch.randn(d, k, generator=g).to(device)
+
+    def target(t):
+        H = (H0 + 1e-3 * t * move).to(device)
+        return polar_target(H / H.norm(), U_prev, 1e-3)
+
+    solver = WarmPolarSolver(k).to(device)
+    t = 0
+    while t < 50 and (t < 3 or solver.last_refreshed):  # leave the cold start
+        solver(target(t), U_prev)
+        t += 1
+    Z = target(t)
+    Z64, Q64 = Z.double(), torch.randn(k, k, generator=g, dtype=torch.float64).to(device)
+
+    def fwd():
+        with torch.no_grad():
+            warm_polar(Z, solver.V, solver.X, solver.Y, solver.settings)
+
+    def fwdbwd():
+        z = Z.detach().requires_grad_(True)
+        torch.autograd.backward(warm_polar(z, solver.V, solver.X, solver.Y, solver.settings)[0], G)
+
+    def gram():
+        h = Z.detach().requires_grad_(True)
+        torch.autograd.backward(nearest_etf(h, U_prev, solver="polar-gram", check_finite=False), G)
+
+    ops = {"svd": lambda: torch.linalg.svd(Z, full_matrices=False), "gram": gram, "fwd": fwd, "fwdbwd": fwdbwd,
+           "dKK": lambda: Z64 @ Q64, "KKK": lambda: Q64 @ Q64}
+    for fn in ops.values():
+        fn()
+    med = {name: statistics.median(_time(fn, device) for _ in range(reps)) for name, fn in ops.items()}
+    n_dkk, n_kkk = warm_units(solver.settings)
+    with _OpCounter() as ops_gram:
+        gram()
+    with _OpCounter() as ops_warm:
+        fwdbwd()
+    return {
+        **med,
+        "ops": (ops_warm.count, ops_gram.count),
+        "units": med["fwdbwd"] / med["dKK"],
+        "predicted_units": n_dkk + n_kkk * med["KKK"] / med["dKK"],
+        "amortised": med["fwdbwd"] + med["gram"] / 256,
+        "counts": (n_dkk, n_kkk),
+    }
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     text = f"{platform.system()} {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -111,13 +186,26 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(f"{d}x{k}" for d, k in DEFAULT_SHAPES))
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--solvers", default="polar,polar-gram,polar-ns")
+    parser.add_argument("--warm-only", action="store_true", help="only the warm-route table")
     args = parser.parse_args()
     shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [dv for dv in devices if dv == "cpu" or torch.cuda.is_available()]
     dtypes = [torch.float32, torch.float64] if args.dtype == "both" else [getattr(torch, args.dtype)]
 
-    print(f"# nearest_etf cost vs one thin SVD — {machine()}")
+    print(f"# solver='warm', a regular step, float32 in, float64 work — {machine()}")
+    print("| device | d×K | svd ms | gram fwd+bwd ms | warm fwd ms | warm fwd+bwd ms | f64 dKK ms | f64 KKK ms "
+          "| fwd+bwd in f64 dKK | counted | amortised ms | products (dKK, KKK) | ops warm / gram |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
+    for device in devices:
+        for d, k in shapes:
+            r = bench_warm(d, k, device, args.reps if k < 1000 or device == "cuda" else max(2, args.reps // 2))
+            print(f"| {device} | {d}x{k} | {r['svd']:.2f} | {r['gram']:.2f} | {r['fwd']:.2f} | {r['fwdbwd']:.2f} | "
+                  f"{r['dKK']:.3f} | {r['KKK']:.3f} | {r['units']:.1f} | {r['predicted_units']:.1f} | "
+                  f"{r['amortised']:.2f} | {r['counts']} | {r['ops'][0]} / {r['ops'][1]} |", flush=True)
+    if args.warm_only:
+        return
+    print(f"\n# nearest_etf cost vs one thin SVD — {machine()}")
     header = (
         f"| {'device':6} | {'solver':10} | {'dtype':7} | {'d':>5} | {'K':>5} | {'svd ms':>9} | {'fwd ms':>9} | "
         f"{'fwd+bwd ms':>10} | {'fwd/svd':>7} | {'fwd+bwd/svd':>11} |"
