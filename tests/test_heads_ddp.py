@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -20,16 +21,18 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ncguide import WarmSettings
 from ncguide.heads import FixedETFHead, NearestETFHead, NonFiniteFeaturesError
 
 WORLD, N, D_IN, D, K, STEPS = 2, 24, 10, 12, 5, 3
+WARM_STEPS = 10  # solver="warm": refreshes and regular steps
 TOL = 1e-10  # float64; far below the 1e-6 asked for
 
 
-def _batches():
+def _batches(steps: int = STEPS):
     g = torch.Generator().manual_seed(0)
     out = []
-    for s in range(STEPS):
+    for s in range(steps):
         y = torch.randint(K, (N,), generator=g)
         if s == 1:
             y[y == 3] = 0  # one class absent from a step
@@ -38,11 +41,13 @@ def _batches():
 
 
 class _Net(nn.Module):
-    def __init__(self):
+    def __init__(self, solver: str = "auto"):
         super().__init__()
         torch.manual_seed(0)
         self.backbone = nn.Linear(D_IN, D)
-        self.head = NearestETFHead(D, K)
+        self.head = NearestETFHead(D, K, solver=solver)
+        if solver == "warm":  # warm steps from the third step on (tolerances loose: these batches jump)
+            self.head.warm.settings = WarmSettings(drift_max=1e9, first_interval=8, soft_tol=0.1, hard_tol=0.1)
         self.double()  # float64: the comparison tests the reduction, not float32 round-off (which the
         # solve's implicit gradient amplifies by up to ~1/δ)
 
@@ -50,16 +55,16 @@ class _Net(nn.Module):
         return self.head(self.backbone(x), y)
 
 
-def _run(rank: int, world: int, train_backbone: bool):
+def _run(rank: int, world: int, train_backbone: bool, solver: str = "auto", steps: int = STEPS):
     """STEPS steps on this rank's slice of each batch; record W, logits and gradients. Frozen backbone:
     the features' gradients are kept. Trained backbone (wrapped in DDP when world > 1): the
     parameters' gradients are kept."""
-    net = _Net()
+    net = _Net(solver)
     model = DistributedDataParallel(net) if train_backbone and world > 1 else net
     opt = torch.optim.SGD(net.parameters(), lr=0.5 if train_backbone else 0.0)
     rows = slice(rank * N // world, (rank + 1) * N // world)
     records = []
-    for x, y in _batches():
+    for x, y in _batches(steps):
         if train_backbone:
             feats, logits = None, model(x[rows], y[rows])
         else:
@@ -76,7 +81,7 @@ def _run(rank: int, world: int, train_backbone: bool):
             }
         )
         opt.step()
-    records.append({k: v.clone() for k, v in net.head.state_dict().items()})
+    records.append({k: v.clone() if torch.is_tensor(v) else v for k, v in net.head.state_dict().items()})
     return records
 
 
@@ -109,7 +114,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         plain = _run(rank, world, train_backbone=False)
         ddp = _run(rank, world, train_backbone=True)
         nan = _nan_on_one_rank(rank)
-        torch.save({"plain": plain, "ddp": ddp, "nan": nan}, os.path.join(out_dir, f"rank{rank}.pt"))
+        warm = _run(rank, world, train_backbone=True, solver="warm", steps=WARM_STEPS)
+        torch.save({"plain": plain, "ddp": ddp, "nan": nan, "warm": warm}, os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -121,9 +127,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_one_process_on_the_whole_batch(tmp_path):
-    mp.spawn(_worker, args=(WORLD, _free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory):
+    """The records of the two gloo ranks (one spawn for the module's tests)."""
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(WORLD, _free_port(), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+
+
+def test_two_processes_match_one_process_on_the_whole_batch(ranks):
     for r in range(WORLD):  # rejected, with the state unchanged, on both ranks
         assert ranks[r]["nan"] == {"NearestETFHead": True, "FixedETFHead": True}, r
     for variant in ("plain", "ddp"):
@@ -144,3 +156,16 @@ def test_two_processes_match_one_process_on_the_whole_batch(tmp_path):
         for key, value in single[STEPS].items():  # the running state agrees after training
             assert torch.equal(r0[STEPS][key], r1[STEPS][key]), key
             torch.testing.assert_close(r0[STEPS][key], value, rtol=0, atol=TOL)
+
+
+def test_warm_route_ranks_stay_identical(ranks):
+    """solver="warm" under DDP: every rank makes the same refresh decisions (the means are all-reduced),
+    so the ranks' classifiers are bitwise equal at every step and equal to one process on the whole batch."""
+    r0, r1 = (rank["warm"] for rank in ranks)
+    single = _run(0, 1, train_backbone=True, solver="warm", steps=WARM_STEPS)
+    for step in range(WARM_STEPS):
+        assert torch.equal(r0[step]["W"], r1[step]["W"]), step
+        # one process on the whole batch: the same decisions; rounding differences grow over 10 trained steps
+        torch.testing.assert_close(r0[step]["W"], single[step]["W"], rtol=0, atol=1e-4)
+    assert torch.equal(r0[-1]["warm.refreshes"], r1[-1]["warm.refreshes"])
+    assert int(r0[-1]["warm.refreshes"]) < WARM_STEPS  # regular steps ran

@@ -208,7 +208,7 @@ class WarmPolarSolver(nn.Module):
 
     def __init__(self, num_classes: int, settings: WarmSettings | None = None) -> None:
         super().__init__()
-        self.settings = settings or WarmSettings()
+        self._settings = settings or WarmSettings()
         k = int(num_classes)
         eye = torch.eye(k, dtype=torch.float64)
         self.register_buffer("V", eye.clone())
@@ -224,13 +224,26 @@ class WarmPolarSolver(nn.Module):
         self._eta_event = None
         self.last_refreshed = False
 
+    @property
+    def settings(self) -> WarmSettings:
+        return self._settings
+
+    @settings.setter
+    def settings(self, settings: WarmSettings) -> None:
+        """New settings apply at once: the drift threshold and the refresh interval restart from them."""
+        if not isinstance(settings, WarmSettings):
+            raise ValueError(f"settings must be a WarmSettings; got {type(settings).__name__}")
+        self._settings = settings
+        self._policy["drift_max"] = settings.drift_max
+        self._policy["interval"] = settings.first_interval
+
     # ---- policy state in the checkpoint -------------------------------------------------------------
     def get_extra_state(self) -> dict:
         return {"policy": dict(self._policy), "settings": asdict(self.settings)}
 
     def set_extra_state(self, state: dict) -> None:
+        self._settings = WarmSettings(**state["settings"])
         self._policy = dict(state["policy"])
-        self.settings = WarmSettings(**state["settings"])
         self._eta_host = None  # a pending certificate is read from the loaded ``eta`` buffer
 
     # ---- one step -------------------------------------------------------------------------------------
