@@ -302,7 +302,7 @@ def test_compiles_as_one_graph():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_regular_training_step_does_not_sync():
     head = NearestETFHead(512, 100, solver="warm").to("cuda")
-    head.warm.settings = WarmSettings(drift_max=1e9)
+    head.warm.settings = WarmSettings(drift_max=1e9, first_interval=64)  # no refresh in steps 6..11
     g = torch.Generator(device="cuda").manual_seed(0)
     y = torch.arange(256, device="cuda") % 100
     centres = 3 * torch.randn(100, 512, device="cuda", generator=g)
@@ -320,3 +320,67 @@ def test_cuda_regular_training_step_does_not_sync():
         if head.warm.last_refreshed:
             continue
     assert int(head.warm.fallbacks) == 0
+
+
+def _steps(head, n, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    d, k = head.feature_dim, head.num_classes
+    centres = 3 * torch.randn(k, d, generator=g)
+    outs = []
+    for _ in range(n):
+        y = torch.arange(4 * k) % k
+        f = (centres[y] + torch.randn(4 * k, d, generator=g)).to(dtype).requires_grad_()
+        logits = head(f, y)
+        F.cross_entropy(logits, y).backward()
+        outs.append(logits.detach())
+    return outs
+
+
+@pytest.mark.parametrize("cast", ["float", "half", "bfloat16"])
+def test_casting_the_head_keeps_the_warm_state_in_float64(cast):
+    """``model.float()`` / ``.half()`` cast every floating buffer; the warm state must stay float64
+    (its values unchanged), or the next regular step mixes dtypes."""
+    head = NearestETFHead(16, 4, solver="warm")
+    _steps(head, 12)
+    before = {n: b.clone() for n, b in head.warm.named_buffers()}
+    getattr(head, cast)()
+    for n, b in head.warm.named_buffers():
+        assert b.dtype == before[n].dtype and torch.equal(b, before[n]), n
+    head.float()
+    _steps(head, 8, seed=1)
+    assert int(head.warm.steps) == 20
+
+
+def test_settings_assigned_after_construction_take_effect():
+    """``solver.settings = WarmSettings(...)`` must govern the policy exactly as if passed to the constructor."""
+    k = 4
+    a = WarmPolarSolver(k, WarmSettings(drift_max=1e9, first_interval=50))
+    b = WarmPolarSolver(k)
+    b.settings = WarmSettings(drift_max=1e9, first_interval=50)
+    assert a.get_extra_state() == b.get_extra_state()
+    g = torch.Generator().manual_seed(0)
+    U_prev = random_stiefel(16, k, dtype=torch.float64, generator=g)
+    H = torch.randn(16, k, generator=g, dtype=torch.float64)
+    for t in range(12):
+        Z = polar_target((H + 0.01 * t) / torch.linalg.matrix_norm(H), U_prev, 1e-3)
+        assert torch.equal(a(Z, U_prev), b(Z, U_prev))
+        assert a.last_refreshed == b.last_refreshed
+    assert int(b.refreshes) == 2  # the cold start, then 10 warm steps within the 50-step interval
+    with pytest.raises(ValueError, match="WarmSettings"):
+        b.settings = {"drift_max": 1.0}
+
+
+def test_delta_zero_is_refused_up_front_and_a_tiny_delta_says_what_to_do():
+    with pytest.raises(ValueError, match="delta > 0"):
+        NearestETFHead(16, 4, solver="warm", delta=0.0)
+    head = NearestETFHead(16, 4, solver="warm", delta=1e-12)
+    with pytest.raises(ValueError, match="increase delta") as info:
+        _steps(head, 1)
+    assert "use delta > 0" not in str(info.value)
+
+
+def test_interval_settings_are_consistent():
+    with pytest.raises(ValueError, match="first_interval"):
+        WarmSettings(first_interval=64, max_interval=8)
+    with pytest.raises(ValueError, match="newton"):
+        WarmSettings(newton=True)

@@ -211,6 +211,11 @@ class NearestETFHead(Head):
             raise ValueError(f"delta must be finite and >= 0; got {delta}")
         if solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+        if solver == "warm" and not delta > 0:
+            raise ValueError(
+                "solver='warm' needs delta > 0: with delta = 0 the target Z = H̄ M/sqrt(K-1) has rank <= K-1 "
+                "and its polar factor is not unique (use the default delta=1e-3, or solver='polar')"
+            )
         if solve_dtype is not None and solve_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"solve_dtype must be None, torch.float32 or torch.float64; got {solve_dtype}")
         self.delta, self.solver, self.implicit_grad, self.solve_dtype = float(delta), solver, implicit_grad, solve_dtype

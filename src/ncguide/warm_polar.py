@@ -73,8 +73,13 @@ class WarmSettings:
 
     def __post_init__(self) -> None:
         for name in ("newton", "inverse", "cg", "backward_cg", "first_interval", "max_interval"):
-            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
-                raise ValueError(f"WarmSettings.{name} must be an integer >= 1; got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"WarmSettings.{name} must be an integer >= 1; got {value!r}")
+        if self.first_interval > self.max_interval:
+            raise ValueError(
+                f"need first_interval <= max_interval; got {self.first_interval}, {self.max_interval}"
+            )
         if not 0 < self.soft_tol <= self.hard_tol:
             raise ValueError(f"need 0 < soft_tol <= hard_tol; got {self.soft_tol}, {self.hard_tol}")
         if not self.drift_max > 0:
@@ -169,7 +174,8 @@ class _Refresh(torch.autograd.Function):
         if not bool(p[0] > GRAM_MIN_RATIO * p[-1]):
             raise ValueError(
                 f"the warm route needs a well-conditioned Z (σ_min/σ_max = {float(p[0] / p[-1]):.1e} <= "
-                f"{GRAM_MIN_RATIO}); use delta > 0 or solver='polar'"
+                f"{GRAM_MIN_RATIO}; σ_min(Z) >= δ/2, so a small delta allows this): increase delta "
+                "(e.g. the default 1e-3) or use solver='polar'"
             )
         A = (Z64 @ V) / p
         U = A @ V.transpose(-1, -2)
@@ -206,9 +212,10 @@ class WarmPolarSolver(nn.Module):
     matrix or read from the device).
     """
 
+    _STATE = ("V", "X", "Y", "eta")  # float64 whatever ``module.float()`` / ``.half()`` ask for
+
     def __init__(self, num_classes: int, settings: WarmSettings | None = None) -> None:
         super().__init__()
-        self._settings = settings or WarmSettings()
         k = int(num_classes)
         eye = torch.eye(k, dtype=torch.float64)
         self.register_buffer("V", eye.clone())
@@ -218,8 +225,8 @@ class WarmPolarSolver(nn.Module):
         self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
         self.register_buffer("fallbacks", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self._policy = {"ready": False, "cold": True, "since": 0, "interval": self.settings.first_interval,
-                        "pending": False, "drift_max": self.settings.drift_max}
+        self._policy = {"ready": False, "cold": True, "since": 0, "pending": False}
+        self.settings = settings or WarmSettings()  # sets the policy's interval and drift threshold
         self._eta_host: torch.Tensor | None = None
         self._eta_event = None
         self.last_refreshed = False
@@ -230,19 +237,30 @@ class WarmPolarSolver(nn.Module):
 
     @settings.setter
     def settings(self, settings: WarmSettings) -> None:
-        """New settings apply at once: the drift threshold and the refresh interval restart from them."""
+        """Assigning new settings restarts the adaptive interval and drift threshold from them (as a
+        fresh solver would), so ``solver.settings = WarmSettings(...)`` means the same as passing them."""
         if not isinstance(settings, WarmSettings):
             raise ValueError(f"settings must be a WarmSettings; got {type(settings).__name__}")
         self._settings = settings
-        self._policy["drift_max"] = settings.drift_max
-        self._policy["interval"] = settings.first_interval
+        self._policy.update(interval=settings.first_interval, drift_max=settings.drift_max)
+
+    def _apply(self, fn, recurse=True):
+        """``.to(device)`` moves the state; dtype casts (``.float()``, ``.half()``, ``.to(dtype)``) leave the
+        float64 state as it is (cast down, the next regular step would mix dtypes and lose precision)."""
+        saved = {name: getattr(self, name) for name in self._STATE}
+        super()._apply(fn, recurse)
+        for name, old in saved.items():
+            new = getattr(self, name)
+            if new.dtype != old.dtype:
+                setattr(self, name, old.to(device=new.device))
+        return self
 
     # ---- policy state in the checkpoint -------------------------------------------------------------
     def get_extra_state(self) -> dict:
         return {"policy": dict(self._policy), "settings": asdict(self.settings)}
 
     def set_extra_state(self, state: dict) -> None:
-        self._settings = WarmSettings(**state["settings"])
+        self.settings = WarmSettings(**state["settings"])
         self._policy = dict(state["policy"])
         self._eta_host = None  # a pending certificate is read from the loaded ``eta`` buffer
 
@@ -301,6 +319,7 @@ class WarmPolarSolver(nn.Module):
             pin = self.eta.device.type == "cuda"
             self._eta_host = torch.zeros((), dtype=torch.float64, pin_memory=pin)
         self._eta_host.copy_(self.eta, non_blocking=True)
+        self._eta_event = None  # after a move back to the CPU, no stale CUDA event to wait on
         if self.eta.device.type == "cuda":
             self._eta_event = torch.cuda.Event()
             self._eta_event.record()
