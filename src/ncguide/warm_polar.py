@@ -276,7 +276,7 @@ class WarmPolarSolver(nn.Module):
             return self._refresh(Z)
         if missed:  # shorter intervals, and stay exact until the problem moves more slowly than now
             pol["interval"] = max(1, pol["interval"] // 2)
-            pol["drift_max"] = pol["drift_max"] / 2
+            pol["drift_max"] = max(pol["drift_max"] / 2, s.drift_max / 64)  # floor: a way back to warm
             return self._refresh(Z)
         if pol["since"] >= pol["interval"]:  # a clean interval: every warm step met soft_tol
             pol["interval"] = min(s.max_interval, 2 * pol["interval"])
