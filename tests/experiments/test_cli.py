@@ -241,3 +241,37 @@ def test_ctrl_c_exits_130(tmp_path, capsys, monkeypatch):
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "resume" in err
+
+
+@pytest.mark.parametrize(("command", "damage"), [("train", "empty"), ("train", "truncated"), ("train", "garbage"),
+                                                ("compare", "truncated")])
+def test_unreadable_checkpoint_one_line_exit_2(tmp_path, capsys, damage, command):
+    """A damaged checkpoint.pt: one line naming the file, saying it is unreadable and what to do; no
+    "resuming" first, no traceback."""
+    out = tmp_path / "o"
+    if command == "train":
+        argv = ["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]
+        ckpt = out / "checkpoint.pt"
+    else:
+        argv = ["compare", *TINY, "--methods", "standard", "--seeds", "1", "--epochs", "1", "--out", str(out)]
+        ckpt = out / "runs" / "standard" / "seed-0" / "checkpoint.pt"
+    assert main(argv) == 0
+    raw = ckpt.read_bytes()
+    ckpt.write_bytes({"empty": b"", "truncated": raw[: len(raw) // 2], "garbage": b"not a checkpoint" * 10}[damage])
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith("ncguide: error:") and err.count("\n") == 1, err
+    assert str(ckpt) in err and "unreadable" in err and "--no-resume" in err and "resume=False" not in err
+    assert "resuming" not in captured.out
+    assert main([*argv, "--no-resume"]) == 0  # the advice works
+
+
+def test_config_mismatch_advice_names_the_flag(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0
+    assert main([*argv, "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "--no-resume" in err and "resume=False" not in err

@@ -438,3 +438,22 @@ def test_a_run_saved_before_a_config_field_existed_is_still_reused(tmp_path):
     assert _config_diff(with_defaults(old), cfg.to_dict()) == []  # compare's reuse check agrees
     with pytest.raises(ValueError, match="different config.*ema_alpha"):
         train(cfg_of(epochs=2, ema_alpha=0.5), tmp_path, progress="none")
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "not-a-dict"])
+def test_unreadable_checkpoint_is_a_one_line_value_error(tmp_path, damage):
+    cfg = cfg_of(epochs=1)
+    train(cfg, tmp_path, progress="none")
+    path = tmp_path / "checkpoint.pt"
+    raw = path.read_bytes()
+    if damage == "not-a-dict":
+        torch.save([1, 2, 3], path)
+    else:
+        path.write_bytes({"empty": b"", "truncated": raw[: len(raw) // 2], "garbage": b"\x00junk" * 50}[damage])
+    for call in (lambda: train(cfg, tmp_path, progress="none"), lambda: is_finished(tmp_path)):
+        with pytest.raises(ValueError, match="unreadable") as info:
+            call()
+        msg = str(info.value)
+        assert str(path) in msg and "\n" not in msg and "resume=False" in msg
+    rec = train(cfg, tmp_path, resume=False, progress="none")  # the advice works
+    assert rec["epoch"] == 1 and is_finished(tmp_path)
