@@ -275,3 +275,16 @@ def test_config_mismatch_advice_names_the_flag(tmp_path, capsys):
     assert main([*argv, "--lr", "0.5"]) == 2
     err = capsys.readouterr().err
     assert "different config" in err and "--no-resume" in err and "resume=False" not in err
+
+
+def test_train_refuses_to_erase_results_of_another_config(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0
+    (out / "checkpoint.pt").unlink()
+    before = (out / "metrics.jsonl").read_text()
+    assert main([*argv, "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ncguide: error:") and err.count("\n") == 1 and "--no-resume" in err
+    assert (out / "metrics.jsonl").read_text() == before
+    assert main([*argv, "--lr", "0.5", "--no-resume"]) == 0

@@ -457,3 +457,21 @@ def test_unreadable_checkpoint_is_a_one_line_value_error(tmp_path, damage):
         assert str(path) in msg and "\n" not in msg and "resume=False" in msg
     rec = train(cfg, tmp_path, resume=False, progress="none")  # the advice works
     assert rec["epoch"] == 1 and is_finished(tmp_path)
+
+
+def test_results_without_checkpoint_are_not_overwritten_by_another_config(tmp_path):
+    """checkpoint.pt gone: another config must not silently replace metrics.jsonl and config.json."""
+    train(cfg_of(epochs=1), tmp_path, progress="none")
+    (tmp_path / "checkpoint.pt").unlink()
+    before = {n: (tmp_path / n).read_text() for n in ("metrics.jsonl", "config.json")}
+    with pytest.raises(ValueError, match=r"metrics.jsonl holds the results.*missing.*differs in: lr.*resume=False"):
+        train(cfg_of(epochs=1, lr=0.1), tmp_path, progress="none")
+    assert {n: (tmp_path / n).read_text() for n in before} == before
+    (tmp_path / "config.json").unlink()  # identity unknown: refused too
+    with pytest.raises(ValueError, match="config.json is missing"):
+        train(cfg_of(epochs=1), tmp_path, progress="none")
+    assert (tmp_path / "metrics.jsonl").read_text() == before["metrics.jsonl"]
+    rec = train(cfg_of(epochs=1, lr=0.1), tmp_path, resume=False, progress="none")  # explicit overwrite
+    assert rec["epoch"] == 1 and json.loads((tmp_path / "config.json").read_text())["lr"] == 0.1
+    (tmp_path / "checkpoint.pt").unlink()  # same config: retraining reproduces the results, so it is allowed
+    assert train(cfg_of(epochs=1, lr=0.1), tmp_path, progress="none")["epoch"] == 1

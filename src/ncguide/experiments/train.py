@@ -31,7 +31,8 @@ back to its size at the checkpoint and training goes on; the final metrics equal
 run's (bitwise on CPU with ``deterministic=True``). A process killed mid-epoch loses that partial
 epoch, which is replayed identically. A finished run is not retrained: ``train`` returns its last
 record. A checkpoint written by a different config raises ``ValueError`` (``checkpoint.RUNTIME_FIELDS``
-may differ).
+may differ), and so does a folder whose ``metrics.jsonl`` holds records but has no checkpoint, unless
+its ``config.json`` shows the same config: ``resume=False`` is needed to overwrite another run's results.
 
 Ctrl-C (single process): SIGINT only sets a flag; the loop finishes the current step, writes a
 checkpoint *at that step* (loader position included) and raises ``KeyboardInterrupt``; resuming
@@ -176,6 +177,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         check_same_config(ckpt["config"], cfg, out / CHECKPOINT)
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
             return last_record(out / METRICS)
+    elif resume:
+        _refuse_to_overwrite(out, cfg)
 
     run = _build_run(cfg, out, where, model, head)
     out.mkdir(parents=True, exist_ok=True)
@@ -304,6 +307,30 @@ def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> Ru
                     eval_loaders=eval_loaders, n_train=len(ds.train_set) if ds.is_lazy else len(ds.y_train),
                     lr_factor=schedule,
                     autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext)
+
+
+def _refuse_to_overwrite(out: Path, cfg: TrainConfig) -> None:
+    """No checkpoint, but ``metrics.jsonl`` holds records: starting fresh would erase them. Allowed only when
+    ``config.json`` shows the same config (retraining reproduces them); otherwise ``ValueError``."""
+    metrics = out / METRICS
+    try:
+        has_records = metrics.is_file() and bool(metrics.read_text(errors="replace").strip())
+    except OSError:
+        has_records = True
+    if not has_records:
+        return
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        check_same_config(saved, cfg, out / "config.json")
+        return
+    except ValueError as e:  # also json.JSONDecodeError
+        why = str(e).split(";")[0] if "different config" in str(e) else f"{out / 'config.json'} is unreadable"
+    except (OSError, TypeError, AttributeError):
+        why = f"{out / 'config.json'} is missing or unreadable"
+    raise ValueError(
+        f"{metrics} holds the results of an earlier run but {out / CHECKPOINT} is missing ({why}); "
+        "pass resume=False to overwrite them, or use another out_dir"
+    )
 
 
 def _start_fresh(run: RunState) -> None:
