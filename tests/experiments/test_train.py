@@ -475,3 +475,17 @@ def test_results_without_checkpoint_are_not_overwritten_by_another_config(tmp_pa
     assert rec["epoch"] == 1 and json.loads((tmp_path / "config.json").read_text())["lr"] == 0.1
     (tmp_path / "checkpoint.pt").unlink()  # same config: retraining reproduces the results, so it is allowed
     assert train(cfg_of(epochs=1, lr=0.1), tmp_path, progress="none")["epoch"] == 1
+
+
+def test_last_batch_of_one_sample_with_batch_norm(tmp_path):
+    """50 samples in batches of 7 leave a last batch of 1, on which batch norm cannot train: it is dropped
+    (every epoch, and a resume agrees); batches of 1 throughout are refused up front."""
+    cfg = cfg_of(epochs=2, batch_size=7, train_per_class=5)
+    rec = train(cfg, tmp_path, progress="none")
+    assert rec["epoch"] == 2 and rec["step"] == 2 * 7 and math.isfinite(rec["train_loss"])
+    with pytest.raises(ValueError, match=r"batch_size=1 .*batch norm.*batch_size >= 2"):
+        train(cfg_of(epochs=1, batch_size=1, train_per_class=5), tmp_path / "one", progress="none")
+    # no batch norm: nothing is dropped
+    rec = train(cfg_of(epochs=1, batch_size=7, model="ufm", dataset="ufm", model_kwargs={}, num_classes=5,
+                       samples_per_class=10), tmp_path / "ufm", progress="none")
+    assert rec["step"] == 8

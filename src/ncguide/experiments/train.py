@@ -297,7 +297,8 @@ def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> Ru
     if cfg.optimizer == "agd":  # AGD starts from its own initialisation (optim.py, Algorithm 1)
         agd_init_(p for group in opt.param_groups for p in group["params"])
     head.after_step()  # re-establish the head's invariant (StandardHead's unit rows) after any re-init
-    loader, eval_loaders = make_loaders(cfg, ds, where.device, where.rank, where.world)
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    loader, eval_loaders = make_loaders(cfg, ds, where.device, where.rank, where.world, batch_norm=batch_norm)
     spe = len(loader)
     schedule = functools.partial(lr_factor, total_steps=cfg.epochs * spe, schedule=cfg.schedule,
                                  warmup_steps=round(cfg.warmup_epochs * spe),
