@@ -192,8 +192,8 @@ def test_nan_features_stop_the_run_cleanly(tmp_path, method):
     cfg = cfg_of(method=method, epochs=3)
     spe = math.ceil(1437 / 64)
     bad_step = spe + 5  # epoch 2
-    # standard: the loop's loss check (RuntimeError); ETF heads reject the batch themselves (ValueError)
-    with pytest.raises((RuntimeError, ValueError), match=rf"epoch 2, step {bad_step}\b"):
+    # standard: the loop's loss check; ETF heads reject the batch (NonFiniteFeaturesError): the same stop
+    with pytest.raises(NonFiniteLossError, match=rf"epoch 2, step {bad_step}\b"):
         train(cfg, tmp_path, progress="none", model=build_probe(cfg, nan_at=bad_step))
     ck = load_checkpoint(tmp_path / "checkpoint.pt")  # intact and loadable
     assert ck["epoch"] == 1 and ck["step"] == spe and not ck["finished"]

@@ -43,8 +43,12 @@ Non-finite loss: the run stops with :class:`NonFiniteLossError` (a ``RuntimeErro
 (from 1) and the global step (from 1); nothing is saved after the last good checkpoint. On CPU the
 loss is checked every step, before the update; on CUDA a per-step check would sync the host, so the
 first bad step is recorded on the device and read every ``check_every`` steps and at the end of the
-epoch (the weights may then hold NaN, but no checkpoint is written). Any other exception raised
-inside a step keeps its type and gets a note with the epoch and step.
+epoch (the weights may then hold NaN, but no checkpoint is written). Non-finite features are the same
+stop: an ETF head rejects such a batch with ``heads.NonFiniteFeaturesError`` (on CPU) and its solve may
+fail with ``torch.linalg.LinAlgError``; both become ``NonFiniteLossError`` with the epoch and step, as do
+non-finite weights at the end of an epoch and non-finite features met by the evaluation that follows
+(the epoch's last update is not followed by a loss check). Any
+other exception raised inside a step keeps its type and gets a note with the epoch and step.
 
 Devices and precision: ``device="auto"`` picks CUDA when available. ``amp="bf16"`` runs the backbone
 under ``torch.autocast(bfloat16)`` on CUDA (the heads compute in float32; on CPU it is ignored with a
@@ -87,7 +91,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..heads import Head
+from ..heads import Head, NonFiniteFeaturesError
 from . import distributed
 from .build import build_backbone, build_run_head, load_data, make_loaders
 from .checkpoint import (
@@ -112,7 +116,8 @@ METRICS = "metrics.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite (the message names the epoch and step)."""
+    """Training diverged: the loss, or the features a head was given, became NaN or infinite (the message
+    names the epoch and step)."""
 
 
 @dataclass
@@ -232,6 +237,12 @@ def train_one_epoch(run: RunState, watch: _NonFiniteWatch, show: Progress, inter
         try:
             loss_sum, logits = _train_step(run, watch, x, y)
         except (ValueError, RuntimeError) as e:
+            if isinstance(e, (NonFiniteFeaturesError, torch.linalg.LinAlgError)):  # the head's solve on bad features
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise NonFiniteLossError(
+                    f"non-finite features at {where} (global step, counted from 1): {reason}; stopping. "
+                    f"The last good checkpoint is {run.out / CHECKPOINT} (lower the learning rate, or check the data)"
+                ) from e
             if not isinstance(e, NonFiniteLossError):
                 _add_note(e, f"training failed at {where}")
             raise
@@ -246,8 +257,20 @@ def train_one_epoch(run: RunState, watch: _NonFiniteWatch, show: Progress, inter
             _save(run)
             interrupt.raise_if_set()
     watch.check(force=True)
+    _check_finite_weights(run)
     run.wall_s += _elapsed(t0, device)
     return running
+
+
+def _check_finite_weights(run: RunState) -> None:
+    """End of epoch, before evaluating and checkpointing: the loss is checked before each update, so the
+    epoch's last update can still have made the weights non-finite (one host read per epoch)."""
+    tensors = [t for m in (run.model, run.head) for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise NonFiniteLossError(
+            f"non-finite weights after epoch {run.epoch + 1}, step {run.step} (global step, counted from 1); "
+            f"stopping. The last good checkpoint is {run.out / CHECKPOINT} (lower the learning rate, or check the data)"
+        )
 
 
 def _train_step(run: RunState, watch: _NonFiniteWatch, x: torch.Tensor, y: torch.Tensor):
@@ -366,7 +389,19 @@ def _wrap_for_training(model: nn.Module, cfg: TrainConfig, where: Placement) -> 
 def _log_evaluation(run: RunState) -> dict:
     """Evaluate, append the record to ``metrics.jsonl`` (rank 0) and keep it as ``run.last``."""
     rec = {"epoch": run.epoch, "step": run.step, "wall_s": run.wall_s, "lr": run.optimizer.param_groups[0]["lr"]}
-    rec.update(evaluate(run.model, run.head, run.eval_loaders, run.autocast))
+    try:
+        rec.update(evaluate(run.model, run.head, run.eval_loaders, run.autocast))
+    except (ValueError, RuntimeError) as e:
+        # after training steps, non-finite features (weights so large that they overflow) mean divergence
+        if run.step == 0 or not (isinstance(e, (NonFiniteFeaturesError, torch.linalg.LinAlgError))
+                                 or "NaN or inf" in str(e)):
+            raise
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise NonFiniteLossError(
+            f"non-finite values when evaluating after epoch {run.epoch}, step {run.step} (global step, counted "
+            f"from 1): {reason}; stopping. The last good checkpoint is {run.out / CHECKPOINT} (lower the learning "
+            "rate, or check the data)"
+        ) from e
     run.last = rec
     if run.where.rank == 0:
         with (run.out / METRICS).open("a") as f:
