@@ -241,3 +241,77 @@ def test_ctrl_c_exits_130(tmp_path, capsys, monkeypatch):
     assert main(argv) == 130
     err = capsys.readouterr().err
     assert "interrupted" in err and "resume" in err
+
+
+@pytest.mark.parametrize(("command", "damage"), [("train", "empty"), ("train", "truncated"), ("train", "garbage"),
+                                                ("compare", "truncated")])
+def test_unreadable_checkpoint_one_line_exit_2(tmp_path, capsys, damage, command):
+    """A damaged checkpoint.pt: one line naming the file, saying it is unreadable and what to do; no
+    "resuming" first, no traceback."""
+    out = tmp_path / "o"
+    if command == "train":
+        argv = ["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]
+        ckpt = out / "checkpoint.pt"
+    else:
+        argv = ["compare", *TINY, "--methods", "standard", "--seeds", "1", "--epochs", "1", "--out", str(out)]
+        ckpt = out / "runs" / "standard" / "seed-0" / "checkpoint.pt"
+    assert main(argv) == 0
+    raw = ckpt.read_bytes()
+    ckpt.write_bytes({"empty": b"", "truncated": raw[: len(raw) // 2], "garbage": b"not a checkpoint" * 10}[damage])
+    capsys.readouterr()
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err
+    assert err.startswith("ncguide: error:") and err.count("\n") == 1, err
+    assert str(ckpt) in err and "unreadable" in err and "--no-resume" in err and "resume=False" not in err
+    assert "resuming" not in captured.out
+    assert main([*argv, "--no-resume"]) == 0  # the advice works
+
+
+def test_config_mismatch_advice_names_the_flag(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0
+    assert main([*argv, "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "different config" in err and "--no-resume" in err and "resume=False" not in err
+
+
+def test_train_refuses_to_erase_results_of_another_config(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0
+    (out / "checkpoint.pt").unlink()
+    before = (out / "metrics.jsonl").read_text()
+    assert main([*argv, "--lr", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ncguide: error:") and err.count("\n") == 1 and "--no-resume" in err
+    assert (out / "metrics.jsonl").read_text() == before
+    assert main([*argv, "--lr", "0.5", "--no-resume"]) == 0
+
+
+@pytest.mark.parametrize(("method", "flags"), [("nearest-etf", []), ("fixed-etf", []),
+                                               ("nearest-etf", ["--batch-size", "5000"])])  # diverges on the last step
+def test_default_method_diverged_run_exits_1(tmp_path, capsys, method, flags):
+    """A huge learning rate under an ETF head: the same one-line "training diverged" (exit 1) as standard."""
+    argv = ["train", *TINY, "--method", method, "--lr", "1e30", "--set", "optimizer=sgd", *flags,
+            "--out", str(tmp_path)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ncguide: training diverged: non-finite") and err.count("\n") == 1, err
+    assert (tmp_path / "checkpoint.pt").is_file()
+
+
+@pytest.mark.parametrize(("flags", "key"), [
+    (["--lr", "inf"], "lr"), (["--lr", "nan"], "lr"), (["--set", "weight_decay=nan"], "weight_decay"),
+    (["--set", "schedule=step", "--set", "step_milestones=[1]", "--set", "gamma=nan"], "gamma"),
+    (["--set", "momentum=-inf"], "momentum"), (["--set", "temperature=inf"], "temperature"),
+])
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_non_finite_hyper_parameters_rejected_up_front(tmp_path, capsys, flags, key, command):
+    out = tmp_path / "o"
+    extra = ["--method", "nearest-etf"] if command == "train" else ["--methods", "standard,nearest-etf", "--seeds", "1"]
+    assert main([command, *TINY, *extra, *flags, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ncguide: error: {key} must be a finite number") and err.count("\n") == 1, err
+    assert not (out / "runs").exists() and not (out / "metrics.jsonl").exists()

@@ -13,6 +13,7 @@ import torch
 from ncguide.experiments.compare import parse_seeds
 from ncguide.experiments.config import TrainConfig, load_config
 from ncguide.experiments.data import load_dataset
+from ncguide.experiments.data.ondisk import find_fashion_mnist
 from ncguide.experiments.models import build_model
 from ncguide.heads import METHODS, build_head
 
@@ -55,6 +56,9 @@ def test_config_builds(path, tmp_path):
         shape, K = EXTERNAL[cfg.dataset]
         n = None
     else:
+        if cfg.dataset == "fashion-mnist" and find_fashion_mnist(cfg.data_dir) is None:
+            pytest.skip("Fashion-MNIST not installed (Debian package dataset-fashion-mnist, or the IDX files in "
+                        "$NCGUIDE_CACHE/fashion-mnist)")
         kw = {}
         if cfg.dataset == "ufm":
             kw = {"num_classes": cfg.num_classes, "samples_per_class": cfg.samples_per_class}

@@ -32,7 +32,10 @@ from ncguide.experiments.data import (
 )
 from ncguide.experiments.data.formats import read_idx
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+def _system_fashion_mnist() -> bool:
+    """Whether the system data folder (``$NCGUIDE_SYSTEM_DATA_DIR`` or /usr/share/datasets) has Fashion-MNIST."""
+    return (ondisk.system_data_dir() / "fashion-mnist").is_dir()
 
 
 def images(n: int, c: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -110,7 +113,7 @@ def test_idx_round_trip(tmp_path, suffix, dtype):
 
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_fashion_mnist_format_from_data_dir(tmp_path, suffix, monkeypatch):
-    monkeypatch.setattr(ondisk, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
+    monkeypatch.setenv("NCGUIDE_SYSTEM_DATA_DIR", str(tmp_path / "absent"))
     x_train, x_test = images(7, 1, 28, 28, 1)[:, 0], images(3, 1, 28, 28, 2)[:, 0]
     x_train[0, 2, 5] = 255  # an asymmetric marker: row 2, column 5
     y_train, y_test = np.array([0, 1, 2, 3, 9, 5, 0], np.uint8), np.array([4, 9, 0], np.uint8)
@@ -128,6 +131,27 @@ def test_fashion_mnist_format_from_data_dir(tmp_path, suffix, monkeypatch):
     assert torch.equal(ds.x_test[:, 0] * 255, torch.from_numpy(x_test).float())
     assert ds.x_train[0, 0, 2, 5] == 1.0
     assert ds.y_train.tolist() == y_train.tolist() and ds.y_test.tolist() == y_test.tolist()
+
+
+def test_system_data_dir_follows_the_environment(tmp_path, monkeypatch):
+    """$NCGUIDE_SYSTEM_DATA_DIR replaces /usr/share/datasets: empty there means not found, files there are used."""
+    system = tmp_path / "system"
+    monkeypatch.setenv("NCGUIDE_SYSTEM_DATA_DIR", str(system))
+    assert ondisk.system_data_dir() == system
+    with pytest.raises(ValueError, match="not found") as info:
+        load_dataset("fashion-mnist", data_dir=tmp_path / "empty")
+    assert str(system / "fashion-mnist") in str(info.value)
+    folder = system / "fashion-mnist"
+    folder.mkdir(parents=True)
+    for name, a in [
+        ("train-images-idx3-ubyte", images(5, 1, 28, 28, 1)[:, 0]),
+        ("train-labels-idx1-ubyte", np.array([0, 1, 2, 3, 4], np.uint8)),
+        ("t10k-images-idx3-ubyte", images(2, 1, 28, 28, 2)[:, 0]),
+        ("t10k-labels-idx1-ubyte", np.array([5, 6], np.uint8)),
+    ]:
+        write_idx(folder / name, a)
+    ds = load_dataset("fashion-mnist", data_dir=tmp_path / "empty", normalize=False)
+    assert ds.x_train.shape == (5, 1, 28, 28) and ds.y_test.tolist() == [5, 6]
 
 
 def test_idx_corrupt_files(tmp_path):
@@ -148,13 +172,13 @@ def test_idx_corrupt_files(tmp_path):
 
 
 def test_fashion_mnist_missing_names_package_and_data_dir(tmp_path, monkeypatch):
-    monkeypatch.setattr(ondisk, "FASHION_MNIST_SYSTEM_DIR", tmp_path / "absent")
+    monkeypatch.setenv("NCGUIDE_SYSTEM_DATA_DIR", str(tmp_path / "absent"))
     with pytest.raises(ValueError, match="dataset-fashion-mnist") as info:
         load_dataset("fashion-mnist", data_dir=tmp_path)
     assert "apt-get install" in str(info.value) and "data_dir" in str(info.value)
 
 
-@pytest.mark.skipif(not FASHION_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
+@pytest.mark.skipif(not _system_fashion_mnist(), reason="Debian package dataset-fashion-mnist not installed")
 def test_fashion_mnist_system_package(tmp_path):
     ds = load_dataset("fashion-mnist", data_dir=tmp_path)  # empty data_dir: falls back to the package
     assert ds.x_train.shape == (60000, 1, 28, 28) and ds.x_test.shape == (10000, 1, 28, 28)

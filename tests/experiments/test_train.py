@@ -192,8 +192,8 @@ def test_nan_features_stop_the_run_cleanly(tmp_path, method):
     cfg = cfg_of(method=method, epochs=3)
     spe = math.ceil(1437 / 64)
     bad_step = spe + 5  # epoch 2
-    # standard: the loop's loss check (RuntimeError); ETF heads reject the batch themselves (ValueError)
-    with pytest.raises((RuntimeError, ValueError), match=rf"epoch 2, step {bad_step}\b"):
+    # standard: the loop's loss check; ETF heads reject the batch (NonFiniteFeaturesError): the same stop
+    with pytest.raises(NonFiniteLossError, match=rf"epoch 2, step {bad_step}\b"):
         train(cfg, tmp_path, progress="none", model=build_probe(cfg, nan_at=bad_step))
     ck = load_checkpoint(tmp_path / "checkpoint.pt")  # intact and loadable
     assert ck["epoch"] == 1 and ck["step"] == spe and not ck["finished"]
@@ -438,3 +438,54 @@ def test_a_run_saved_before_a_config_field_existed_is_still_reused(tmp_path):
     assert _config_diff(with_defaults(old), cfg.to_dict()) == []  # compare's reuse check agrees
     with pytest.raises(ValueError, match="different config.*ema_alpha"):
         train(cfg_of(epochs=2, ema_alpha=0.5), tmp_path, progress="none")
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "not-a-dict"])
+def test_unreadable_checkpoint_is_a_one_line_value_error(tmp_path, damage):
+    cfg = cfg_of(epochs=1)
+    train(cfg, tmp_path, progress="none")
+    path = tmp_path / "checkpoint.pt"
+    raw = path.read_bytes()
+    if damage == "not-a-dict":
+        torch.save([1, 2, 3], path)
+    else:
+        path.write_bytes({"empty": b"", "truncated": raw[: len(raw) // 2], "garbage": b"\x00junk" * 50}[damage])
+    for call in (lambda: train(cfg, tmp_path, progress="none"), lambda: is_finished(tmp_path)):
+        with pytest.raises(ValueError, match="unreadable") as info:
+            call()
+        msg = str(info.value)
+        assert str(path) in msg and "\n" not in msg and "resume=False" in msg
+    rec = train(cfg, tmp_path, resume=False, progress="none")  # the advice works
+    assert rec["epoch"] == 1 and is_finished(tmp_path)
+
+
+def test_results_without_checkpoint_are_not_overwritten_by_another_config(tmp_path):
+    """checkpoint.pt gone: another config must not silently replace metrics.jsonl and config.json."""
+    train(cfg_of(epochs=1), tmp_path, progress="none")
+    (tmp_path / "checkpoint.pt").unlink()
+    before = {n: (tmp_path / n).read_text() for n in ("metrics.jsonl", "config.json")}
+    with pytest.raises(ValueError, match=r"metrics.jsonl holds the results.*missing.*differs in: lr.*resume=False"):
+        train(cfg_of(epochs=1, lr=0.1), tmp_path, progress="none")
+    assert {n: (tmp_path / n).read_text() for n in before} == before
+    (tmp_path / "config.json").unlink()  # identity unknown: refused too
+    with pytest.raises(ValueError, match="config.json is missing"):
+        train(cfg_of(epochs=1), tmp_path, progress="none")
+    assert (tmp_path / "metrics.jsonl").read_text() == before["metrics.jsonl"]
+    rec = train(cfg_of(epochs=1, lr=0.1), tmp_path, resume=False, progress="none")  # explicit overwrite
+    assert rec["epoch"] == 1 and json.loads((tmp_path / "config.json").read_text())["lr"] == 0.1
+    (tmp_path / "checkpoint.pt").unlink()  # same config: retraining reproduces the results, so it is allowed
+    assert train(cfg_of(epochs=1, lr=0.1), tmp_path, progress="none")["epoch"] == 1
+
+
+def test_last_batch_of_one_sample_with_batch_norm(tmp_path):
+    """50 samples in batches of 7 leave a last batch of 1, on which batch norm cannot train: it is dropped
+    (every epoch, and a resume agrees); batches of 1 throughout are refused up front."""
+    cfg = cfg_of(epochs=2, batch_size=7, train_per_class=5)
+    rec = train(cfg, tmp_path, progress="none")
+    assert rec["epoch"] == 2 and rec["step"] == 2 * 7 and math.isfinite(rec["train_loss"])
+    with pytest.raises(ValueError, match=r"batch_size=1 .*batch norm.*batch_size >= 2"):
+        train(cfg_of(epochs=1, batch_size=1, train_per_class=5), tmp_path / "one", progress="none")
+    # no batch norm: nothing is dropped
+    rec = train(cfg_of(epochs=1, batch_size=7, model="ufm", dataset="ufm", model_kwargs={}, num_classes=5,
+                       samples_per_class=10), tmp_path / "ufm", progress="none")
+    assert rec["step"] == 8

@@ -56,12 +56,26 @@ def build_run_head(cfg: TrainConfig, feature_dim: int, num_classes: int) -> Head
     return build_head(cfg.method, feature_dim, num_classes, **head_kwargs(cfg))
 
 
-def make_loaders(cfg: TrainConfig, ds: Dataset, device, rank: int = 0, world: int = 1) -> tuple[Any, dict]:
-    """(training loader, ``{"train", "test"}`` evaluation loaders); each rank gets its slice of every batch."""
+def make_loaders(cfg: TrainConfig, ds: Dataset, device, rank: int = 0, world: int = 1,
+                 batch_norm: bool = False) -> tuple[Any, dict]:
+    """(training loader, ``{"train", "test"}`` evaluation loaders); each rank gets its slice of every batch.
+
+    The last, short training batch is dropped (its samples are seen in other epochs, in other orders)
+    when it would leave a rank an empty slice (DDP), or, for a model with batch norm (``batch_norm``),
+    a slice of a single sample, on which batch norm cannot train. A ``batch_size`` that gives every
+    rank a single sample of every batch is refused for such a model."""
     lazy = ds.is_lazy
     n_train = len(ds.train_set) if lazy else len(ds.y_train)
-    # under DDP a final global batch smaller than the world would leave a rank an empty slice: drop it
-    drop_last = world > 1 and 0 < n_train % cfg.batch_size < world
+    # each rank gets a near-equal slice of every global batch (torch.tensor_split): at least 1 sample
+    # needs a batch of >= world, at least 2 (batch norm) a batch of >= 2·world
+    least = 2 * world if batch_norm else world
+    if batch_norm and min(cfg.batch_size, n_train) < least:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} gives {'each process ' if world > 1 else ''}batches of one sample "
+            f"({n_train} training samples), and model {cfg.model!r} has batch norm, which needs at least 2; "
+            f"use batch_size >= {least}"
+        )
+    drop_last = 0 < n_train % cfg.batch_size < least and (world > 1 or batch_norm)
     if lazy:
         if cfg.stratified or cfg.augment is not None:
             raise ValueError(f"dataset {cfg.dataset!r} is file-backed: stratified and augment need in-memory "

@@ -42,9 +42,31 @@ CHECKPOINT = "checkpoint.pt"
 RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers"}
 
 
+REQUIRED_KEYS = ("config", "epoch", "step", "finished", "model", "head", "optimizer", "loader", "rng")
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """The checkpoint dict (tensors on CPU, memory-mapped). It is our own file: not ``weights_only``."""
-    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    """The checkpoint dict (tensors on CPU, memory-mapped). It is our own file: not ``weights_only``.
+
+    An empty, truncated or corrupt file (or one that is not a checkpoint of ours) raises a one-line
+    ``ValueError`` naming it and saying what to do; a missing or unreadable-by-permission file keeps
+    its ``OSError``."""
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, ValueError...
+        reason = "empty file" if path.stat().st_size == 0 else (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path} is unreadable ({reason}); {UNREADABLE_ADVICE}") from None
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED_KEYS)
+    if missing:
+        raise ValueError(f"{path} is unreadable (not an ncguide checkpoint: lacks {', '.join(missing)}); "
+                         f"{UNREADABLE_ADVICE}")
+    return ckpt
+
+
+UNREADABLE_ADVICE = "delete it or pass resume=False to start that run over"
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
@@ -53,14 +75,11 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None
 
 
 def is_finished(out_dir: str | os.PathLike) -> bool:
-    """True when ``out_dir`` holds the checkpoint of a completed run."""
+    """True when ``out_dir`` holds the checkpoint of a completed run (``ValueError`` if it is unreadable)."""
     path = Path(out_dir) / CHECKPOINT
     if not path.is_file():
         return False
-    try:
-        return bool(load_checkpoint(path).get("finished", False))
-    except Exception:
-        return False
+    return bool(load_checkpoint(path).get("finished", False))
 
 
 def check_same_config(saved: dict, cfg: TrainConfig, path: Path) -> None:

@@ -301,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, OSError) and e.filename is not None:
             msg = f"{e.strerror or e}: {e.filename}; check the path and its permissions"
+        msg = msg.replace("pass resume=False", "pass --no-resume")  # the library's advice, in CLI words
         notes = getattr(e, "__notes__", None)  # e.g. where in training it happened
         return _error(f"{msg} ({'; '.join(notes)})" if notes else msg)
     except ImportError as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,10 @@ class TrainConfig:
 
     def validate(self, check_registries: bool = True) -> None:
         """Check names and ranges (``check_registries``: also dataset/model names against the registries)."""
+        for f in dataclasses.fields(self):  # NaN/inf would pass the range checks below (or fail them oddly)
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number; got {value}")
         _one_of("method", self.method, METHODS)
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("schedule", self.schedule, SCHEDULES)

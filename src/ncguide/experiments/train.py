@@ -31,7 +31,8 @@ back to its size at the checkpoint and training goes on; the final metrics equal
 run's (bitwise on CPU with ``deterministic=True``). A process killed mid-epoch loses that partial
 epoch, which is replayed identically. A finished run is not retrained: ``train`` returns its last
 record. A checkpoint written by a different config raises ``ValueError`` (``checkpoint.RUNTIME_FIELDS``
-may differ).
+may differ), and so does a folder whose ``metrics.jsonl`` holds records but has no checkpoint, unless
+its ``config.json`` shows the same config: ``resume=False`` is needed to overwrite another run's results.
 
 Ctrl-C (single process): SIGINT only sets a flag; the loop finishes the current step, writes a
 checkpoint *at that step* (loader position included) and raises ``KeyboardInterrupt``; resuming
@@ -42,8 +43,12 @@ Non-finite loss: the run stops with :class:`NonFiniteLossError` (a ``RuntimeErro
 (from 1) and the global step (from 1); nothing is saved after the last good checkpoint. On CPU the
 loss is checked every step, before the update; on CUDA a per-step check would sync the host, so the
 first bad step is recorded on the device and read every ``check_every`` steps and at the end of the
-epoch (the weights may then hold NaN, but no checkpoint is written). Any other exception raised
-inside a step keeps its type and gets a note with the epoch and step.
+epoch (the weights may then hold NaN, but no checkpoint is written). Non-finite features are the same
+stop: an ETF head rejects such a batch with ``heads.NonFiniteFeaturesError`` (on CPU) and its solve may
+fail with ``torch.linalg.LinAlgError``; both become ``NonFiniteLossError`` with the epoch and step, as do
+non-finite weights at the end of an epoch and non-finite features met by the evaluation that follows
+(the epoch's last update is not followed by a loss check). Any
+other exception raised inside a step keeps its type and gets a note with the epoch and step.
 
 Devices and precision: ``device="auto"`` picks CUDA when available. ``amp="bf16"`` runs the backbone
 under ``torch.autocast(bfloat16)`` on CUDA (the heads compute in float32; on CPU it is ignored with a
@@ -86,7 +91,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ..heads import Head
+from ..heads import Head, NonFiniteFeaturesError
 from . import distributed
 from .build import build_backbone, build_run_head, load_data, make_loaders
 from .checkpoint import (
@@ -111,7 +116,8 @@ METRICS = "metrics.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite (the message names the epoch and step)."""
+    """Training diverged: the loss, or the features a head was given, became NaN or infinite (the message
+    names the epoch and step)."""
 
 
 @dataclass
@@ -176,6 +182,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         check_same_config(ckpt["config"], cfg, out / CHECKPOINT)
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
             return last_record(out / METRICS)
+    elif resume:
+        _refuse_to_overwrite(out, cfg)
 
     run = _build_run(cfg, out, where, model, head)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,6 +237,12 @@ def train_one_epoch(run: RunState, watch: _NonFiniteWatch, show: Progress, inter
         try:
             loss_sum, logits = _train_step(run, watch, x, y)
         except (ValueError, RuntimeError) as e:
+            if isinstance(e, (NonFiniteFeaturesError, torch.linalg.LinAlgError)):  # the head's solve on bad features
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise NonFiniteLossError(
+                    f"non-finite features at {where} (global step, counted from 1): {reason}; stopping. "
+                    f"The last good checkpoint is {run.out / CHECKPOINT} (lower the learning rate, or check the data)"
+                ) from e
             if not isinstance(e, NonFiniteLossError):
                 _add_note(e, f"training failed at {where}")
             raise
@@ -243,8 +257,20 @@ def train_one_epoch(run: RunState, watch: _NonFiniteWatch, show: Progress, inter
             _save(run)
             interrupt.raise_if_set()
     watch.check(force=True)
+    _check_finite_weights(run)
     run.wall_s += _elapsed(t0, device)
     return running
+
+
+def _check_finite_weights(run: RunState) -> None:
+    """End of epoch, before evaluating and checkpointing: the loss is checked before each update, so the
+    epoch's last update can still have made the weights non-finite (one host read per epoch)."""
+    tensors = [t for m in (run.model, run.head) for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+    if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+        raise NonFiniteLossError(
+            f"non-finite weights after epoch {run.epoch + 1}, step {run.step} (global step, counted from 1); "
+            f"stopping. The last good checkpoint is {run.out / CHECKPOINT} (lower the learning rate, or check the data)"
+        )
 
 
 def _train_step(run: RunState, watch: _NonFiniteWatch, x: torch.Tensor, y: torch.Tensor):
@@ -294,7 +320,8 @@ def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> Ru
     if cfg.optimizer == "agd":  # AGD starts from its own initialisation (optim.py, Algorithm 1)
         agd_init_(p for group in opt.param_groups for p in group["params"])
     head.after_step()  # re-establish the head's invariant (StandardHead's unit rows) after any re-init
-    loader, eval_loaders = make_loaders(cfg, ds, where.device, where.rank, where.world)
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    loader, eval_loaders = make_loaders(cfg, ds, where.device, where.rank, where.world, batch_norm=batch_norm)
     spe = len(loader)
     schedule = functools.partial(lr_factor, total_steps=cfg.epochs * spe, schedule=cfg.schedule,
                                  warmup_steps=round(cfg.warmup_epochs * spe),
@@ -304,6 +331,30 @@ def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> Ru
                     eval_loaders=eval_loaders, n_train=len(ds.train_set) if ds.is_lazy else len(ds.y_train),
                     lr_factor=schedule,
                     autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext)
+
+
+def _refuse_to_overwrite(out: Path, cfg: TrainConfig) -> None:
+    """No checkpoint, but ``metrics.jsonl`` holds records: starting fresh would erase them. Allowed only when
+    ``config.json`` shows the same config (retraining reproduces them); otherwise ``ValueError``."""
+    metrics = out / METRICS
+    try:
+        has_records = metrics.is_file() and bool(metrics.read_text(errors="replace").strip())
+    except OSError:
+        has_records = True
+    if not has_records:
+        return
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        check_same_config(saved, cfg, out / "config.json")
+        return
+    except ValueError as e:  # also json.JSONDecodeError
+        why = str(e).split(";")[0] if "different config" in str(e) else f"{out / 'config.json'} is unreadable"
+    except (OSError, TypeError, AttributeError):
+        why = f"{out / 'config.json'} is missing or unreadable"
+    raise ValueError(
+        f"{metrics} holds the results of an earlier run but {out / CHECKPOINT} is missing ({why}); "
+        "pass resume=False to overwrite them, or use another out_dir"
+    )
 
 
 def _start_fresh(run: RunState) -> None:
@@ -338,7 +389,19 @@ def _wrap_for_training(model: nn.Module, cfg: TrainConfig, where: Placement) -> 
 def _log_evaluation(run: RunState) -> dict:
     """Evaluate, append the record to ``metrics.jsonl`` (rank 0) and keep it as ``run.last``."""
     rec = {"epoch": run.epoch, "step": run.step, "wall_s": run.wall_s, "lr": run.optimizer.param_groups[0]["lr"]}
-    rec.update(evaluate(run.model, run.head, run.eval_loaders, run.autocast))
+    try:
+        rec.update(evaluate(run.model, run.head, run.eval_loaders, run.autocast))
+    except (ValueError, RuntimeError) as e:
+        # after training steps, non-finite features (weights so large that they overflow) mean divergence
+        if run.step == 0 or not (isinstance(e, (NonFiniteFeaturesError, torch.linalg.LinAlgError))
+                                 or "NaN or inf" in str(e)):
+            raise
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise NonFiniteLossError(
+            f"non-finite values when evaluating after epoch {run.epoch}, step {run.step} (global step, counted "
+            f"from 1): {reason}; stopping. The last good checkpoint is {run.out / CHECKPOINT} (lower the learning "
+            "rate, or check the data)"
+        ) from e
     run.last = rec
     if run.where.rank == 0:
         with (run.out / METRICS).open("a") as f:

@@ -4,7 +4,8 @@ Images come back as float32 ``(N, C, H, W)`` in ``[0, 1]`` (``load_dataset`` the
 Where files live (``root`` = ``data_dir``, else ``$NCGUIDE_CACHE``, else ``~/.cache/ncguide``):
 
 - ``fashion-mnist``: the four IDX files (``train-images-idx3-ubyte[.gz]`` ...) in ``root``,
-  ``root/fashion-mnist`` or ``/usr/share/datasets/fashion-mnist`` (Debian ``dataset-fashion-mnist``).
+  ``root/fashion-mnist`` or ``<system data folder>/fashion-mnist`` (Debian ``dataset-fashion-mnist``;
+  the system data folder is ``/usr/share/datasets``, or ``$NCGUIDE_SYSTEM_DATA_DIR`` when set).
 - ``cifar10``/``cifar100``/``stl10``: ``root/cifar-10-batches-py``, ``root/cifar-100-python``,
   ``root/stl10_binary``; when absent, the official archive is fetched (``download=True``),
   MD5-checked and unpacked there (see ``archives.py``).
@@ -28,7 +29,8 @@ from .formats import read_cifar_batch, read_idx, read_npz, read_stl10
 
 __all__ = ["load_fashion_mnist", "load_cifar10", "load_cifar100", "load_stl10", "load_imagenet", "load_npz"]
 
-FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")
+SYSTEM_DATA_DIR_ENV = "NCGUIDE_SYSTEM_DATA_DIR"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -40,6 +42,30 @@ def _labels(y: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.asarray(y, dtype=np.int64))
 
 
+def system_data_dir() -> Path:
+    """Where Debian's ``dataset-*`` packages put data: ``$NCGUIDE_SYSTEM_DATA_DIR``, else ``/usr/share/datasets``."""
+    env = os.environ.get(SYSTEM_DATA_DIR_ENV)
+    return Path(env).expanduser() if env else SYSTEM_DATA_DIR
+
+
+FASHION_MNIST_STEMS = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def find_fashion_mnist(data_dir: str | os.PathLike | None = None) -> list[Path] | None:
+    """The four Fashion-MNIST IDX files (train images, train labels, test images, test labels), or None."""
+    root = cache_dir(data_dir)
+    for folder in (root, root / "fashion-mnist", system_data_dir() / "fashion-mnist"):
+        files = [_find_idx(folder, s) for s in FASHION_MNIST_STEMS]
+        if all(files):
+            return files
+    return None
+
+
 def _find_idx(folder: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz"):
         if (folder / name).is_file():
@@ -49,20 +75,11 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
 
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, seed: int = 0) -> Dataset:
     """Fashion-MNIST from IDX files: 60000 train / 10000 test, ``(1, 28, 28)``, 10 classes."""
-    stems = (
-        "train-images-idx3-ubyte",
-        "train-labels-idx1-ubyte",
-        "t10k-images-idx3-ubyte",
-        "t10k-labels-idx1-ubyte",
-    )
-    root = cache_dir(data_dir)
-    for folder in (root, root / "fashion-mnist", FASHION_MNIST_SYSTEM_DIR):
-        files = [_find_idx(folder, s) for s in stems]
-        if all(files):
-            break
-    else:
+    files = find_fashion_mnist(data_dir)
+    if files is None:
+        root, system = cache_dir(data_dir), system_data_dir() / "fashion-mnist"
         raise ValueError(
-            f"Fashion-MNIST IDX files ({stems[0]}[.gz] ...) not found in {root} or {FASHION_MNIST_SYSTEM_DIR}; "
+            f"Fashion-MNIST IDX files ({FASHION_MNIST_STEMS[0]}[.gz] ...) not found in {root} or {system}; "
             "install the Debian package dataset-fashion-mnist (apt-get install dataset-fashion-mnist) "
             "or put the four files in data_dir"
         )
