@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Convergence parity of the warm solver route (issue 12): `nearest-etf` with the default solver (exact:
+# Convergence parity of the warm solver route: `nearest-etf` with the default solver (exact:
 # solver=auto) against `nearest-etf` with solver=warm, same 5 seeds, on the four settings of BENCHMARKS.md §3.
 #   bash studies/warm_parity.sh [OUTROOT]        (default: warm-parity-out)
 # Writes OUTROOT/<setting>/{exact,warm}/{summary.json,report.md,*.png,runs/}. The two variants go to separate
