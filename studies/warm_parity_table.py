@@ -1,7 +1,8 @@
 """Convergence parity of the warm solver route: tables from the output of ``studies/warm_parity.sh``.
 
     python studies/warm_parity_table.py studies/results/warm-parity
-    python studies/warm_parity_table.py ROOT --a exact --b exact-2t --settings mnist1d   (any two variants)
+    python studies/warm_parity_table.py ROOT --a exact --b exact-svd --settings mnist1d   (any two variants)
+    python studies/warm_parity_table.py ROOT --settings mnist1d+mnist1d-more-seeds        (pool seed folders)
 
 ROOT holds ``<setting>/<variant>/`` compare folders of ``nearest-etf`` (``exact``: the default solver, ``warm``:
 ``solver=warm``); A and B name two variants (default ``exact`` and ``warm``). Prints, in markdown:
@@ -30,6 +31,7 @@ from pathlib import Path
 
 from ncguide.experiments.checkpoint import CHECKPOINT, load_checkpoint
 from ncguide.experiments.files import read_jsonl
+from ncguide.experiments.report import load_runs, summarize
 from tables import cell, first_epoch, mean_last, median_range, reached, table_head
 
 SETTINGS = ("ufm-k10", "ufm-k100", "mnist1d", "fashion-mnist")
@@ -41,15 +43,31 @@ ROUNDING_FLOOR = {"nc2_w": 1e-6}
 
 
 def load(root: Path, setting: str, variants: tuple[str, str]) -> dict[str, dict] | None:
-    """``{variant: the nearest-etf entry of its summary.json}``, or None unless both exist."""
+    """``{variant: the nearest-etf entry of its summary.json}``, or None unless both exist. A setting
+    ``a+b`` pools the seeds of the folders ``a`` and ``b`` (summarised again from their run logs, with the
+    thresholds of ``a``'s summary.json)."""
     out = {}
     for v in variants:
-        path = root / setting / v / "summary.json"
-        if not path.is_file():
+        paths = [root / part / v / "summary.json" for part in setting.split("+")]
+        if not all(p.is_file() for p in paths):
             return None
-        summary = json.loads(path.read_text())
+        summary = json.loads(paths[0].read_text())
+        if len(paths) > 1:
+            runs: dict[int, list[dict]] = {}
+            for p in paths:
+                runs.update(load_runs(p.parent)[METHOD])
+            thresholds = {k: (t["op"], t["value"]) for k, t in summary["thresholds"].items()}
+            summary = summarize({METHOD: dict(sorted(runs.items()))}, thresholds)
         out[v] = {**summary["methods"][METHOD], "thresholds": summary["thresholds"]}
     return out
+
+
+def run_dirs(root: Path, setting: str, variant: str) -> dict[str, Path]:
+    """``{seed-<s>: its run folder}`` over the folders of ``setting`` (``a+b`` pools them)."""
+    out = {}
+    for part in setting.split("+"):
+        out.update({p.name: p for p in (root / part / variant / "runs" / METHOD).glob("seed-*")})
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0].removeprefix("seed-"))))
 
 
 def reach_epochs(s: dict, key: str) -> list[int | None]:
@@ -136,11 +154,10 @@ def paired_rows(root: Path, settings: list[str], variants: tuple[str, str]) -> l
         if both is None:
             continue
         thr = both[variants[0]]["thresholds"]
-        dirs = [root / setting / v / "runs" / METHOD for v in variants]
-        seeds = {p.name for p in dirs[0].glob("seed-*")} & {p.name for p in dirs[1].glob("seed-*")}
+        dirs = [run_dirs(root, setting, v) for v in variants]
         diffs: dict[str, list[float]] = {}
-        for seed in sorted(seeds, key=lambda n: int(n.removeprefix("seed-"))):
-            recs = [read_jsonl(d / seed / "metrics.jsonl") for d in dirs]
+        for seed in [s for s in dirs[0] if s in dirs[1]]:
+            recs = [read_jsonl(d[seed] / "metrics.jsonl") for d in dirs]
             if not all(recs):
                 continue
             row = {}
@@ -173,9 +190,8 @@ def paired_rows(root: Path, settings: list[str], variants: tuple[str, str]) -> l
 def count_rows(root: Path, settings: list[str], variant: str) -> list[str]:
     rows = []
     for setting in settings:
-        runs = root / setting / variant / "runs" / METHOD
         per_seed = []
-        for seed_dir in sorted(runs.glob("seed-*"), key=lambda p: int(p.name.removeprefix("seed-"))):
+        for seed_dir in run_dirs(root, setting, variant).values():
             path = seed_dir / CHECKPOINT
             if not path.is_file():
                 continue
