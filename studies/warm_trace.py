@@ -10,9 +10,10 @@ Trains ``nearest-etf`` with ``solver=warm`` through ``ncguide.experiments.train`
 ``step``, ``epoch`` (the training epoch it belongs to), ``refresh`` (an exact refresh), ``fallback`` (a warm
 step whose certificate ``η`` exceeded ``hard_tol``, so the head kept ``U_prev``), ``eta`` (the step's
 certificate ``max|UᵀU − I|``; 0 on refreshes), ``err`` (``max|U − polar(Z)|`` of the ``U`` the head used
-against a float64 SVD polar factor of the same ``Z``), ``cond`` (σ_max/σ_min of ``Z``) and the refresh
-interval of the policy. Prints per seed: the largest ``err`` on warm steps that did not fall back and every
-fallback step.
+against a float64 SVD polar factor of the same ``Z``), ``cond`` (σ_max/σ_min of ``Z``), ``drift``
+(``‖S − S_prev‖_F/‖S‖_F`` with ``S = ZᵀZ``, from the previous solver call; the route's own drift test uses
+it at refreshes, with ``drift_max``) and the refresh interval of the policy. Prints per seed: the largest
+``err``, ``eta`` and ``drift`` on warm steps that did not fall back, and every fallback step.
 """
 
 from __future__ import annotations
@@ -44,18 +45,21 @@ def main() -> None:
         d = int(build_backbone(cfg, ds).feature_dim)  # its size only: train() builds (and seeds) its own
         head = NearestETFHead(d, ds.num_classes, **head_kwargs(cfg))
         trace: list[dict] = []
-        seen = {"fallbacks": 0}
+        seen: dict = {"fallbacks": 0, "S": None}
 
         def hook(module, inputs, output, trace=trace, seen=seen, spe=spe):
             Z = inputs[0].detach().double()
             s = torch.linalg.svdvals(Z)
+            S = Z.T @ Z
+            drift = float("nan") if seen["S"] is None else float((S - seen["S"]).norm() / S.norm())
+            seen["S"] = S
             fallbacks = int(module.fallbacks)
             step = int(module.steps)
             trace.append({
                 "step": step, "epoch": (step - 1) // spe + 1, "refresh": bool(module.last_refreshed),
                 "fallback": fallbacks > seen["fallbacks"], "eta": float(module.eta),
                 "err": float((output.detach().double() - polar_factor(Z)).abs().max()),
-                "cond": float(s[0] / s[-1]), "interval": module.get_extra_state()["policy"]["interval"],
+                "cond": float(s[0] / s[-1]), "drift": drift, "interval": module.get_extra_state()["policy"]["interval"],
             })
             seen["fallbacks"] = fallbacks
 
@@ -70,13 +74,16 @@ def main() -> None:
               f"{len(falls)} fallbacks; largest err on a warm step: "
               + (f"{worst['err']:.2e} (step {worst['step']}, epoch {worst['epoch']}, eta {worst['eta']:.1e})"
                  if worst else "—")
-              + f"; largest eta on a warm step: {max((r['eta'] for r in warm), default=float('nan')):.2e}")
+              + f"; largest eta on a warm step: {max((r['eta'] for r in warm), default=float('nan')):.2e}"
+              + f"; largest drift on a warm step: {max((r['drift'] for r in warm), default=float('nan')):.3f}")
         for r in falls:
             i = r["step"] - 1
             before = trace[max(0, i - 3):i]
+            prev = ", ".join(f"{b['step']}{' (refresh)' if b['refresh'] else ''} eta {b['eta']:.1e} "
+                             f"drift {b['drift']:.3f}" for b in before)
             print(f"  fallback at step {r['step']} (epoch {r['epoch']}): eta {r['eta']:.2e}, err of the U used "
-                  f"(U_prev) {r['err']:.2e}, cond(Z) {r['cond']:.3g}, interval {r['interval']}; previous steps: "
-                  + ", ".join(f"{b['step']}{' (refresh)' if b['refresh'] else ''} eta {b['eta']:.1e}" for b in before))
+                  f"(U_prev) {r['err']:.2e}, cond(Z) {r['cond']:.3g}, drift {r['drift']:.3f}, "
+                  f"interval {r['interval']}; previous steps: {prev}")
 
 
 if __name__ == "__main__":
