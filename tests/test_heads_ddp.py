@@ -47,7 +47,9 @@ class _Net(nn.Module):
         self.backbone = nn.Linear(D_IN, D)
         self.head = NearestETFHead(D, K, solver=solver)
         if solver == "warm":  # warm steps from the third step on (tolerances loose: these batches jump)
-            self.head.warm.settings = WarmSettings(drift_max=1e9, first_interval=8, soft_tol=0.1, hard_tol=0.1)
+            self.head.warm.settings = WarmSettings(
+                cold_steps=0, drift_max=1e9, first_interval=8, soft_tol=0.1, hard_tol=0.1, accept_tol=0.1
+            )
         self.double()  # float64: the comparison tests the reduction, not float32 round-off (which the
         # solve's implicit gradient amplifies by up to ~1/δ)
 

@@ -33,9 +33,11 @@ first order ``‖U − polar(Z)‖ ≲ η``: the certificate measures the error 
 - ``interval`` starts at ``first_interval``, doubles after every interval whose warm steps all met
   ``soft_tol`` (up to ``max_interval``) and halves after a miss; a miss also halves the drift
   threshold (restored, doubling, by clean intervals), so a fast-moving problem stays on exact solves.
-- A regular step whose own ``η`` exceeds ``hard_tol`` keeps ``U_prev`` for that step (a device-side
-  select, no sync) and the next step refreshes; ``fallbacks`` counts these (on the training
-  trajectories of the tests: none).
+- The first ``cold_steps`` calls are all exact (the running means move fastest there: ``α_t = 2/(t+1)``).
+- A regular step whose own ``η`` exceeds ``hard_tol`` counts in ``fallbacks`` and the next step refreshes;
+  its ``U`` (error ≈ ``η``) is still used up to ``accept_tol``, beyond which it keeps ``U_prev`` (a
+  device-side select, no sync). In the convergence-parity runs (studies/results/warm-parity) such steps
+  came only in the first epoch, before ``cold_steps`` existed.
 
 **Backward** of a regular step (the implicit derivative, as in :mod:`ncguide.polar_iteration`):
 ``∂L/∂Z = U (Ω − W P⁻¹) + G P⁻¹`` with ``W = UᵀG`` and ``P Ω + Ω P = W − Wᵀ``, the Lyapunov equation
@@ -67,7 +69,9 @@ class WarmSettings:
     backward_cg: int = 8
     soft_tol: float = 1e-8
     hard_tol: float = 1e-6
+    accept_tol: float = 1e-3
     drift_max: float = 0.05
+    cold_steps: int = 64
     first_interval: int = 4
     max_interval: int = 256
 
@@ -80,8 +84,12 @@ class WarmSettings:
             raise ValueError(
                 f"need first_interval <= max_interval; got {self.first_interval}, {self.max_interval}"
             )
-        if not 0 < self.soft_tol <= self.hard_tol:
-            raise ValueError(f"need 0 < soft_tol <= hard_tol; got {self.soft_tol}, {self.hard_tol}")
+        if not 0 < self.soft_tol <= self.hard_tol <= self.accept_tol:
+            raise ValueError(
+                f"need 0 < soft_tol <= hard_tol <= accept_tol; got {self.soft_tol}, {self.hard_tol}, {self.accept_tol}"
+            )
+        if not (isinstance(self.cold_steps, int) and not isinstance(self.cold_steps, bool) and self.cold_steps >= 0):
+            raise ValueError(f"WarmSettings.cold_steps must be an integer >= 0; got {self.cold_steps!r}")
         if not self.drift_max > 0:
             raise ValueError(f"drift_max must be > 0; got {self.drift_max}")
 
@@ -271,8 +279,9 @@ class WarmPolarSolver(nn.Module):
         pol, s = self._policy, self.settings
         missed = pol["pending"] and not (self._late_eta() <= s.soft_tol)  # NaN counts as a miss
         pol["pending"] = False
+        pol["calls"] = pol.get("calls", 0) + 1
         self.steps += 1
-        if not pol["ready"] or pol["cold"]:
+        if not pol["ready"] or pol["cold"] or pol["calls"] <= s.cold_steps:
             return self._refresh(Z)
         if missed:  # shorter intervals, and stay exact until the problem moves more slowly than now
             pol["interval"] = max(1, pol["interval"] // 2)
@@ -284,7 +293,7 @@ class WarmPolarSolver(nn.Module):
             return self._refresh(Z)
         self.last_refreshed = False
         U, X, Y, eta = warm_polar(Z, self.V, self.X, self.Y, s)
-        ok = eta <= s.hard_tol
+        ok, usable = eta <= s.hard_tol, eta <= s.accept_tol
         with torch.no_grad():
             self.X.copy_(X)
             self.Y.copy_(Y)
@@ -293,7 +302,7 @@ class WarmPolarSolver(nn.Module):
         self._post_eta()
         pol["since"] += 1
         pol["pending"] = True
-        return torch.where(ok, U, U_prev.to(U.dtype))
+        return torch.where(usable, U, U_prev.to(U.dtype))  # error ≈ η: better than U_prev up to accept_tol
 
     def _refresh(self, Z: torch.Tensor) -> torch.Tensor:
         pol = self._policy
