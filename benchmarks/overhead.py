@@ -25,6 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from ncguide import WarmSettings
 from ncguide.experiments.models import build_model
 from ncguide.heads import build_head
 
@@ -72,6 +73,8 @@ def bench_setting(name: str, methods: list[str], device: str, reps: int, warmup:
         model = copy.deepcopy(base)
         kwargs = {"solver": solver} if solver else {}
         head = build_head(method, model.feature_dim, k, **kwargs).to(device)
+        if getattr(head, "warm", None) is not None:  # time regular steps, no cold start; refreshes are counted
+            head.warm.settings = WarmSettings(cold_steps=0)
         params = list(model.parameters()) + list(head.parameters())
         runs[spec] = (model, head, torch.optim.SGD(params, lr=1e-3, momentum=0.9))
 
