@@ -106,8 +106,7 @@ class GramPolarFactor(torch.autograd.Function):
     @staticmethod
     def forward(ctx, Z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         Z64 = Z.double()
-        lam, B = torch.linalg.eigh(Z64.transpose(-1, -2) @ Z64)  # ascending eigenvalues
-        S = lam.clamp_min(0).sqrt()
+        S, B = gram_singular(Z64)
         if bool((S[..., 0] <= GRAM_MIN_RATIO * S[..., -1]).any()):
             return _svd_polar(ctx, Z)
         A = (Z64 @ B) / S.unsqueeze(-2)
@@ -158,6 +157,12 @@ class IterativePolarFactor(torch.autograd.Function):
             return _polar_backward(A, S, Bh, G), None, None
         U, Z, s = ctx.saved_tensors
         return polar_iteration_backward(U, Z, s, G.double(), ctx.steps).to(G.dtype), None, None
+
+
+def gram_singular(Z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values ``Σ`` (ascending) and right singular vectors ``B`` of ``Z`` from ``eigh(ZᵀZ) = B Σ² Bᵀ``."""
+    lam, B = torch.linalg.eigh(Z.transpose(-1, -2) @ Z)
+    return lam.clamp_min(0).sqrt(), B
 
 
 def _svd_polar(ctx, Z: torch.Tensor) -> torch.Tensor:

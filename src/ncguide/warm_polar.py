@@ -56,6 +56,9 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .polar_iteration import _sym
+from .solve import GRAM_MIN_RATIO, _polar_backward, gram_singular
+
 __all__ = ["WarmSettings", "WarmPolarSolver", "warm_polar", "lyapunov_cg"]
 
 
@@ -92,10 +95,6 @@ class WarmSettings:
             raise ValueError(f"WarmSettings.cold_steps must be an integer >= 0; got {self.cold_steps!r}")
         if not self.drift_max > 0:
             raise ValueError(f"drift_max must be > 0; got {self.drift_max}")
-
-
-def _sym(X: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (X + X.transpose(-1, -2))
 
 
 def lyapunov_cg(X: torch.Tensor, R: torch.Tensor, iterations: int, antisymmetric: bool = False) -> torch.Tensor:
@@ -174,11 +173,8 @@ class _Refresh(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, Z):  # type: ignore[override]
-        from .solve import GRAM_MIN_RATIO
-
         Z64 = Z.double()
-        lam, V = torch.linalg.eigh(Z64.transpose(-1, -2) @ Z64)
-        p = lam.clamp_min(0).sqrt()
+        p, V = gram_singular(Z64)
         if not bool(p[0] > GRAM_MIN_RATIO * p[-1]):
             raise ValueError(
                 f"the warm route needs a well-conditioned Z (σ_min/σ_max = {float(p[0] / p[-1]):.1e} <= "
@@ -195,8 +191,6 @@ class _Refresh(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, G, *_):  # type: ignore[override]
-        from .solve import _polar_backward
-
         A, p, Bh = ctx.saved_tensors
         return _polar_backward(A, p, Bh, G.double()).to(ctx.dtype)
 
@@ -233,7 +227,7 @@ class WarmPolarSolver(nn.Module):
         self.register_buffer("refreshes", torch.zeros((), dtype=torch.long))
         self.register_buffer("fallbacks", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-        self._policy = {"ready": False, "cold": True, "since": 0, "pending": False}
+        self._policy = {"ready": False, "cold": True, "since": 0, "pending": False, "calls": 0}
         self.settings = settings or WarmSettings()  # sets the policy's interval and drift threshold
         self._eta_host: torch.Tensor | None = None
         self._eta_event = None
@@ -279,7 +273,7 @@ class WarmPolarSolver(nn.Module):
         pol, s = self._policy, self.settings
         missed = pol["pending"] and not (self._late_eta() <= s.soft_tol)  # NaN counts as a miss
         pol["pending"] = False
-        pol["calls"] = pol.get("calls", 0) + 1
+        pol["calls"] += 1
         self.steps += 1
         if not pol["ready"] or pol["cold"] or pol["calls"] <= s.cold_steps:
             return self._refresh(Z)
