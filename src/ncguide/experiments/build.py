@@ -10,6 +10,8 @@ this file (see "UFM" below).
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -19,7 +21,8 @@ from .config import TrainConfig
 from .data import Dataset, DatasetLoader, TensorLoader, load_dataset
 from .models import build_model
 
-__all__ = ["ETF_METHODS", "load_data", "build_backbone", "build_run_head", "head_kwargs", "make_loaders"]
+__all__ = ["ETF_METHODS", "data_fingerprint", "load_data", "build_backbone", "build_run_head", "head_kwargs",
+           "make_loaders"]
 
 ETF_METHODS = ("fixed-etf", "nearest-etf", "nearest-etf-nograd")  # need feature_dim >= num_classes
 
@@ -30,6 +33,21 @@ def load_data(cfg: TrainConfig) -> Dataset:
     if cfg.test_per_class is not None:
         kw["test_per_class"] = cfg.test_per_class
     return load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed, train_per_class=cfg.train_per_class, **kw)
+
+
+def data_fingerprint(cfg: TrainConfig) -> str | None:
+    """``sha256:<hex>`` of the file behind ``npz:PATH`` (a user's file may change under the same name), None
+    for the named data sets (fixed by their name and options) and for a file that cannot be read."""
+    if not cfg.dataset.lower().startswith("npz:"):
+        return None
+    h = hashlib.sha256()
+    try:
+        with Path(cfg.dataset.partition(":")[2]).expanduser().open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError:
+        return None
+    return "sha256:" + h.hexdigest()
 
 
 def build_backbone(cfg: TrainConfig, ds: Dataset) -> nn.Module:

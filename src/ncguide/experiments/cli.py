@@ -23,7 +23,8 @@ __all__ = ["main", "build_parser", "resolve_config"]
 # flag dest -> TrainConfig field
 _COMMON_FLAGS = {"dataset": "dataset", "model": "model", "epochs": "epochs", "batch_size": "batch_size",
                  "lr": "lr", "device": "device", "data_dir": "data_dir"}
-_COMPARE_KEYS = ("methods", "seeds")  # YAML/--set keys read by `compare`, not TrainConfig fields
+# YAML/--set keys read by `compare`, not TrainConfig fields
+_COMPARE_KEYS = ("methods", "seeds", "grid", "selection_seeds", "variants", "report_epochs")
 
 _DESCRIPTION = """\
 Guiding neural collapse: train classifiers whose head is the simplex ETF nearest to the
@@ -59,7 +60,17 @@ Train every method for every seed, one run after another, into OUT/runs/<method>
 then write OUT/summary.json, OUT/report.md and the figures OUT/*.png; OUT/config.yaml holds
 the resolved comparison. Re-running on the same OUT reuses finished runs and resumes
 interrupted ones. Besides TrainConfig fields, a config file may list `methods:` (a list)
-and `seeds:` (a count N for seeds 0..N-1, or a list); --methods/--seeds override them."""
+and `seeds:` (a count N for seeds 0..N-1, or a list); --methods/--seeds override them.
+
+Tuned comparison (best against best): with --grid KEY=V1,V2,... (YAML `grid: {KEY: [V1, V2]}`)
+every method first runs every grid point on the selection seeds (--selection-seeds N, YAML
+`selection_seeds:`; default 2 seeds, 1000 and 1001, never report seeds) into
+OUT/runs/<method>/<KEY=V>/seed-<s>/; per method the point with the fewest median epochs to
+99% training accuracy wins (ties: lower final training loss), and the report seeds
+then run at each method's winner. OUT/selection.json and the report show the tuning table.
+A YAML `variants:` mapping names methods with their own settings, e.g.
+  variants: {nearest-etf-freeze: {method: nearest-etf, freeze_after: 5}}
+and `report_epochs: [50, 200]` picks the epochs of the training-accuracy table."""
 
 _REPORT_DESCRIPTION = """\
 Read DIR/runs/<method>/seed-<s>/metrics.jsonl and (re)write DIR/summary.json, DIR/report.md
@@ -136,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--methods", metavar="A,B,C",
                    help="comma-separated methods (default: standard,fixed-etf,nearest-etf)")
     c.add_argument("--seeds", metavar="N", help="number of seeds, runs seeds 0..N-1 (default 3), or a list 0,1,4")
+    c.add_argument("--grid", action="append", metavar="KEY=V1,V2", default=None,
+                   help="tune every method over these values of KEY on the selection seeds first; repeatable")
+    c.add_argument("--selection-seeds", dest="selection_seeds", metavar="N",
+                   help="seeds per grid point for the selection (default 2: seeds 1000, 1001), or a list")
+    c.add_argument("--report-epochs", dest="report_epochs", metavar="E1,E2",
+                   help="epochs of the training-accuracy table (default: the last epoch and its midpoint)")
+    c.add_argument("--variant", dest="variants", action="append", default=None, metavar="NAME:KEY=V,...",
+                   help="a named method with its own settings, e.g. nearest-etf-freeze:method=nearest-etf,"
+                        "freeze_after=3; list NAME in --methods; repeatable")
     c.add_argument("--out", metavar="DIR", help="output directory of the comparison (required)")
     _add_run_flags(c)
 
@@ -146,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training accuracy to reach, as a fraction (default 0.99)")
     r.add_argument("--nc1-threshold", type=float, default=None, metavar="X",
                    help="NC1 value to reach (default: nc1_threshold of the runs' config)")
+    r.add_argument("--report-epochs", dest="report_epochs", metavar="E1,E2",
+                   help="epochs of the training-accuracy table (default: the compare's, else the last and its "
+                        "midpoint)")
     return parser
 
 
@@ -183,6 +206,10 @@ def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) ->
     flags.update(extra_flags or {})
     d.update({k: v for k, v in flags.items() if v is not None})
     compare.update({k: getattr(args, k) for k in _COMPARE_KEYS if getattr(args, k, None) is not None})
+    if getattr(args, "grid", None) is not None:  # --grid items replace the file's grid as a whole
+        compare["grid"] = args.grid
+    if getattr(args, "variants", None) is not None:  # --variant items add to (or replace) the file's variants
+        compare["variants"] = {**(compare.get("variants") or {}), **_parse_variant_flags(args.variants)}
     train_sets = []
     for item in args.overrides:
         key, eq, value = item.partition("=")
@@ -193,6 +220,19 @@ def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) ->
         else:
             train_sets.append(item)
     return (apply_overrides(d, train_sets) if train_sets else d), compare
+
+
+def _parse_variant_flags(items: list[str]) -> dict[str, dict]:
+    """``["name:method=m,key=v"]`` → ``{"name": {"method": "m", "key": "v"}}`` (values typed later)."""
+    out = {}
+    for item in items:
+        name, colon, rest = item.partition(":")
+        pairs = [p.partition("=") for p in rest.split(",") if p.strip()]
+        if not colon or not name.strip() or not pairs or any(not eq or not k.strip() for k, eq, _ in pairs):
+            raise ValueError(f"bad --variant {item!r}; write NAME:method=M,KEY=V,..., e.g. "
+                             "--variant nearest-etf-freeze:method=nearest-etf,freeze_after=3")
+        out[name.strip()] = {k.strip(): v.strip() for k, _, v in pairs}
+    return out
 
 
 def _check_out(out: str | None) -> Path:
@@ -239,18 +279,34 @@ def _print_config(d: dict) -> int:
 
 
 def _cmd_compare(args) -> int:
-    from .compare import DEFAULT_METHODS, DEFAULT_SEEDS, parse_methods, parse_seeds, run_compare
+    from .compare import (
+        DEFAULT_METHODS,
+        DEFAULT_SEEDS,
+        DEFAULT_SELECTION_SEEDS,
+        parse_grid,
+        parse_methods,
+        parse_seeds,
+        parse_variants,
+        run_compare,
+    )
     from .config import TrainConfig
 
     d, compare = resolve_config(args)
     for k in ("method", "seed"):  # set per run
         d.pop(k, None)
-    methods = parse_methods(compare.get("methods", DEFAULT_METHODS))
+    variants = parse_variants(compare.get("variants"))
+    methods = parse_methods(compare.get("methods", DEFAULT_METHODS), variants)
     seeds = parse_seeds(compare.get("seeds", DEFAULT_SEEDS))
+    grid = parse_grid(compare.get("grid"))
+    options = dict(grid=grid, selection_seeds=compare.get("selection_seeds", DEFAULT_SELECTION_SEEDS),
+                   variants=variants, report_epochs=compare.get("report_epochs"))
     if args.print_config:
-        cfg = TrainConfig.from_dict({**d, "method": methods[0]}).to_dict()
-        return _print_config({"methods": methods, "seeds": seeds, **{k: v for k, v in cfg.items() if k != "method"}})
-    run_compare(d, methods, seeds, _check_out(args.out), resume=args.resume)
+        cfg = TrainConfig.from_dict({**d, "method": "standard"}).to_dict()
+        extra = {"grid": grid, "selection_seeds": options["selection_seeds"]} if grid else {}
+        extra.update({"variants": variants} if variants else {})
+        return _print_config({"methods": methods, "seeds": seeds, **extra,
+                              **{k: v for k, v in cfg.items() if k not in ("method", "seed")}})
+    run_compare(d, methods, seeds, _check_out(args.out), resume=args.resume, **options)
     return 0
 
 
@@ -265,7 +321,9 @@ def _cmd_report(args) -> int:
         thresholds["train_acc"] = (">=", args.train_acc_threshold)
     if args.nc1_threshold is not None:
         thresholds["nc1"] = ("<=", args.nc1_threshold)
-    summary = write_report(out, thresholds)
+    from .report import check_report_epochs
+
+    summary = write_report(out, thresholds, check_report_epochs(args.report_epochs))
     print(summary_table(summary))
     print(f"\nreport: {out / 'report.md'} (figures {out}/*.png, numbers {out / 'summary.json'})")
     return 0

@@ -1,108 +1,242 @@
-"""Runs of methods × seeds side by side, then the report.
+"""Runs of methods × seeds side by side, optionally each method tuned on a grid first, then the report.
 
     summary = run_compare({"dataset": "mnist1d", "model": "cnn1d", "epochs": 30},
                           methods=["standard", "fixed-etf", "nearest-etf"], seeds=3, out_dir="out")
+    summary = run_compare(base, methods, seeds=5, out_dir="out", grid={"lr": [3e-4, 1e-3, 3e-3, 1e-2]})
 
-Layout of ``out_dir`` (docs/design.md): ``runs/<method>/seed-<s>/`` (``metrics.jsonl``, ``config.json``,
-``checkpoint.pt``, all written by :func:`ncguide.experiments.train.train`), ``config.yaml`` (the resolved comparison:
-base config, methods, seeds; ``ncguide compare --config out/config.yaml --out out`` repeats it), and the
-report (``summary.json``, ``report.md``, ``*.png``). Runs go one after the other in this process.
-Re-running on the same ``out_dir`` reuses finished runs and resumes unfinished ones from their checkpoint;
-it may add methods or seeds. Runs in ``out_dir`` made with another config (other than method, seed and
-runtime fields such as ``device``) are an error: the report pools every run in ``out_dir/runs``.
+Without a grid, every method runs at ``base`` on the report seeds into ``runs/<method>/seed-<s>/``.
+
+With a grid (``{key: [values]}``, any TrainConfig fields that change results), the comparison is *best
+against best* with the same budget for every method:
+
+1. *selection*: every method runs at every grid point on the selection seeds (``selection_seeds``, by
+   default 2 seeds 1000, 1001, never among the report seeds) into ``runs/<method>/<point>/seed-<s>/``,
+   ``<point>`` = ``key=value[,key=value...]``;
+2. per method the grid point with the lowest median epochs to the *primary threshold* (training accuracy
+   ≥ 0.99) wins; ties go to the lower median final training loss, then to the earlier grid point. A point
+   whose median seed never reached the threshold counts as infinitely late (it ranks last);
+3. *report*: every method runs on the report seeds at its winning point; the report shows only these runs,
+   after the tuning table (``selection.json``, also copied into ``summary.json``).
+
+Methods are names of ``ncguide.heads.METHODS`` or *variants*: ``{"nearest-etf-freeze": {"method":
+"nearest-etf", "freeze_after": 5}}`` names a method with its own overrides (its folder is its name).
+
+Files in ``out_dir``: ``runs/`` (each run's ``metrics.jsonl``, ``config.json``, ``checkpoint.pt``, written by
+:func:`ncguide.experiments.train.train`), ``config.yaml`` (the resolved comparison; ``ncguide compare --config
+out/config.yaml --out out`` repeats it), ``selection.json`` (with a grid) and the report (``summary.json``,
+``report.md``, ``*.png``). Runs go one after the other in this process. Re-running on the same ``out_dir``
+reuses finished runs and resumes unfinished ones; it may add methods, seeds or grid values.
+
+A run's identity is the config saved in its checkpoint (``config.json`` is only a copy for people, and a
+run's data file — ``npz:`` — is fingerprinted in the checkpoint too): before anything trains, every run
+folder in ``out_dir/runs`` must hold a checkpoint of the config this comparison expects there (runs of
+methods no longer listed: the same experiment up to method, seed and grid keys), else it is an error —
+a folder whose identity cannot be established is refused, never reused.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..heads import METHODS
-from .checkpoint import RUNTIME_FIELDS, is_finished
-from .config import TrainConfig, with_defaults
-from .files import atomic_write_text, last_record
-from .report import short_record, summary_table, write_report
-from .train import METRICS, train
+from .checkpoint import CHECKPOINT, RUNTIME_FIELDS, load_checkpoint
+from .config import TrainConfig, apply_overrides, field_names, with_defaults
+from .files import atomic_write_text, last_record, read_jsonl
+from .report import (
+    DEFAULT_TRAIN_ACC_THRESHOLD,
+    DIVERGED,
+    SELECTION,
+    check_report_epochs,
+    first_reach,
+    median_or_inf,
+    short_record,
+    summary_table,
+    write_report,
+)
+from .train import METRICS, NonFiniteLossError, train
 
-__all__ = ["DEFAULT_METHODS", "DEFAULT_SEEDS", "parse_methods", "parse_seeds", "run_dir", "run_compare"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "DEFAULT_SEEDS",
+    "DEFAULT_SELECTION_SEEDS",
+    "SELECTION_SEED_BASE",
+    "parse_methods",
+    "parse_seeds",
+    "parse_grid",
+    "parse_variants",
+    "point_name",
+    "run_dir",
+    "select_point",
+    "run_compare",
+]
 
 DEFAULT_METHODS = ("standard", "fixed-etf", "nearest-etf")
 DEFAULT_SEEDS = 3
+DEFAULT_SELECTION_SEEDS = 2
+SELECTION_SEED_BASE = 1000  # selection seed i is 1000 + i: disjoint from the usual report seeds 0..N-1
+_NOT_GRID = {"method", "seed"} | RUNTIME_FIELDS  # keys a grid may not vary
+_SEEDS_HELP = "give a count N (seeds 0..N-1) or a list like 0,1,2"
 
 
-def parse_seeds(seeds: int | str | Iterable[int]) -> list[int]:
-    """``3`` or ``"3"`` → ``[0, 1, 2]``; ``"0,4"`` or ``[0, 4]`` → ``[0, 4]``."""
+def parse_seeds(seeds: int | str | Iterable[int], base: int = 0, what: str = "seeds") -> list[int]:
+    """``3`` or ``"3"`` → ``[base, base+1, base+2]``; ``"0,4"`` or ``[0, 4]`` → ``[0, 4]``."""
+    bad = f"bad {what} {seeds!r}; " + _SEEDS_HELP.replace("0..N-1", f"{base}..{base}+N-1")
     if isinstance(seeds, str):
         s = seeds.strip()
         try:
             seeds = [int(x) for x in s.split(",")] if "," in s else int(s)
         except ValueError:
-            raise ValueError(f"bad seeds {seeds!r}; give a count N (seeds 0..N-1) or a list like 0,1,2") from None
+            raise ValueError(bad) from None
     if isinstance(seeds, bool):
-        raise ValueError(f"bad seeds {seeds!r}; give a count N (seeds 0..N-1) or a list like 0,1,2")
+        raise ValueError(bad)
     if isinstance(seeds, int):
         if seeds < 1:
-            raise ValueError(f"seeds must be a count >= 1 (got {seeds}); e.g. seeds: 3 runs seeds 0, 1, 2")
-        return list(range(seeds))
+            raise ValueError(f"{what} must be a count >= 1 (got {seeds}); e.g. {what}: 3 runs seeds {base}, "
+                             f"{base + 1}, {base + 2}")
+        return list(range(base, base + seeds))
     try:
         out = [int(s) for s in seeds]
     except (TypeError, ValueError):
-        raise ValueError(f"bad seeds {seeds!r}; give a count N (seeds 0..N-1) or a list like 0,1,2") from None
+        raise ValueError(bad) from None
     if not out or len(set(out)) != len(out):
-        raise ValueError(f"seeds must be a non-empty list without repeats (got {out})")
+        raise ValueError(f"{what} must be a non-empty list without repeats (got {out})")
     return out
 
 
-def parse_methods(methods: str | Iterable[str]) -> list[str]:
-    """``"standard,nearest-etf"`` or a list → a list of known, distinct method names."""
+def parse_variants(variants: Mapping[str, Mapping] | None) -> dict[str, dict]:
+    """``{name: {"method": m, key: value, ...}}`` → the same, checked: a new name (a folder name, not a
+    method's), a known method, TrainConfig keys only (not ``seed``)."""
+    out = {}
+    if variants is None:
+        return out
+    if not isinstance(variants, Mapping):
+        raise ValueError(f"variants must map a name to its settings, e.g. {{nearest-etf-freeze: {{method: "
+                         f"nearest-etf, freeze_after: 5}}}}; got {variants!r}")
+    for name, spec in variants.items():
+        if not isinstance(name, str) or not _safe_name(name) or name in METHODS:
+            raise ValueError(f"bad variant name {name!r}: use letters, digits, '-', '_', '.', '+', not a "
+                             f"method's name ({', '.join(METHODS)})")
+        if not isinstance(spec, Mapping) or spec.get("method") not in METHODS:
+            raise ValueError(f"variant {name!r} needs `method:` one of {', '.join(METHODS)}; got {spec!r}")
+        bad = sorted(set(spec) - set(field_names()) | ({"seed"} & set(spec)))
+        if bad:
+            raise ValueError(f"variant {name!r}: {bad[0]!r} is not a setting a variant may change")
+        out[name] = dict(spec)
+    return out
+
+
+def parse_methods(methods: str | Iterable[str], variants: Mapping[str, Mapping] | None = None) -> list[str]:
+    """``"standard,nearest-etf"`` or a list → a list of distinct method (or variant) names."""
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
     methods = list(methods)
-    unknown = [m for m in methods if m not in METHODS]
+    known = [*METHODS, *(variants or {})]
+    unknown = [m for m in methods if m not in known]
     if unknown or not methods:
-        raise ValueError(f"unknown method(s) {unknown or methods}; valid methods: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method(s) {unknown or methods}; valid methods: {', '.join(known)}")
     if len(set(methods)) != len(methods):
         raise ValueError(f"method listed twice in {methods}; list each method once")
     return methods
 
 
-def run_dir(out_dir: str | Path, method: str, seed: int) -> Path:
-    """``out_dir/runs/<method>/seed-<seed>``."""
-    return Path(out_dir) / "runs" / method / f"seed-{seed}"
+def parse_grid(grid: Mapping[str, object] | Iterable[str] | None) -> dict[str, list]:
+    """``{"lr": [1e-3, 1e-2]}`` or CLI items ``["lr=1e-3,1e-2"]`` → ``{key: [typed values]}`` (values
+    coerced as ``--set`` does; at least one value per key, no repeats, no method/seed/runtime key)."""
+    if grid is None:
+        return {}
+    if isinstance(grid, Mapping):
+        items = list(grid.items())
+    else:
+        items = []
+        for item in grid:
+            key, eq, values = str(item).partition("=")
+            if not eq or not key.strip() or not values.strip():
+                raise ValueError(f"bad --grid {item!r}; write it as KEY=V1,V2,..., e.g. --grid lr=1e-3,3e-3,1e-2")
+            items.append((key.strip(), [v.strip() for v in values.split(",")]))
+    out: dict[str, list] = {}
+    for key, values in items:
+        if key in out:
+            raise ValueError(f"grid key {key!r} given twice; list all its values once: {key}=V1,V2,...")
+        if key not in field_names() or key in _NOT_GRID:
+            why = "a runtime setting that does not change results" if key in RUNTIME_FIELDS else "not a grid key"
+            raise ValueError(f"grid key {key!r} is {why}; a grid varies config fields such as lr, weight_decay, "
+                             "temperature (methods and seeds have their own options)")
+        if not isinstance(values, (list, tuple)):
+            values = [values]
+        typed = []
+        for v in values:
+            if isinstance(v, (dict, list, tuple)):
+                raise ValueError(f"grid values must be single values; got {v!r} for {key!r}")
+            typed.append(apply_overrides({}, [f"{key}={_yaml_text(v)}"])[key])
+        if not typed:
+            raise ValueError(f"grid key {key!r} has no values")
+        names = [_value_text(v) for v in typed]
+        if len(set(names)) != len(names):
+            raise ValueError(f"grid key {key!r} lists a value twice: {values!r}")
+        for v, name in zip(typed, names):
+            if not _safe_name(name):
+                raise ValueError(f"grid value {v!r} of {key!r} cannot name a folder; use letters, digits, '-', "
+                                 "'_', '.', '+'")
+        out[key] = typed
+    return out
 
 
-def _config_diff(saved: dict, wanted: dict) -> list[str]:
-    keys = sorted((set(saved) | set(wanted)) - RUNTIME_FIELDS - {"method", "seed"})
-    return [f"{k}: {saved.get(k)!r} vs {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k)]
+def point_name(point: Mapping[str, object]) -> str:
+    """A grid point's folder name: ``lr=0.001`` or ``lr=0.001,weight_decay=0.0005``."""
+    return ",".join(f"{k}={_value_text(v)}" for k, v in point.items())
 
 
-def _check_same_experiment(out_dir: Path, wanted: dict, skip: set[Path]) -> None:
-    """Every run already in ``out_dir/runs`` (except those in ``skip``, about to be retrained) must share
-    ``wanted``'s config up to method, seed and runtime fields: the report pools all of them."""
-    wanted = json.loads(json.dumps(wanted))  # round-trip so tuples and lists compare equal
-    for path in sorted(out_dir.glob("runs/*/seed-*/config.json")):
-        if path.parent in skip:
-            continue
-        try:
-            saved = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # train() rewrites it
-        diff = _config_diff(with_defaults(saved), wanted)
-        if diff:
-            raise ValueError(
-                f"{out_dir} holds runs made with a different config ({'; '.join(diff[:3])}; e.g. {path.parent}); "
-                f"use a new --out directory, or delete {out_dir / 'runs'} to start over"
-            )
+def run_dir(out_dir: str | Path, method: str, seed: int, point: Mapping[str, object] | None = None) -> Path:
+    """``out_dir/runs/<method>/seed-<seed>``, or ``out_dir/runs/<method>/<point>/seed-<seed>`` on a grid."""
+    base = Path(out_dir) / "runs" / method
+    return (base / point_name(point) if point else base) / f"seed-{seed}"
 
 
-def _write_compare_config(out_dir: Path, base: dict, methods: list[str], seeds: list[int]) -> None:
-    import yaml
+def select_point(runs: Mapping[str, Mapping[int, list[dict]]], threshold: float = DEFAULT_TRAIN_ACC_THRESHOLD
+                 ) -> tuple[str, list[dict]]:
+    """The winning grid point of one method and the table behind it.
 
-    resolved = {"methods": methods, "seeds": seeds, **{k: v for k, v in base.items() if k not in ("method", "seed")}}
-    text = "# resolved by `ncguide compare`; rerun with: ncguide compare --config config.yaml --out <dir>\n"
-    atomic_write_text(out_dir / "config.yaml", text + yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
+    ``runs``: ``{point name: {seed: records}}`` in grid order. Rank by the median epochs to
+    ``train_acc >= threshold`` (a seed that never reaches it counts as inf, so a point whose median seed
+    never reached it ranks last), then the median final ``train_loss``, then grid order. Returns
+    ``(winner, rows)``; rows (grid order) hold ``point``, ``epochs`` (median, None if inf), ``per_seed``,
+    ``reached``, ``total``, ``final_train_loss``, ``final_train_acc``, ``rank`` (1 = winner)."""
+    rows = []
+    for order, (name, by_seed) in enumerate(runs.items()):
+        epochs = [first_reach(recs, "train_acc", ">=", threshold)[0] for recs in by_seed.values()]
+        finals = [recs[-1] if recs else {} for recs in by_seed.values()]
+        med = median_or_inf(epochs)
+        loss = median_or_inf([f.get("train_loss", math.inf) for f in finals])
+        rows.append({
+            "point": name, "epochs": None if math.isinf(med) else med,
+            "per_seed": [None if math.isinf(e) else e for e in epochs],
+            "reached": sum(math.isfinite(e) for e in epochs), "total": len(epochs),
+            "final_train_loss": None if math.isinf(loss) else loss,
+            "final_train_acc": median_or_inf([f.get("train_acc", math.nan) for f in finals]),
+            "_key": (med, loss, order),
+        })
+    if not rows:
+        raise ValueError("no grid point to select from")
+    for rank, row in enumerate(sorted(rows, key=lambda r: r["_key"]), 1):
+        row["rank"] = rank
+    for row in rows:
+        del row["_key"]
+    return next(r["point"] for r in rows if r["rank"] == 1), rows
+
+
+@dataclass(frozen=True)
+class _Run:
+    phase: str  # "selection" or "report"
+    method: str
+    point: dict  # grid values ({} without a grid)
+    seed: int
+    cfg: TrainConfig
+    path: Path
 
 
 def run_compare(
@@ -111,47 +245,229 @@ def run_compare(
     seeds: int | str | Iterable[int] = DEFAULT_SEEDS,
     out_dir: str | Path = "out",
     *,
+    grid: Mapping[str, object] | Iterable[str] | None = None,
+    selection_seeds: int | str | Iterable[int] = DEFAULT_SELECTION_SEEDS,
+    variants: Mapping[str, Mapping] | None = None,
+    report_epochs: Iterable[int] | None = None,
     resume: bool = True,
     progress: str = "auto",
     log: Callable[[str], None] = print,
     report: bool = True,
 ) -> dict:
-    """Train every method × seed of ``base`` into ``out_dir/runs/<method>/seed-<s>/``, then write the report.
+    """Train every method × seed of ``base`` into ``out_dir/runs/`` (see the module docstring), then write
+    the report.
 
     ``base``: a TrainConfig or a dict of its fields (``method`` and ``seed`` are replaced per run).
-    ``seeds``: a count N (seeds 0..N-1) or a list. Finished runs are reused (not retrained) and unfinished
-    ones resumed when ``resume``; ``resume=False`` retrains everything from scratch. ``log`` gets one line
-    per run. Returns the report summary (:func:`ncguide.experiments.report.summarize`), or ``{}`` when ``report=False``.
+    ``seeds``: the report seeds, a count N (seeds 0..N-1) or a list. ``grid``: ``{key: [values]}`` (or CLI
+    items ``"key=v1,v2"``) to tune every method on ``selection_seeds`` (a count N: seeds 1000..1000+N-1, or
+    a list disjoint from ``seeds``) before the report seeds run at each method's winner. ``variants``: named
+    methods with their own overrides. ``report_epochs``: epochs of the paper-style accuracy table (default
+    the last epoch and its midpoint). Finished runs are reused and unfinished ones resumed when ``resume``;
+    ``resume=False`` retrains everything. ``log`` gets one line per run. Returns the report summary
+    (:func:`ncguide.experiments.report.summarize`), or ``{}`` when ``report=False``.
     """
     base_dict = base.to_dict() if isinstance(base, TrainConfig) else dict(base)
-    methods, seeds = parse_methods(methods), parse_seeds(seeds)
-    # validate every run's config before training any of them
-    # seed-major order: an interrupted comparison has every method at the first seeds
-    configs = {(m, s): TrainConfig.from_dict({**base_dict, "method": m, "seed": s}) for s in seeds for m in methods}
+    base_dict.pop("method", None)
+    base_dict.pop("seed", None)
+    variants = parse_variants(variants)
+    methods, seeds, grid = parse_methods(methods, variants), parse_seeds(seeds), parse_grid(grid)
+    sel_seeds = parse_seeds(selection_seeds, SELECTION_SEED_BASE, "selection_seeds") if grid else []
+    if set(sel_seeds) & set(seeds):
+        raise ValueError(f"selection_seeds {sorted(set(sel_seeds) & set(seeds))} are also report seeds; the two "
+                         "sets must be disjoint (selection seeds count from 1000 by default)")
+    for name, spec in variants.items():
+        clash = sorted(set(spec) & set(grid))
+        if clash and name in methods:
+            raise ValueError(f"variant {name!r} fixes {clash[0]!r}, which the grid varies; drop one of them")
+    report_epochs = check_report_epochs(report_epochs)
+
+    points = _grid_points(grid)
+
+    def config(method: str, point: dict, seed: int) -> TrainConfig:
+        spec = variants.get(method, {"method": method})
+        return TrainConfig.from_dict({**base_dict, **spec, **point, "seed": seed})
+
+    # every run's config is checked before anything trains; seed-major order within each phase, so an
+    # interrupted comparison has every method at the first seeds
+    selection = [_Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p))
+                 for s in sel_seeds for p in (points if len(points) > 1 else []) for m in methods]
+    candidates = {m: {point_name(p): p for p in points} for m in methods}
+    for m in methods:  # the report runs could use any point: check them all now
+        for p in points:
+            config(m, p, seeds[0])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    first = configs[methods[0], seeds[0]].to_dict()
-    _check_same_experiment(out_dir, first, skip=set() if resume else {run_dir(out_dir, m, s) for m, s in configs})
-    _write_compare_config(out_dir, first, methods, seeds)
+    planned = {r.path: r.cfg for r in selection}
+    planned.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
+    _check_existing_runs(out_dir, planned, grid, variants, resume)
+    _write_compare_config(out_dir, base_dict, methods, seeds, grid, sel_seeds, variants, report_epochs)
 
-    n = len(configs)
-    for i, ((m, s), cfg) in enumerate(configs.items(), 1):
-        path = run_dir(out_dir, m, s)
-        tag = f"[{i}/{n}] {m} seed {s}"
-        if resume and is_finished(path):
-            log(f"{tag}: reused finished run in {path} ({short_record(last_record(path / METRICS))})")
-            continue
-        resuming = resume and (path / "checkpoint.pt").is_file()
-        log(f"{tag}: {'resuming' if resuming else 'training'} in {path}")
-        t0 = time.perf_counter()
-        record = train(cfg, path, resume=resume, progress=progress)
-        log(f"{tag}: done in {time.perf_counter() - t0:.1f} s ({short_record(record or {})})")
+    if selection:
+        _run_all(selection, resume, progress, log)
+    winners = {m: points[0] for m in methods}
+    if len(points) > 1:
+        tuning = {}
+        for m in methods:
+            by_point = {name: {s: _selection_log(run_dir(out_dir, m, s, p)) for s in sel_seeds}
+                        for name, p in candidates[m].items()}
+            winner, rows = select_point(by_point)
+            winners[m], tuning[m] = candidates[m][winner], rows
+            log(f"selected for {m}: {winner} (median epochs to train acc >= {DEFAULT_TRAIN_ACC_THRESHOLD:g}: "
+                f"{next(r['epochs'] for r in rows if r['point'] == winner)})")
+        atomic_write_text(out_dir / SELECTION, json.dumps({
+            "primary": {"key": "train_acc", "op": ">=", "value": DEFAULT_TRAIN_ACC_THRESHOLD},
+            "grid": grid, "selection_seeds": sel_seeds, "report_seeds": seeds,
+            "selected": {m: winners[m] for m in methods}, "folders": {m: point_name(winners[m]) for m in methods},
+            "tuning": tuning}, indent=2) + "\n")
+    elif grid:
+        atomic_write_text(out_dir / SELECTION, json.dumps({
+            "primary": None, "grid": grid, "selection_seeds": [], "report_seeds": seeds,
+            "selected": {m: points[0] for m in methods}, "folders": {m: point_name(points[0]) for m in methods},
+            "tuning": {}}, indent=2) + "\n")
+    else:
+        (out_dir / SELECTION).unlink(missing_ok=True)
+
+    final = [_Run("report", m, winners[m], s, config(m, winners[m], s), run_dir(out_dir, m, s, winners[m]))
+             for s in seeds for m in methods]
+    _run_all(final, resume, progress, log)
 
     if not report:
         return {}
-    summary = write_report(out_dir)
+    summary = write_report(out_dir, report_epochs=report_epochs)
     log("")
     log(summary_table(summary))
     log("")
     log(f"report: {out_dir / 'report.md'} (figures {out_dir}/*.png, numbers {out_dir / 'summary.json'})")
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _run_all(runs: list[_Run], resume: bool, progress: str, log: Callable[[str], None]) -> None:
+    """Train (or reuse, or resume) each run. A run that diverges (non-finite loss) does not stop the
+    comparison: ``DIVERGED`` in its folder records why (its log stops at the last good evaluation); it never
+    reaches a threshold in the selection and the report lists it. Reruns reuse that outcome."""
+    n = len(runs)
+    for i, r in enumerate(runs, 1):
+        where = f" {point_name(r.point)}" if r.point else ""
+        tag = f"[{r.phase} {i}/{n}] {r.method}{where} seed {r.seed}"
+        ckpt = _read_checkpoint(r.path) if resume else None
+        if ckpt is not None and ckpt.get("finished"):
+            log(f"{tag}: reused finished run in {r.path} ({short_record(last_record(r.path / METRICS))})")
+            continue
+        if ckpt is not None and (r.path / DIVERGED).is_file():
+            log(f"{tag}: reused diverged run in {r.path} ({(r.path / DIVERGED).read_text().strip()})")
+            continue
+        log(f"{tag}: {'resuming' if ckpt is not None else 'training'} in {r.path}")
+        (r.path / DIVERGED).unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        try:
+            record = train(r.cfg, r.path, resume=resume, progress=progress)
+        except NonFiniteLossError as e:
+            atomic_write_text(r.path / DIVERGED, str(e).splitlines()[0] + "\n")
+            log(f"{tag}: diverged after {time.perf_counter() - t0:.1f} s ({str(e).splitlines()[0]})")
+            continue
+        log(f"{tag}: done in {time.perf_counter() - t0:.1f} s ({short_record(record or {})})")
+
+
+def _selection_log(path: Path) -> list[dict]:
+    """A selection run's records; a diverged run's as one record that reaches nothing (its loss is inf)."""
+    if (path / DIVERGED).is_file():
+        return [{"epoch": math.inf, "train_loss": math.inf, "train_acc": math.nan}]
+    return read_jsonl(path / METRICS)
+
+
+def _grid_points(grid: dict[str, list]) -> list[dict]:
+    """Every combination of the grid's values, the first key varying slowest (``[{}]`` without a grid)."""
+    points: list[dict] = [{}]
+    for key, values in grid.items():
+        points = [{**p, key: v} for p in points for v in values]
+    return points
+
+
+def _read_checkpoint(path: Path) -> dict | None:
+    return load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).is_file() else None
+
+
+def _identity_diff(saved: dict, wanted: dict, ignore: set[str] = frozenset()) -> list[str]:
+    saved = json.loads(json.dumps(with_defaults(saved)))
+    wanted = json.loads(json.dumps(wanted))  # round-trip so tuples and lists compare equal
+    keys = sorted((set(saved) | set(wanted)) - RUNTIME_FIELDS - set(ignore))
+    return [f"{k}: {saved.get(k)!r} vs {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k)]
+
+
+def _run_folders(out_dir: Path) -> list[Path]:
+    """Every ``runs/<method>/seed-<s>`` and ``runs/<method>/<point>/seed-<s>`` folder that holds run files."""
+    found = [*out_dir.glob("runs/*/seed-*"), *out_dir.glob("runs/*/*/seed-*")]
+    files = (CHECKPOINT, METRICS, "config.json")
+    return sorted(p for p in found if p.is_dir() and any((p / f).exists() for f in files))
+
+
+def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], grid: dict, variants: dict,
+                         resume: bool) -> None:
+    """Every run folder already in ``out_dir/runs`` must be, by its checkpoint, the run this comparison
+    expects there (a planned folder: exactly its config; any other folder: the same experiment up to
+    method, seed, grid keys and variant settings) — the report pools them. ``ValueError`` otherwise."""
+    from .build import data_fingerprint
+
+    fresh = next(iter(planned.values()))
+    loose = {"method", "seed", *grid, *(k for spec in variants.values() for k in spec)}
+    prints: dict[str, str | None] = {}
+    advice = f"use a new --out directory, or delete {out_dir / 'runs'} to start over"
+    for folder in _run_folders(out_dir):
+        cfg = planned.get(folder)
+        if cfg is not None and not resume:
+            continue  # retrained from scratch
+        if not (folder / CHECKPOINT).is_file():
+            raise ValueError(f"{folder} holds run files but no {CHECKPOINT}, so what run it is cannot be "
+                             f"established; delete that folder (or pass --no-resume to retrain it), or {advice}")
+        ckpt = load_checkpoint(folder / CHECKPOINT)
+        if cfg is not None:
+            diff = _identity_diff(ckpt["config"], cfg.to_dict())
+        else:
+            diff = _identity_diff(ckpt["config"], fresh.to_dict(), ignore=loose)
+        if diff:
+            raise ValueError(f"{out_dir} holds runs made with a different config ({'; '.join(diff[:3])}; e.g. "
+                             f"{folder}); {advice}")
+        saved_print = ckpt.get("data_fingerprint")
+        if saved_print is not None:
+            dataset = ckpt["config"].get("dataset")
+            if dataset not in prints:
+                prints[dataset] = data_fingerprint(TrainConfig.from_dict(with_defaults(ckpt["config"])))
+            if prints[dataset] is not None and prints[dataset] != saved_print:
+                raise ValueError(f"the data file of {dataset} has changed since {folder} was trained (content "
+                                 f"fingerprint differs); {advice}")
+
+
+def _write_compare_config(out_dir: Path, base: dict, methods: list[str], seeds: list[int], grid: dict,
+                          sel_seeds: list[int], variants: dict, report_epochs: list[int] | None) -> None:
+    import yaml
+
+    resolved: dict = {"methods": methods, "seeds": seeds}
+    if grid:
+        resolved.update(grid=grid, selection_seeds=sel_seeds)
+    if variants:
+        resolved["variants"] = {k: v for k, v in variants.items() if k in methods}
+    if report_epochs is not None:
+        resolved["report_epochs"] = report_epochs
+    resolved.update({k: v for k, v in with_defaults(base).items() if k not in ("method", "seed")})
+    text = "# resolved by `ncguide compare`; rerun with: ncguide compare --config config.yaml --out <dir>\n"
+    atomic_write_text(out_dir / "config.yaml", text + yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and all(c.isalnum() or c in "-_.+" for c in name)
+
+
+def _value_text(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "none"
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def _yaml_text(v: object) -> str:
+    return _value_text(v) if not isinstance(v, str) else v

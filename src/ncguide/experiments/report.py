@@ -31,11 +31,20 @@ from .files import atomic_write_text, read_jsonl
 __all__ = [
     "FIGURES",
     "DEFAULT_TRAIN_ACC_THRESHOLD",
+    "DIVERGED",
+    "SELECTION",
+    "check_report_epochs",
+    "first_reach",
+    "median_or_inf",
+    "read_selection",
+    "run_folders",
     "load_runs",
     "run_configs",
     "default_thresholds",
     "summarize",
     "summary_table",
+    "paper_table",
+    "tuning_table",
     "short_record",
     "plot_figures",
     "write_report",
@@ -55,6 +64,8 @@ FIGURES: dict[str, tuple[str, list[tuple[str, str]], bool]] = {
     "nc4.png": ("NC4: disagreement with nearest class mean", [("nc4", "NC4")], True),
 }
 OVERVIEW = "overview.png"
+DIVERGED = "DIVERGED"  # in a run folder of a compare: that run stopped on a non-finite loss (the reason inside)
+SELECTION = "selection.json"  # written by a compare with a grid: the tuning table and each method's winner
 
 # Columns of the summary table: (metric key, header, is an accuracy).
 _TABLE_METRICS = [
@@ -81,37 +92,92 @@ def _order_methods(methods) -> list[str]:
     return known + sorted(m for m in methods if m not in _METHOD_ORDER)
 
 
+def read_selection(out_dir: str | Path) -> dict | None:
+    """``out_dir/selection.json`` (a compare with a grid), or None."""
+    path = Path(out_dir) / SELECTION
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); rerun the `ncguide compare` that wrote it") from None
+
+
+def _seed_of(path: Path) -> int | None:
+    try:
+        return int(path.name.removeprefix("seed-"))
+    except ValueError:
+        return None
+
+
+def run_folders(out_dir: str | Path) -> dict[str, dict[int, Path]]:
+    """The run folders a report covers: ``{method: {seed: folder}}``.
+
+    Without ``selection.json``: every ``runs/<method>/seed-<s>``. With it (a tuned compare): per method
+    only ``runs/<method>/<selected point>/seed-<s>`` for the report seeds — selection runs are never
+    reported."""
+    runs_dir = Path(out_dir) / "runs"
+    selection = read_selection(out_dir)
+    found: dict[str, dict[int, Path]] = {}
+    if selection is None:
+        for path in sorted(runs_dir.glob("*/seed-*")):
+            if (seed := _seed_of(path)) is not None and path.is_dir():
+                found.setdefault(path.parent.name, {})[seed] = path
+    else:
+        report_seeds = set(selection.get("report_seeds", []))
+        for method, folder in selection.get("folders", {}).items():
+            for path in sorted((runs_dir / method / folder).glob("seed-*")):
+                if (seed := _seed_of(path)) in report_seeds and path.is_dir():
+                    found.setdefault(method, {})[seed] = path
+    return {m: dict(sorted(found[m].items())) for m in _order_methods(found)}
+
+
 def load_runs(out_dir: str | Path) -> dict[str, dict[int, list[dict]]]:
-    """Read ``out_dir/runs/<method>/seed-<s>/metrics.jsonl`` → ``{method: {seed: [record, ...]}}``.
+    """Read the ``metrics.jsonl`` of every run folder of :func:`run_folders` → ``{method: {seed: [record,
+    ...]}}``.
 
     Runs with an empty log are skipped. Raises ValueError when there is nothing to report."""
-    runs_dir = Path(out_dir) / "runs"
     runs: dict[str, dict[int, list[dict]]] = {}
-    for path in sorted(runs_dir.glob("*/seed-*/metrics.jsonl")):
-        try:
-            seed = int(path.parent.name.removeprefix("seed-"))
-        except ValueError:
-            continue
-        records = read_jsonl(path)
-        if records:
-            runs.setdefault(path.parent.parent.name, {})[seed] = records
+    for method, by_seed in run_folders(out_dir).items():
+        for seed, folder in by_seed.items():
+            records = read_jsonl(folder / "metrics.jsonl")
+            if records:
+                runs.setdefault(method, {})[seed] = records
     if not runs:
         raise ValueError(
-            f"no run logs under {runs_dir}/<method>/seed-<s>/metrics.jsonl; "
+            f"no run logs under {Path(out_dir) / 'runs'}/<method>/seed-<s>/metrics.jsonl; "
             "point `ncguide report` at the --out directory of `ncguide compare`"
         )
-    return {m: dict(sorted(runs[m].items())) for m in _order_methods(runs)}
+    return runs
 
 
 def run_configs(out_dir: str | Path) -> list[dict]:
-    """The ``config.json`` of every run under ``out_dir/runs`` (unreadable ones skipped)."""
+    """The ``config.json`` of every run the report covers (unreadable ones skipped)."""
     configs = []
-    for path in sorted((Path(out_dir) / "runs").glob("*/seed-*/config.json")):
-        try:
-            configs.append(json.loads(path.read_text()))
-        except (OSError, json.JSONDecodeError):
-            continue
+    for by_seed in run_folders(out_dir).values():
+        for folder in by_seed.values():
+            try:
+                configs.append(json.loads((folder / "config.json").read_text()))
+            except (OSError, json.JSONDecodeError):
+                continue
     return configs
+
+
+def check_report_epochs(report_epochs) -> list[int] | None:
+    """``"50,200"`` or ``[50, 200]`` → ``[50, 200]`` (epochs >= 0); None stays None (the default)."""
+    if report_epochs is None:
+        return None
+    if isinstance(report_epochs, str):
+        report_epochs = [e for e in report_epochs.split(",") if e.strip()]
+    try:
+        epochs = [int(e) for e in report_epochs]
+        if any(float(e) != int(e) for e in report_epochs):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ValueError(f"bad report_epochs {report_epochs!r}; give whole epochs like 50,200") from None
+    if not epochs or any(e < 0 for e in epochs):
+        raise ValueError(f"report_epochs must be whole epochs >= 0; got {report_epochs!r}")
+    return sorted(set(epochs))
 
 
 def default_thresholds(configs: list[dict] | None = None) -> dict[str, tuple[str, float]]:
@@ -145,13 +211,20 @@ def _stats(values) -> dict:
     return {k: (None if isinstance(x, float) and math.isinf(x) else x) for k, x in out.items()}
 
 
+def median_or_inf(values) -> float:
+    """The median with NaN counted as inf (a diverged or missing value is the worst); inf when empty."""
+    v = np.array([_num(x) for x in values], dtype=np.float64)
+    v[np.isnan(v)] = math.inf
+    return float(np.median(v)) if v.size else math.inf
+
+
 def _reached(value: float, op: str, threshold: float) -> bool:
     if math.isnan(value):
         return False
     return value >= threshold if op == ">=" else value <= threshold
 
 
-def _first_reach(records: list[dict], key: str, op: str, threshold: float) -> tuple[float, float]:
+def first_reach(records: list[dict], key: str, op: str, threshold: float) -> tuple[float, float]:
     """(epoch, wall_s) of the first record whose ``key`` reaches the threshold; (inf, inf) if none."""
     for r in records:
         if _reached(_num(r.get(key)), op, threshold):
@@ -159,16 +232,34 @@ def _first_reach(records: list[dict], key: str, op: str, threshold: float) -> tu
     return math.inf, math.inf
 
 
-def summarize(
-    runs: dict[str, dict[int, list[dict]]], thresholds: dict[str, tuple[str, float]] | None = None
-) -> dict:
-    """Per method over seeds: final metrics (median/min/max) and time to each threshold.
+def default_report_epochs(runs: dict[str, dict[int, list[dict]]]) -> list[int]:
+    """The last epoch any run reached and its midpoint (the paper reports epochs 50 and 200 of 200)."""
+    last = max((int(_num(recs[-1].get("epoch"))) for by_seed in runs.values() for recs in by_seed.values()
+                if recs and math.isfinite(_num(recs[-1].get("epoch")))), default=0)
+    return sorted({last // 2, last})
 
-    Returns ``{"thresholds": {key: {"op", "value"}}, "methods": {method: {"seeds", "epochs", "wall_s",
-    "final": {metric: {median, min, max, n}}, "reach": {key: {"op", "value", "reached", "total",
-    "epoch": {median, min, max, per_seed}, "wall_s": {...}}}}}}`` (unreached → ``None``)."""
+
+def _at_epoch(records: list[dict], epoch: int, key: str) -> float:
+    """``key`` of the record evaluated at ``epoch`` (NaN when that epoch was not evaluated)."""
+    return next((_num(r.get(key)) for r in records if _num(r.get("epoch")) == epoch), math.nan)
+
+
+def summarize(
+    runs: dict[str, dict[int, list[dict]]], thresholds: dict[str, tuple[str, float]] | None = None,
+    report_epochs: list[int] | None = None,
+) -> dict:
+    """Per method over seeds: final metrics (median/min/max), time to each threshold, and training accuracy
+    at ``report_epochs`` (default :func:`default_report_epochs`).
+
+    Returns ``{"thresholds": {key: {"op", "value"}}, "report_epochs": [E, ...], "methods": {method: {"seeds",
+    "epochs", "wall_s", "final": {metric: {median, min, max, n}}, "at_epoch": {"E": {"train_acc": {median,
+    min, max, n, per_seed}}}, "reach": {key: {"op", "value", "reached", "total", "epoch": {median, min,
+    max, per_seed}, "wall_s": {...}}}}}}`` (unreached → ``None``; an epoch a seed did not evaluate is left
+    out of its statistics)."""
     thresholds = thresholds or default_thresholds()
-    summary = {"thresholds": {k: {"op": op, "value": v} for k, (op, v) in thresholds.items()}, "methods": {}}
+    report_epochs = default_report_epochs(runs) if report_epochs is None else list(report_epochs)
+    summary = {"thresholds": {k: {"op": op, "value": v} for k, (op, v) in thresholds.items()},
+               "report_epochs": report_epochs, "methods": {}}
     for method, by_seed in runs.items():
         finals = {s: recs[-1] for s, recs in by_seed.items()}
         keys = [k for k in finals[next(iter(finals))] if k not in _NON_METRICS]
@@ -180,7 +271,7 @@ def summarize(
                 final[k] = _stats(values)
         reach = {}
         for key, (op, value) in thresholds.items():
-            hits = [_first_reach(recs, key, op, value) for recs in by_seed.values()]
+            hits = [first_reach(recs, key, op, value) for recs in by_seed.values()]
             epochs, secs = [h[0] for h in hits], [h[1] for h in hits]
             reach[key] = {
                 "op": op,
@@ -190,11 +281,16 @@ def summarize(
                 "epoch": {**_stats(epochs), "per_seed": [e if math.isfinite(e) else None for e in epochs]},
                 "wall_s": {**_stats(secs), "per_seed": [t if math.isfinite(t) else None for t in secs]},
             }
+        at_epoch = {}
+        for e in report_epochs:
+            accs = [_at_epoch(recs, e, "train_acc") for recs in by_seed.values()]
+            at_epoch[str(e)] = {"train_acc": {**_stats(accs), "per_seed": [None if math.isnan(a) else a for a in accs]}}
         summary["methods"][method] = {
             "seeds": list(by_seed),
             "epochs": _stats(f.get("epoch") for f in finals.values()),
             "wall_s": _stats(f.get("wall_s") for f in finals.values()),
             "final": final,
+            "at_epoch": at_epoch,
             "reach": reach,
         }
     return summary
@@ -242,16 +338,67 @@ def summary_table(summary: dict) -> str:
     for method, m in methods.items():
         row = [f"`{method}`", str(len(m["seeds"]))]
         row += [_fmt_stat(m["final"].get(k), a) for k, _, a in metrics]
-        max_epoch = m["epochs"]["max"]
         for key in summary["thresholds"]:
             r = m["reach"][key]
-            ep, sec = r["epoch"]["median"], r["wall_s"]["median"]
-            if ep is None:
-                ep_s = f">{max_epoch:g}" if max_epoch is not None else "—"
-            else:
-                ep_s = f"{ep:g}"
-            row += [f"{ep_s} ({r['reached']}/{r['total']})", "—" if sec is None else f"{sec:.3g}"]
+            sec = r["wall_s"]["median"]
+            row += [_reach_cell(r, m["epochs"]["max"]), "—" if sec is None else f"{sec:.3g}"]
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _fmt_range(st: dict | None, acc: bool) -> str:
+    """``median [min–max]`` (the paper's form)."""
+    if not st or st.get("n", 0) == 0:
+        return "—"
+    return f"{_fmt(st['median'], acc)} [{_fmt(st['min'], acc)}–{_fmt(st['max'], acc)}]"
+
+
+def paper_table(summary: dict) -> str:
+    """The paper's table: training accuracy at ``report_epochs`` as ``median [min–max]`` over seeds, then
+    epochs and training seconds to the training-accuracy threshold."""
+    methods = summary["methods"]
+    epochs = summary.get("report_epochs", [])
+    t = summary["thresholds"].get("train_acc")
+    head = ["method", "seeds"] + [f"train acc @ epoch {e}" for e in epochs]
+    if t:
+        label = _threshold_label("train_acc", t["op"], t["value"])
+        head += [f"epochs to {label}", f"seconds to {label}"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, m in methods.items():
+        row = [f"`{method}`", str(len(m["seeds"]))]
+        row += [_fmt_range(m.get("at_epoch", {}).get(str(e), {}).get("train_acc"), True) for e in epochs]
+        if t:
+            r = m["reach"]["train_acc"]
+            sec = r["wall_s"]["median"]
+            row += [_reach_cell(r, m["epochs"]["max"]), "—" if sec is None else f"{sec:.3g}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _reach_cell(r: dict, max_epoch) -> str:
+    ep = r["epoch"]["median"]
+    if ep is None:
+        ep_s = f">{max_epoch:g}" if max_epoch is not None else "—"
+    else:
+        ep_s = f"{ep:g}"
+    return f"{ep_s} ({r['reached']}/{r['total']})"
+
+
+def tuning_table(selection: dict) -> str:
+    """One row per method × grid point of a tuned compare: median epochs to the primary threshold on the
+    selection seeds (per seed in brackets), the median final training loss, the rank; the winner in bold."""
+    p = selection.get("primary") or {}
+    what = _threshold_label(p["key"], p["op"], p["value"]) if p else "threshold"
+    head = ["method", "grid point", f"epochs to {what} (reached/total)", "per seed", "final train loss", "rank"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, rows in selection.get("tuning", {}).items():
+        for r in rows:
+            ep = "never" if r["epochs"] is None else f"{r['epochs']:g}"
+            seeds = ", ".join("—" if e is None else f"{e:g}" for e in r["per_seed"])
+            loss = "—" if r["final_train_loss"] is None else f"{r['final_train_loss']:.3g}"
+            point = f"**{r['point']}**" if r["rank"] == 1 else r["point"]
+            cells = [f"`{method}`", point, f"{ep} ({r['reached']}/{r['total']})", seeds, loss, str(r["rank"])]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -342,36 +489,87 @@ def plot_figures(runs: dict[str, dict[int, list[dict]]], out_dir: str | Path) ->
 # the whole report
 
 
-def _setup_line(configs: list[dict], runs) -> str:
+def _setup_line(configs: list[dict], runs, vary: set[str] = frozenset()) -> str:
     if not configs:
         return ""
     c = configs[0]
     keys = ["dataset", "model", "epochs", "batch_size", "optimizer", "lr", "temperature", "delta"]
-    parts = [f"{k}={c[k]}" for k in keys if c.get(k) is not None]
+    parts = [f"{k}={c[k]}" for k in keys if c.get(k) is not None and k not in vary]
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
     return f"Setup: {', '.join(parts)}; seeds {seeds}."
 
 
-def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] | None = None) -> dict:
+def _configured_report_epochs(out_dir: Path) -> list[int] | None:
+    """``report_epochs`` of the comparison's ``config.yaml``, if it sets them."""
+    path = out_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        import yaml
+
+        d = yaml.safe_load(path.read_text()) or {}
+    except Exception:  # noqa: BLE001 (an unreadable config.yaml only loses this default)
+        return None
+    return check_report_epochs(d.get("report_epochs")) if isinstance(d, dict) else None
+
+
+def _selection_section(selection: dict) -> list[str]:
+    seeds = selection.get("selection_seeds", [])
+    chosen = "; ".join(f"`{m}`: {folder}" for m, folder in selection.get("folders", {}).items())
+    grid = ", ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in selection.get("grid", {}).items())
+    md = ["## Tuning", "",
+          f"Grid: {grid}; the same grid for every method. Selected: {chosen}.", ""]
+    if selection.get("tuning"):
+        md += [f"Each grid point ran on the selection seeds {seeds} (never among the report seeds). Per method the "
+               "point with the lowest median epochs to the threshold wins (a point whose median seed never "
+               "reached it ranks last); ties go to the lower median final training loss, then to the earlier "
+               "point. The results below are the report seeds' runs at each method's selected point.", "",
+               tuning_table(selection), ""]
+    return md
+
+
+def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] | None = None,
+                 report_epochs: list[int] | None = None) -> dict:
     """Regenerate ``summary.json``, ``report.md`` and the PNGs in ``out_dir`` from its run logs; returns
-    the summary. ``thresholds`` defaults to ``default_thresholds(<the runs' config.json>)``."""
+    the summary. ``thresholds`` defaults to ``default_thresholds(<the runs' config.json>)``;
+    ``report_epochs`` to those of the comparison's ``config.yaml``, else the last epoch and its midpoint."""
     out_dir = Path(out_dir)
     runs = load_runs(out_dir)
     configs = run_configs(out_dir)
-    summary = summarize(runs, thresholds or default_thresholds(configs))
+    selection = read_selection(out_dir)
+    if report_epochs is None:
+        report_epochs = _configured_report_epochs(out_dir)
+    summary = summarize(runs, thresholds or default_thresholds(configs), report_epochs)
+    diverged = {m: [s for s, folder in by_seed.items() if (folder / DIVERGED).is_file()]
+                for m, by_seed in run_folders(out_dir).items()}
+    summary["diverged"] = {m: seeds for m, seeds in diverged.items() if seeds}
+    if selection is not None:
+        summary["selected"] = selection.get("selected", {})
+        summary["tuning"] = selection.get("tuning", {})
+        summary["selection_seeds"] = selection.get("selection_seeds", [])
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = plot_figures(runs, out_dir)
     t = summary["thresholds"]
     reach = "; ".join(_threshold_label(k, v["op"], v["value"]) for k, v in t.items())
-    md = [
-        "# ncguide comparison",
+    md = ["# ncguide comparison", "", _setup_line(configs, runs, set(selection["grid"]) if selection else set()), ""]
+    if selection is not None:
+        md += _selection_section(selection)
+    epochs = ", ".join(map(str, summary["report_epochs"]))
+    md += [
+        "## Training accuracy at fixed epochs",
         "",
-        _setup_line(configs, runs),
+        paper_table(summary),
+        "",
+        f"As in the paper: training accuracy at epochs {epochs}, median [min–max] over seeds (— where a seed did "
+        "not evaluate that epoch), beside the epochs and training seconds to the training-accuracy threshold.",
         "",
         "## Summary",
         "",
         summary_table(summary),
         "",
+        *([f"Diverged runs (stopped on a non-finite loss; their values are those of their last evaluation): "
+           f"{'; '.join(f'`{m}` seeds {s}' for m, s in summary['diverged'].items())}.", ""]
+          if summary["diverged"] else []),
         "Final values are those of each run's last evaluation (training-set NC metrics on the features the "
         "classifier sees), as median [min, max] over seeds.",
         "",

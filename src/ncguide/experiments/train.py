@@ -93,7 +93,7 @@ from torch import nn
 
 from ..heads import Head, NonFiniteFeaturesError
 from . import distributed
-from .build import build_backbone, build_run_head, load_data, make_loaders
+from .build import build_backbone, build_run_head, data_fingerprint, load_data, make_loaders
 from .checkpoint import (
     CHECKPOINT,
     check_same_config,
@@ -141,6 +141,7 @@ class RunState:
     wall_s: float = 0.0  # training seconds, evaluation and checkpointing excluded
     mid_epoch: bool = False  # stopped inside an epoch (Ctrl-C): resume there, not at a new epoch
     last: dict = field(default_factory=dict)  # the latest evaluation record
+    data_fingerprint: str | None = None  # npz: data, the file's sha256 when the run was built
 
 
 def train(
@@ -180,6 +181,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
     if resume and (out / CHECKPOINT).is_file():
         ckpt = load_checkpoint(out / CHECKPOINT)
         check_same_config(ckpt["config"], cfg, out / CHECKPOINT)
+        _check_same_data(ckpt, cfg, out / CHECKPOINT)
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
             return last_record(out / METRICS)
     elif resume:
@@ -306,6 +308,7 @@ def _train_step(run: RunState, watch: _NonFiniteWatch, x: torch.Tensor, y: torch
 def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> RunState:
     """Data, model, head, optimiser, loaders and learning-rate schedule, in this order (the global RNG
     draws of a run depend on it)."""
+    fingerprint = data_fingerprint(cfg)  # before reading: a file changed while loading counts as changed
     ds = load_data(cfg)
     if model is None:
         model = build_backbone(cfg, ds)
@@ -329,7 +332,7 @@ def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> Ru
     amp = cfg.amp == "bf16" and where.device.type == "cuda"
     return RunState(cfg=cfg, out=out, where=where, model=model, head=head, optimizer=opt, loader=loader,
                     eval_loaders=eval_loaders, n_train=len(ds.train_set) if ds.is_lazy else len(ds.y_train),
-                    lr_factor=schedule,
+                    lr_factor=schedule, data_fingerprint=fingerprint,
                     autocast=(lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else nullcontext)
 
 
@@ -355,6 +358,14 @@ def _refuse_to_overwrite(out: Path, cfg: TrainConfig) -> None:
         f"{metrics} holds the results of an earlier run but {out / CHECKPOINT} is missing ({why}); "
         "pass resume=False to overwrite them, or use another out_dir"
     )
+
+
+def _check_same_data(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
+    """A checkpoint of an ``npz:`` run is resumed (or reused) only with the same file content."""
+    saved, now = ckpt.get("data_fingerprint"), data_fingerprint(cfg)
+    if saved is not None and now is not None and saved != now:
+        raise ValueError(f"{path} was trained on other data: the content of {cfg.dataset.partition(':')[2]} has "
+                         "changed since (sha256 differs); pass resume=False to start over, or use another out_dir")
 
 
 def _start_fresh(run: RunState) -> None:
@@ -417,6 +428,7 @@ def _save(run: RunState, finished: bool = False) -> None:
         "mid_epoch": run.mid_epoch, "finished": finished, "model": run.model.state_dict(),
         "head": run.head.state_dict(), "optimizer": run.optimizer.state_dict(), "loader": run.loader.state_dict(),
         "rng": get_rng_state(), "metrics_bytes": (run.out / METRICS).stat().st_size,
+        "data_fingerprint": run.data_fingerprint,
     })
 
 
