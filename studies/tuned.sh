@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Best against best: every method tuned on the same learning-rate grid (4 log-spaced values bracketing
+# the config's own), 2 selection seeds (1000, 1001) per grid point, then 5 report seeds (0-4) at each
+# method's selected rate (`ncguide compare --grid`, see src/ncguide/experiments/compare.py).
+#
+#   studies/tuned.sh [OUT] [SETTING...]     # default OUT studies/results/tuned, every setting
+#
+# Settings and their cost on 2 CPU cores (52 runs each with the four methods below):
+#   mnist1d mnist1d-stratified   ~10 min each     ufm-k10 ~5 min     ufm-k100 ~25 min
+#   fashion-subset               ~60 min          fashion-full (60k images, 2-D CNN, 10 epochs) ~3-4 h
+# METHODS (env) overrides the methods; FREEZE_AFTER (env, epochs) sets the nearest-etf-freeze variant.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-.venv/bin/python}
+OUT=${1:-studies/results/tuned}
+shift || true
+SETTINGS=("$@")
+[ ${#SETTINGS[@]} -gt 0 ] || SETTINGS=(mnist1d mnist1d-stratified ufm-k10 ufm-k100 fashion-subset fashion-full)
+FREEZE_AFTER=${FREEZE_AFTER:-3}
+METHODS=${METHODS:-standard,fixed-etf,nearest-etf,nearest-etf-freeze}
+
+compare() {  # compare NAME ARGS...
+  local name=$1; shift
+  echo "== $name: $(date -u +%FT%TZ)"
+  local variant=()
+  [[ ",$METHODS," == *",nearest-etf-freeze,"* ]] && variant=(--variant "nearest-etf-freeze:method=nearest-etf,freeze_after=$FREEZE_AFTER")
+  "$PY" -m ncguide compare --out "$OUT/$name" --methods "$METHODS" --seeds 5 --selection-seeds 2 \
+    "${variant[@]}" "$@" \
+    > "$OUT/$name.log" 2>&1 || { echo "$name failed: see $OUT/$name.log"; return 1; }
+  tail -n 8 "$OUT/$name.log"
+}
+
+mkdir -p "$OUT"
+for s in "${SETTINGS[@]}"; do
+  case $s in
+    mnist1d) compare mnist1d --config configs/mnist1d.yaml --grid lr=3e-4,1e-3,3e-3,1e-2 ;;
+    mnist1d-stratified) compare mnist1d-stratified --config configs/mnist1d.yaml --set stratified=true \
+      --grid lr=3e-4,1e-3,3e-3,1e-2 ;;
+    ufm-k10) compare ufm-k10 --config configs/ufm-k10.yaml --set device=cpu --grid lr=0.1,0.3,1,3 ;;
+    ufm-k100) compare ufm-k100 --config configs/ufm-k100.yaml --set device=cpu --grid lr=0.1,0.3,1,3 ;;
+    fashion-subset) compare fashion-subset --config configs/fashion-mnist.yaml --set device=cpu \
+      --grid lr=3e-4,1e-3,3e-3,1e-2 ;;
+    fashion-full) compare fashion-full --config configs/fashion-mnist.yaml --set device=cpu \
+      --set train_per_class=null --set test_per_class=null --set epochs=10 --grid lr=3e-4,1e-3,3e-3,1e-2 ;;
+    *) echo "unknown setting $s"; exit 2 ;;
+  esac
+done
