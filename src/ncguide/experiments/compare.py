@@ -9,7 +9,9 @@ base config, methods, seeds; ``ncguide compare --config out/config.yaml --out ou
 report (``summary.json``, ``report.md``, ``*.png``). Runs go one after the other in this process.
 Re-running on the same ``out_dir`` reuses finished runs and resumes unfinished ones from their checkpoint;
 it may add methods or seeds. Runs in ``out_dir`` made with another config (other than method, seed and
-runtime fields such as ``device``) are an error: the report pools every run in ``out_dir/runs``.
+runtime fields such as ``device``) are an error: the report pools every run in ``out_dir/runs``. A
+comparison holds ``out_dir``'s lock (``locks.py``) from start to end, each run its own folder's: a second
+``compare`` (or a ``train``) into them raises ``locks.RunLockedError`` naming the holder.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..heads import METHODS
 from .checkpoint import RUNTIME_FIELDS, is_finished
 from .config import TrainConfig, with_defaults
 from .files import atomic_write_text, last_record
+from .locks import locks_folder
 from .report import short_record, summary_table, write_report
 from .train import METRICS, train
 
@@ -105,6 +108,7 @@ def _write_compare_config(out_dir: Path, base: dict, methods: list[str], seeds: 
     atomic_write_text(out_dir / "config.yaml", text + yaml.safe_dump(json.loads(json.dumps(resolved)), sort_keys=False))
 
 
+@locks_folder("out_dir")
 def run_compare(
     base: TrainConfig | dict,
     methods: str | Iterable[str] = DEFAULT_METHODS,

@@ -25,6 +25,9 @@ Outputs in ``out_dir`` (only rank 0 writes):
   reads them back).
 - ``checkpoint.pt`` (``checkpoint.py``): after every epoch, atomically; ``finished`` marks a
   completed run (``is_finished``).
+- ``.lock``: a run holds its folder's lock from start to end (``locks.py``); a second ``train`` into the
+  same folder raises ``locks.RunLockedError`` (a ``ValueError``) naming the holder. Under torchrun, rank 0
+  holds it and all ranks stop if it cannot.
 
 Resume (``resume=True`` and a checkpoint exists): the checkpoint is restored, ``metrics.jsonl`` is cut
 back to its size at the checkpoint and training goes on; the final metrics equal an uninterrupted
@@ -81,7 +84,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -107,6 +110,7 @@ from .config import TrainConfig
 from .distributed import Placement
 from .evaluate import evaluate
 from .files import atomic_write_text, last_record, truncate
+from .locks import RunLockedError, folder_lock
 from .optim import agd_init_, build_optimizer, lr_factor, set_lr
 from .progress import PROGRESS_MODES, Progress
 
@@ -166,7 +170,8 @@ def train(
     with _global_settings_restored():
         where = distributed.setup(cfg.device)
         try:
-            return _train(cfg, Path(out_dir), resume, progress, model, head, where)
+            with _run_lock(Path(out_dir), where):
+                return _train(cfg, Path(out_dir), resume, progress, model, head, where)
         finally:
             distributed.teardown(where)
 
@@ -482,6 +487,30 @@ class _InterruptFlag:
     def raise_if_set(self) -> None:
         if self._set:
             raise KeyboardInterrupt
+
+
+@contextmanager
+def _run_lock(out: Path, where: Placement) -> Iterator[None]:
+    """Rank 0 holds ``out``'s lock (``locks.py``) for the whole run; under torchrun the other ranks learn
+    whether it got it (one broadcast), so that all of them stop together when it did not."""
+    if where.world == 1:
+        with folder_lock(out):
+            yield
+        return
+    with ExitStack() as stack:
+        error = None
+        if where.rank == 0:
+            try:
+                stack.enter_context(folder_lock(out))
+            except Exception as e:  # noqa: BLE001 (re-raised below, after telling the other ranks)
+                error = e
+        ok = torch.tensor([int(error is None)], dtype=torch.int32, device=where.device)
+        dist.broadcast(ok, 0)
+        if error is not None:
+            raise error
+        if not int(ok):
+            raise RunLockedError(f"{out} could not be locked by rank 0 (see its error); nothing was trained")
+        yield
 
 
 def _set_determinism(deterministic: bool, device: torch.device) -> None:
