@@ -11,7 +11,8 @@ Re-running on the same ``out_dir`` reuses finished runs and resumes unfinished o
 it may add methods or seeds. Runs in ``out_dir`` made with another config (other than method, seed and
 runtime fields such as ``device``) are an error: the report pools every run in ``out_dir/runs``. A
 comparison holds ``out_dir``'s lock (``locks.py``) from start to end, each run its own folder's: a second
-``compare`` (or a ``train``) into them raises ``locks.RunLockedError`` naming the holder.
+``compare`` (or a ``train``) into them raises ``locks.RunLockedError`` naming the holder. A reused finished
+run's log is first made to agree with its checkpoint (``runlog.finished_record``).
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from pathlib import Path
 from ..heads import METHODS
 from .checkpoint import RUNTIME_FIELDS, is_finished
 from .config import TrainConfig, with_defaults
-from .files import atomic_write_text, last_record
+from .files import atomic_write_text
 from .locks import locks_folder
 from .report import short_record, summary_table, write_report
-from .train import METRICS, train
+from .runlog import finished_record
+from .train import train
 
 __all__ = ["DEFAULT_METHODS", "DEFAULT_SEEDS", "parse_methods", "parse_seeds", "run_dir", "run_compare"]
 
@@ -143,7 +145,7 @@ def run_compare(
         path = run_dir(out_dir, m, s)
         tag = f"[{i}/{n}] {m} seed {s}"
         if resume and is_finished(path):
-            log(f"{tag}: reused finished run in {path} ({short_record(last_record(path / METRICS))})")
+            log(f"{tag}: reused finished run in {path} ({short_record(finished_record(path))})")
             continue
         resuming = resume and (path / "checkpoint.pt").is_file()
         log(f"{tag}: {'resuming' if resuming else 'training'} in {path}")
