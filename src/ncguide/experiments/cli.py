@@ -266,6 +266,8 @@ def _cmd_report(args) -> int:
     if args.nc1_threshold is not None:
         thresholds["nc1"] = ("<=", args.nc1_threshold)
     summary = write_report(out, thresholds)
+    for x in summary["excluded"]:
+        print(f"ncguide: warning: {x['run']} left out of the report: {x['why']}", file=sys.stderr)
     print(summary_table(summary))
     print(f"\nreport: {out / 'report.md'} (figures {out}/*.png, numbers {out / 'summary.json'})")
     return 0

@@ -12,7 +12,8 @@ it may add methods or seeds. Runs in ``out_dir`` made with another config (other
 runtime fields such as ``device``) are an error: the report pools every run in ``out_dir/runs``. A
 comparison holds ``out_dir``'s lock (``locks.py``) from start to end, each run its own folder's: a second
 ``compare`` (or a ``train``) into them raises ``locks.RunLockedError`` naming the holder. A reused finished
-run's log is first made to agree with its checkpoint (``runlog.finished_record``).
+run's log is first made to agree with its checkpoint (``runlog.finished_record``); runs whose log is still
+incomplete are left out of the report, each with a warning line.
 """
 
 from __future__ import annotations
@@ -156,6 +157,8 @@ def run_compare(
     if not report:
         return {}
     summary = write_report(out_dir)
+    for x in summary["excluded"]:
+        log(f"warning: {x['run']} left out of the report: {x['why']}")
     log("")
     log(summary_table(summary))
     log("")

@@ -16,17 +16,22 @@ Conventions (also written into ``report.md``):
   most epochs any seed ran) and unreached seconds as ``—``.
 - Curves: the median over seeds at each evaluated epoch, with a min–max band; one colour per method,
   the same in every figure. Loss and NC metrics use a log scale (symlog near zero when a curve touches 0).
+- Runs whose log lost or cut records (``runlog.check_run_log``: judged against the run's checkpoint, or
+  against its ``config.json`` when the checkpoint was deleted) are left out; ``summary.json``
+  (``excluded``: ``[{"run", "why"}]``) and ``report.md`` name them and say why.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .files import atomic_write_text, read_jsonl
+from .runlog import check_run_log
 
 __all__ = [
     "FIGURES",
@@ -81,26 +86,44 @@ def _order_methods(methods) -> list[str]:
     return known + sorted(m for m in methods if m not in _METHOD_ORDER)
 
 
-def load_runs(out_dir: str | Path) -> dict[str, dict[int, list[dict]]]:
+def load_runs(out_dir: str | Path, excluded: list[dict] | None = None) -> dict[str, dict[int, list[dict]]]:
     """Read ``out_dir/runs/<method>/seed-<s>/metrics.jsonl`` → ``{method: {seed: [record, ...]}}``.
 
-    Runs with an empty log are skipped. Raises ValueError when there is nothing to report."""
+    Runs with an empty log are skipped; runs whose log is incomplete (``runlog.check_run_log``) are left
+    out and appended to ``excluded`` as ``{"run": path relative to out_dir, "why": reason}`` (a warning
+    each when ``excluded`` is None). Raises ValueError when there is nothing to report."""
     runs_dir = Path(out_dir) / "runs"
     runs: dict[str, dict[int, list[dict]]] = {}
+    left_out: list[str] = []
     for path in sorted(runs_dir.glob("*/seed-*/metrics.jsonl")):
         try:
             seed = int(path.parent.name.removeprefix("seed-"))
         except ValueError:
             continue
+        why = check_run_log(path.parent)
+        if why is not None:
+            run = path.parent.relative_to(out_dir).as_posix()
+            _exclude(excluded, run, why)
+            left_out.append(f"{run}: {why}")
+            continue
         records = read_jsonl(path)
         if records:
             runs.setdefault(path.parent.parent.name, {})[seed] = records
+    if not runs and left_out:
+        raise ValueError(f"no complete run logs under {runs_dir}: all {len(left_out)} left out, e.g. {left_out[0]}")
     if not runs:
         raise ValueError(
             f"no run logs under {runs_dir}/<method>/seed-<s>/metrics.jsonl; "
             "point `ncguide report` at the --out directory of `ncguide compare`"
         )
     return {m: dict(sorted(runs[m].items())) for m in _order_methods(runs)}
+
+
+def _exclude(excluded: list[dict] | None, run: str, why: str) -> None:
+    if excluded is None:
+        warnings.warn(f"{run} left out of the report: {why}", stacklevel=3)
+    else:
+        excluded.append({"run": run, "why": why})
 
 
 def run_configs(out_dir: str | Path) -> list[dict]:
@@ -352,13 +375,23 @@ def _setup_line(configs: list[dict], runs) -> str:
     return f"Setup: {', '.join(parts)}; seeds {seeds}."
 
 
+def _excluded_lines(excluded: list[dict]) -> list[str]:
+    """The report's note on runs left out (none when none were)."""
+    if not excluded:
+        return []
+    lines = [f"**Left out**: {len(excluded)} run(s) whose log is incomplete (the table has fewer seeds):", ""]
+    return lines + [f"- `{x['run']}`: {x['why']}" for x in excluded] + [""]
+
+
 def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] | None = None) -> dict:
     """Regenerate ``summary.json``, ``report.md`` and the PNGs in ``out_dir`` from its run logs; returns
     the summary. ``thresholds`` defaults to ``default_thresholds(<the runs' config.json>)``."""
     out_dir = Path(out_dir)
-    runs = load_runs(out_dir)
+    excluded: list[dict] = []
+    runs = load_runs(out_dir, excluded)
     configs = run_configs(out_dir)
     summary = summarize(runs, thresholds or default_thresholds(configs))
+    summary["excluded"] = excluded
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = plot_figures(runs, out_dir)
     t = summary["thresholds"]
@@ -372,6 +405,7 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
         "",
         summary_table(summary),
         "",
+        *_excluded_lines(excluded),
         "Final values are those of each run's last evaluation (training-set NC metrics on the features the "
         "classifier sees), as median [min, max] over seeds.",
         "",
