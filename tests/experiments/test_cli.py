@@ -109,6 +109,32 @@ def test_report_regenerates(compared, capsys):
     assert "| `standard` |" in capsys.readouterr().out
 
 
+def test_cut_log_is_left_out_of_the_report_and_restored_by_compare(compared, tmp_path, capsys):
+    """A finished run's log cut back: `report` leaves it out with a one-line warning (no silent 1-seed
+    method), and re-running `compare` restores the log from the run's checkpoint."""
+    out, argv = compared
+    copy = tmp_path / "out"
+    shutil.copytree(out, copy)
+    log = copy / "runs" / "standard" / "seed-1" / "metrics.jsonl"
+    intact = log.read_bytes()
+    os.truncate(log, len(intact) - 40)
+    capsys.readouterr()
+    assert main(["report", str(copy)]) == 0
+    err = capsys.readouterr().err
+    assert err == ("ncguide: warning: runs/standard/seed-1 left out of the report: the log holds only 2 of the 3 "
+                   "records its checkpoint kept intact; resuming the run (the same train or compare command) "
+                   "rewrites it from the checkpoint\n")
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["methods"]["standard"]["seeds"] == [0] and summary["excluded"][0]["run"] == "runs/standard/seed-1"
+    argv = list(argv)
+    argv[argv.index("--out") + 1] = str(copy)
+    with pytest.warns(UserWarning, match="rewrote them"):
+        assert main(argv) == 0
+    assert log.read_bytes() == intact
+    summary = json.loads((copy / "summary.json").read_text())
+    assert summary["methods"]["standard"]["seeds"] == SEEDS and summary["excluded"] == []
+
+
 def test_train_one_run(tmp_path, capsys):
     out = tmp_path / "one"
     assert main(["train", *TINY, "--method", "fixed-etf", "--seed", "3", "--epochs", "1", "--out", str(out)]) == 0

@@ -136,3 +136,27 @@ def test_report_ignores_truncated_last_line(out):
     p.write_text(p.read_text() + '{"epoch": 7, "train_ac')
     runs = load_runs(out)
     assert len(runs["standard"][0]) == EPOCHS + 1
+
+
+def test_incomplete_log_is_left_out_and_named(out):
+    """A finished run's log cut back (here without a checkpoint: judged by config.json's epochs) is not
+    silently summarised from its truncated records: it is left out, and summary/report say so."""
+    p = out / "runs" / "standard" / "seed-1" / "metrics.jsonl"
+    p.write_text("".join(p.read_text().splitlines(keepends=True)[:3]))  # epochs 0-2 of 6
+    with pytest.warns(UserWarning, match="runs/standard/seed-1 left out of the report: the log ends at epoch 2"):
+        assert sorted(load_runs(out)["standard"]) == [0, 2]
+    summary = write_report(out)
+    assert summary["methods"]["standard"]["seeds"] == [0, 2]
+    why = "the log ends at epoch 2, of 6 epochs (checkpoint.pt missing, judged from config.json)"
+    assert summary["excluded"] == [{"run": "runs/standard/seed-1", "why": why}]
+    assert json.loads((out / "summary.json").read_text())["excluded"] == summary["excluded"]
+    md = (out / "report.md").read_text()
+    assert "**Left out**: 1 run(s)" in md and f"- `runs/standard/seed-1`: {why}" in md
+
+
+def test_all_runs_left_out_is_an_error(tmp_path):
+    _write_runs(tmp_path, {"standard": [(3, 2, 1.0)]})
+    p = tmp_path / "runs" / "standard" / "seed-0" / "metrics.jsonl"
+    p.write_text(p.read_text()[:-40])
+    with pytest.raises(ValueError, match="no complete run logs .* all 1 left out, e.g. runs/standard/seed-0: the log"):
+        load_runs(tmp_path, [])

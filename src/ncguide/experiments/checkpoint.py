@@ -4,8 +4,9 @@
 a dict with ``version`` (1), ``config`` (``TrainConfig.to_dict()``), ``epoch``, ``step``, ``wall_s``,
 ``mid_epoch``, ``finished``, the state dicts of ``model``, ``head`` (running means, ``U_prev``),
 ``optimizer`` and ``loader`` (its position in the epoch), ``rng`` (torch, numpy, python and, when CUDA
-is in use, CUDA generator states) and ``metrics_bytes`` (the size of ``metrics.jsonl`` when it was
-written, so a resume can drop the lines a killed run wrote later).
+is in use, CUDA generator states), ``metrics_lines`` (a copy of the lines of ``metrics.jsonl`` when it
+was written) and ``metrics_bytes`` (their size): a resume cuts the lines a killed run wrote later and
+restores lost ones (``runlog.py``; checkpoints from before ``metrics_lines`` have only the size).
 
 A checkpoint is resumed only by the same config: fields that cannot change the results
 (``RUNTIME_FIELDS``) may differ, and a field added since the checkpoint was written counts as its

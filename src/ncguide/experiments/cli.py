@@ -324,6 +324,8 @@ def _cmd_report(args) -> int:
     from .report import check_report_epochs
 
     summary = write_report(out, thresholds, check_report_epochs(args.report_epochs))
+    for x in summary["excluded"]:
+        print(f"ncguide: warning: {x['run']} left out of the report: {x['why']}", file=sys.stderr)
     print(summary_table(summary))
     print(f"\nreport: {out / 'report.md'} (figures {out}/*.png, numbers {out / 'summary.json'})")
     return 0

@@ -32,12 +32,18 @@ run's data file — ``npz:`` — is fingerprinted in the checkpoint too): before
 folder in ``out_dir/runs`` must hold a checkpoint of the config this comparison expects there (runs of
 methods no longer listed: the same experiment up to method, seed and grid keys), else it is an error —
 a folder whose identity cannot be established is refused, never reused.
+
+A comparison holds ``out_dir``'s lock (``locks.py``) from its first write to its end, and each run its own
+folder's: a second ``compare`` (or a ``train``) into them raises ``locks.RunLockedError`` naming the holder.
+A reused finished run's log is first made to agree with its checkpoint (``runlog.finished_record``); runs
+whose log is still incomplete are left out of the report, each with a warning line.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -46,7 +52,8 @@ from pathlib import Path
 from ..heads import METHODS
 from .checkpoint import CHECKPOINT, RUNTIME_FIELDS, load_checkpoint
 from .config import TrainConfig, apply_overrides, field_names, with_defaults
-from .files import atomic_write_text, last_record, read_jsonl
+from .files import atomic_write_text, read_jsonl
+from .locks import folder_lock
 from .report import (
     DEFAULT_TRAIN_ACC_THRESHOLD,
     DIVERGED,
@@ -58,7 +65,8 @@ from .report import (
     summary_table,
     write_report,
 )
-from .train import METRICS, NonFiniteLossError, train
+from .runlog import METRICS, finished_record
+from .train import NonFiniteLossError, train
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -296,7 +304,14 @@ def run_compare(
         for p in points:
             config(m, p, seeds[0])
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out_dir, enabled=int(os.environ.get("RANK", "0")) == 0):  # creates out_dir
+        return _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs,
+                               base_dict, config, selection, candidates, resume, progress, log, report)
+
+
+def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs, base_dict, config,
+                    selection, candidates, resume, progress, log, report) -> dict:
+    """run_compare's work once its arguments are checked, under ``out_dir``'s lock."""
     planned = {r.path: r.cfg for r in selection}
     planned.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
     _check_existing_runs(out_dir, planned, grid, variants, resume)
@@ -334,6 +349,8 @@ def run_compare(
     if not report:
         return {}
     summary = write_report(out_dir, report_epochs=report_epochs)
+    for x in summary["excluded"]:
+        log(f"warning: {x['run']} left out of the report: {x['why']}")
     log("")
     log(summary_table(summary))
     log("")
@@ -355,7 +372,7 @@ def _run_all(runs: list[_Run], resume: bool, progress: str, log: Callable[[str],
         tag = f"[{r.phase} {i}/{n}] {r.method}{where} seed {r.seed}"
         ckpt = _read_checkpoint(r.path) if resume else None
         if ckpt is not None and ckpt.get("finished"):
-            log(f"{tag}: reused finished run in {r.path} ({short_record(last_record(r.path / METRICS))})")
+            log(f"{tag}: reused finished run in {r.path} ({short_record(finished_record(r.path))})")
             continue
         if ckpt is not None and (r.path / DIVERGED).is_file():
             log(f"{tag}: reused diverged run in {r.path} ({(r.path / DIVERGED).read_text().strip()})")

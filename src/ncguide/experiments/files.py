@@ -1,6 +1,7 @@
 """Run files: atomic writes (a crash or Ctrl-C leaves the old file or the new one, never a torn one),
-reading JSON-lines logs that a killed run may have left with a cut-off last line, and cutting a log
-back to the size it had at a checkpoint."""
+durable appends (the line is on disk when :func:`append_line` returns), reading JSON-lines logs that a
+killed run may have left with a cut-off last line, and cutting a log back to the size it had at a
+checkpoint."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["atomic_write", "atomic_write_text", "read_jsonl", "last_record", "truncate"]
+__all__ = ["atomic_write", "atomic_write_text", "append_line", "read_jsonl", "last_record", "truncate"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
@@ -32,6 +33,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """``Path.write_text``, atomically (UTF-8)."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append ``line`` and a newline to ``path`` (UTF-8), then flush and fsync it."""
+    with Path(path).open("a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

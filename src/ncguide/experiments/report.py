@@ -16,17 +16,22 @@ Conventions (also written into ``report.md``):
   most epochs any seed ran) and unreached seconds as ``—``.
 - Curves: the median over seeds at each evaluated epoch, with a min–max band; one colour per method,
   the same in every figure. Loss and NC metrics use a log scale (symlog near zero when a curve touches 0).
+- Runs whose log lost or cut records (``runlog.check_run_log``: judged against the run's checkpoint, or
+  against its ``config.json`` when the checkpoint was deleted) are left out; ``summary.json``
+  (``excluded``: ``[{"run", "why"}]``) and ``report.md`` name them and say why.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from .files import atomic_write_text, read_jsonl
+from .runlog import check_run_log
 
 __all__ = [
     "FIGURES",
@@ -132,23 +137,44 @@ def run_folders(out_dir: str | Path) -> dict[str, dict[int, Path]]:
     return {m: dict(sorted(found[m].items())) for m in _order_methods(found)}
 
 
-def load_runs(out_dir: str | Path) -> dict[str, dict[int, list[dict]]]:
+def load_runs(out_dir: str | Path, excluded: list[dict] | None = None) -> dict[str, dict[int, list[dict]]]:
     """Read the ``metrics.jsonl`` of every run folder of :func:`run_folders` → ``{method: {seed: [record,
     ...]}}``.
 
-    Runs with an empty log are skipped. Raises ValueError when there is nothing to report."""
+    Runs with an empty log are skipped; runs whose log is incomplete (``runlog.check_run_log``) are left
+    out and appended to ``excluded`` as ``{"run": path relative to out_dir, "why": reason}`` (a warning
+    each when ``excluded`` is None). Raises ValueError when there is nothing to report."""
     runs: dict[str, dict[int, list[dict]]] = {}
+    left_out: list[str] = []
     for method, by_seed in run_folders(out_dir).items():
         for seed, folder in by_seed.items():
+            if not any((folder / f).is_file() for f in ("metrics.jsonl", "checkpoint.pt")):
+                continue
+            why = check_run_log(folder)
+            if why is not None:
+                run = folder.relative_to(out_dir).as_posix()
+                _exclude(excluded, run, why)
+                left_out.append(f"{run}: {why}")
+                continue
             records = read_jsonl(folder / "metrics.jsonl")
             if records:
                 runs.setdefault(method, {})[seed] = records
+    runs_dir = Path(out_dir) / "runs"
+    if not runs and left_out:
+        raise ValueError(f"no complete run logs under {runs_dir}: all {len(left_out)} left out, e.g. {left_out[0]}")
     if not runs:
         raise ValueError(
             f"no run logs under {Path(out_dir) / 'runs'}/<method>/seed-<s>/metrics.jsonl; "
             "point `ncguide report` at the --out directory of `ncguide compare`"
         )
     return runs
+
+
+def _exclude(excluded: list[dict] | None, run: str, why: str) -> None:
+    if excluded is None:
+        warnings.warn(f"{run} left out of the report: {why}", stacklevel=3)
+    else:
+        excluded.append({"run": run, "why": why})
 
 
 def run_configs(out_dir: str | Path) -> list[dict]:
@@ -499,6 +525,14 @@ def _setup_line(configs: list[dict], runs, vary: set[str] = frozenset()) -> str:
     return f"Setup: {', '.join(parts)}; seeds {seeds}."
 
 
+def _excluded_lines(excluded: list[dict]) -> list[str]:
+    """The report's note on runs left out (none when none were)."""
+    if not excluded:
+        return []
+    lines = [f"**Left out**: {len(excluded)} run(s) whose log is incomplete (the table has fewer seeds):", ""]
+    return lines + [f"- `{x['run']}`: {x['why']}" for x in excluded] + [""]
+
+
 def _configured_report_epochs(out_dir: Path) -> list[int] | None:
     """``report_epochs`` of the comparison's ``config.yaml``, if it sets them."""
     path = out_dir / "config.yaml"
@@ -534,12 +568,14 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
     the summary. ``thresholds`` defaults to ``default_thresholds(<the runs' config.json>)``;
     ``report_epochs`` to those of the comparison's ``config.yaml``, else the last epoch and its midpoint."""
     out_dir = Path(out_dir)
-    runs = load_runs(out_dir)
+    excluded: list[dict] = []
+    runs = load_runs(out_dir, excluded)
     configs = run_configs(out_dir)
     selection = read_selection(out_dir)
     if report_epochs is None:
         report_epochs = _configured_report_epochs(out_dir)
     summary = summarize(runs, thresholds or default_thresholds(configs), report_epochs)
+    summary["excluded"] = excluded
     diverged = {m: [s for s, folder in by_seed.items() if (folder / DIVERGED).is_file()]
                 for m, by_seed in run_folders(out_dir).items()}
     summary["diverged"] = {m: seeds for m, seeds in diverged.items() if seeds}
@@ -570,6 +606,7 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
         *([f"Diverged runs (stopped on a non-finite loss; their values are those of their last evaluation): "
            f"{'; '.join(f'`{m}` seeds {s}' for m, s in summary['diverged'].items())}.", ""]
           if summary["diverged"] else []),
+        *_excluded_lines(excluded),
         "Final values are those of each run's last evaluation (training-set NC metrics on the features the "
         "classifier sees), as median [min, max] over seeds.",
         "",

@@ -22,17 +22,22 @@ Outputs in ``out_dir`` (only rank 0 writes):
   then the record of ``evaluate.evaluate``: ``train_loss, train_acc, test_loss, test_acc`` and the NC
   metrics of the training split (docs/metrics.md). The UFM has no test set: ``test_loss`` and
   ``test_acc`` are ``null``. Non-finite values are written as ``NaN``/``Infinity`` (Python's ``json``
-  reads them back).
+  reads them back). Each line is fsynced when written (``runlog.py`` says what the log guarantees).
 - ``checkpoint.pt`` (``checkpoint.py``): after every epoch, atomically; ``finished`` marks a
-  completed run (``is_finished``).
+  completed run (``is_finished``). It keeps a copy of the log's lines.
+- ``.lock``: a run holds its folder's lock from start to end (``locks.py``); a second ``train`` into the
+  same folder raises ``locks.RunLockedError`` (a ``ValueError``) naming the holder. Under torchrun, rank 0
+  holds it and all ranks stop if it cannot.
 
-Resume (``resume=True`` and a checkpoint exists): the checkpoint is restored, ``metrics.jsonl`` is cut
-back to its size at the checkpoint and training goes on; the final metrics equal an uninterrupted
-run's (bitwise on CPU with ``deterministic=True``). A process killed mid-epoch loses that partial
-epoch, which is replayed identically. A finished run is not retrained: ``train`` returns its last
-record. A checkpoint written by a different config raises ``ValueError`` (``checkpoint.RUNTIME_FIELDS``
-may differ), and so does a folder whose ``metrics.jsonl`` holds records but has no checkpoint, unless
-its ``config.json`` shows the same config: ``resume=False`` is needed to overwrite another run's results.
+Resume (``resume=True`` and a checkpoint exists): the checkpoint is restored, ``metrics.jsonl`` is made
+to hold exactly the lines the checkpoint kept (records written after it are cut; records lost or cut are
+rewritten from the checkpoint's copy, with a warning) and training goes on; the final metrics equal an
+uninterrupted run's (bitwise on CPU with ``deterministic=True``). A process killed mid-epoch loses that
+partial epoch, which is replayed identically. A finished run is not retrained: its log is made to agree
+with its checkpoint the same way and ``train`` returns its last record. A checkpoint written by a
+different config raises ``ValueError`` (``checkpoint.RUNTIME_FIELDS`` may differ), and so does a folder
+whose ``metrics.jsonl`` holds records but has no checkpoint, unless its ``config.json`` shows the same
+config: ``resume=False`` is needed to overwrite another run's results.
 
 Ctrl-C (single process): SIGINT only sets a flag; the loop finishes the current step, writes a
 checkpoint *at that step* (loader position included) and raises ``KeyboardInterrupt``; resuming
@@ -81,7 +86,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,13 +111,13 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import Placement
 from .evaluate import evaluate
-from .files import atomic_write_text, last_record, truncate
+from .files import append_line, atomic_write_text, last_record
+from .locks import RunLockedError, folder_lock
 from .optim import agd_init_, build_optimizer, lr_factor, set_lr
 from .progress import PROGRESS_MODES, Progress
+from .runlog import METRICS, log_state, restore_log
 
 __all__ = ["METRICS", "NonFiniteLossError", "RunState", "train", "train_one_epoch"]
-
-METRICS = "metrics.jsonl"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -142,6 +147,7 @@ class RunState:
     mid_epoch: bool = False  # stopped inside an epoch (Ctrl-C): resume there, not at a new epoch
     last: dict = field(default_factory=dict)  # the latest evaluation record
     data_fingerprint: str | None = None  # npz: data, the file's sha256 when the run was built
+    log: list[str] = field(default_factory=list)  # the lines of metrics.jsonl so far (kept in the checkpoint)
 
 
 def train(
@@ -167,7 +173,8 @@ def train(
     with _global_settings_restored():
         where = distributed.setup(cfg.device)
         try:
-            return _train(cfg, Path(out_dir), resume, progress, model, head, where)
+            with _run_lock(Path(out_dir), where):
+                return _train(cfg, Path(out_dir), resume, progress, model, head, where)
         finally:
             distributed.teardown(where)
 
@@ -182,8 +189,9 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         ckpt = load_checkpoint(out / CHECKPOINT)
         check_same_config(ckpt["config"], cfg, out / CHECKPOINT)
         _check_same_data(ckpt, cfg, out / CHECKPOINT)
+        log_lines = restore_log(out, ckpt, write=where.rank == 0)  # the log as the checkpoint counted it
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
-            return last_record(out / METRICS)
+            return json.loads(log_lines[-1]) if log_lines else last_record(out / METRICS)
     elif resume:
         _refuse_to_overwrite(out, cfg)
 
@@ -193,7 +201,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
     if fresh:
         _start_fresh(run)
     else:
-        _restore(run, ckpt)
+        _restore(run, ckpt, log_lines)
         del ckpt
     if where.rank == 0:
         atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -375,14 +383,13 @@ def _start_fresh(run: RunState) -> None:
     set_lr(run.optimizer, run.lr_factor(0))  # so the epoch-0 record shows the first step's lr
 
 
-def _restore(run: RunState, ckpt: dict) -> None:
+def _restore(run: RunState, ckpt: dict, log_lines: list[str]) -> None:
     run.model.load_state_dict(ckpt["model"])
     run.head.load_state_dict(ckpt["head"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
     run.loader.load_state_dict(ckpt["loader"])
     run.epoch, run.step, run.wall_s, run.mid_epoch = ckpt["epoch"], ckpt["step"], ckpt["wall_s"], ckpt["mid_epoch"]
-    if run.where.rank == 0:
-        truncate(run.out / METRICS, ckpt["metrics_bytes"])  # drop records a killed run wrote after it
+    run.log = log_lines
     set_rng_state(ckpt["rng"])
 
 
@@ -414,9 +421,9 @@ def _log_evaluation(run: RunState) -> dict:
             "rate, or check the data)"
         ) from e
     run.last = rec
+    run.log.append(json.dumps(rec))
     if run.where.rank == 0:
-        with (run.out / METRICS).open("a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_line(run.out / METRICS, run.log[-1])  # fsynced: on disk before the checkpoint that counts it
     return rec
 
 
@@ -427,8 +434,8 @@ def _save(run: RunState, finished: bool = False) -> None:
         "version": 1, "config": run.cfg.to_dict(), "epoch": run.epoch, "step": run.step, "wall_s": run.wall_s,
         "mid_epoch": run.mid_epoch, "finished": finished, "model": run.model.state_dict(),
         "head": run.head.state_dict(), "optimizer": run.optimizer.state_dict(), "loader": run.loader.state_dict(),
-        "rng": get_rng_state(), "metrics_bytes": (run.out / METRICS).stat().st_size,
         "data_fingerprint": run.data_fingerprint,
+        "rng": get_rng_state(), **log_state(run.log),
     })
 
 
@@ -494,6 +501,30 @@ class _InterruptFlag:
     def raise_if_set(self) -> None:
         if self._set:
             raise KeyboardInterrupt
+
+
+@contextmanager
+def _run_lock(out: Path, where: Placement) -> Iterator[None]:
+    """Rank 0 holds ``out``'s lock (``locks.py``) for the whole run; under torchrun the other ranks learn
+    whether it got it (one broadcast), so that all of them stop together when it did not."""
+    if where.world == 1:
+        with folder_lock(out):
+            yield
+        return
+    with ExitStack() as stack:
+        error = None
+        if where.rank == 0:
+            try:
+                stack.enter_context(folder_lock(out))
+            except Exception as e:  # noqa: BLE001 (re-raised below, after telling the other ranks)
+                error = e
+        ok = torch.tensor([int(error is None)], dtype=torch.int32, device=where.device)
+        dist.broadcast(ok, 0)
+        if error is not None:
+            raise error
+        if not int(ok):
+            raise RunLockedError(f"{out} could not be locked by rank 0 (see its error); nothing was trained")
+        yield
 
 
 def _set_determinism(deterministic: bool, device: torch.device) -> None:

@@ -1,0 +1,193 @@
+"""A run's log ``metrics.jsonl`` and its agreement with the run's checkpoint.
+
+What is guaranteed:
+
+- Writing: each evaluation record is appended as one line and fsynced (``files.append_line``) before the
+  run goes on, so before the checkpoint that counts it is written. After a crash, even a power loss, the
+  log holds at least the records of the latest checkpoint; it may hold more (evaluations after it) and
+  end with a cut line.
+- The checkpoint keeps a copy of every line the log held when it was written (``metrics_lines``, and
+  their size ``metrics_bytes``). On resume :func:`restore_log` makes the log exactly those lines: lines
+  written after the checkpoint are cut (their epochs are trained again), and records lost or cut (a
+  truncated, emptied or deleted log) are rewritten from the copy, atomically, with a warning. A
+  checkpoint written before the copy existed (only ``metrics_bytes``) is resumed only while the log
+  still holds those bytes intact; otherwise a one-line ``ValueError`` says to retrain the run.
+- Reading: :func:`check_run_log` says whether a log is fit for a report. With a checkpoint: the log must
+  start with every line the checkpoint kept (``metrics_bytes`` intact, for an old checkpoint), and a
+  finished run may hold no records after them. Without a (readable) checkpoint, e.g. deleted to save
+  space: the records' epochs must be those ``config.json`` schedules (epoch 0, every ``eval_every``,
+  the last) with no cut line among them; with no ``config.json`` either, only cut lines are judged. A
+  cut last line after all the records a run must hold loses nothing and is ignored. A run still going (an
+  unfinished checkpoint whose lines are intact) passes: its records so far are reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+from .checkpoint import CHECKPOINT, load_checkpoint
+from .config import with_defaults
+from .files import atomic_write, truncate
+from .locks import folder_lock
+
+__all__ = ["METRICS", "log_state", "restore_log", "finished_record", "expected_epochs", "check_run_log"]
+
+METRICS = "metrics.jsonl"
+
+_RESTORE = "resuming the run (the same train or compare command) rewrites it from the checkpoint"
+
+
+def _text(lines: list[str]) -> bytes:
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def log_state(lines: list[str]) -> dict:
+    """What a checkpoint stores about the log: ``metrics_lines`` (a copy) and ``metrics_bytes`` (its size)."""
+    return {"metrics_lines": list(lines), "metrics_bytes": len(_text(lines))}
+
+
+def _split(data: bytes) -> tuple[list[str], bool]:
+    """The complete lines of ``data`` (without newlines), and whether a cut line (no newline) follows."""
+    parts = data.decode("utf-8", "replace").split("\n")
+    return parts[:-1], bool(parts[-1].strip())
+
+
+def _intact(data: bytes, kept: list[str]) -> int:
+    """How many of ``kept`` lead the log unchanged."""
+    lines, _ = _split(data)
+    n = 0
+    while n < min(len(lines), len(kept)) and lines[n] == kept[n]:
+        n += 1
+    return n
+
+
+def _records(lines: list[str]) -> tuple[list[dict], int | None]:
+    """The records of ``lines`` (blank ones skipped) and the number (from 1) of the first unreadable line."""
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            return records, i
+        if not isinstance(rec, dict):
+            return records, i
+        records.append(rec)
+    return records, None
+
+
+def restore_log(run_dir: str | os.PathLike, ckpt: dict, write: bool = True) -> list[str]:
+    """Make ``run_dir/metrics.jsonl`` hold exactly the lines ``ckpt`` counted (see the module docstring);
+    returns them. ``write=False`` (the other ranks under torchrun) only returns them."""
+    path = Path(run_dir) / METRICS
+    kept = ckpt.get("metrics_lines")
+    if not write:
+        return list(kept or [])
+    data = path.read_bytes() if path.is_file() else b""
+    if kept is None:
+        return _restore_by_size(path, data, int(ckpt.get("metrics_bytes", 0)))
+    expected = _text(kept)
+    if data.startswith(expected):
+        truncate(path, len(expected))  # drop what a killed run wrote after the checkpoint
+    else:
+        intact = _intact(data, kept)
+        atomic_write(path, lambda f: f.write(expected))
+        warnings.warn(f"{path} held only {intact} of the {len(kept)} records of its checkpoint intact; "
+                      f"rewrote them from {path.parent / CHECKPOINT}", stacklevel=2)
+    return list(kept)
+
+
+def _restore_by_size(path: Path, data: bytes, size: int) -> list[str]:
+    """A checkpoint without ``metrics_lines``: cut the log back to ``size`` bytes if those are intact."""
+    lines, cut = _split(data[:size])
+    _, bad = _records(lines)
+    if len(data) < size or cut or bad is not None:
+        why = f"{len(data)} bytes, {size} when checkpointed" if len(data) < size else "a record is cut"
+        raise ValueError(
+            f"{path} lost records since its checkpoint was written ({why}) and that checkpoint (from an older "
+            f"ncguide) keeps no copy of them; delete {path.parent} or pass resume=False to retrain the run"
+        )
+    truncate(path, size)
+    return lines
+
+
+def finished_record(run_dir: str | os.PathLike) -> dict:
+    """The last record of the finished run in ``run_dir``, after :func:`restore_log` (under the folder's lock)."""
+    run_dir = Path(run_dir)
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    with folder_lock(run_dir, enabled=rank0):
+        lines = restore_log(run_dir, load_checkpoint(run_dir / CHECKPOINT), write=rank0)
+    return json.loads(lines[-1]) if lines else {}
+
+
+def expected_epochs(epochs: int, eval_every: int = 1) -> list[int]:
+    """The epochs a complete run logs: 0, every ``eval_every``-th, and the last."""
+    return [0] + [e for e in range(1, epochs + 1) if e % eval_every == 0 or e == epochs]
+
+
+def check_run_log(run_dir: str | os.PathLike) -> str | None:
+    """Why the log of the run in ``run_dir`` is unfit for a report (records lost or cut, or a finished
+    run with records after its last; see the module docstring), or ``None`` if it is fit."""
+    run_dir = Path(run_dir)
+    log, ckpt, unreadable = run_dir / METRICS, None, False
+    if (run_dir / CHECKPOINT).is_file():  # read before the log: a running run only appends to it
+        try:
+            ckpt = load_checkpoint(run_dir / CHECKPOINT)
+        except (OSError, ValueError):
+            unreadable = True
+    try:
+        data = log.read_bytes() if log.is_file() else b""
+    except OSError as e:
+        return f"{log.name} is unreadable ({e.strerror})"
+    if ckpt is not None:
+        return _check_against_checkpoint(data, ckpt)
+    return _check_against_config(data, run_dir, unreadable)
+
+
+def _check_against_checkpoint(data: bytes, ckpt: dict) -> str | None:
+    kept = ckpt.get("metrics_lines")
+    if kept is not None:
+        expected = _text(kept)
+        if not data.startswith(expected):
+            return (f"the log holds only {_intact(data, kept)} of the {len(kept)} records its checkpoint kept "
+                    f"intact; {_RESTORE}")
+    else:
+        expected = data[: int(ckpt.get("metrics_bytes", 0))]
+        lines, cut = _split(expected)
+        if len(data) < int(ckpt.get("metrics_bytes", 0)) or cut or _records(lines)[1] is not None:
+            return "the log lost records since its checkpoint was written (an old checkpoint: no copy to restore)"
+    if ckpt.get("finished"):
+        extra, _ = _records(_split(data[len(expected):])[0])
+        if extra:
+            return f"the run is finished but its log holds {len(extra)} more record(s) after the last one"
+    return None
+
+
+def _check_against_config(data: bytes, run_dir: Path, unreadable: bool) -> str | None:
+    lines, cut = _split(data)
+    records, bad = _records(lines)
+    basis = f"{CHECKPOINT} {'unreadable' if unreadable else 'missing'}, judged from config.json"
+    try:
+        cfg = with_defaults(json.loads((run_dir / "config.json").read_text()))
+        expected = expected_epochs(int(cfg["epochs"]), int(cfg["eval_every"]))
+    except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError):
+        return f"line {bad} of the log is cut or unreadable" if bad is not None else None
+    epochs = [r.get("epoch") for r in records]
+    if bad is None and epochs == expected:
+        return None
+    if bad is not None and epochs == expected[: len(epochs)] and len(epochs) < len(expected):
+        return f"line {bad} of the log is cut or unreadable, after epoch {epochs[-1] if epochs else '-'} ({basis})"
+    if bad is not None:
+        return f"line {bad} of the log is cut or unreadable ({basis})"
+    if epochs == expected[: len(epochs)]:
+        end = f"ends at epoch {epochs[-1]}" if epochs else "is empty"
+        return f"the log {end}{' and a cut line' if cut else ''}, of {expected[-1]} epochs ({basis})"
+    return f"the log's epochs {_short(epochs)} are not the {expected[-1]}-epoch schedule {_short(expected)} ({basis})"
+
+
+def _short(xs: list) -> str:
+    return str(xs) if len(xs) <= 8 else f"[{', '.join(map(str, xs[:3]))}, ..., {', '.join(map(str, xs[-3:]))}]"
