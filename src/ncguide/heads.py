@@ -14,6 +14,7 @@ features are cast up, so the solve never runs in bfloat16/float16.
 
 - ``NearestETFHead``: ``W = sqrt(K/(K-1)) M U*ᵀ`` with ``U*`` the ETF nearest to the running class
   means (``means.py``, ``solve.py``); ``b = -W μ_B`` in training, ``-W μ_G`` (running mean) in eval.
+  With ``freeze_after=n``: a fixed ETF at its own ``U`` after ``n`` training updates.
 - ``FixedETFHead``: the same with a fixed ``U_0`` (random Haar rotation by default).
 - ``StandardHead``: learnable ``Linear(d, K)``; rows renormalised to unit norm by ``after_step()``.
 
@@ -180,6 +181,14 @@ class NearestETFHead(Head):
 
     then ``U_prev ← U*`` (detached; the first anchor is ``U_0`` = first ``K`` columns of ``I_d``).
 
+    ``implicit_grad=True`` backpropagates through the solve (the implicit gradient); ``False`` trains
+    without the implicit gradient (solve under ``no_grad``; the features still get gradient
+    through ``W h̃ - W μ_B``). Eval forward: ``W`` of the last solution, ``b = -W μ_G`` with the
+    running global mean; no state changes. The solve runs in ``solve_dtype`` (default: float32, or
+    the features' dtype if wider). The heads' own bookkeeping does no host-device sync;
+    on CUDA the default solvers do one (cuSOLVER reports its status to the host; see BENCHMARKS.md §2),
+    ``solver="polar-ns"`` none (matrix products only; a CUDA test checks the whole step).
+
     ``freeze_after = n`` (``None``: never): the first ``n`` training updates (training-mode forwards that
     return, i.e. optimiser steps; a batch rejected with ``NonFiniteFeaturesError`` does not count, one
     rejected on the device without raising does) run as above; from then on ``U`` is frozen — no
@@ -188,13 +197,6 @@ class NearestETFHead(Head):
     running, as in ``FixedETFHead``. ``n = 0``: frozen at ``U_0``. The count (``updates``) and the flag
     (``frozen``, which stays set once set) are buffers, so ``load_state_dict`` resumes across the freeze;
     both are also kept on the host (no sync per step). Every DDP rank counts alike.
-    ``implicit_grad=True`` backpropagates through the solve (the implicit gradient); ``False`` trains
-    without the implicit gradient (solve under ``no_grad``; the features still get gradient
-    through ``W h̃ - W μ_B``). Eval forward: ``W`` of the last solution, ``b = -W μ_G`` with the
-    running global mean; no state changes. The solve runs in ``solve_dtype`` (default: float32, or
-    the features' dtype if wider). The heads' own bookkeeping does no host-device sync;
-    on CUDA the default solvers do one (cuSOLVER reports its status to the host; see BENCHMARKS.md §2),
-    ``solver="polar-ns"`` none (matrix products only; a CUDA test checks the whole step).
     """
 
     needs_targets = True
