@@ -183,3 +183,24 @@ def test_options_repr_and_validation():
     for bad in (-1, 1.5, 2.0, True, "3"):
         with pytest.raises(ValueError, match="freeze_after must be None or an integer >= 0"):
             NearestETFHead(D, K, freeze_after=bad)
+
+
+def test_counting_and_freezing_read_nothing_from_the_device(monkeypatch):
+    """The update count and the freeze decision live on the host: no step, before or after the freeze, reads
+    a device value (the solve replaced by a stand-in; check_finite=False, as CUDA runs by default; the input
+    checks skipped, as their label-range check reads CPU targets at every call, CUDA ones at the first only)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from host_reads import HostReads
+
+    monkeypatch.setattr(heads, "nearest_etf", lambda H, U_prev, delta, **kw: U_prev + 0 * H)
+    monkeypatch.setattr(heads.Head, "_check_inputs", lambda *a: None)
+    head = NearestETFHead(D, K, freeze_after=2)
+    head.check_finite = False
+    for x, y in batches(4):
+        with HostReads() as reads:
+            step(head, x, y)
+        assert reads.seen == []
+    assert head.is_frozen and int(head.updates) == 4
