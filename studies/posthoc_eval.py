@@ -31,9 +31,7 @@ import torch
 
 from ncguide import nc_metrics, polar_factor
 from ncguide.etf import center_classes, etf_weight
-from ncguide.experiments.build import build_backbone, build_run_head, load_data
-from ncguide.experiments.checkpoint import load_checkpoint
-from ncguide.experiments.config import TrainConfig
+from ncguide.experiments import TrainConfig, build_backbone, build_run_head, load_checkpoint, load_data, steps_per_epoch
 from tables import median_range, table_head
 
 
@@ -51,7 +49,7 @@ def run_one(run: Path, cache: dict) -> dict:
         cache[key] = load_data(cfg)
     ds = cache[key]
     model = build_backbone(cfg, ds)
-    head = build_run_head(cfg, int(model.feature_dim), ds.num_classes)
+    head = build_run_head(cfg, int(model.feature_dim), ds.num_classes, steps_per_epoch(cfg, ds))  # the state is loaded
     model.load_state_dict(ck["model"])
     head.load_state_dict(ck["head"])
     model.eval()

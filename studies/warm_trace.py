@@ -25,8 +25,16 @@ from pathlib import Path
 import torch
 
 from ncguide import NearestETFHead, polar_factor
-from ncguide.experiments import TrainConfig, apply_overrides, load_config, train
-from ncguide.experiments.build import build_backbone, head_kwargs, load_data
+from ncguide.experiments import (
+    TrainConfig,
+    apply_overrides,
+    build_backbone,
+    head_kwargs,
+    load_config,
+    load_data,
+    steps_per_epoch,
+    train,
+)
 
 
 def main() -> None:
@@ -41,9 +49,9 @@ def main() -> None:
     for seed in [int(s) for s in a.seeds.split(",")]:
         cfg = TrainConfig.from_dict({**base, "method": "nearest-etf", "seed": seed})
         ds = load_data(cfg)
-        spe = -(-len(ds.y_train) // cfg.batch_size)  # steps per epoch (single process)
+        spe = steps_per_epoch(cfg, ds)  # single process, no batch-norm drop-last rule
         d = int(build_backbone(cfg, ds).feature_dim)  # its size only: train() builds (and seeds) its own
-        head = NearestETFHead(d, ds.num_classes, **head_kwargs(cfg))
+        head = NearestETFHead(d, ds.num_classes, **head_kwargs(cfg, spe))
         trace: list[dict] = []
         seen: dict = {"fallbacks": 0, "S": None}
 

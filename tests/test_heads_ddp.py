@@ -26,6 +26,7 @@ from ncguide.heads import FixedETFHead, NearestETFHead, NonFiniteFeaturesError
 
 WORLD, N, D_IN, D, K, STEPS = 2, 24, 10, 12, 5, 3
 WARM_STEPS = 10  # solver="warm": refreshes and regular steps
+FROZEN_STEPS = 4  # freeze_after=2: two solves, then two frozen steps
 TOL = 1e-10  # float64; far below the 1e-6 asked for
 
 
@@ -41,11 +42,11 @@ def _batches(steps: int = STEPS):
 
 
 class _Net(nn.Module):
-    def __init__(self, solver: str = "auto"):
+    def __init__(self, solver: str = "auto", freeze_after: int | None = None):
         super().__init__()
         torch.manual_seed(0)
         self.backbone = nn.Linear(D_IN, D)
-        self.head = NearestETFHead(D, K, solver=solver)
+        self.head = NearestETFHead(D, K, solver=solver, freeze_after=freeze_after)
         if solver == "warm":  # warm steps from the third step on (tolerances loose: these batches jump)
             self.head.warm.settings = WarmSettings(
                 cold_steps=0, drift_max=1e9, first_interval=8, soft_tol=0.1, hard_tol=0.1, accept_tol=0.1
@@ -57,11 +58,12 @@ class _Net(nn.Module):
         return self.head(self.backbone(x), y)
 
 
-def _run(rank: int, world: int, train_backbone: bool, solver: str = "auto", steps: int = STEPS):
+def _run(rank: int, world: int, train_backbone: bool, solver: str = "auto", steps: int = STEPS,
+         freeze_after: int | None = None):
     """STEPS steps on this rank's slice of each batch; record W, logits and gradients. Frozen backbone:
     the features' gradients are kept. Trained backbone (wrapped in DDP when world > 1): the
     parameters' gradients are kept."""
-    net = _Net(solver)
+    net = _Net(solver, freeze_after)
     model = DistributedDataParallel(net) if train_backbone and world > 1 else net
     opt = torch.optim.SGD(net.parameters(), lr=0.5 if train_backbone else 0.0)
     rows = slice(rank * N // world, (rank + 1) * N // world)
@@ -117,7 +119,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         ddp = _run(rank, world, train_backbone=True)
         nan = _nan_on_one_rank(rank)
         warm = _run(rank, world, train_backbone=True, solver="warm", steps=WARM_STEPS)
-        torch.save({"plain": plain, "ddp": ddp, "nan": nan, "warm": warm}, os.path.join(out_dir, f"rank{rank}.pt"))
+        frozen = _run(rank, world, train_backbone=True, steps=FROZEN_STEPS, freeze_after=2)
+        torch.save({"plain": plain, "ddp": ddp, "nan": nan, "warm": warm, "frozen": frozen},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
         dist.barrier()
     finally:
         dist.destroy_process_group()
@@ -171,3 +175,19 @@ def test_warm_route_ranks_stay_identical(ranks):
         torch.testing.assert_close(r0[step]["W"], single[step]["W"], rtol=0, atol=1e-4)
     assert torch.equal(r0[-1]["warm.refreshes"], r1[-1]["warm.refreshes"])
     assert int(r0[-1]["warm.refreshes"]) < WARM_STEPS  # regular steps ran
+
+
+def test_freeze_after_counts_alike_on_every_rank(ranks):
+    """freeze_after=2 under DDP: both ranks freeze at the same step, stay bitwise equal and match one process."""
+    r0, r1 = (rank["frozen"] for rank in ranks)
+    single = _run(0, 1, train_backbone=True, steps=FROZEN_STEPS, freeze_after=2)
+    for step in range(FROZEN_STEPS):
+        assert torch.equal(r0[step]["W"], r1[step]["W"]), step
+        torch.testing.assert_close(r0[step]["W"], single[step]["W"], rtol=0, atol=TOL)
+        torch.testing.assert_close(torch.cat([r0[step]["logits"], r1[step]["logits"]]), single[step]["logits"],
+                                   rtol=0, atol=TOL)
+    assert torch.equal(r0[2]["W"], r0[3]["W"])  # frozen after the second step
+    for key in ("updates", "frozen", "means.steps", "U"):
+        assert torch.equal(r0[-1][key], r1[-1][key]), key
+        torch.testing.assert_close(r0[-1][key], single[-1][key], rtol=0, atol=TOL)
+    assert int(r0[-1]["updates"]) == FROZEN_STEPS and bool(r0[-1]["frozen"])

@@ -14,6 +14,7 @@ features are cast up, so the solve never runs in bfloat16/float16.
 
 - ``NearestETFHead``: ``W = sqrt(K/(K-1)) M U*ᵀ`` with ``U*`` the ETF nearest to the running class
   means (``means.py``, ``solve.py``); ``b = -W μ_B`` in training, ``-W μ_G`` (running mean) in eval.
+  With ``freeze_after=n``: a fixed ETF at its own ``U`` after ``n`` training updates.
 - ``FixedETFHead``: the same with a fixed ``U_0`` (random Haar rotation by default).
 - ``StandardHead``: learnable ``Linear(d, K)``; rows renormalised to unit norm by ``after_step()``.
 
@@ -179,6 +180,7 @@ class NearestETFHead(Head):
         W   = sqrt(K/(K-1)) M U*ᵀ,   logits = W h̃ - W μ_B
 
     then ``U_prev ← U*`` (detached; the first anchor is ``U_0`` = first ``K`` columns of ``I_d``).
+
     ``implicit_grad=True`` backpropagates through the solve (the implicit gradient); ``False`` trains
     without the implicit gradient (solve under ``no_grad``; the features still get gradient
     through ``W h̃ - W μ_B``). Eval forward: ``W`` of the last solution, ``b = -W μ_G`` with the
@@ -186,6 +188,15 @@ class NearestETFHead(Head):
     the features' dtype if wider). The heads' own bookkeeping does no host-device sync;
     on CUDA the default solvers do one (cuSOLVER reports its status to the host; see BENCHMARKS.md §2),
     ``solver="polar-ns"`` none (matrix products only; a CUDA test checks the whole step).
+
+    ``freeze_after = n`` (``None``: never): the first ``n`` training updates (training-mode forwards that
+    return, i.e. optimiser steps; a batch rejected with ``NonFiniteFeaturesError`` does not count, one
+    rejected on the device without raising does) run as above; from then on ``U`` is frozen — no
+    solve, no class-mean update — and the head is a fixed ETF at its own ``U``: ``logits = W h̃ - W μ_B``
+    with ``W = sqrt(K/(K-1)) M Uᵀ`` constant, and only the running global mean ``μ_G`` (the eval bias) keeps
+    running, as in ``FixedETFHead``. ``n = 0``: frozen at ``U_0``. The count (``updates``) and the flag
+    (``frozen``, which stays set once set) are buffers, so ``load_state_dict`` resumes across the freeze;
+    both are also kept on the host (no sync per step). Every DDP rank counts alike.
     """
 
     needs_targets = True
@@ -204,9 +215,14 @@ class NearestETFHead(Head):
         *,
         ema_alpha: float = 0.1,
         sync_distributed: bool = True,
+        freeze_after: int | None = None,
     ) -> None:
         super().__init__(feature_dim, num_classes, temperature)
         _check_etf_dims(feature_dim, num_classes)
+        if freeze_after is not None and not (
+            isinstance(freeze_after, int) and not isinstance(freeze_after, bool) and freeze_after >= 0
+        ):
+            raise ValueError(f"freeze_after must be None or an integer >= 0 (training updates); got {freeze_after!r}")
         if not (delta >= 0 and math.isfinite(delta)):
             raise ValueError(f"delta must be finite and >= 0; got {delta}")
         if solver not in SOLVERS:
@@ -224,11 +240,26 @@ class NearestETFHead(Head):
         )
         self.register_buffer("U", canonical_stiefel(feature_dim, num_classes, dtype=solve_dtype or torch.float32))
         self.warm = WarmPolarSolver(num_classes) if solver == "warm" else None
+        self.freeze_after = freeze_after
+        self.register_buffer("updates", torch.zeros((), dtype=torch.long))
+        self.register_buffer("frozen", torch.tensor(freeze_after == 0))
+        self._updates, self._frozen = 0, freeze_after == 0  # host copies of the two buffers
+
+    @property
+    def is_frozen(self) -> bool:
+        """Whether ``U`` is frozen (``freeze_after`` training updates taken, or a frozen state loaded)."""
+        return self._frozen
 
     def _logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
         if not self.training:
             W = etf_weight(self.U).to(h.dtype)
             return h @ W.T - W @ self.means.global_mean.to(h.dtype)
+        if self._frozen:  # a fixed ETF at the stored U; μ_G keeps running for the eval bias
+            mu = self.means.update_global(h)
+            self._reject_non_finite(mu)
+            self._count_update()
+            W = etf_weight(self.U).to(h.dtype)
+            return h @ W.T - W @ mu
         A, mu = self.means.update(h, targets)  # a non-finite batch leaves the means as they were
         finite = self._reject_non_finite(mu)
         norm = torch.linalg.vector_norm(A)
@@ -240,8 +271,29 @@ class NearestETFHead(Head):
                 self.U.copy_(U_next)
             else:  # float64 features solve in float64: keep the anchor at that precision
                 self.U = U_next.clone()
+        self._count_update()
         W = etf_weight(U).to(h.dtype)
         return h @ W.T - W @ mu
+
+    def _count_update(self) -> None:
+        """One more training update (host count, written to the buffer without a sync); freeze when due."""
+        self._updates += 1
+        self.updates.fill_(self._updates)
+        if not self._frozen and self.freeze_after is not None and self._updates >= self.freeze_after:
+            self._frozen = True
+            self.frozen.fill_(True)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        """Read ``updates``/``frozen`` back to the host (one sync per load). A state saved before they
+        existed counts its non-empty batches (``means.steps[K]``) as updates and is not frozen."""
+        if prefix + "updates" not in state_dict and prefix + "means.steps" in state_dict:
+            state_dict[prefix + "updates"] = state_dict[prefix + "means.steps"][-1].clone()
+            state_dict.setdefault(prefix + "frozen", torch.tensor(False))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._updates = int(self.updates)
+        due = self.freeze_after is not None and self._updates >= self.freeze_after
+        self._frozen = bool(self.frozen) or due
+        self.frozen.fill_(self._frozen)
 
     def solve(self, Hbar: torch.Tensor) -> torch.Tensor:
         """``U*`` for the normalised means ``H̄`` (``d×K``), anchored at the stored ``U_prev``."""
@@ -269,7 +321,7 @@ class NearestETFHead(Head):
         return (
             f"feature_dim={self.feature_dim}, num_classes={self.num_classes}, temperature={self.temperature}, "
             f"delta={self.delta}, solver={self.solver!r}, implicit_grad={self.implicit_grad}, "
-            f"mean_schedule={self.means.schedule!r}"
+            f"mean_schedule={self.means.schedule!r}, freeze_after={self.freeze_after}"
         )
 
 

@@ -126,6 +126,23 @@ def _count_batch(steps, counts, n, schedule: str, alpha_min: float, ema_alpha: f
     return mean_alpha(schedule, steps, n, counts, alpha_min, ema_alpha)
 
 
+def _fold_batch_mean(features, mean, steps, counts, schedule: str, alpha_min: float, ema_alpha: float,
+                     sync: bool) -> torch.Tensor:
+    """``μ_B`` of ``features`` (all ranks when ``sync``), folded into the buffers ``mean``/``steps``/``counts``
+    in place (detached; kept as they are when ``μ_B`` is not finite). Returns ``μ_B`` with gradient."""
+    stacked = torch.cat([features.sum(0), features.new_full((1,), features.shape[0])])
+    if sync:
+        stacked = _all_reduce_sum(stacked)
+    mu = stacked[:-1] / stacked[-1].detach().clamp_min(1.0)
+    finite = torch.isfinite(mu).all()
+    n = stacked[-1].detach() * finite  # a non-finite batch counts as empty: α = 0
+    alpha = _count_batch(steps, counts, n, schedule, alpha_min, ema_alpha)
+    with torch.no_grad():
+        prev = mean.to(mu.dtype)
+        mean.copy_(torch.where(finite, prev + alpha.to(mu.dtype) * (mu - prev), prev))
+    return mu
+
+
 class RunningMean(nn.Module):
     """Running estimate ``μ_t = (1-α_t) μ_{t-1} + α_t μ_B`` of the global feature mean (detached),
     ``t`` = number of training batches, ``α`` from :func:`mean_alpha`. Used by ``FixedETFHead``;
@@ -146,17 +163,8 @@ class RunningMean(nn.Module):
     def update(self, features: torch.Tensor) -> torch.Tensor:
         """Training step: returns ``μ_B`` (``d``, with gradient; over all ranks when distributed) and
         folds it into the running mean (no gradient, no host sync)."""
-        stacked = torch.cat([features.sum(0), features.new_full((1,), features.shape[0])])
-        if self.sync:
-            stacked = _all_reduce_sum(stacked)
-        mu = stacked[:-1] / stacked[-1].detach().clamp_min(1.0)
-        finite = torch.isfinite(mu).all()
-        n = stacked[-1].detach() * finite  # a non-finite batch counts as empty: α = 0
-        alpha = _count_batch(self.step, self.count, n, self.schedule, self.alpha_min, self.ema_alpha)
-        with torch.no_grad():
-            mean = self.mean.to(mu.dtype)
-            self.mean.copy_(torch.where(finite, mean + alpha.to(mu.dtype) * (mu - mean), mean))
-        return mu
+        return _fold_batch_mean(features, self.mean, self.step, self.count, self.schedule, self.alpha_min,
+                                self.ema_alpha, self.sync)
 
 
 class RunningClassMeans(nn.Module):
@@ -208,6 +216,13 @@ class RunningClassMeans(nn.Module):
             self.means.copy_(new[:, :k])
             self.global_mean.copy_(new[:, k])
         return fill_unseen(new[:, :k], self.steps[:k] > 0), mu
+
+    def update_global(self, features: torch.Tensor) -> torch.Tensor:
+        """A training batch that updates ``μ_G`` only (a frozen ``NearestETFHead``): returns ``μ_B`` (``d``, with
+        gradient) as :meth:`RunningMean.update` does; ``A`` and the class counts are left as they are."""
+        k = self.num_classes
+        return _fold_batch_mean(features, self.global_mean, self.steps[k:], self.counts[k:], self.schedule,
+                                self.alpha_min, self.ema_alpha, self.sync)
 
     @property
     def class_steps(self) -> torch.Tensor:

@@ -9,6 +9,7 @@ It imports the library (``ncguide``); the library never imports it. YAML configs
 bars and some data sets need the ``experiments`` extra (``pip install 'ncguide[experiments]'``).
 """
 
+from .build import build_backbone, build_run_head, head_kwargs, load_data, make_loaders, steps_per_epoch
 from .checkpoint import is_finished, load_checkpoint
 from .compare import run_compare
 from .config import TrainConfig, apply_overrides, load_config
@@ -25,12 +26,18 @@ __all__ = [
     "NonFiniteLossError",
     "TrainConfig",
     "apply_overrides",
+    "build_backbone",
     "build_model",
+    "build_run_head",
     "evaluate",
+    "head_kwargs",
     "is_finished",
     "load_checkpoint",
     "load_config",
+    "load_data",
     "load_dataset",
+    "make_loaders",
     "run_compare",
+    "steps_per_epoch",
     "train",
 ]

@@ -2,7 +2,7 @@
 
     ds = load_data(cfg)
     model = build_backbone(cfg, ds)
-    head = build_run_head(cfg, model.feature_dim, ds.num_classes)
+    head = build_run_head(cfg, model.feature_dim, ds.num_classes, steps_per_epoch(cfg, ds))
 
 The unconstrained-features model (UFM) is the one setting with special rules, and they all live in
 this file (see "UFM" below).
@@ -21,8 +21,10 @@ from .config import TrainConfig
 from .data import Dataset, DatasetLoader, TensorLoader, load_dataset
 from .models import build_model
 
-__all__ = ["ETF_METHODS", "data_fingerprint", "load_data", "build_backbone", "build_run_head", "head_kwargs",
-           "make_loaders"]
+__all__ = [
+    "ETF_METHODS", "data_fingerprint", "load_data", "build_backbone", "build_run_head", "head_kwargs", "make_loaders",
+    "steps_per_epoch",
+]
 
 ETF_METHODS = ("fixed-etf", "nearest-etf", "nearest-etf-nograd")  # need feature_dim >= num_classes
 
@@ -56,22 +58,38 @@ def build_backbone(cfg: TrainConfig, ds: Dataset) -> nn.Module:
     return build_model(cfg.model, ds.input_shape, ds.num_classes, **kw)
 
 
-def head_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """The head options of ``cfg``: the config fields the method's head takes, then ``cfg.head_kwargs``."""
+def head_kwargs(cfg: TrainConfig, steps_per_epoch: int | None = None) -> dict[str, Any]:
+    """The head options of ``cfg``: the config fields the method's head takes, then ``cfg.head_kwargs``.
+
+    ``cfg.freeze_after`` (epochs) becomes the head's ``freeze_after = round(cfg.freeze_after × steps_per_epoch)``
+    training updates; ``steps_per_epoch`` (:func:`steps_per_epoch`) is required when it is set."""
     fields = dict(temperature=cfg.temperature, delta=cfg.delta, solver=cfg.solver, seed=cfg.seed,
                   mean_schedule=cfg.mean_schedule, alpha_min=cfg.alpha_min, ema_alpha=cfg.ema_alpha)
+    if cfg.freeze_after is not None:
+        if steps_per_epoch is None:
+            raise ValueError("freeze_after is in epochs: head_kwargs(cfg, steps_per_epoch) needs the steps per epoch "
+                             "(build.steps_per_epoch)")
+        fields["freeze_after"] = round(cfg.freeze_after * steps_per_epoch)
     options = head_options(cfg.method)
     return {**{k: v for k, v in fields.items() if k in options}, **cfg.head_kwargs}
 
 
-def build_run_head(cfg: TrainConfig, feature_dim: int, num_classes: int) -> Head:
-    """The head of ``cfg.method`` on ``feature_dim``-dim features; ``ValueError`` if an ETF head cannot fit."""
+def build_run_head(cfg: TrainConfig, feature_dim: int, num_classes: int, steps_per_epoch: int | None = None) -> Head:
+    """The head of ``cfg.method`` on ``feature_dim``-dim features; ``ValueError`` if an ETF head cannot fit.
+    ``steps_per_epoch``: as :func:`head_kwargs` (needed with ``cfg.freeze_after``)."""
     if cfg.method in ETF_METHODS and feature_dim < num_classes:
         raise ValueError(
             f"method {cfg.method!r} needs feature_dim >= num_classes, got {feature_dim} < {num_classes}: widen the "
             f"model (e.g. a last layer of width >= {num_classes})"
         )
-    return build_head(cfg.method, feature_dim, num_classes, **head_kwargs(cfg))
+    return build_head(cfg.method, feature_dim, num_classes, **head_kwargs(cfg, steps_per_epoch))
+
+
+def steps_per_epoch(cfg: TrainConfig, ds: Dataset, world: int = 1, batch_norm: bool = False) -> int:
+    """Optimiser steps per epoch: the length of the training loader :func:`make_loaders` builds (global
+    batches: the same on every rank)."""
+    n = _num_train(ds)
+    return n // cfg.batch_size if _drop_last(cfg, n, world, batch_norm) else -(-n // cfg.batch_size)
 
 
 def make_loaders(cfg: TrainConfig, ds: Dataset, device, rank: int = 0, world: int = 1,
@@ -83,9 +101,7 @@ def make_loaders(cfg: TrainConfig, ds: Dataset, device, rank: int = 0, world: in
     a slice of a single sample, on which batch norm cannot train. A ``batch_size`` that gives every
     rank a single sample of every batch is refused for such a model."""
     lazy = ds.is_lazy
-    n_train = len(ds.train_set) if lazy else len(ds.y_train)
-    # each rank gets a near-equal slice of every global batch (torch.tensor_split): at least 1 sample
-    # needs a batch of >= world, at least 2 (batch norm) a batch of >= 2·world
+    n_train = _num_train(ds)
     least = 2 * world if batch_norm else world
     if batch_norm and min(cfg.batch_size, n_train) < least:
         raise ValueError(
@@ -93,7 +109,7 @@ def make_loaders(cfg: TrainConfig, ds: Dataset, device, rank: int = 0, world: in
             f"({n_train} training samples), and model {cfg.model!r} has batch norm, which needs at least 2; "
             f"use batch_size >= {least}"
         )
-    drop_last = 0 < n_train % cfg.batch_size < least and (world > 1 or batch_norm)
+    drop_last = _drop_last(cfg, n_train, world, batch_norm)
     if lazy:
         if cfg.stratified or cfg.augment is not None:
             raise ValueError(f"dataset {cfg.dataset!r} is file-backed: stratified and augment need in-memory "
@@ -112,6 +128,18 @@ def make_loaders(cfg: TrainConfig, ds: Dataset, device, rank: int = 0, world: in
     if _has_test_split(ds):
         evals["test"] = TensorLoader(ds.x_test, ds.y_test, cfg.eval_batch_size, **common)
     return loader, evals
+
+
+def _num_train(ds: Dataset) -> int:
+    return len(ds.train_set) if ds.is_lazy else len(ds.y_train)
+
+
+def _drop_last(cfg: TrainConfig, n_train: int, world: int, batch_norm: bool) -> bool:
+    """Whether the short last training batch is dropped (see :func:`make_loaders`)."""
+    # each rank gets a near-equal slice of every global batch (torch.tensor_split): at least 1 sample
+    # needs a batch of >= world, at least 2 (batch norm) a batch of >= 2·world
+    least = 2 * world if batch_norm else world
+    return 0 < n_train % cfg.batch_size < least and (world > 1 or batch_norm)
 
 
 # --------------------------------------------------------------------------------------------- UFM

@@ -70,6 +70,9 @@ class TrainConfig:
     ema_alpha: float = 0.1  # mean_schedule "ema": the current batch's fixed weight α in the running means
     mean_schedule: str = "paper"  # paper | cumulative | ema
     solver: str = "auto"  # auto | polar | polar-gram | polar-ns | riemannian (see ncguide.solve.nearest_etf)
+    # nearest-etf(-nograd) only: freeze U after this many epochs (fractional allowed; the head gets
+    # round(freeze_after × steps per epoch) training updates, then is a fixed ETF at its own U). None: never
+    freeze_after: float | None = None
 
     # data pipeline and evaluation
     stratified: bool = False  # every batch holds every class in proportion
@@ -144,6 +147,7 @@ class TrainConfig:
             raise ValueError(f"train_per_class must be >= 1 or None; got {self.train_per_class}")
         if self.test_per_class is not None and self.test_per_class < 1:
             raise ValueError(f"test_per_class must be >= 1 or None; got {self.test_per_class}")
+        self._validate_freeze_after()
         if check_registries:
             from .data import DATASETS
             from .models import MODELS
@@ -151,6 +155,17 @@ class TrainConfig:
             if not (self.dataset in DATASETS or self.dataset.startswith("npz:")):
                 raise ValueError(f"unknown dataset {self.dataset!r} (valid: {', '.join(DATASETS)}, npz:PATH)")
             _one_of("model", self.model.lower(), tuple(MODELS))
+
+    def _validate_freeze_after(self) -> None:
+        if "freeze_after" in self.head_kwargs:
+            raise ValueError("set freeze_after (in epochs), not head_kwargs.freeze_after")
+        if self.freeze_after is None:
+            return
+        if isinstance(self.freeze_after, bool) or not self.freeze_after >= 0:
+            raise ValueError(f"freeze_after must be None or a number of epochs >= 0; got {self.freeze_after!r}")
+        if self.method not in ("nearest-etf", "nearest-etf-nograd"):
+            raise ValueError(f"freeze_after applies to nearest-etf and nearest-etf-nograd only; method "
+                             f"{self.method!r} has no U to freeze (set freeze_after=none)")
 
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:

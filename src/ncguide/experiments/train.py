@@ -98,7 +98,7 @@ from torch import nn
 
 from ..heads import Head, NonFiniteFeaturesError
 from . import distributed
-from .build import build_backbone, build_run_head, data_fingerprint, load_data, make_loaders
+from .build import build_backbone, build_run_head, data_fingerprint, load_data, make_loaders, steps_per_epoch
 from .checkpoint import (
     CHECKPOINT,
     check_same_config,
@@ -163,7 +163,8 @@ def train(
 
     ``model``: a backbone to use instead of building ``cfg.model`` (it needs ``feature_dim``; ``cfg.model``
     is then only a label). ``head``: a head to use instead of ``build_head(cfg.method, ...)``, e.g. a
-    subclass for a probe. Either must be built identically when the run is resumed.
+    subclass for a probe; the config's head options (``freeze_after`` too) are then not applied to it.
+    Either must be built identically when the run is resumed.
     """
     if isinstance(cfg, dict):
         cfg = TrainConfig.from_dict(cfg)
@@ -320,8 +321,10 @@ def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> Ru
     ds = load_data(cfg)
     if model is None:
         model = build_backbone(cfg, ds)
-    if head is None:
-        head = build_run_head(cfg, int(model.feature_dim), ds.num_classes)
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if head is None:  # steps per epoch: for cfg.freeze_after, given in epochs
+        head = build_run_head(cfg, int(model.feature_dim), ds.num_classes,
+                              steps_per_epoch(cfg, ds, where.world, batch_norm))
     model.to(where.device)
     head.to(where.device)
     named = [("model." + n, p) for n, p in model.named_parameters()]
@@ -331,7 +334,6 @@ def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> Ru
     if cfg.optimizer == "agd":  # AGD starts from its own initialisation (optim.py, Algorithm 1)
         agd_init_(p for group in opt.param_groups for p in group["params"])
     head.after_step()  # re-establish the head's invariant (StandardHead's unit rows) after any re-init
-    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     loader, eval_loaders = make_loaders(cfg, ds, where.device, where.rank, where.world, batch_norm=batch_norm)
     spe = len(loader)
     schedule = functools.partial(lr_factor, total_steps=cfg.epochs * spe, schedule=cfg.schedule,
