@@ -205,7 +205,8 @@ def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) ->
     flags = {field: getattr(args, dest) for dest, field in _COMMON_FLAGS.items()}
     flags.update(extra_flags or {})
     d.update({k: v for k, v in flags.items() if v is not None})
-    compare.update({k: getattr(args, k) for k in _COMPARE_KEYS if getattr(args, k, None) is not None})
+    compare.update({k: getattr(args, k) for k in _COMPARE_KEYS
+                    if k not in ("grid", "variants") and getattr(args, k, None) is not None})
     if getattr(args, "grid", None) is not None:  # --grid items replace the file's grid as a whole
         compare["grid"] = args.grid
     if getattr(args, "variants", None) is not None:  # --variant items add to (or replace) the file's variants
