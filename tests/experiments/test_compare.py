@@ -345,4 +345,4 @@ def test_cli_grid_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", "--config", str(out / "config.yaml"), "--out", str(out)]) == 0  # repeats: all reused
     assert "training in" not in capsys.readouterr().out
-    assert main([*argv[:-2], "--seeds", "1", "--selection-seeds", "1000,1", "--out", str(tmp_path / "o2")]) == 2
+    assert main([*argv[:-2], "--seeds", "1", "--selection-seeds", "0,1000", "--out", str(tmp_path / "o2")]) == 2
