@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..heads import METHODS
+from .build import check_all_buildable
 from .checkpoint import RUNTIME_FIELDS, is_finished
 from .config import TrainConfig, with_defaults
 from .files import atomic_write_text, last_record
@@ -128,6 +129,7 @@ def run_compare(
     # validate every run's config before training any of them
     # seed-major order: an interrupted comparison has every method at the first seeds
     configs = {(m, s): TrainConfig.from_dict({**base_dict, "method": m, "seed": s}) for s in seeds for m in methods}
+    check_all_buildable(configs.values())  # what a later run's build would reject (K > d, model vs data, ...)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     first = configs[methods[0], seeds[0]].to_dict()
