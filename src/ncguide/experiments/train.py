@@ -28,11 +28,14 @@ Outputs in ``out_dir`` (only rank 0 writes):
 
 Resume (``resume=True`` and a checkpoint exists): the checkpoint is restored, ``metrics.jsonl`` is cut
 back to its size at the checkpoint and training goes on; the final metrics equal an uninterrupted
-run's (bitwise on CPU with ``deterministic=True``). A process killed mid-epoch loses that partial
+run's (bitwise on CPU with ``deterministic=True``, given the same torch version, device and thread
+count: with another ``torch.get_num_threads()`` CPU reductions round differently, ~1e-8, so a resume
+under another thread count warns). A process killed mid-epoch loses that partial
 epoch, which is replayed identically. A finished run is not retrained: ``train`` returns its last
-record. A checkpoint written by a different config raises ``ValueError`` (``checkpoint.RUNTIME_FIELDS``
-may differ), and so does a folder whose ``metrics.jsonl`` holds records but has no checkpoint, unless
-its ``config.json`` shows the same config: ``resume=False`` is needed to overwrite another run's results.
+record. A checkpoint written by a different config raises ``checkpoint.ResumeError``, a ``ValueError``
+(``checkpoint.RUNTIME_FIELDS`` may differ), and so does a folder whose ``metrics.jsonl`` holds records but
+has no checkpoint, unless its ``config.json`` shows the same config: ``resume=False`` is needed to overwrite
+another run's results.
 
 Ctrl-C (single process): SIGINT only sets a flag; the loop finishes the current step, writes a
 checkpoint *at that step* (loader position included) and raises ``KeyboardInterrupt``; resuming
@@ -96,6 +99,7 @@ from . import distributed
 from .build import build_backbone, build_run_head, load_data, make_loaders
 from .checkpoint import (
     CHECKPOINT,
+    ResumeError,
     check_same_config,
     get_rng_state,
     load_checkpoint,
@@ -182,6 +186,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         check_same_config(ckpt["config"], cfg, out / CHECKPOINT)
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
             return last_record(out / METRICS)
+        threads = ckpt.get("num_threads")
+        if threads is not None and threads != torch.get_num_threads() and where.device.type == "cpu":
+            warnings.warn(f"resuming {out} with {torch.get_num_threads()} threads; it ran with {threads}, so the "
+                          "results may differ from an uninterrupted run by rounding (~1e-8)", stacklevel=3)
     elif resume:
         _refuse_to_overwrite(out, cfg)
 
@@ -335,7 +343,7 @@ def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> Ru
 
 def _refuse_to_overwrite(out: Path, cfg: TrainConfig) -> None:
     """No checkpoint, but ``metrics.jsonl`` holds records: starting fresh would erase them. Allowed only when
-    ``config.json`` shows the same config (retraining reproduces them); otherwise ``ValueError``."""
+    ``config.json`` shows the same config (retraining reproduces them); otherwise ``ResumeError``."""
     metrics = out / METRICS
     try:
         has_records = metrics.is_file() and bool(metrics.read_text(errors="replace").strip())
@@ -347,14 +355,14 @@ def _refuse_to_overwrite(out: Path, cfg: TrainConfig) -> None:
         saved = json.loads((out / "config.json").read_text())
         check_same_config(saved, cfg, out / "config.json")
         return
-    except ValueError as e:  # also json.JSONDecodeError
-        why = str(e).split(";")[0] if "different config" in str(e) else f"{out / 'config.json'} is unreadable"
+    except ResumeError as e:
+        why = e.problem
+    except ValueError:  # json.JSONDecodeError
+        why = f"{out / 'config.json'} is unreadable"
     except (OSError, TypeError, AttributeError):
         why = f"{out / 'config.json'} is missing or unreadable"
-    raise ValueError(
-        f"{metrics} holds the results of an earlier run but {out / CHECKPOINT} is missing ({why}); "
-        "pass resume=False to overwrite them, or use another out_dir"
-    )
+    raise ResumeError(f"{metrics} holds the results of an earlier run but {out / CHECKPOINT} is missing ({why})",
+                      "pass {no_resume} to overwrite them, or use another {out}")
 
 
 def _start_fresh(run: RunState) -> None:
@@ -417,6 +425,7 @@ def _save(run: RunState, finished: bool = False) -> None:
         "mid_epoch": run.mid_epoch, "finished": finished, "model": run.model.state_dict(),
         "head": run.head.state_dict(), "optimizer": run.optimizer.state_dict(), "loader": run.loader.state_dict(),
         "rng": get_rng_state(), "metrics_bytes": (run.out / METRICS).stat().st_size,
+        "num_threads": torch.get_num_threads(),
     })
 
 
