@@ -340,5 +340,5 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         pass
     else:
         return value
-    name = getattr(tp, "__name__", str(tp))
+    name = tp.__name__ if isinstance(tp, type) else str(tp)  # list[int], not list
     raise ConfigError(key, f"bad value {value!r} for config key {key!r} (expected {name})")
