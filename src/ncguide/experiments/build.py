@@ -4,26 +4,39 @@
     model = build_backbone(cfg, ds)
     head = build_run_head(cfg, model.feature_dim, ds.num_classes, steps_per_epoch(cfg, ds))
 
+``check_buildable(cfg)`` checks, before any data is loaded or anything is written, everything those calls
+would reject later: the data set's files (``data.dataset_info``), the model options and their types, the
+model on the data set's inputs (built and run on the ``meta`` device: no memory, no arithmetic), the head
+options and ``feature_dim >= num_classes`` for the ETF heads, and the loader options.
+
 The unconstrained-features model (UFM) is the one setting with special rules, and they all live in
 this file (see "UFM" below).
 """
 
 from __future__ import annotations
 
+import collections.abc
 import hashlib
+import inspect
+import json
+import math
+import types
+import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..heads import Head, build_head, head_options
-from .config import TrainConfig
-from .data import Dataset, DatasetLoader, TensorLoader, load_dataset
-from .models import build_model
+from .config import ConfigError, TrainConfig
+from .data import Dataset, DatasetLoader, TensorLoader, dataset_info, load_dataset
+from .models import MODELS, build_model
 
 __all__ = [
     "ETF_METHODS", "data_fingerprint", "load_data", "build_backbone", "build_run_head", "head_kwargs", "make_loaders",
-    "steps_per_epoch",
+    "steps_per_epoch", "check_buildable", "check_all_buildable",
 ]
 
 ETF_METHODS = ("fixed-etf", "nearest-etf", "nearest-etf-nograd")  # need feature_dim >= num_classes
@@ -78,9 +91,12 @@ def build_run_head(cfg: TrainConfig, feature_dim: int, num_classes: int, steps_p
     """The head of ``cfg.method`` on ``feature_dim``-dim features; ``ValueError`` if an ETF head cannot fit.
     ``steps_per_epoch``: as :func:`head_kwargs` (needed with ``cfg.freeze_after``)."""
     if cfg.method in ETF_METHODS and feature_dim < num_classes:
-        raise ValueError(
-            f"method {cfg.method!r} needs feature_dim >= num_classes, got {feature_dim} < {num_classes}: widen the "
-            f"model (e.g. a last layer of width >= {num_classes})"
+        widen = ("raise feature_dim" if cfg.model == "ufm"
+                 else f"widen the model (e.g. a last layer of width >= {num_classes}, in model_kwargs)")
+        raise ConfigError(
+            "feature_dim" if cfg.model == "ufm" else "model_kwargs",
+            f"method {cfg.method!r} needs feature_dim >= num_classes, got {feature_dim} < {num_classes} "
+            f"(model {cfg.model!r} on dataset {cfg.dataset!r}): {widen}",
         )
     return build_head(cfg.method, feature_dim, num_classes, **head_kwargs(cfg, steps_per_epoch))
 
@@ -90,6 +106,144 @@ def steps_per_epoch(cfg: TrainConfig, ds: Dataset, world: int = 1, batch_norm: b
     batches: the same on every rank)."""
     n = _num_train(ds)
     return n // cfg.batch_size if _drop_last(cfg, n, world, batch_norm) else -(-n // cfg.batch_size)
+
+
+# ------------------------------------------------------------------------------------ up-front checks
+
+
+def check_buildable(cfg: TrainConfig) -> None:
+    """:class:`ConfigError` naming the key for anything in ``cfg`` that ``load_data``, ``build_backbone``,
+    ``build_run_head`` or ``make_loaders`` would reject, without loading the data (see the module docstring).
+    Not checked: the files of a data set that would be downloaded, and subset sizes."""
+    cfg.validate()
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "device='cuda' but CUDA is not available; use device=cpu or auto")
+    try:
+        shape, k = dataset_info(cfg.dataset, cfg.data_dir, num_classes=cfg.num_classes)
+    except ValueError as e:
+        key = "data_dir" if "data_dir" in str(e) or cfg.dataset in ("fashion-mnist", "imagenet") else "dataset"
+        raise ConfigError(key, str(e)) from None
+    if (cfg.model == "ufm") != (cfg.dataset == "ufm"):
+        key = "model" if cfg.dataset != "ufm" else "dataset"
+        raise ConfigError(key, f"model 'ufm' goes with dataset 'ufm' only (its inputs are sample indices, one free "
+                               f"feature each); got model {cfg.model!r} on dataset {cfg.dataset!r}")
+    feature_dim, batch_norm = _check_model(cfg, shape, k)
+    if cfg.method in ETF_METHODS and feature_dim < k:
+        build_run_head(cfg, feature_dim, k)  # raises its ConfigError
+    options = head_options(cfg.method)
+    for name in cfg.head_kwargs:
+        if name not in options:
+            raise ConfigError(f"head_kwargs.{name}", f"head_kwargs.{name} is not an option of method {cfg.method!r} "
+                                                     f"(it takes {', '.join(sorted(options))})")
+    try:
+        with torch.random.fork_rng(devices=[]):  # a head may draw its initial rotation: leave the RNG as it was
+            build_head(cfg.method, feature_dim, k, **head_kwargs(cfg))
+    except (ValueError, TypeError, RuntimeError) as e:
+        raise ConfigError("head_kwargs", f"method {cfg.method!r} cannot be built with head options "
+                                         f"{head_kwargs(cfg)}: {_first_line(e)}") from None
+    if batch_norm and cfg.batch_size < 2:
+        raise ConfigError("batch_size", f"batch_size={cfg.batch_size} gives batches of one sample, and model "
+                                        f"{cfg.model!r} has batch norm, which needs at least 2; use batch_size >= 2")
+    if cfg.dataset == "imagenet" and (cfg.stratified or cfg.augment is not None):
+        raise ConfigError("stratified" if cfg.stratified else "augment",
+                          f"dataset {cfg.dataset!r} is file-backed: stratified and augment need in-memory data (its "
+                          "own transforms augment it); set stratified=false, augment=none")
+    if cfg.augment is not None and len(shape) != 3:
+        raise ConfigError("augment", f"augment={cfg.augment!r} needs images (C, H, W); dataset {cfg.dataset!r} has "
+                                     f"inputs of shape {shape}; set augment=none")
+
+
+def check_all_buildable(configs: Iterable[TrainConfig]) -> None:
+    """:func:`check_buildable` for each distinct config (seeds aside), before any of them trains."""
+    seen = set()
+    for cfg in configs:
+        tag = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "seed"}, sort_keys=True, default=str)
+        if tag not in seen:
+            seen.add(tag)
+            check_buildable(cfg)
+
+
+def _first_line(e: BaseException) -> str:
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _check_model(cfg: TrainConfig, shape: tuple, num_classes: int) -> tuple[int, bool]:
+    """(feature_dim, has batch norm) of ``cfg.model`` for inputs of ``shape``: its options checked by name and
+    type, then the model built and run on a batch of 3 on the meta device."""
+    key = cfg.model.lower()
+    builder = MODELS[key]
+    hints = typing.get_type_hints(builder)
+    params = {p.name: p for p in inspect.signature(builder).parameters.values() if p.kind == p.KEYWORD_ONLY}
+    fixed = {"num_samples"} if key == "ufm" else set()  # set from the data set
+    for name, value in cfg.model_kwargs.items():
+        if name not in params or name in fixed:
+            why = "is set from the data set" if name in fixed else f"is not an option of model {cfg.model!r}"
+            valid = ", ".join(n for n in params if n not in fixed) or "none"
+            raise ConfigError(f"model_kwargs.{name}", f"model_kwargs.{name} {why} (its options: {valid})")
+        if name in hints and not _fits(value, hints[name]):
+            raise ConfigError(f"model_kwargs.{name}", f"model_kwargs.{name} must be {_describe(hints[name])} for "
+                                                      f"model {cfg.model!r}; got {value!r}")
+    n = cfg.train_per_class or cfg.samples_per_class
+    kw = {**({"num_samples": num_classes * n, "feature_dim": cfg.feature_dim} if key == "ufm" else {}),
+          **cfg.model_kwargs}
+    where = f"model {cfg.model!r} on dataset {cfg.dataset!r} (inputs of shape {shape})"
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, shape, num_classes, **kw)
+    except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
+        raise ConfigError("model_kwargs" if cfg.model_kwargs else "model",
+                          f"{where} cannot be built with model_kwargs {cfg.model_kwargs}: {_first_line(e)}") from None
+    feature_dim = int(model.feature_dim)
+    if key != "ufm":
+        try:
+            out = model(torch.zeros((3, *shape), device="meta"))
+        except NotImplementedError:  # an operation without a meta kernel: nothing to conclude
+            out = None
+        except (ValueError, TypeError, RuntimeError, IndexError) as e:
+            raise ConfigError("model", f"{where}: the model does not fit these inputs ({_first_line(e)}); "
+                                       "choose a model for this data set") from None
+        if out is not None and tuple(out.shape) != (3, feature_dim):
+            raise ConfigError("model", f"{where}: the model maps a batch of 3 to features of shape "
+                                       f"{tuple(out.shape)}, not (3, {feature_dim}); choose a model for this data set")
+    return feature_dim, any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a config value (from YAML or ``--set``) has the type a builder's option is annotated with."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, collections.abc.Sequence) or hint in (list, tuple):
+        item = args[0] if args else Any
+        return isinstance(value, (list, tuple)) and (item is Any or all(_fits(v, item) for v in value))
+    return True  # anything else: the builder judges
+
+
+def _describe(hint: Any, plural: bool = False) -> str:
+    """``int | Sequence[int] | None`` → "an int, a list of ints or none"."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        parts = [_describe(a, plural) for a in args]
+        return ", ".join(parts[:-1]) + " or " + parts[-1]
+    if hint is type(None):
+        return "none"
+    if origin in (list, tuple, collections.abc.Sequence):
+        return f"a list of {_describe(args[0], plural=True)}" if args else "a list"
+    name = getattr(hint, "__name__", str(hint))
+    names = {"int": ("an int", "ints"), "float": ("a finite number", "numbers"), "bool": ("true or false", "booleans"),
+             "str": ("a string", "strings")}
+    return names[name][plural] if name in names else name
 
 
 def make_loaders(cfg: TrainConfig, ds: Dataset, device, rank: int = 0, world: int = 1,

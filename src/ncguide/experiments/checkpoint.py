@@ -2,7 +2,8 @@
 
 ``OUT/checkpoint.pt`` is written (temporary file + ``os.replace``) after every epoch and on Ctrl-C. It is
 a dict with ``version`` (1), ``config`` (``TrainConfig.to_dict()``), ``epoch``, ``step``, ``wall_s``,
-``mid_epoch``, ``finished``, the state dicts of ``model``, ``head`` (running means, ``U_prev``),
+``mid_epoch``, ``finished``, ``num_threads`` (``torch.get_num_threads()`` of the writer; a resume under
+another count warns), the state dicts of ``model``, ``head`` (running means, ``U_prev``),
 ``optimizer`` and ``loader`` (its position in the epoch), ``rng`` (torch, numpy, python and, when CUDA
 is in use, CUDA generator states), ``metrics_lines`` (a copy of the lines of ``metrics.jsonl`` when it
 was written) and ``metrics_bytes`` (their size): a resume cuts the lines a killed run wrote later and
@@ -29,6 +30,7 @@ from .files import atomic_write
 
 __all__ = [
     "CHECKPOINT",
+    "ResumeError",
     "RUNTIME_FIELDS",
     "load_checkpoint",
     "save_checkpoint",
@@ -43,6 +45,19 @@ CHECKPOINT = "checkpoint.pt"
 RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers"}
 
 
+class ResumeError(ValueError):
+    """A run folder that cannot be resumed: a checkpoint (or results) of another config, or an unreadable
+    checkpoint. ``str(e)`` ends with the advice in Python's words (``resume=False``, ``out_dir``);
+    ``advice(no_resume, out)`` words it for another caller (the ``ncguide`` command: ``--no-resume``, ``--out``)."""
+
+    def __init__(self, problem: str, advice: str = "pass {no_resume} to start over, or use another {out}"):
+        self.problem, self._advice = problem, advice
+        super().__init__(f"{problem}; {self.advice('resume=False', 'out_dir')}")
+
+    def advice(self, no_resume: str, out: str) -> str:
+        return self._advice.format(no_resume=no_resume, out=out)
+
+
 REQUIRED_KEYS = ("config", "epoch", "step", "finished", "model", "head", "optimizer", "loader", "rng")
 
 
@@ -50,7 +65,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     """The checkpoint dict (tensors on CPU, memory-mapped). It is our own file: not ``weights_only``.
 
     An empty, truncated or corrupt file (or one that is not a checkpoint of ours) raises a one-line
-    ``ValueError`` naming it and saying what to do; a missing or unreadable-by-permission file keeps
+    :class:`ResumeError` naming it and saying what to do; a missing or unreadable-by-permission file keeps
     its ``OSError``."""
     path = Path(path)
     try:
@@ -59,15 +74,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise
     except Exception as e:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, ValueError...
         reason = "empty file" if path.stat().st_size == 0 else (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{path} is unreadable ({reason}); {UNREADABLE_ADVICE}") from None
+        raise ResumeError(f"{path} is unreadable ({reason})", UNREADABLE_ADVICE) from None
     missing = [k for k in REQUIRED_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED_KEYS)
     if missing:
-        raise ValueError(f"{path} is unreadable (not an ncguide checkpoint: lacks {', '.join(missing)}); "
-                         f"{UNREADABLE_ADVICE}")
+        raise ResumeError(f"{path} is unreadable (not an ncguide checkpoint: lacks {', '.join(missing)})",
+                          UNREADABLE_ADVICE)
     return ckpt
 
 
-UNREADABLE_ADVICE = "delete it or pass resume=False to start that run over"
+UNREADABLE_ADVICE = "delete it or pass {no_resume} to start that run over"
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
@@ -84,15 +99,12 @@ def is_finished(out_dir: str | os.PathLike) -> bool:
 
 
 def check_same_config(saved: dict, cfg: TrainConfig, path: Path) -> None:
-    """``ValueError`` unless ``saved`` (a checkpoint's config) equals ``cfg`` up to ``RUNTIME_FIELDS``."""
+    """:class:`ResumeError` unless ``saved`` (a checkpoint's config) equals ``cfg`` up to ``RUNTIME_FIELDS``."""
     now = json.loads(json.dumps(cfg.to_dict()))
     saved = json.loads(json.dumps(with_defaults(saved)))
     diff = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_FIELDS and saved.get(k) != now.get(k))
     if diff:
-        raise ValueError(
-            f"{path} was written by a different config (differs in: {', '.join(diff)}); "
-            "pass resume=False to start over, or use another out_dir"
-        )
+        raise ResumeError(f"{path} was written by a different config (differs in: {', '.join(diff)})")
 
 
 def seed_everything(seed: int) -> None:

@@ -6,16 +6,24 @@
 
 A run's settings come, in increasing precedence, from the TrainConfig defaults, a YAML ``--config`` file,
 the explicit flags (``--dataset``, ``--epochs``, ...) and ``--set key=value`` (any TrainConfig field).
-Mistakes a user makes print one line ``ncguide: error: ...`` and exit with status 2 (set the environment
-variable ``NCGUIDE_TRACEBACK=1`` to see the traceback instead); a diverged run (non-finite loss) exits
-with 1, Ctrl-C with 130 (re-running the same command resumes).
+Every input is checked before anything is trained or written (``build.check_buildable`` for every run of a
+compare): a mistake prints one line ``ncguide: error: ...`` naming the key or flag (and the config file it
+came from) and exits with status 2, leaving no output folder behind (set the environment variable
+``NCGUIDE_TRACEBACK=1`` to see the traceback instead). A diverged run (non-finite loss) exits with 1, and so
+does a run whose files cannot be written (disk full, quota, read-only file system: one line naming the
+file; re-running the same command resumes from the last checkpoint); Ctrl-C exits with 130. Warnings
+are one line ``ncguide: warning: ...``.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
+import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 __all__ = ["main", "build_parser", "resolve_config"]
@@ -78,6 +86,43 @@ and the figures DIR/*.png (overview.png, train_acc.png, test_acc.png, loss.png, 
 nc2.png, nc3.png, nc4.png): median over seeds with a min-max band, per method."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """``ArgumentParser`` without prefix matching (``--seed`` is not ``--seeds``) whose errors are one line
+    ``ncguide: error: ...`` (exit 2), with a "did you mean" for a misspelt flag."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+        self._argv: list[str] = []
+
+    def parse_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        return super().parse_args(args, namespace)
+
+    def error(self, message: str):
+        hint = ""
+        if message.startswith("unrecognized arguments:"):
+            hint = self._suggest(message.split(":", 1)[1].split())
+        self.exit(2, f"ncguide: error: {message}{hint} (see `{self._command()} --help`)\n")
+
+    def _command(self) -> str:
+        sub = self._subcommands()
+        return next((f"{self.prog} {a}" for a in self._argv if a in sub), self.prog)
+
+    def _subcommands(self) -> dict[str, argparse.ArgumentParser]:
+        return next((a.choices for a in self._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+    def _suggest(self, unknown: list[str]) -> str:
+        sub = self._subcommands()
+        parser = next((sub[a] for a in self._argv if a in sub), self)
+        flags = [o for a in parser._actions for o in a.option_strings]
+        for arg in unknown:
+            close = difflib.get_close_matches(arg.partition("=")[0], flags, n=1) if arg.startswith("--") else []
+            if close:
+                return f"; did you mean {close[0]}?"
+        return ""
+
+
 def _names(names) -> str:
     """``a, b or c`` for a registry's names."""
     names = list(names)
@@ -92,7 +137,8 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run settings (override the config file)")
     g.add_argument("--config", metavar="FILE", help="YAML file of TrainConfig fields (see configs/)")
     g.add_argument("--dataset", metavar="NAME", help=_names([*(n for n in DATASETS if n != "npz"), "npz:PATH"]))
-    g.add_argument("--model", metavar="NAME", help=_names(MODELS))
+    g.add_argument("--model", metavar="NAME",
+                   help=_names(MODELS) + " (cnn: cnn1d for (L,) or (C, L) inputs, else cnn2d)")
     g.add_argument("--epochs", type=int, metavar="N", help="training epochs")
     g.add_argument("--batch-size", type=int, metavar="B", help="batch size")
     g.add_argument("--lr", type=float, metavar="LR", help="learning rate")
@@ -124,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     from ..heads import METHODS
 
     fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="ncguide", formatter_class=fmt, description=_DESCRIPTION, epilog=_EPILOG)
-    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True)
+    parser = _Parser(prog="ncguide", formatter_class=fmt, description=_DESCRIPTION, epilog=_EPILOG)
+    sub = parser.add_subparsers(dest="command", metavar="<command>", required=True, parser_class=_Parser)
 
     t = sub.add_parser(
         "train", formatter_class=fmt, help="train one method with one seed", description=_TRAIN_DESCRIPTION,
@@ -162,14 +208,39 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", formatter_class=fmt, help="(re)write figures and tables from a compare's logs",
                        description=_REPORT_DESCRIPTION)
     r.add_argument("dir", metavar="DIR", help="the --out directory of `ncguide compare`")
-    r.add_argument("--train-acc-threshold", type=float, default=None, metavar="A",
-                   help="training accuracy to reach, as a fraction (default 0.99)")
-    r.add_argument("--nc1-threshold", type=float, default=None, metavar="X",
-                   help="NC1 value to reach (default: nc1_threshold of the runs' config)")
+    r.add_argument("--train-acc-threshold", type=_fraction, default=None, metavar="A",
+                   help="training accuracy to reach, as a fraction in (0, 1] (default 0.99)")
+    r.add_argument("--nc1-threshold", type=_positive, default=None, metavar="X",
+                   help="NC1 value to reach, > 0 (default: nc1_threshold of the runs' config)")
     r.add_argument("--report-epochs", dest="report_epochs", metavar="E1,E2",
                    help="epochs of the training-accuracy table (default: the compare's, else the last and its "
                         "midpoint)")
     return parser
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    """An accuracy threshold: a number in (0, 1]."""
+    value = _number(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1] (a fraction, 0.99 for 99%); got {text!r}")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _number(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0; got {text!r}")
+    return value
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -177,20 +248,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_yaml(path: str) -> dict:
-    import yaml
-
     from .config import load_config
 
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"config file {path!r} not found; pass an existing YAML file (see configs/)")
-    try:
-        return dict(load_config(p) or {})
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ValueError(f"malformed YAML in {path}{where}: {problem}; fix the syntax of that line") from None
+        what = "is a directory, not a file" if p.is_dir() else "not found"
+        raise ValueError(f"config file {path!r} {what}; pass an existing YAML file (see configs/)")
+    return dict(load_config(p) or {})  # ValueError naming the file: not UTF-8, malformed, not a mapping
+
+
+def _source(args: argparse.Namespace, key: str) -> str | None:
+    """Where the value of config ``key`` (``a.b``: of field ``a``) came from: ``--set``, a flag, or the file."""
+    top = key.partition(".")[0]
+    for item in reversed(getattr(args, "overrides", None) or []):
+        if item.partition("=")[0].strip().partition(".")[0] == top:
+            return f"from --set {item}"
+    dests = {field: dest for dest, field in _COMMON_FLAGS.items()}
+    dest = dests.get(top, top)
+    if getattr(args, dest, None) is not None and isinstance(getattr(args, dest), (str, int, float)):
+        flag = "--" + dest.replace("_", "-")
+        if any(a.startswith(flag) for a in getattr(args, "_argv", [flag])):
+            return f"from {flag}"
+    if getattr(args, "config", None):
+        try:
+            if top in _load_yaml(args.config):
+                return f"in config file {args.config}"
+        except ValueError:
+            pass
+    return None
 
 
 def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) -> tuple[dict, dict]:
@@ -236,12 +321,19 @@ def _parse_variant_flags(items: list[str]) -> dict[str, dict]:
     return out
 
 
+_created: list[Path] = []  # folders _check_out made in this call of main (removed again if it fails)
+
+
 def _check_out(out: str | None) -> Path:
+    """The ``--out`` folder, created (with its missing parents, which ``main`` removes again if the command
+    fails and leaves them empty); ``ValueError`` for a file or a folder that cannot be created or written."""
     if out is None:
         raise ValueError("the output directory is missing; add --out DIR")
     path = Path(out)
+    missing = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
+        _created.extend(missing)
     except FileExistsError:
         raise ValueError(f"--out {out!r} is a file, not a directory; choose another --out") from None
     except OSError as e:
@@ -256,14 +348,23 @@ def _check_out(out: str | None) -> Path:
 
 
 def _cmd_train(args) -> int:
-    from .config import TrainConfig
+    from .build import check_buildable
+    from .config import ConfigError, TrainConfig
     from .report import short_record
     from .train import train
 
+    for item in args.overrides:  # a config file's compare keys are for compare; set explicitly, they are a mistake
+        key = item.partition("=")[0].strip()
+        if key.partition(".")[0] in _COMPARE_KEYS:
+            raise ConfigError(key, f"{key} is a key of `ncguide compare`; `ncguide train` trains one method with one "
+                                   "seed: use --method and --seed (or run ncguide compare)")
     d, _ = resolve_config(args, {"method": args.method, "seed": args.seed})  # methods/seeds of a compare
     cfg = TrainConfig.from_dict(d)
     if args.print_config:
         return _print_config(cfg.to_dict())
+    if args.out is None:
+        raise ValueError("the output directory is missing; add --out DIR")
+    check_buildable(cfg)  # before creating --out: a mistake leaves nothing behind
     out = _check_out(args.out)
     print(f"ncguide: training {cfg.method} on {cfg.dataset} ({cfg.model}), seed {cfg.seed} -> {out}", flush=True)
     record = train(cfg, out, resume=args.resume)
@@ -290,15 +391,24 @@ def _cmd_compare(args) -> int:
         parse_variants,
         run_compare,
     )
-    from .config import TrainConfig
+    from .config import ConfigError, TrainConfig
 
     d, compare = resolve_config(args)
     for k in ("method", "seed"):  # set per run
-        d.pop(k, None)
-    variants = parse_variants(compare.get("variants"))
-    methods = parse_methods(compare.get("methods", DEFAULT_METHODS), variants)
-    seeds = parse_seeds(compare.get("seeds", DEFAULT_SEEDS))
-    grid = parse_grid(compare.get("grid"))
+        if k in d:
+            raise ConfigError(k, f"{k} is set per run by `ncguide compare`; give the list as {k}s "
+                                 f"(--{k}s, or {k}s: in the config file)")
+
+    def parsed(key: str, parse, *extra):
+        try:
+            return parse(*extra)
+        except ValueError as e:
+            raise ConfigError(key, str(e)) from None
+
+    variants = parsed("variants", parse_variants, compare.get("variants"))
+    methods = parsed("methods", parse_methods, compare.get("methods", DEFAULT_METHODS), variants)
+    seeds = parsed("seeds", parse_seeds, compare.get("seeds", DEFAULT_SEEDS))
+    grid = parsed("grid", parse_grid, compare.get("grid"))
     options = dict(grid=grid, selection_seeds=compare.get("selection_seeds", DEFAULT_SELECTION_SEEDS),
                    variants=variants, report_epochs=compare.get("report_epochs"))
     if args.print_config:
@@ -307,6 +417,9 @@ def _cmd_compare(args) -> int:
         extra.update({"variants": variants} if variants else {})
         return _print_config({"methods": methods, "seeds": seeds, **extra,
                               **{k: v for k, v in cfg.items() if k not in ("method", "seed")}})
+    if args.out is None:
+        raise ValueError("the output directory is missing; add --out DIR")
+    # run_compare checks every run (every grid point and variant) before it trains any
     run_compare(d, methods, seeds, _check_out(args.out), resume=args.resume, **options)
     return 0
 
@@ -335,18 +448,43 @@ def _cmd_report(args) -> int:
 _COMMANDS = {"train": _cmd_train, "compare": _cmd_compare, "report": _cmd_report}
 
 
-def _error(msg: str) -> int:
+def _error(msg: str, status: int = 2) -> int:
     print(f"ncguide: error: {msg}", file=sys.stderr)
-    return 2
+    return status
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"ncguide: warning: {str(message).strip().splitlines()[0] if str(message).strip() else category.__name__}",
+          file=sys.stderr)
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # the run could not save its files: exit 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ncguide``; returns the exit status (0 ok, 2 usage/config error, 130 interrupted)."""
+    """Entry point of ``ncguide``; returns the exit status (0 ok, 1 diverged or files not writable, 2 usage or
+    config error, 130 interrupted)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help (0) and argparse usage errors (2)
         return e.code if isinstance(e.code, int) else 2
+    args._argv = parser._argv
+    _created.clear()
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        status = _run(args)
+    if status not in (0, 130):  # a failed command leaves no empty folders of its own behind
+        for folder in _created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    _created.clear()
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return _COMMANDS[args.command](args)
     except BrokenPipeError:  # output piped into `head` and closed early
@@ -356,13 +494,31 @@ def main(argv: list[str] | None = None) -> int:
         print("\nncguide: interrupted; run the same command again to resume (finished runs are kept)",
               file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError) as e:
+    except OSError as e:
         if os.environ.get("NCGUIDE_TRACEBACK"):
             raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, OSError) and e.filename is not None:
-            msg = f"{e.strerror or e}: {e.filename}; check the path and its permissions"
-        msg = msg.replace("pass resume=False", "pass --no-resume")  # the library's advice, in CLI words
+        where = e.filename or getattr(args, "out", None) or getattr(args, "dir", None)
+        if e.errno in _WRITE_ERRNOS:
+            return _error(f"cannot write {where}: {e.strerror}; free some space or choose another --out (running "
+                          "the same command again resumes from the last checkpoint)", 1)
+        if e.filename is None and not isinstance(e, (FileNotFoundError, PermissionError, NotADirectoryError,
+                                                     IsADirectoryError)):
+            raise
+        return _error(f"{e.strerror or e}: {where}; check the path and its permissions")
+    except ValueError as e:
+        if os.environ.get("NCGUIDE_TRACEBACK"):
+            raise
+        from .checkpoint import ResumeError
+        from .config import ConfigError
+
+        if isinstance(e, ResumeError):
+            msg = f"{e.problem}; {e.advice('--no-resume', '--out')}"
+        else:
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, ConfigError):
+            source = _source(args, e.key)
+            if source and (not args.config or args.config not in msg):
+                msg = f"{msg} ({source})"
         notes = getattr(e, "__notes__", None)  # e.g. where in training it happened
         return _error(f"{msg} ({'; '.join(notes)})" if notes else msg)
     except ImportError as e:

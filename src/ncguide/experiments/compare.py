@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..heads import METHODS
+from .build import check_all_buildable
 from .checkpoint import CHECKPOINT, RUNTIME_FIELDS, load_checkpoint
 from .config import TrainConfig, apply_overrides, field_names, with_defaults
 from .files import atomic_write_text, read_jsonl
@@ -300,9 +301,9 @@ def run_compare(
     selection = [_Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p))
                  for s in sel_seeds for p in (points if len(points) > 1 else []) for m in methods]
     candidates = {m: {point_name(p): p for p in points} for m in methods}
-    for m in methods:  # the report runs could use any point: check them all now
-        for p in points:
-            config(m, p, seeds[0])
+    # the report runs could use any point: check them all now, including what only a build would reject
+    # (K > d for ETF heads, model vs data, head options), so no run trains before a later one fails
+    check_all_buildable(config(m, p, seeds[0]) for m in methods for p in points)
     out_dir = Path(out_dir)
     with folder_lock(out_dir, enabled=int(os.environ.get("RANK", "0")) == 0):  # creates out_dir
         return _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs,

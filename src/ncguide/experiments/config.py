@@ -3,15 +3,16 @@
     cfg = TrainConfig.from_dict(apply_overrides(load_config("configs/demo.yaml"), ["lr=0.1"]))
 
 ``from_dict`` rejects unknown keys; ``validate()`` (called by ``from_dict`` and by ``train``)
-checks names and ranges and raises ``ValueError`` with a one-line message listing the valid
-choices. Overrides are ``key=value`` strings; ``value`` is coerced to the field's type
-(``none``/``null`` for optional fields, ``a,b,c`` or ``[a, b]`` for lists, JSON/YAML for dicts), and
-``model_kwargs.width=0.5`` sets one entry of a dict field.
+checks names and ranges and raises :class:`ConfigError` (a ``ValueError`` carrying the offending
+``key``) with a one-line message listing the valid choices. Overrides are ``key=value`` strings;
+``value`` is coerced to the field's type (``none``/``null`` for optional fields, ``a,b,c`` or ``[a, b]``
+for lists, JSON/YAML for dicts), and ``model_kwargs.width=0.5`` sets one entry of a dict field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
 import typing
@@ -24,10 +25,21 @@ from ..means import SCHEDULES as MEAN_SCHEDULES
 from ..solve import SOLVERS
 from .optim import OPTIMIZERS, SCHEDULES
 
-__all__ = ["TrainConfig", "load_config", "apply_overrides", "with_defaults", "field_names", "DEVICES", "AMP"]
+__all__ = ["ConfigError", "TrainConfig", "load_config", "apply_overrides", "with_defaults", "field_names", "DEVICES",
+           "AMP"]
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
+AUGMENTATIONS = ("crop-flip", "flip")  # data.loader.AUGMENTATIONS (not imported: it would load the data package)
+
+
+class ConfigError(ValueError):
+    """A bad config value. ``key`` names the field (``model_kwargs.widths`` for an entry of a dict field), so
+    that a caller can say where the value came from (the ``ncguide`` command names the file or the flag)."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
 
 
 @dataclass
@@ -101,7 +113,7 @@ class TrainConfig:
         """Config from a (partial) dict; ValueError for an unknown key or an invalid value."""
         unknown = sorted(set(d) - set(field_names()))
         if unknown:
-            raise ValueError(f"unknown config key {unknown[0]!r} (valid: {', '.join(field_names())})")
+            raise _unknown_key(unknown[0])
         hints = _hints()
         cfg = cls(**{k: _coerce(k, v, hints[k]) for k, v in d.items()})
         cfg.validate()
@@ -111,11 +123,12 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self, check_registries: bool = True) -> None:
-        """Check names and ranges (``check_registries``: also dataset/model names against the registries)."""
+        """Check names and ranges (``check_registries``: also dataset/model names against the registries);
+        :class:`ConfigError` naming the first bad field."""
         for f in dataclasses.fields(self):  # NaN/inf would pass the range checks below (or fail them oddly)
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{f.name} must be a finite number; got {value}")
+                raise ConfigError(f.name, f"{f.name} must be a finite number; got {value}")
         _one_of("method", self.method, METHODS)
         _one_of("optimizer", self.optimizer, OPTIMIZERS)
         _one_of("schedule", self.schedule, SCHEDULES)
@@ -123,48 +136,63 @@ class TrainConfig:
         _one_of("amp", self.amp, AMP)
         _one_of("mean_schedule", self.mean_schedule, MEAN_SCHEDULES)
         _one_of("solver", self.solver, SOLVERS)
+        if self.augment is not None:
+            _one_of("augment", self.augment, AUGMENTATIONS)
         for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "check_every", "num_classes",
                      "samples_per_class", "feature_dim"):
             if getattr(self, name) < 1 and not (name == "epochs" and self.epochs == 0):
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+                _bad(name, f"{name} must be >= 1; got {getattr(self, name)}")
         if self.num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2; got {self.num_classes}")
-        if not self.lr > 0 or not self.agd_gain > 0:
-            raise ValueError(f"lr and agd_gain must be > 0; got lr={self.lr}, agd_gain={self.agd_gain}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1 or not 0 <= self.label_smoothing < 1:
-            raise ValueError("need weight_decay >= 0, 0 <= momentum < 1 and 0 <= label_smoothing < 1")
+            _bad("num_classes", f"num_classes must be >= 2; got {self.num_classes}")
+        for name in ("lr", "agd_gain", "temperature", "nc1_threshold"):
+            if not getattr(self, name) > 0:
+                _bad(name, f"{name} must be > 0; got {getattr(self, name)}")
+        for name in ("weight_decay", "delta", "gamma"):
+            if getattr(self, name) < 0:
+                _bad(name, f"{name} must be >= 0; got {getattr(self, name)}")
+        for name in ("momentum", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                _bad(name, f"{name} must lie in [0, 1); got {getattr(self, name)}")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise ValueError("nesterov=True needs optimizer='sgd' with momentum > 0")
+            _bad("nesterov", "nesterov=True needs optimizer='sgd' with momentum > 0")
         if self.optimizer == "agd" and self.weight_decay != 0:
-            raise ValueError(f"optimizer 'agd' takes no weight decay (got {self.weight_decay}); set weight_decay=0")
+            _bad("weight_decay", f"optimizer 'agd' takes no weight decay (got weight_decay={self.weight_decay}); "
+                                 "set weight_decay=0")
         if self.warmup_epochs < 0 or (self.epochs and self.warmup_epochs > self.epochs):
-            raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}]; got {self.warmup_epochs}")
+            _bad("warmup_epochs", f"warmup_epochs must lie in [0, epochs={self.epochs}]; got {self.warmup_epochs}")
+        if any(m < 1 for m in self.step_milestones):
+            _bad("step_milestones", f"step_milestones must be epochs >= 1; got {self.step_milestones}")
         if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0; got {self.num_workers}")
-        if not 0 <= self.alpha_min <= 1 or not 0 < self.ema_alpha <= 1:
-            raise ValueError(f"need 0 <= alpha_min <= 1 and 0 < ema_alpha <= 1; got {self.alpha_min}, {self.ema_alpha}")
-        if self.train_per_class is not None and self.train_per_class < 1:
-            raise ValueError(f"train_per_class must be >= 1 or None; got {self.train_per_class}")
-        if self.test_per_class is not None and self.test_per_class < 1:
-            raise ValueError(f"test_per_class must be >= 1 or None; got {self.test_per_class}")
+            _bad("num_workers", f"num_workers must be >= 0; got {self.num_workers}")
+        if not 0 <= self.alpha_min <= 1:
+            _bad("alpha_min", f"alpha_min must lie in [0, 1]; got {self.alpha_min}")
+        if not 0 < self.ema_alpha <= 1:
+            _bad("ema_alpha", f"ema_alpha must lie in (0, 1]; got {self.ema_alpha}")
+        for name in ("train_per_class", "test_per_class"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                _bad(name, f"{name} must be >= 1 or None; got {getattr(self, name)}")
         self._validate_freeze_after()
         if check_registries:
             from .data import DATASETS
             from .models import MODELS
 
             if not (self.dataset in DATASETS or self.dataset.startswith("npz:")):
-                raise ValueError(f"unknown dataset {self.dataset!r} (valid: {', '.join(DATASETS)}, npz:PATH)")
+                names = ", ".join(n for n in DATASETS if n != "npz")
+                _bad("dataset", f"unknown dataset {self.dataset!r} (valid: {names}, npz:PATH)")
+            if self.dataset.startswith("npz") and not self.dataset[4:].strip():
+                _bad("dataset", f"dataset {self.dataset!r} needs the path of your arrays: npz:PATH, e.g. "
+                                "npz:data/mine.npz")
             _one_of("model", self.model.lower(), tuple(MODELS))
 
     def _validate_freeze_after(self) -> None:
         if "freeze_after" in self.head_kwargs:
-            raise ValueError("set freeze_after (in epochs), not head_kwargs.freeze_after")
+            _bad("head_kwargs", "set freeze_after (in epochs), not head_kwargs.freeze_after")
         if self.freeze_after is None:
             return
         if isinstance(self.freeze_after, bool) or not self.freeze_after >= 0:
-            raise ValueError(f"freeze_after must be None or a number of epochs >= 0; got {self.freeze_after!r}")
+            _bad("freeze_after", f"freeze_after must be None or a number of epochs >= 0; got {self.freeze_after!r}")
         if self.method not in ("nearest-etf", "nearest-etf-nograd"):
-            raise ValueError(f"freeze_after applies to nearest-etf and nearest-etf-nograd only; method "
+            _bad("freeze_after", f"freeze_after applies to nearest-etf and nearest-etf-nograd only; method "
                              f"{self.method!r} has no U to freeze (set freeze_after=none)")
 
 
@@ -179,18 +207,39 @@ def field_names() -> list[str]:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (or JSON) config file into a dict (keys are checked later, by ``from_dict``)."""
-    text = Path(path).read_text()
+    """Read a YAML (or ``.json``) config file into a dict (keys are checked later, by ``from_dict``).
+
+    ``ValueError`` naming the file for one that is missing, not UTF-8 text, malformed, or not a mapping of
+    names to values."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = Path(path).read_bytes()[: e.start].count(b"\n") + 1
+        raise ValueError(f"config file {path} is not UTF-8 text (byte {e.object[e.start]:#x} on line {line}); "
+                         "save it as UTF-8") from None
     if str(path).endswith(".json"):
-        d = json.loads(text)
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"malformed JSON in {path} at line {e.lineno}, column {e.colno}: {e.msg}; "
+                             "fix the syntax of that line") from None
     else:
         import yaml
 
-        d = yaml.safe_load(text)
+        try:
+            d = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise ValueError(f"malformed YAML in {path}{where}: {problem}; fix the syntax of that line") from None
     if d is None:
         return {}
     if not isinstance(d, dict):
         raise ValueError(f"config file {path} must hold a mapping of key: value; got {type(d).__name__}")
+    bad = next((k for k in d if not isinstance(k, str)), None)
+    if bad is not None:
+        raise ValueError(f"config file {path} has a key {bad!r} that is not a name; keys are field names")
     return d
 
 
@@ -206,11 +255,13 @@ def apply_overrides(d: dict[str, Any], overrides: list[str] | tuple[str, ...]) -
             raise ValueError(f"bad override {item!r}: expected key=value")
         top, dot, sub = key.partition(".")
         if top not in hints:
-            raise ValueError(f"unknown config key {top!r} (valid: {', '.join(field_names())})")
+            raise _unknown_key(top)
         if dot:
             if hints[top] is not dict:
-                raise ValueError(f"bad override {item!r}: {top!r} is not a dict field")
-            out[top] = {**dict(out.get(top) or {}), sub: _parse_scalar(value)}
+                raise ConfigError(top, f"bad override {item!r}: {top!r} is not a dict field")
+            if not sub.strip():
+                raise ConfigError(top, f"bad override {item!r}: name the entry, e.g. {top}.NAME=VALUE")
+            out[top] = {**dict(out.get(top) or {}), sub.strip(): _parse_scalar(value, key)}
         else:
             out[top] = _coerce(top, value, hints[top])
     return out
@@ -225,10 +276,20 @@ def _hints() -> dict[str, Any]:
 
 def _one_of(name: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
-        raise ValueError(f"unknown {name} {value!r} (valid: {', '.join(valid)})")
+        raise ConfigError(name, f"unknown {name} {value!r} (valid: {', '.join(valid)})")
 
 
-def _parse_scalar(text: str) -> Any:
+def _bad(key: str, message: str) -> None:
+    raise ConfigError(key, message)
+
+
+def _unknown_key(key: str) -> ConfigError:
+    close = difflib.get_close_matches(key, field_names(), n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return ConfigError(key, f"unknown config key {key!r} ({hint}valid: {', '.join(field_names())})")
+
+
+def _parse_scalar(text: str, key: str = "") -> Any:
     """A value typed on the command line: YAML if available (``1e-3``, ``[1, 2]``, ``{a: 1}``), else JSON."""
     try:
         import yaml
@@ -240,7 +301,8 @@ def _parse_scalar(text: str) -> Any:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"bad value {text!r}: not valid YAML ({str(e).splitlines()[0]})") from None
+        where = f" for config key {key!r}" if key else ""
+        raise ConfigError(key, f"bad value {text!r}{where}: not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -283,15 +345,15 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return [_coerce(key, v, item_tp) for v in value]
         if origin is dict:
             if isinstance(value, str):
-                value = _parse_scalar(value) if value.strip() else {}
+                value = _parse_scalar(value, key) if value.strip() else {}
             if value is None:
                 return {}
-            if not isinstance(value, dict):
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
                 raise ValueError
             return dict(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         pass
     else:
         return value
-    name = getattr(tp, "__name__", str(tp))
-    raise ValueError(f"bad value {value!r} for config key {key!r} (expected {name})")
+    name = tp.__name__ if isinstance(tp, type) else str(tp)  # list[int], not list
+    raise ConfigError(key, f"bad value {value!r} for config key {key!r} (expected {name})")

@@ -16,18 +16,46 @@ __all__ = ["atomic_write", "atomic_write_text", "append_line", "read_jsonl", "la
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
-    """Call ``write(f)`` on a temporary file in ``path``'s folder, fsync it, then ``os.replace`` it onto ``path``."""
+    """Call ``write(f)`` on a temporary file in ``path``'s folder, fsync it, then ``os.replace`` it onto ``path``.
+
+    A failed write (full disk, read-only file system...) raises ``OSError`` with its ``errno`` and
+    ``filename=path``, also when the writer (``torch.save``) hid the operating system's error in its own."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from e
+    f = None
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            f = _Recording(raw)
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        cause = f.error if f is not None and f.error is not None else e
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(cause.errno, cause.strerror, str(path)) from e
         raise
+
+
+class _Recording:
+    """A file whose ``write`` keeps the first ``OSError`` it raised (``torch.save`` reports it as a RuntimeError)."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

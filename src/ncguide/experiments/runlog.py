@@ -28,7 +28,7 @@ import os
 import warnings
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT, load_checkpoint
+from .checkpoint import CHECKPOINT, ResumeError, load_checkpoint
 from .config import with_defaults
 from .files import atomic_write, truncate
 from .locks import folder_lock
@@ -107,10 +107,9 @@ def _restore_by_size(path: Path, data: bytes, size: int) -> list[str]:
     _, bad = _records(lines)
     if len(data) < size or cut or bad is not None:
         why = f"{len(data)} bytes, {size} when checkpointed" if len(data) < size else "a record is cut"
-        raise ValueError(
+        raise ResumeError(
             f"{path} lost records since its checkpoint was written ({why}) and that checkpoint (from an older "
-            f"ncguide) keeps no copy of them; delete {path.parent} or pass resume=False to retrain the run"
-        )
+            f"ncguide) keeps no copy of them", f"delete {path.parent} or pass {{no_resume}} to retrain the run")
     truncate(path, size)
     return lines
 

@@ -32,10 +32,12 @@ Outputs in ``out_dir`` (only rank 0 writes):
 Resume (``resume=True`` and a checkpoint exists): the checkpoint is restored, ``metrics.jsonl`` is made
 to hold exactly the lines the checkpoint kept (records written after it are cut; records lost or cut are
 rewritten from the checkpoint's copy, with a warning) and training goes on; the final metrics equal an
-uninterrupted run's (bitwise on CPU with ``deterministic=True``). A process killed mid-epoch loses that
-partial epoch, which is replayed identically. A finished run is not retrained: its log is made to agree
-with its checkpoint the same way and ``train`` returns its last record. A checkpoint written by a
-different config raises ``ValueError`` (``checkpoint.RUNTIME_FIELDS`` may differ), and so does a folder
+uninterrupted run's (bitwise on CPU with ``deterministic=True``, given the same torch version, device and
+thread count: with another ``torch.get_num_threads()`` CPU reductions round differently, ~1e-8, so a resume
+under another thread count warns). A process killed mid-epoch loses that partial epoch, which is replayed
+identically. A finished run is not retrained: its log is made to agree with its checkpoint the same way and
+``train`` returns its last record. A checkpoint written by a different config raises
+``checkpoint.ResumeError``, a ``ValueError`` (``checkpoint.RUNTIME_FIELDS`` may differ), and so does a folder
 whose ``metrics.jsonl`` holds records but has no checkpoint, unless its ``config.json`` shows the same
 config: ``resume=False`` is needed to overwrite another run's results.
 
@@ -101,6 +103,7 @@ from . import distributed
 from .build import build_backbone, build_run_head, data_fingerprint, load_data, make_loaders, steps_per_epoch
 from .checkpoint import (
     CHECKPOINT,
+    ResumeError,
     check_same_config,
     get_rng_state,
     load_checkpoint,
@@ -193,6 +196,10 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         log_lines = restore_log(out, ckpt, write=where.rank == 0)  # the log as the checkpoint counted it
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
             return json.loads(log_lines[-1]) if log_lines else last_record(out / METRICS)
+        threads = ckpt.get("num_threads")
+        if threads is not None and threads != torch.get_num_threads() and where.device.type == "cpu":
+            warnings.warn(f"resuming {out} with {torch.get_num_threads()} threads; it ran with {threads}, so the "
+                          "results may differ from an uninterrupted run by rounding (~1e-8)", stacklevel=3)
     elif resume:
         _refuse_to_overwrite(out, cfg)
 
@@ -348,7 +355,7 @@ def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> Ru
 
 def _refuse_to_overwrite(out: Path, cfg: TrainConfig) -> None:
     """No checkpoint, but ``metrics.jsonl`` holds records: starting fresh would erase them. Allowed only when
-    ``config.json`` shows the same config (retraining reproduces them); otherwise ``ValueError``."""
+    ``config.json`` shows the same config (retraining reproduces them); otherwise ``ResumeError``."""
     metrics = out / METRICS
     try:
         has_records = metrics.is_file() and bool(metrics.read_text(errors="replace").strip())
@@ -360,22 +367,22 @@ def _refuse_to_overwrite(out: Path, cfg: TrainConfig) -> None:
         saved = json.loads((out / "config.json").read_text())
         check_same_config(saved, cfg, out / "config.json")
         return
-    except ValueError as e:  # also json.JSONDecodeError
-        why = str(e).split(";")[0] if "different config" in str(e) else f"{out / 'config.json'} is unreadable"
+    except ResumeError as e:
+        why = e.problem
+    except ValueError:  # json.JSONDecodeError
+        why = f"{out / 'config.json'} is unreadable"
     except (OSError, TypeError, AttributeError):
         why = f"{out / 'config.json'} is missing or unreadable"
-    raise ValueError(
-        f"{metrics} holds the results of an earlier run but {out / CHECKPOINT} is missing ({why}); "
-        "pass resume=False to overwrite them, or use another out_dir"
-    )
+    raise ResumeError(f"{metrics} holds the results of an earlier run but {out / CHECKPOINT} is missing ({why})",
+                      "pass {no_resume} to overwrite them, or use another {out}")
 
 
 def _check_same_data(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
     """A checkpoint of an ``npz:`` run is resumed (or reused) only with the same file content."""
     saved, now = ckpt.get("data_fingerprint"), data_fingerprint(cfg)
     if saved is not None and now is not None and saved != now:
-        raise ValueError(f"{path} was trained on other data: the content of {cfg.dataset.partition(':')[2]} has "
-                         "changed since (sha256 differs); pass resume=False to start over, or use another out_dir")
+        raise ResumeError(f"{path} was trained on other data: the content of {cfg.dataset.partition(':')[2]} has "
+                          "changed since (sha256 differs)")
 
 
 def _start_fresh(run: RunState) -> None:
@@ -438,6 +445,7 @@ def _save(run: RunState, finished: bool = False) -> None:
         "head": run.head.state_dict(), "optimizer": run.optimizer.state_dict(), "loader": run.loader.state_dict(),
         "data_fingerprint": run.data_fingerprint,
         "rng": get_rng_state(), **log_state(run.log),
+        "num_threads": torch.get_num_threads(),
     })
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -152,6 +153,8 @@ def read_npz(path: str | os.PathLike, num_classes: int | None = None) -> dict[st
     path = Path(path).expanduser()
     if not path.is_file():
         raise ValueError(f"npz file {path} not found; give npz:PATH with the path of your .npz file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path}: not a .npz file (a zip archive of arrays); save it with numpy.savez")
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}

@@ -1,0 +1,280 @@
+"""Every way a user can give ncguide bad input: exit status 2, one line ``ncguide: error: ...`` naming the
+offending key or flag (and the file, for files), and nothing written: no output folder, no run files.
+
+Every case must fail up front, before any training or data loading (a case that trains first is a bug)."""
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ncguide.experiments import checkpoint
+from ncguide.experiments.cli import main
+
+T = ["train", "--out", "{OUT}"]
+C = ["compare", "--out", "{OUT}"]
+TINY = ["--dataset", "digits", "--model", "mlp", "--set", "model_kwargs.widths=[32]", "--set", "device=cpu"]
+
+
+def _npz(path: Path, **change) -> None:
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.normal(size=(20, 6)).astype(np.float32), "y_train": np.arange(20) % 4,
+              "x_test": rng.normal(size=(8, 6)).astype(np.float32), "y_test": np.arange(8) % 4}
+    arrays.update(change)
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+
+
+def _make_files(d: Path) -> None:
+    """The bad (and good) input files the cases refer to as {D}/name."""
+    text = {
+        "syntax.yaml": "epochs: [1, 2\nlr: 0.1\n",
+        "list.yaml": "- a\n- b\n",
+        "key.yaml": "epoch: 3\n",
+        "value.yaml": "epochs: abc\n",
+        "range.yaml": "lr: -1\n",
+        "kwargs.yaml": "model_kwargs: {widths: abc}\n",
+        "nonstr.yaml": "1: 2\n",
+        "methods.yaml": "methods: [standard, nope]\n",
+        "seeds.yaml": "seeds: -2\n",
+        "method.yaml": "method: standard\n",
+        "bad.json": '{"epochs": 3,}',
+        "list.json": "[1, 2]",
+        "afile": "",
+        "garbage.npz": "not a zip file",
+    }
+    for name, content in text.items():
+        (d / name).write_text(content)
+    (d / "latin1.yaml").write_bytes("epochs: 3  # café\n".encode("latin-1"))
+    (d / "confdir.yaml").mkdir()
+    (d / "report").mkdir()  # a folder without runs
+    _npz(d / "good.npz")
+    _npz(d / "noy.npz", y_train=None, y_test=None)
+    _npz(d / "nan.npz", x_train=np.full((20, 6), np.nan, dtype=np.float32))
+    _npz(d / "len.npz", y_train=np.arange(19) % 4)
+    _npz(d / "neg.npz", y_train=np.arange(20) % 4 - 1)
+    _npz(d / "testlabel.npz", y_test=np.arange(8) % 4 + 3)
+    _npz(d / "strings.npz", x_train=np.array([["a"] * 6] * 20))
+    _npz(d / "floatlabels.npz", y_train=np.arange(20) % 4 + 0.5)
+    _npz(d / "gap.npz", y_train=(np.arange(20) % 2) * 3)
+    _npz(d / "flat.npz", x_train=np.zeros(20, dtype=np.float32))
+    _npz(d / "shapes.npz", x_test=np.zeros((8, 7), dtype=np.float32))
+    _npz(d / "classes20.npz", y_train=np.arange(20), y_test=np.arange(8))
+
+
+# (argv, substrings the one line must hold): {OUT} is the --out folder (never created), {D} the folder of files
+CASES = [
+    # flags and argparse
+    (["compare", "--seed", "5", "--out", "{OUT}"], ["--seed", "did you mean --seeds"]),
+    (["compare", "--method", "standard", "--out", "{OUT}"], ["--method", "did you mean --methods"]),
+    (T + ["--meth", "standard"], ["--meth"]),
+    (T + ["--epochs", "x"], ["--epochs", "'x'"]),
+    (T + ["--lr", "fast"], ["--lr"]),
+    (T + ["--device", "tpu"], ["--device", "tpu"]),
+    (["bogus"], ["bogus"]),
+    ([], ["command"]),
+    (["report", "{D}/report", "--train-acc-threshold", "5"], ["--train-acc-threshold", "(0, 1]"]),
+    (["report", "{D}/report", "--train-acc-threshold", "0"], ["--train-acc-threshold"]),
+    (["report", "{D}/report", "--train-acc-threshold", "nan"], ["--train-acc-threshold", "finite"]),
+    (["report", "{D}/report", "--nc1-threshold", "-1"], ["--nc1-threshold", "> 0"]),
+    (["report", "{D}/report", "--nc1-threshold", "inf"], ["--nc1-threshold", "finite"]),
+    (["report", "{D}/report", "--nc1-threshold", "abc"], ["--nc1-threshold", "'abc'"]),
+    (["report", "{D}/report"], ["no run logs"]),
+    (["report", "{D}/missing"], ["{D}/missing", "not a directory"]),
+    (["report", "{D}/afile"], ["{D}/afile", "not a directory"]),
+    # keys of the other command
+    (T + ["--set", "seeds=3"], ["seeds", "compare", "--seed"]),
+    (T + ["--set", "methods=standard"], ["methods", "compare", "--method"]),
+    (C + ["--set", "method=standard"], ["method", "--methods"]),
+    (C + ["--set", "seed=1"], ["seed", "--seeds"]),
+    (C + ["--config", "{D}/method.yaml"], ["method", "{D}/method.yaml"]),
+    # --set and flag values
+    (T + ["--set", "warmup_epochs=nan"], ["warmup_epochs", "--set warmup_epochs=nan"]),
+    (T + ["--set", "warmup_epochs=50", "--epochs", "5"], ["warmup_epochs", "epochs=5"]),
+    (T + ["--set", "model_kwargs.widths=abc"], ["model_kwargs.widths", "list of ints"]),
+    (T + ["--set", "model_kwargs={widths: abc}"], ["model_kwargs.widths"]),
+    (T + ["--set", "model_kwargs.nope=1"], ["model_kwargs.nope", "widths"]),
+    (T + ["--set", "model_kwargs.batch_norm=maybe"], ["model_kwargs.batch_norm", "true or false"]),
+    (T + ["--set", "model_kwargs=[1, 2]"], ["model_kwargs"]),
+    (T + ["--set", "model_kwargs.=3"], ["model_kwargs"]),
+    (T + ["--set", "model_kwargs.widths=[1, 2"], ["model_kwargs.widths", "YAML"]),
+    (T + ["--set", "head_kwargs.nope=1"], ["head_kwargs.nope", "nearest-etf"]),
+    (T + ["--set", "epochs.x=1"], ["epochs", "not a dict field"]),
+    (T + ["--set", "nope=1"], ["'nope'"]),
+    (T + ["--set", "epoch=3"], ["'epoch'", "did you mean 'epochs'"]),
+    (T + ["--set", "epochs=abc"], ["epochs", "'abc'"]),
+    (T + ["--set", "epochs=1e400"], ["epochs"]),
+    (T + ["--set", "epochs=2.5"], ["epochs"]),
+    (T + ["--set", "epochs"], ["--set 'epochs'", "key=value"]),
+    (T + ["--set", "=3"], ["--set '=3'"]),
+    (T + ["--set", "lr=-1"], ["lr", "> 0"]),
+    (T + ["--lr", "inf"], ["lr", "finite", "--lr"]),
+    (T + ["--epochs", "-1"], ["epochs", ">= 1", "--epochs"]),
+    (T + ["--batch-size", "0"], ["batch_size", "--batch-size"]),
+    (T + ["--set", "momentum=1.5"], ["momentum", "[0, 1)"]),
+    (T + ["--set", "step_milestones=a,b"], ["step_milestones", "list[int]"]),
+    (T + ["--set", "step_milestones=[0]"], ["step_milestones"]),
+    (T + ["--set", "augment=bogus"], ["augment", "crop-flip"]),
+    (T + ["--set", "nc1_threshold=0"], ["nc1_threshold"]),
+    (T + ["--set", "temperature=-5"], ["temperature"]),
+    (T + ["--set", "nesterov=true", "--set", "optimizer=adam"], ["nesterov"]),
+    (T + ["--set", "optimizer=agd"], ["weight_decay", "agd"]),
+    (T + ["--set", "train_per_class=0"], ["train_per_class"]),
+    (T + ["--set", "solver=bogus"], ["solver", "bogus"]),
+    (T + ["--set", "device=cuda"] if not torch.cuda.is_available() else T + ["--set", "device=tpu"], ["device"]),
+    (T + ["--method", "nope"], ["method", "'nope'"]),
+    (T + ["--model", "nope"], ["model", "'nope'", "cnn1d"]),
+    (T + ["--dataset", "nope"], ["dataset", "'nope'", "npz:PATH"]),
+    (T + ["--dataset", "npz"], ["npz:PATH"]),
+    (T + ["--dataset", "npz:"], ["npz:PATH"]),
+    # a model or head that does not fit the data set: checked before any data is loaded
+    (T + ["--dataset", "mnist1d", "--model", "cnn2d"], ["cnn2d", "mnist1d", "--model"]),
+    (T + ["--dataset", "digits", "--model", "ufm"], ["ufm", "digits"]),
+    (T + ["--dataset", "ufm", "--model", "mlp"], ["ufm", "mlp"]),
+    (T + ["--dataset", "digits", "--model", "vgg13"], ["vgg13", "32"]),
+    (T + ["--dataset", "mnist1d", "--model", "cnn1d", "--set", "model_kwargs.feature_dim=4"],
+     ["feature_dim", "4 < 10", "model_kwargs.feature_dim=4"]),
+    (T + ["--dataset", "ufm", "--model", "ufm", "--set", "feature_dim=5"], ["feature_dim", "5 < 10"]),
+    (T + ["--dataset", "ufm", "--model", "ufm", "--set", "model_kwargs.num_samples=3"], ["model_kwargs.num_samples"]),
+    (T + ["--dataset", "mnist1d", "--model", "cnn1d", "--set", "augment=flip"], ["augment", "images"]),
+    (T + TINY + ["--batch-size", "1"], ["batch_size", "batch norm"]),
+    (T + ["--method", "standard", "--set", "head_kwargs.temperature=hot"], ["head_kwargs", "standard"]),
+    # compare: a later method's requirements are checked before the first run trains
+    (C + TINY + ["--methods", "standard,nearest-etf", "--set", "model_kwargs.widths=[8]"],
+     ["nearest-etf", "feature_dim", "8 < 10"]),
+    (C + TINY + ["--methods", "standard,nearest-etf", "--set", "head_kwargs.delta=0.5"],
+     ["head_kwargs.delta", "standard"]),
+    (C + ["--methods", "standard,nope"], ["nope", "--methods"]),
+    (C + ["--methods", "standard,standard"], ["twice"]),
+    (C + ["--seeds", "0"], ["seeds", "--seeds"]),
+    (C + ["--seeds", "a,b"], ["seeds", "'a,b'"]),
+    (C + ["--config", "{D}/methods.yaml"], ["nope", "{D}/methods.yaml"]),
+    (C + ["--config", "{D}/seeds.yaml"], ["seeds", "{D}/seeds.yaml"]),
+    # config files
+    (T + ["--config", "{D}/missing.yaml"], ["{D}/missing.yaml", "not found"]),
+    (T + ["--config", "{D}/confdir.yaml"], ["{D}/confdir.yaml", "directory"]),
+    (T + ["--config", "{D}/syntax.yaml"], ["{D}/syntax.yaml", "malformed YAML", "line"]),
+    (T + ["--config", "{D}/latin1.yaml"], ["{D}/latin1.yaml", "UTF-8"]),
+    (T + ["--config", "{D}/bad.json"], ["{D}/bad.json", "JSON", "line 1"]),
+    (T + ["--config", "{D}/list.json"], ["{D}/list.json", "mapping"]),
+    (T + ["--config", "{D}/list.yaml"], ["{D}/list.yaml", "mapping"]),
+    (T + ["--config", "{D}/nonstr.yaml"], ["{D}/nonstr.yaml", "key 1"]),
+    (T + ["--config", "{D}/key.yaml"], ["'epoch'", "{D}/key.yaml"]),
+    (T + ["--config", "{D}/value.yaml"], ["epochs", "'abc'", "{D}/value.yaml"]),
+    (T + ["--config", "{D}/range.yaml"], ["lr", "{D}/range.yaml"]),
+    (T + ["--config", "{D}/kwargs.yaml"], ["model_kwargs.widths", "{D}/kwargs.yaml"]),
+    # --out
+    (["train", *TINY], ["--out"]),
+    (["compare", *TINY], ["--out"]),
+    (["train", *TINY, "--out", "{D}/afile"], ["--out", "{D}/afile", "is a file"]),
+    (["train", *TINY, "--out", "{D}/afile/sub"], ["--out", "{D}/afile/sub"]),
+    (["train", *TINY, "--out", "/sys/ncguide-bad-input-test"], ["--out", "/sys/ncguide-bad-input-test"]),
+    # --data-dir and the data files
+    (T + ["--dataset", "fashion-mnist", "--model", "cnn2d", "--data-dir", "{D}/afile"],
+     ["data_dir", "{D}/afile", "--data-dir"]),
+    (T + ["--dataset", "fashion-mnist", "--model", "cnn2d", "--data-dir", "{D}/nodata"], ["{D}/nodata", "not found"]),
+    (T + ["--dataset", "imagenet", "--model", "resnet50", "--data-dir", "{D}/nodata"], ["{D}/nodata", "train/"]),
+    (T + ["--dataset", "npz:{D}/missing.npz"], ["{D}/missing.npz", "not found"]),
+    (T + ["--dataset", "npz:{D}/garbage.npz"], ["{D}/garbage.npz", "not a .npz"]),
+    (T + ["--dataset", "npz:{D}/noy.npz"], ["{D}/noy.npz", "y_train"]),
+    (T + ["--dataset", "npz:{D}/nan.npz"], ["{D}/nan.npz", "NaN"]),
+    (T + ["--dataset", "npz:{D}/len.npz"], ["{D}/len.npz", "y_train has 19"]),
+    (T + ["--dataset", "npz:{D}/neg.npz"], ["{D}/neg.npz", "y_train labels"]),
+    (T + ["--dataset", "npz:{D}/testlabel.npz"], ["{D}/testlabel.npz", "y_test labels"]),
+    (T + ["--dataset", "npz:{D}/strings.npz"], ["{D}/strings.npz", "real numbers"]),
+    (T + ["--dataset", "npz:{D}/floatlabels.npz"], ["{D}/floatlabels.npz", "integer"]),
+    (T + ["--dataset", "npz:{D}/gap.npz"], ["{D}/gap.npz", "no training sample"]),
+    (T + ["--dataset", "npz:{D}/flat.npz"], ["{D}/flat.npz", "x_train"]),
+    (T + ["--dataset", "npz:{D}/shapes.npz"], ["{D}/shapes.npz", "shape"]),
+    (T + ["--dataset", "npz:{D}/good.npz", "--model", "cnn2d"], ["cnn2d", "{D}/good.npz"]),
+    (T + ["--dataset", "npz:{D}/classes20.npz", "--set", "model_kwargs.widths=[16]"], ["feature_dim", "16 < 20"]),
+]
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+@pytest.mark.parametrize(("argv", "expected"), CASES, ids=[" ".join(a)[:70] for a, _ in CASES])
+def test_bad_input_one_line_exit_2_nothing_written(argv, expected, tmp_path, capsys, monkeypatch):
+    if any(a.startswith("/sys/") for a in argv) and not Path("/sys").is_dir():
+        pytest.skip("needs /sys")
+    d, out = tmp_path / "files", tmp_path / "out"
+    d.mkdir()
+    _make_files(d)
+    monkeypatch.setenv("NCGUIDE_SYSTEM_DATA_DIR", str(d / "nodata"))  # no system copy of fashion-mnist
+    monkeypatch.setenv("NCGUIDE_CACHE", str(d / "cache"))
+    monkeypatch.delenv("NCGUIDE_TRACEBACK", raising=False)
+    before = _tree(tmp_path)
+    argv = [a.replace("{OUT}", str(out)).replace("{D}", str(d)) for a in argv]
+    capsys.readouterr()
+    try:
+        status = main(argv)
+    except SystemExit as e:  # allowed, with the same status
+        status = e.code
+    captured = capsys.readouterr()
+    err = captured.err
+    assert status == 2, (status, err)
+    assert err.startswith("ncguide: error: ") and err.endswith("\n") and err.count("\n") == 1, err
+    for word in expected:
+        assert word.replace("{D}", str(d)) in err, (word, err)
+    assert "Traceback" not in err and "resume=False" not in err
+    assert not out.exists() and _tree(tmp_path) == before, sorted(_tree(tmp_path) - before)
+    assert "training" not in captured.out  # failed up front
+
+
+def test_enough_cases():
+    assert len(CASES) >= 40
+
+
+def test_disk_full_while_writing_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    """A checkpoint that cannot be written (ENOSPC) is one line naming the file, exit 1, no torch traceback."""
+    def no_space(obj, f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(checkpoint.torch, "save", no_space)
+    out = tmp_path / "o"
+    assert main(["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("ncguide: error: cannot write") and err.count("\n") == 1, err
+    assert str(out / "checkpoint.pt") in err and os.strerror(errno.ENOSPC) in err
+    assert not list(out.glob(".checkpoint.pt.*"))  # no temporary file left
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+def test_atomic_write_reports_the_os_error_torch_hides(tmp_path, monkeypatch):
+    """torch.save turns a failed write into a RuntimeError; atomic_write gives back the OSError with the path."""
+    from ncguide.experiments import files
+
+    real_fdopen = os.fdopen
+
+    def full(fd, mode):
+        os.close(fd)
+        return real_fdopen(os.open("/dev/full", os.O_WRONLY), mode)
+
+    monkeypatch.setattr(files.os, "fdopen", full)
+    with pytest.raises(OSError) as info:
+        files.atomic_write(tmp_path / "x.pt", lambda f: torch.save({"a": torch.zeros(100_000)}, f))
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(tmp_path / "x.pt")
+
+
+def test_resume_under_another_thread_count_warns(tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]
+    assert main(argv) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["num_threads"] == torch.get_num_threads()
+    ckpt["num_threads"], ckpt["finished"] = torch.get_num_threads() + 1, False  # as if stopped at the end
+    torch.save(ckpt, out / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(argv) == 0
+    warning = [line for line in capsys.readouterr().err.splitlines() if "threads" in line]
+    assert len(warning) == 1 and warning[0].startswith("ncguide: warning: resuming"), warning
+
+
+def test_resume_error_words_its_advice_per_caller():
+    e = checkpoint.ResumeError("out/checkpoint.pt was written by a different config (differs in: lr)")
+    assert str(e).endswith("pass resume=False to start over, or use another out_dir")
+    assert e.advice("--no-resume", "--out") == "pass --no-resume to start over, or use another --out"
