@@ -32,7 +32,7 @@ __all__ = ["main", "build_parser", "resolve_config"]
 _COMMON_FLAGS = {"dataset": "dataset", "model": "model", "epochs": "epochs", "batch_size": "batch_size",
                  "lr": "lr", "device": "device", "data_dir": "data_dir"}
 # YAML/--set keys read by `compare`, not TrainConfig fields
-_COMPARE_KEYS = ("methods", "seeds", "grid", "selection_seeds", "variants", "report_epochs")
+_COMPARE_KEYS = ("methods", "seeds", "grid", "selection_seeds", "variants", "report_epochs", "train_acc_threshold")
 
 _DESCRIPTION = """\
 Guiding neural collapse: train classifiers whose head is the simplex ETF nearest to the
@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeds per grid point for the selection (default 2: seeds 1000, 1001), or a list")
     c.add_argument("--report-epochs", dest="report_epochs", metavar="E1,E2",
                    help="epochs of the training-accuracy table (default: the last epoch and its midpoint)")
+    c.add_argument("--train-acc-threshold", dest="train_acc_threshold", type=_fraction, metavar="A",
+                   help="training accuracy the selection and the report count epochs to (default 0.99)")
     c.add_argument("--variant", dest="variants", action="append", default=None, metavar="NAME:KEY=V,...",
                    help="a named method with its own settings, e.g. nearest-etf-freeze:method=nearest-etf,"
                         "freeze_after=3; list NAME in --methods; repeatable")
@@ -411,6 +413,11 @@ def _cmd_compare(args) -> int:
     grid = parsed("grid", parse_grid, compare.get("grid"))
     options = dict(grid=grid, selection_seeds=compare.get("selection_seeds", DEFAULT_SELECTION_SEEDS),
                    variants=variants, report_epochs=compare.get("report_epochs"))
+    if compare.get("train_acc_threshold") is not None:
+        try:
+            options["train_acc_threshold"] = _fraction(str(compare["train_acc_threshold"]))
+        except argparse.ArgumentTypeError as e:
+            raise ConfigError("train_acc_threshold", f"train_acc_threshold {e}") from None
     if args.print_config:
         cfg = TrainConfig.from_dict({**d, "method": "standard"}).to_dict()
         extra = {"grid": grid, "selection_seeds": options["selection_seeds"]} if grid else {}
@@ -425,18 +432,16 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import default_thresholds, run_configs, summary_table, write_report
+    from .report import check_report_epochs, report_thresholds, summary_table, write_report
 
     out = Path(args.dir)
     if not out.is_dir():
         raise ValueError(f"{args.dir!r} is not a directory; give the --out directory of `ncguide compare`")
-    thresholds = default_thresholds(run_configs(out))
+    thresholds = report_thresholds(out)
     if args.train_acc_threshold is not None:
         thresholds["train_acc"] = (">=", args.train_acc_threshold)
     if args.nc1_threshold is not None:
         thresholds["nc1"] = ("<=", args.nc1_threshold)
-    from .report import check_report_epochs
-
     summary = write_report(out, thresholds, check_report_epochs(args.report_epochs))
     for x in summary["excluded"]:
         print(f"ncguide: warning: {x['run']} left out of the report: {x['why']}", file=sys.stderr)

@@ -258,6 +258,7 @@ def run_compare(
     selection_seeds: int | str | Iterable[int] = DEFAULT_SELECTION_SEEDS,
     variants: Mapping[str, Mapping] | None = None,
     report_epochs: Iterable[int] | None = None,
+    train_acc_threshold: float = DEFAULT_TRAIN_ACC_THRESHOLD,
     resume: bool = True,
     progress: str = "auto",
     log: Callable[[str], None] = print,
@@ -271,9 +272,10 @@ def run_compare(
     items ``"key=v1,v2"``) to tune every method on ``selection_seeds`` (a count N: seeds 1000..1000+N-1, or
     a list disjoint from ``seeds``) before the report seeds run at each method's winner. ``variants``: named
     methods with their own overrides. ``report_epochs``: epochs of the paper-style accuracy table (default
-    the last epoch and its midpoint). Finished runs are reused and unfinished ones resumed when ``resume``;
-    ``resume=False`` retrains everything. ``log`` gets one line per run. Returns the report summary
-    (:func:`ncguide.experiments.report.summarize`), or ``{}`` when ``report=False``.
+    the last epoch and its midpoint). ``train_acc_threshold``: the training accuracy the selection ranks by
+    (epochs to reach it) and the report counts epochs to. Finished runs are reused and unfinished ones
+    resumed when ``resume``; ``resume=False`` retrains everything. ``log`` gets one line per run. Returns the
+    report summary (:func:`ncguide.experiments.report.summarize`), or ``{}`` when ``report=False``.
     """
     base_dict = base.to_dict() if isinstance(base, TrainConfig) else dict(base)
     base_dict.pop("method", None)
@@ -289,6 +291,9 @@ def run_compare(
         if clash and name in methods:
             raise ValueError(f"variant {name!r} fixes {clash[0]!r}, which the grid varies; drop one of them")
     report_epochs = check_report_epochs(report_epochs)
+    if isinstance(train_acc_threshold, bool) or not 0 < train_acc_threshold <= 1:
+        raise ValueError(f"train_acc_threshold must be a fraction in (0, 1]; got {train_acc_threshold!r}")
+    train_acc_threshold = float(train_acc_threshold)
 
     points = _grid_points(grid)
 
@@ -307,16 +312,17 @@ def run_compare(
     out_dir = Path(out_dir)
     with folder_lock(out_dir, enabled=int(os.environ.get("RANK", "0")) == 0):  # creates out_dir
         return _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs,
-                               base_dict, config, selection, candidates, resume, progress, log, report)
+                               train_acc_threshold, base_dict, config, selection, candidates, resume, progress,
+                               log, report)
 
 
-def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs, base_dict, config,
-                    selection, candidates, resume, progress, log, report) -> dict:
+def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs, threshold,
+                    base_dict, config, selection, candidates, resume, progress, log, report) -> dict:
     """run_compare's work once its arguments are checked, under ``out_dir``'s lock."""
     planned = {r.path: r.cfg for r in selection}
     planned.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
     _check_existing_runs(out_dir, planned, grid, variants, resume)
-    _write_compare_config(out_dir, base_dict, methods, seeds, grid, sel_seeds, variants, report_epochs)
+    _write_compare_config(out_dir, base_dict, methods, seeds, grid, sel_seeds, variants, report_epochs, threshold)
 
     if selection:
         _run_all(selection, resume, progress, log)
@@ -326,12 +332,12 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
         for m in methods:
             by_point = {name: {s: _selection_log(run_dir(out_dir, m, s, p)) for s in sel_seeds}
                         for name, p in candidates[m].items()}
-            winner, rows = select_point(by_point)
+            winner, rows = select_point(by_point, threshold)
             winners[m], tuning[m] = candidates[m][winner], rows
-            log(f"selected for {m}: {winner} (median epochs to train acc >= {DEFAULT_TRAIN_ACC_THRESHOLD:g}: "
+            log(f"selected for {m}: {winner} (median epochs to train acc >= {threshold:g}: "
                 f"{next(r['epochs'] for r in rows if r['point'] == winner)})")
         atomic_write_text(out_dir / SELECTION, json.dumps({
-            "primary": {"key": "train_acc", "op": ">=", "value": DEFAULT_TRAIN_ACC_THRESHOLD},
+            "primary": {"key": "train_acc", "op": ">=", "value": threshold},
             "grid": grid, "selection_seeds": sel_seeds, "report_seeds": seeds,
             "selected": {m: winners[m] for m in methods}, "folders": {m: point_name(winners[m]) for m in methods},
             "tuning": tuning}, indent=2) + "\n")
@@ -460,10 +466,11 @@ def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], grid: 
 
 
 def _write_compare_config(out_dir: Path, base: dict, methods: list[str], seeds: list[int], grid: dict,
-                          sel_seeds: list[int], variants: dict, report_epochs: list[int] | None) -> None:
+                          sel_seeds: list[int], variants: dict, report_epochs: list[int] | None,
+                          threshold: float) -> None:
     import yaml
 
-    resolved: dict = {"methods": methods, "seeds": seeds}
+    resolved: dict = {"methods": methods, "seeds": seeds, "train_acc_threshold": threshold}
     if grid:
         resolved.update(grid=grid, selection_seeds=sel_seeds)
     if variants:

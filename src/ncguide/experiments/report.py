@@ -46,6 +46,7 @@ __all__ = [
     "load_runs",
     "run_configs",
     "default_thresholds",
+    "report_thresholds",
     "summarize",
     "summary_table",
     "paper_table",
@@ -533,9 +534,9 @@ def _excluded_lines(excluded: list[dict]) -> list[str]:
     return lines + [f"- `{x['run']}`: {x['why']}" for x in excluded] + [""]
 
 
-def _configured_report_epochs(out_dir: Path) -> list[int] | None:
-    """``report_epochs`` of the comparison's ``config.yaml``, if it sets them."""
-    path = out_dir / "config.yaml"
+def _compare_setting(out_dir: Path, key: str):
+    """``key`` of the comparison's ``config.yaml`` (None if it is not set or the file is unreadable)."""
+    path = Path(out_dir) / "config.yaml"
     if not path.is_file():
         return None
     try:
@@ -544,7 +545,17 @@ def _configured_report_epochs(out_dir: Path) -> list[int] | None:
         d = yaml.safe_load(path.read_text()) or {}
     except Exception:  # noqa: BLE001 (an unreadable config.yaml only loses this default)
         return None
-    return check_report_epochs(d.get("report_epochs")) if isinstance(d, dict) else None
+    return d.get(key) if isinstance(d, dict) else None
+
+
+def report_thresholds(out_dir: str | Path) -> dict[str, tuple[str, float]]:
+    """:func:`default_thresholds` of the runs' configs, with the comparison's ``train_acc_threshold`` (its
+    ``config.yaml``) when it set one."""
+    thresholds = default_thresholds(run_configs(out_dir))
+    acc = _compare_setting(Path(out_dir), "train_acc_threshold")
+    if isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 < acc <= 1:
+        thresholds["train_acc"] = (">=", float(acc))
+    return thresholds
 
 
 def _selection_section(selection: dict) -> list[str]:
@@ -565,7 +576,7 @@ def _selection_section(selection: dict) -> list[str]:
 def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] | None = None,
                  report_epochs: list[int] | None = None) -> dict:
     """Regenerate ``summary.json``, ``report.md`` and the PNGs in ``out_dir`` from its run logs; returns
-    the summary. ``thresholds`` defaults to ``default_thresholds(<the runs' config.json>)``;
+    the summary. ``thresholds`` defaults to :func:`report_thresholds`;
     ``report_epochs`` to those of the comparison's ``config.yaml``, else the last epoch and its midpoint."""
     out_dir = Path(out_dir)
     excluded: list[dict] = []
@@ -573,8 +584,8 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
     configs = run_configs(out_dir)
     selection = read_selection(out_dir)
     if report_epochs is None:
-        report_epochs = _configured_report_epochs(out_dir)
-    summary = summarize(runs, thresholds or default_thresholds(configs), report_epochs)
+        report_epochs = check_report_epochs(_compare_setting(out_dir, "report_epochs"))
+    summary = summarize(runs, thresholds or report_thresholds(out_dir), report_epochs)
     summary["excluded"] = excluded
     diverged = {m: [s for s, folder in by_seed.items() if (folder / DIVERGED).is_file()]
                 for m, by_seed in run_folders(out_dir).items()}
