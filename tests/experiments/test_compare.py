@@ -346,3 +346,19 @@ def test_cli_grid_end_to_end(tmp_path, capsys):
     assert main(["compare", "--config", str(out / "config.yaml"), "--out", str(out)]) == 0  # repeats: all reused
     assert "training in" not in capsys.readouterr().out
     assert main([*argv[:-2], "--seeds", "1", "--selection-seeds", "0,1000", "--out", str(tmp_path / "o2")]) == 2
+
+
+def test_train_acc_threshold_drives_selection_and_report(tmp_path, capsys):
+    out = tmp_path / "out"
+    summary = run_compare({**BASE, "epochs": 2}, ["standard"], [0], out, grid={"lr": [1e-4, 1.0]}, selection_seeds=1,
+                          train_acc_threshold=0.3, progress="none", log=_quiet)
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["primary"]["value"] == 0.3
+    logs = {point_name({"lr": lr}): {1000: read_jsonl(run_dir(out, "standard", 1000, {"lr": lr}) / "metrics.jsonl")}
+            for lr in (1e-4, 1.0)}
+    assert select_point(logs, 0.3)[1] == sel["tuning"]["standard"]
+    assert summary["thresholds"]["train_acc"]["value"] == 0.3
+    assert main(["report", str(out)]) == 0  # the report keeps the comparison's threshold
+    assert json.loads((out / "summary.json").read_text())["thresholds"]["train_acc"]["value"] == 0.3
+    with pytest.raises(ValueError, match="train_acc_threshold"):
+        run_compare(BASE, ["standard"], [0], tmp_path / "o2", train_acc_threshold=1.5, progress="none", log=_quiet)
