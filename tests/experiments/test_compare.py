@@ -206,12 +206,14 @@ def test_diverged_grid_point_ranks_last_and_does_not_stop_the_comparison(tmp_pat
 
 def test_variant_runs_with_its_settings(tmp_path):
     out = tmp_path / "out"
-    variants = {"nearest-etf-t10": {"method": "nearest-etf", "temperature": 10.0}}
-    summary = run_compare(BASE, ["nearest-etf", "nearest-etf-t10"], [0], out, variants=variants, progress="none",
-                          log=_quiet)
+    variants = {"nearest-etf-t10": {"method": "nearest-etf", "temperature": 10.0},
+                "frozen": {"method": "nearest-etf", "freeze_after": 1}}
+    summary = run_compare(BASE, ["nearest-etf", "nearest-etf-t10", "frozen"], [0], out, variants=variants,
+                          progress="none", log=_quiet)
     cfg = json.loads((out / "runs" / "nearest-etf-t10" / "seed-0" / "config.json").read_text())
-    assert (cfg["method"], cfg["temperature"]) == ("nearest-etf", 10.0)
-    assert list(summary["methods"]) == ["nearest-etf", "nearest-etf-t10"]
+    assert (cfg["method"], cfg["temperature"], cfg["freeze_after"]) == ("nearest-etf", 10.0, None)
+    assert json.loads((out / "runs" / "frozen" / "seed-0" / "config.json").read_text())["freeze_after"] == 1.0
+    assert list(summary["methods"]) == ["nearest-etf", "nearest-etf-t10", "frozen"]
 
 
 @pytest.mark.parametrize("kw, match", [

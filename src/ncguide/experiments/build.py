@@ -129,18 +129,19 @@ def check_buildable(cfg: TrainConfig) -> None:
                                f"feature each); got model {cfg.model!r} on dataset {cfg.dataset!r}")
     feature_dim, batch_norm = _check_model(cfg, shape, k)
     if cfg.method in ETF_METHODS and feature_dim < k:
-        build_run_head(cfg, feature_dim, k)  # raises its ConfigError
+        build_run_head(cfg, feature_dim, k, steps_per_epoch=1)  # raises its ConfigError
     options = head_options(cfg.method)
     for name in cfg.head_kwargs:
         if name not in options:
             raise ConfigError(f"head_kwargs.{name}", f"head_kwargs.{name} is not an option of method {cfg.method!r} "
                                                      f"(it takes {', '.join(sorted(options))})")
+    kwargs = head_kwargs(cfg, steps_per_epoch=1)  # the step count only scales freeze_after (checked by validate)
     try:
         with torch.random.fork_rng(devices=[]):  # a head may draw its initial rotation: leave the RNG as it was
-            build_head(cfg.method, feature_dim, k, **head_kwargs(cfg))
+            build_head(cfg.method, feature_dim, k, **kwargs)
     except (ValueError, TypeError, RuntimeError) as e:
         raise ConfigError("head_kwargs", f"method {cfg.method!r} cannot be built with head options "
-                                         f"{head_kwargs(cfg)}: {_first_line(e)}") from None
+                                         f"{kwargs}: {_first_line(e)}") from None
     if batch_norm and cfg.batch_size < 2:
         raise ConfigError("batch_size", f"batch_size={cfg.batch_size} gives batches of one sample, and model "
                                         f"{cfg.model!r} has batch norm, which needs at least 2; use batch_size >= 2")

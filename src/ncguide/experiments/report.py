@@ -93,9 +93,11 @@ _NON_METRICS = {"epoch", "step"}
 # reading logs
 
 
-def _order_methods(methods) -> list[str]:
+def _order_methods(methods, listed=()) -> list[str]:
+    """The paper's methods in their fixed order, then others as the comparison listed them, then by name."""
     known = [m for m in _METHOD_ORDER if m in methods]
-    return known + sorted(m for m in methods if m not in _METHOD_ORDER)
+    listed = [m for m in listed if m in methods and m not in known] if isinstance(listed, list) else []
+    return known + listed + sorted(m for m in methods if m not in _METHOD_ORDER and m not in listed)
 
 
 def read_selection(out_dir: str | Path) -> dict | None:
@@ -135,7 +137,8 @@ def run_folders(out_dir: str | Path) -> dict[str, dict[int, Path]]:
             for path in sorted((runs_dir / method / folder).glob("seed-*")):
                 if (seed := _seed_of(path)) in report_seeds and path.is_dir():
                     found.setdefault(method, {})[seed] = path
-    return {m: dict(sorted(found[m].items())) for m in _order_methods(found)}
+    order = _order_methods(found, _compare_setting(Path(out_dir), "methods"))
+    return {m: dict(sorted(found[m].items())) for m in order}
 
 
 def load_runs(out_dir: str | Path, excluded: list[dict] | None = None) -> dict[str, dict[int, list[dict]]]:
