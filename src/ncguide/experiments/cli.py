@@ -267,6 +267,9 @@ def _source(args: argparse.Namespace, key: str) -> str | None:
             return f"from --set {item}"
     dests = {field: dest for dest, field in _COMMON_FLAGS.items()}
     dest = dests.get(top, top)
+    repeated = {"variants": "--variant", "grid": "--grid"}  # flags given once per item
+    if top in repeated and getattr(args, dest, None):
+        return f"from {repeated[top]}"
     if getattr(args, dest, None) is not None and isinstance(getattr(args, dest), (str, int, float)):
         flag = "--" + dest.replace("_", "-")
         if any(a.startswith(flag) for a in getattr(args, "_argv", [flag])):
@@ -387,13 +390,12 @@ def _cmd_compare(args) -> int:
         DEFAULT_METHODS,
         DEFAULT_SEEDS,
         DEFAULT_SELECTION_SEEDS,
-        parse_grid,
         parse_methods,
         parse_seeds,
         parse_variants,
         run_compare,
     )
-    from .config import ConfigError, TrainConfig
+    from .config import ConfigError, with_defaults
 
     d, compare = resolve_config(args)
     for k in ("method", "seed"):  # set per run
@@ -410,20 +412,17 @@ def _cmd_compare(args) -> int:
     variants = parsed("variants", parse_variants, compare.get("variants"))
     methods = parsed("methods", parse_methods, compare.get("methods", DEFAULT_METHODS), variants)
     seeds = parsed("seeds", parse_seeds, compare.get("seeds", DEFAULT_SEEDS))
-    grid = parsed("grid", parse_grid, compare.get("grid"))
-    options = dict(grid=grid, selection_seeds=compare.get("selection_seeds", DEFAULT_SELECTION_SEEDS),
-                   variants=variants, report_epochs=compare.get("report_epochs"))
+    options = dict(grid=compare.get("grid"), variants=variants, report_epochs=compare.get("report_epochs"),
+                   selection_seeds=compare.get("selection_seeds", DEFAULT_SELECTION_SEEDS))
     if compare.get("train_acc_threshold") is not None:
         try:
             options["train_acc_threshold"] = _fraction(str(compare["train_acc_threshold"]))
         except argparse.ArgumentTypeError as e:
             raise ConfigError("train_acc_threshold", f"train_acc_threshold {e}") from None
-    if args.print_config:
-        cfg = TrainConfig.from_dict({**d, "method": "standard"}).to_dict()
-        extra = {"grid": grid, "selection_seeds": options["selection_seeds"]} if grid else {}
-        extra.update({"variants": variants} if variants else {})
-        return _print_config({"methods": methods, "seeds": seeds, **extra,
-                              **{k: v for k, v in cfg.items() if k not in ("method", "seed")}})
+    if args.print_config:  # everything is checked as for a run; nothing is trained or written
+        settings = run_compare(d, methods, seeds, "unused", check_only=True, **options)
+        cfg = with_defaults(d)  # checked by run_compare for every method
+        return _print_config({**settings, **{k: v for k, v in cfg.items() if k not in ("method", "seed")}})
     if args.out is None:
         raise ValueError("the output directory is missing; add --out DIR")
     # run_compare checks every run (every grid point and variant) before it trains any

@@ -52,7 +52,7 @@ from pathlib import Path
 from ..heads import METHODS
 from .build import check_all_buildable
 from .checkpoint import CHECKPOINT, RUNTIME_FIELDS, load_checkpoint
-from .config import TrainConfig, apply_overrides, field_names, with_defaults
+from .config import ConfigError, TrainConfig, apply_overrides, field_names, with_defaults
 from .files import atomic_write_text, read_jsonl
 from .locks import folder_lock
 from .report import (
@@ -158,6 +158,8 @@ def parse_grid(grid: Mapping[str, object] | Iterable[str] | None) -> dict[str, l
     coerced as ``--set`` does; at least one value per key, no repeats, no method/seed/runtime key)."""
     if grid is None:
         return {}
+    if isinstance(grid, str):  # one CLI item, e.g. from --set grid=lr=0.1,0.2
+        grid = [grid]
     if isinstance(grid, Mapping):
         items = list(grid.items())
     else:
@@ -263,6 +265,7 @@ def run_compare(
     progress: str = "auto",
     log: Callable[[str], None] = print,
     report: bool = True,
+    check_only: bool = False,
 ) -> dict:
     """Train every method × seed of ``base`` into ``out_dir/runs/`` (see the module docstring), then write
     the report.
@@ -276,30 +279,44 @@ def run_compare(
     (epochs to reach it) and the report counts epochs to. Finished runs are reused and unfinished ones
     resumed when ``resume``; ``resume=False`` retrains everything. ``log`` gets one line per run. Returns the
     report summary (:func:`ncguide.experiments.report.summarize`), or ``{}`` when ``report=False``.
+    ``check_only``: check everything as above, train nothing, and return the resolved comparison settings.
+    Bad settings raise :class:`ncguide.experiments.config.ConfigError` (a ``ValueError``) naming the key.
     """
     base_dict = base.to_dict() if isinstance(base, TrainConfig) else dict(base)
     base_dict.pop("method", None)
     base_dict.pop("seed", None)
-    variants = parse_variants(variants)
-    methods, seeds, grid = parse_methods(methods, variants), parse_seeds(seeds), parse_grid(grid)
-    sel_seeds = parse_seeds(selection_seeds, SELECTION_SEED_BASE, "selection_seeds") if grid else []
-    if set(sel_seeds) & set(seeds):
-        raise ValueError(f"selection_seeds {sorted(set(sel_seeds) & set(seeds))} are also report seeds; the two "
-                         "sets must be disjoint (selection seeds count from 1000 by default)")
+    variants = _keyed("variants", parse_variants, variants)
+    methods = _keyed("methods", parse_methods, methods, variants)
+    seeds, grid = _keyed("seeds", parse_seeds, seeds), _keyed("grid", parse_grid, grid)
+    sel_seeds = _keyed("selection_seeds", parse_seeds, selection_seeds, SELECTION_SEED_BASE, "selection_seeds")
+    if grid and set(sel_seeds) & set(seeds):
+        raise ConfigError("selection_seeds", f"selection_seeds {sorted(set(sel_seeds) & set(seeds))} are also "
+                                             "report seeds; the two sets must be disjoint (selection seeds count "
+                                             "from 1000 by default)")
+    sel_seeds = sel_seeds if grid else []
     for name, spec in variants.items():
         clash = sorted(set(spec) & set(grid))
         if clash and name in methods:
-            raise ValueError(f"variant {name!r} fixes {clash[0]!r}, which the grid varies; drop one of them")
-    report_epochs = check_report_epochs(report_epochs)
+            raise ConfigError("variants", f"variant {name!r} fixes {clash[0]!r}, which the grid varies; drop one "
+                                          "of them")
+    report_epochs = _keyed("report_epochs", check_report_epochs, report_epochs)
     if isinstance(train_acc_threshold, bool) or not 0 < train_acc_threshold <= 1:
-        raise ValueError(f"train_acc_threshold must be a fraction in (0, 1]; got {train_acc_threshold!r}")
+        raise ConfigError("train_acc_threshold", f"train_acc_threshold must be a fraction in (0, 1]; got "
+                                                 f"{train_acc_threshold!r}")
     train_acc_threshold = float(train_acc_threshold)
 
     points = _grid_points(grid)
 
     def config(method: str, point: dict, seed: int) -> TrainConfig:
-        spec = variants.get(method, {"method": method})
-        return TrainConfig.from_dict({**base_dict, **spec, **point, "seed": seed})
+        spec = variants.get(method)
+        if spec is None:
+            return TrainConfig.from_dict({**base_dict, "method": method, **point, "seed": seed})
+        try:
+            return TrainConfig.from_dict({**base_dict, **spec, **point, "seed": seed})
+        except ConfigError as e:
+            if e.key.partition(".")[0] in spec:  # the variant's own setting, not the base config's
+                raise ConfigError("variants", f"variant {method!r}: {e}") from None
+            raise
 
     # every run's config is checked before anything trains; seed-major order within each phase, so an
     # interrupted comparison has every method at the first seeds
@@ -309,6 +326,12 @@ def run_compare(
     # the report runs could use any point: check them all now, including what only a build would reject
     # (K > d for ETF heads, model vs data, head options), so no run trains before a later one fails
     check_all_buildable(config(m, p, seeds[0]) for m in methods for p in points)
+    if check_only:
+        return {"methods": methods, "seeds": seeds, **({"grid": grid, "selection_seeds": sel_seeds} if grid else {}),
+                **({"variants": {k: _typed(config(k, points[0], seeds[0]), v) for k, v in variants.items()
+                                 if k in methods}} if variants else {}),
+                **({"report_epochs": report_epochs} if report_epochs is not None else {}),
+                "train_acc_threshold": train_acc_threshold}
     out_dir = Path(out_dir)
     with folder_lock(out_dir, enabled=int(os.environ.get("RANK", "0")) == 0):  # creates out_dir
         return _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs,
@@ -321,7 +344,7 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
     """run_compare's work once its arguments are checked, under ``out_dir``'s lock."""
     planned = {r.path: r.cfg for r in selection}
     planned.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
-    _check_existing_runs(out_dir, planned, grid, variants, resume)
+    _check_existing_runs(out_dir, planned, base_dict, grid, variants, resume)
     _write_compare_config(out_dir, base_dict, methods, seeds, grid, sel_seeds, variants, report_epochs, threshold)
 
     if selection:
@@ -334,8 +357,9 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
                         for name, p in candidates[m].items()}
             winner, rows = select_point(by_point, threshold)
             winners[m], tuning[m] = candidates[m][winner], rows
+            epochs = next(r["epochs"] for r in rows if r["point"] == winner)
             log(f"selected for {m}: {winner} (median epochs to train acc >= {threshold:g}: "
-                f"{next(r['epochs'] for r in rows if r['point'] == winner)})")
+                f"{'never reached' if epochs is None else f'{epochs:g}'})")
         atomic_write_text(out_dir / SELECTION, json.dumps({
             "primary": {"key": "train_acc", "op": ">=", "value": threshold},
             "grid": grid, "selection_seeds": sel_seeds, "report_seeds": seeds,
@@ -367,6 +391,22 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
 
 # ----------------------------------------------------------------------------------------------------
 # helpers
+
+
+def _typed(cfg: TrainConfig, spec: dict) -> dict:
+    """A variant's settings as its config typed them (``"0.05"`` → ``0.05``)."""
+    d = cfg.to_dict()
+    return {k: d[k] for k in spec}
+
+
+def _keyed(key: str, parse, *args):
+    """``parse(*args)``, its ValueError raised as a ConfigError naming ``key``."""
+    try:
+        return parse(*args)
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(key, str(e)) from None
 
 
 def _run_all(runs: list[_Run], resume: bool, progress: str, log: Callable[[str], None]) -> None:
@@ -429,15 +469,14 @@ def _run_folders(out_dir: Path) -> list[Path]:
     return sorted(p for p in found if p.is_dir() and any((p / f).exists() for f in files))
 
 
-def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], grid: dict, variants: dict,
+def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], base: dict, grid: dict, variants: dict,
                          resume: bool) -> None:
-    """Every run folder already in ``out_dir/runs`` must be, by its checkpoint, the run this comparison
-    expects there (a planned folder: exactly its config; any other folder: the same experiment up to
-    method, seed, grid keys and variant settings) — the report pools them. ``ValueError`` otherwise."""
+    """Every run folder already in ``out_dir/runs`` must be, by its checkpoint, the run its place says: a
+    planned folder exactly its config; any other folder ``runs/<method>[/<point>]/seed-<s>`` the base config
+    with that method's (or variant's) settings, that point's values and that seed (values of grid keys the
+    folder does not name may differ). The report pools them, so anything else is a ``ValueError``."""
     from .build import data_fingerprint
 
-    fresh = next(iter(planned.values()))
-    loose = {"method", "seed", *grid, *(k for spec in variants.values() for k in spec)}
     prints: dict[str, str | None] = {}
     advice = f"use a new --out directory, or delete {out_dir / 'runs'} to start over"
     for folder in _run_folders(out_dir):
@@ -448,21 +487,46 @@ def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], grid: 
             raise ValueError(f"{folder} holds run files but no {CHECKPOINT}, so what run it is cannot be "
                              f"established; delete that folder (or pass --no-resume to retrain it), or {advice}")
         ckpt = load_checkpoint(folder / CHECKPOINT)
-        if cfg is not None:
-            diff = _identity_diff(ckpt["config"], cfg.to_dict())
-        else:
-            diff = _identity_diff(ckpt["config"], fresh.to_dict(), ignore=loose)
+        saved = with_defaults(ckpt["config"])
+        wanted = cfg.to_dict() if cfg is not None else _expected_config(out_dir, folder, saved, base, grid,
+                                                                         variants, advice)
+        diff = _identity_diff(saved, wanted)
         if diff:
             raise ValueError(f"{out_dir} holds runs made with a different config ({'; '.join(diff[:3])}; e.g. "
                              f"{folder}); {advice}")
         saved_print = ckpt.get("data_fingerprint")
         if saved_print is not None:
-            dataset = ckpt["config"].get("dataset")
+            dataset = saved.get("dataset")
             if dataset not in prints:
-                prints[dataset] = data_fingerprint(TrainConfig.from_dict(with_defaults(ckpt["config"])))
+                prints[dataset] = data_fingerprint(TrainConfig.from_dict(saved))
             if prints[dataset] is not None and prints[dataset] != saved_print:
                 raise ValueError(f"the data file of {dataset} has changed since {folder} was trained (content "
                                  f"fingerprint differs); {advice}")
+
+
+def _expected_config(out_dir: Path, folder: Path, saved: dict, base: dict, grid: dict, variants: dict,
+                     advice: str) -> dict:
+    """The config a run folder this comparison did not plan must hold, from its place in ``runs/``."""
+    parts = folder.relative_to(out_dir / "runs").parts
+    method, seed_dir = parts[0], parts[-1]
+    where = f"{folder} holds a run of method {saved.get('method')!r}, seed {saved.get('seed')!r}"
+    if method not in METHODS and method not in variants:
+        raise ValueError(f"{out_dir / 'runs' / method} holds runs of a method this comparison does not define "
+                         f"({method!r}: list it in --methods, with its --variant if it is one), or {advice}")
+    if seed_dir != f"seed-{saved.get('seed')}":
+        raise ValueError(f"{where} in folder {seed_dir}; a run's folder must name its seed: {advice}")
+    point: dict = {}
+    if len(parts) == 3:
+        keys = [k for k, _, _ in (p.partition("=") for p in parts[1].split(","))]
+        point = {k: saved.get(k) for k in keys}
+        if any(k not in field_names() for k in keys) or point_name(point) != parts[1]:
+            raise ValueError(f"{where}, whose values do not match its folder {parts[1]!r}; {advice}")
+    free = {k: saved.get(k) for k in grid if k not in point}  # e.g. runs made before the grid was added
+    spec = variants.get(method, {"method": method})
+    try:
+        return TrainConfig.from_dict({**base, **spec, **free, **point, "seed": saved.get("seed")}).to_dict()
+    except ValueError as e:
+        raise ValueError(f"{where} that this comparison's settings cannot describe ({e}); {advice}") from None
 
 
 def _write_compare_config(out_dir: Path, base: dict, methods: list[str], seeds: list[int], grid: dict,

@@ -106,9 +106,32 @@ def read_selection(out_dir: str | Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
+        sel = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is unreadable ({e}); rerun the `ncguide compare` that wrote it") from None
+    why = _selection_problem(sel)
+    if why:
+        raise ValueError(f"{path} is not a selection written by `ncguide compare` ({why}); rerun the compare that "
+                         "wrote it (its runs are reused) to rewrite it")
+    return sel
+
+
+def _selection_problem(sel) -> str | None:
+    if not isinstance(sel, dict):
+        return "not a mapping"
+    for key, kind in (("folders", dict), ("report_seeds", list), ("selection_seeds", list), ("grid", dict),
+                      ("selected", dict), ("tuning", dict)):
+        if not isinstance(sel.get(key), kind):
+            return f"{key!r} missing or not a {kind.__name__}"
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in sel["report_seeds"] + sel["selection_seeds"]):
+        return "seeds must be integers"
+    if set(sel["report_seeds"]) & set(sel["selection_seeds"]):
+        return "report seeds and selection seeds overlap"
+    for method, folder in sel["folders"].items():
+        if not (isinstance(folder, str) and folder and "/" not in folder and "\\" not in folder
+                and not folder.startswith(".") and "/" not in method and not method.startswith(".")):
+            return f"folder {folder!r} of {method!r} is not a grid point's folder name"
+    return None
 
 
 def _seed_of(path: Path) -> int | None:
@@ -150,11 +173,18 @@ def load_runs(out_dir: str | Path, excluded: list[dict] | None = None) -> dict[s
     each when ``excluded`` is None). Raises ValueError when there is nothing to report."""
     runs: dict[str, dict[int, list[dict]]] = {}
     left_out: list[str] = []
-    for method, by_seed in run_folders(out_dir).items():
+    folders = run_folders(out_dir)
+    selection = read_selection(out_dir)
+    for method, point in (selection or {}).get("folders", {}).items():
+        if method not in folders:
+            _exclude(excluded, f"runs/{method}/{point}", "selection.json selects this point but it holds no run of "
+                                                         "the report seeds; rerun the compare")
+            left_out.append(f"runs/{method}/{point}: missing")
+    for method, by_seed in folders.items():
         for seed, folder in by_seed.items():
             if not any((folder / f).is_file() for f in ("metrics.jsonl", "checkpoint.pt")):
                 continue
-            why = check_run_log(folder)
+            why = check_run_log(folder) or _unfinished(folder)
             if why is not None:
                 run = folder.relative_to(out_dir).as_posix()
                 _exclude(excluded, run, why)
@@ -167,11 +197,32 @@ def load_runs(out_dir: str | Path, excluded: list[dict] | None = None) -> dict[s
     if not runs and left_out:
         raise ValueError(f"no complete run logs under {runs_dir}: all {len(left_out)} left out, e.g. {left_out[0]}")
     if not runs:
+        if selection is None and any(runs_dir.glob("*/*/seed-*/metrics.jsonl")):
+            raise ValueError(f"{runs_dir} holds runs of grid points (runs/<method>/<point>/seed-<s>) but "
+                             f"{Path(out_dir) / SELECTION} is missing; rerun the tuned compare (its runs are reused)")
         raise ValueError(
-            f"no run logs under {Path(out_dir) / 'runs'}/<method>/seed-<s>/metrics.jsonl; "
+            f"no run logs under {runs_dir}/<method>/seed-<s>/metrics.jsonl; "
             "point `ncguide report` at the --out directory of `ncguide compare`"
         )
     return runs
+
+
+def _unfinished(folder: Path) -> str | None:
+    """Why a run with an intact log is not a result yet: its checkpoint says it is unfinished (a compare that
+    was stopped, or one still running). A diverged run (``DIVERGED``) is a result and is kept."""
+    from .checkpoint import CHECKPOINT, load_checkpoint
+
+    if (folder / DIVERGED).is_file() or not (folder / CHECKPOINT).is_file():
+        return None
+    try:
+        ckpt = load_checkpoint(folder / CHECKPOINT)
+    except (OSError, ValueError):
+        return None  # check_run_log has judged it
+    if ckpt.get("finished"):
+        return None
+    epochs = (ckpt.get("config") or {}).get("epochs")
+    return (f"unfinished (its checkpoint is at epoch {ckpt.get('epoch')} of {epochs}); rerun the same command to "
+            "finish it")
 
 
 def _exclude(excluded: list[dict] | None, run: str, why: str) -> None:
@@ -198,11 +249,12 @@ def check_report_epochs(report_epochs) -> list[int] | None:
     if report_epochs is None:
         return None
     if isinstance(report_epochs, str):
-        report_epochs = [e for e in report_epochs.split(",") if e.strip()]
+        report_epochs = [e.strip() for e in report_epochs.split(",") if e.strip()]
     try:
-        epochs = [int(e) for e in report_epochs]
-        if any(float(e) != int(e) for e in report_epochs):
+        if isinstance(report_epochs, (bool, int, float)) or any(
+                isinstance(e, (bool, float)) or (isinstance(e, str) and not e.isdigit()) for e in report_epochs):
             raise ValueError
+        epochs = [int(e) for e in report_epochs]
     except (TypeError, ValueError):
         raise ValueError(f"bad report_epochs {report_epochs!r}; give whole epochs like 50,200") from None
     if not epochs or any(e < 0 for e in epochs):

@@ -1,0 +1,200 @@
+"""Misuse of compare and report found by a hostile user-test of the tuned compare, run identity, bad input and
+freeze_after: one regression test per defect (each failed before its fix; the comment above it says what
+went wrong). All runs are tiny (ufm, 4 classes, 2 epochs)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from ncguide.experiments.cli import main
+
+UFM = ["--dataset", "ufm", "--model", "ufm", "--set", "num_classes=4", "--set", "feature_dim=8",
+       "--set", "samples_per_class=5", "--epochs", "2", "--batch-size", "10", "--device", "cpu"]
+
+
+def _err(capsys) -> list[str]:
+    return [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+# DEFECT (critical): freeze_after is unusable from the CLI and from run_compare. build.check_buildable calls
+# head_kwargs(cfg) without steps_per_epoch, so every valid freeze_after (0, 0.5, 1, ...) is rejected with the
+# internal message "freeze_after is in epochs: head_kwargs(cfg, steps_per_epoch) needs the steps per epoch".
+# Repro: ncguide train <UFM> --method nearest-etf --set freeze_after=1 --out X   -> exit 2
+#        ncguide compare <UFM> --methods v --variant v:method=nearest-etf,freeze_after=1 --out X -> exit 2
+# (train() from Python works.)
+def test_freeze_after_train_cli(tmp_path):
+    assert main(["train", *UFM, "--method", "nearest-etf", "--set", "freeze_after=1", "--out", str(tmp_path / "o")]) == 0
+
+
+def test_freeze_after_compare_variant(tmp_path):
+    assert main(["compare", *UFM, "--methods", "nearest-etf,v", "--variant", "v:method=nearest-etf,freeze_after=1",
+                 "--seeds", "1", "--out", str(tmp_path / "o")]) == 0
+
+
+# DEFECT (high): compare's identity check of folders not planned by this comparison ignores method and seed, and
+# the plain report labels runs by folder name. A fixed-etf run sitting in runs/standard/seed-0 is reported as
+# `standard`; a seed-0 run in runs/fixed-etf/seed-5 is counted as a second seed (duplicate data, n inflated).
+# Repro: ncguide compare <UFM> --methods fixed-etf --seeds 1 --out P
+#        ncguide train <UFM> --method fixed-etf --seed 0 --out P/runs/standard/seed-0
+#        ncguide compare <UFM> --methods fixed-etf --seeds 1 --out P   -> exit 0, report has a `standard` row
+def test_folder_method_must_match_checkpoint(tmp_path):
+    out = tmp_path / "p"
+    assert main(["compare", *UFM, "--methods", "fixed-etf", "--seeds", "1", "--out", str(out)]) == 0
+    assert main(["train", *UFM, "--method", "fixed-etf", "--seed", "0", "--out", str(out / "runs/standard/seed-0")]) == 0
+    status = main(["compare", *UFM, "--methods", "fixed-etf", "--seeds", "1", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert status == 2 or "standard" not in summary["methods"], "a fixed-etf run was reported as `standard`"
+
+
+def test_folder_seed_must_match_checkpoint(tmp_path):
+    out = tmp_path / "p"
+    assert main(["compare", *UFM, "--methods", "fixed-etf", "--seeds", "1", "--out", str(out)]) == 0
+    assert main(["train", *UFM, "--method", "fixed-etf", "--seed", "0", "--out", str(out / "runs/fixed-etf/seed-5")]) == 0
+    status = main(["compare", *UFM, "--methods", "fixed-etf", "--seeds", "1", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert status == 2 or summary["methods"]["fixed-etf"]["seeds"] == [0], "seed 0 counted twice (as seed 5)"
+
+
+# DEFECT (high): any variant *declared* (even one not in --methods) loosens the identity check of every
+# unplanned folder for the keys it sets. An old `standard` run at lr=1.0 is then pooled into a plain report next
+# to fixed-etf at lr=0.05, while config.yaml says lr 0.05 (report.md's Setup line says lr=1.0).
+# Repro: ncguide compare <UFM> --methods standard --seeds 1 --lr 1.0 --out P
+#        ncguide compare <UFM> --methods fixed-etf --seeds 1 --variant x:method=standard,lr=0.05 --out P -> exit 0
+# (without the --variant the second command is correctly refused: "lr: 1.0 vs 0.05").
+def test_unused_variant_does_not_admit_other_configs(tmp_path):
+    out = tmp_path / "p"
+    assert main(["compare", *UFM, "--methods", "standard", "--seeds", "1", "--lr", "1.0", "--out", str(out)]) == 0
+    status = main(["compare", *UFM, "--methods", "fixed-etf", "--seeds", "1", "--variant", "x:method=standard,lr=0.05",
+                   "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text())
+    assert status == 2 or "standard" not in summary["methods"], "a run at lr=1.0 was pooled into an lr=0.05 report"
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tuned") / "t"
+    assert main(["compare", *UFM, "--methods", "standard,nearest-etf", "--seeds", "1", "--grid", "lr=0.1,0.5",
+                 "--selection-seeds", "1", "--out", str(out)]) == 0
+    return out
+
+
+# DEFECT (medium): a malformed selection.json (valid JSON, wrong shape) crashes `ncguide report` with an
+# AttributeError traceback and exit 1 instead of one line and exit 2.
+# Repro: echo '[1,2]' > T/selection.json; ncguide report T   (also {"folders": 3}, {"grid": [1], ...})
+@pytest.mark.parametrize("text", ['[1, 2]', '{"folders": 3}',
+                                  '{"folders": {"standard": "lr=0.1"}, "report_seeds": [0], "grid": [1]}'])
+def test_report_malformed_selection_one_line(tuned, tmp_path, capsys, text):
+    out = tmp_path / "t"
+    shutil.copytree(tuned, out)
+    (out / "selection.json").write_text(text)
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    assert len(_err(capsys)) == 1
+
+
+# DEFECT (medium): selection.json naming a point folder that does not exist silently drops that method from the
+# report (no warning, nothing in report.md / summary.json "excluded").
+# Repro: edit T/selection.json folders.standard = "lr=7"; ncguide report T -> exit 0, only nearest-etf reported
+def test_report_selection_missing_folder_is_said(tuned, tmp_path, capsys):
+    out = tmp_path / "t"
+    shutil.copytree(tuned, out)
+    sel = json.loads((out / "selection.json").read_text())
+    sel["folders"]["standard"] = "lr=7"
+    (out / "selection.json").write_text(json.dumps(sel))
+    status = main(["report", str(out)])
+    if status == 0:
+        summary = json.loads((out / "summary.json").read_text())
+        assert "standard" in summary["methods"] or any("standard" in x["run"] for x in summary["excluded"]) \
+            or _err(capsys), "method `standard` silently vanished from the report"
+
+
+# DEFECT (low): after selection.json is deleted from a tuned compare, `ncguide report` says "no run logs under
+# T/runs/<method>/seed-<s>/metrics.jsonl" although the logs are there (in runs/<method>/<point>/seed-<s>); the
+# message should say that selection.json is missing.
+def test_report_without_selection_names_it(tuned, tmp_path, capsys):
+    out = tmp_path / "t"
+    shutil.copytree(tuned, out)
+    (out / "selection.json").unlink()
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 2
+    assert "selection.json" in _err(capsys)[0].replace(str(out), "DIR")
+
+
+# DEFECT (medium): bad input accepted with exit 0: --selection-seeds (flag or YAML) is not checked without a grid,
+# and --print-config checks none of --selection-seeds, --report-epochs, variant values, seed overlap.
+# Repro: ncguide compare <UFM> --methods standard --selection-seeds abc --out X   -> exit 0, trains
+#        ncguide compare <UFM> --methods standard --report-epochs abc --print-config -> exit 0
+@pytest.mark.parametrize("extra", [
+    ["--selection-seeds", "abc", "--out", "{OUT}"],
+    ["--grid", "lr=0.1,0.2", "--selection-seeds", "abc", "--print-config"],
+    ["--report-epochs", "abc", "--print-config"],
+    ["--methods", "v", "--variant", "v:method=standard,lr=abc", "--print-config"],
+    ["--grid", "lr=0.1,0.2", "--seeds", "1000,1", "--print-config"],
+])
+def test_bad_compare_input_exit_2(tmp_path, capsys, extra):
+    out = tmp_path / "o"
+    args = ["compare", *UFM, *([] if "--methods" in extra else ["--methods", "standard"]),
+            *[str(out) if a == "{OUT}" else a for a in extra]]
+    assert main(args) == 2
+    assert len(_err(capsys)) == 1
+    assert not out.exists()
+
+
+# DEFECT (medium): errors in YAML compare keys checked inside run_compare (report_epochs, selection_seeds
+# overlapping seeds) do not name the config file, against "naming the key (and the file for files)".
+# Repro: printf 'methods: [standard]\nreport_epochs: abc\n' > y.yaml; ncguide compare <UFM> --config y.yaml --out X
+#        -> "ncguide: error: bad report_epochs ['abc']; give whole epochs like 50,200" (no file)
+@pytest.mark.parametrize("yaml_text", ["methods: [standard]\nreport_epochs: abc\n",
+                                       "methods: [standard]\nseeds: [0]\nselection_seeds: [0]\ngrid: {lr: [0.1, 0.2]}\n"])
+def test_yaml_compare_key_error_names_file(tmp_path, capsys, yaml_text):
+    cfg = tmp_path / "y.yaml"
+    cfg.write_text(yaml_text)
+    capsys.readouterr()
+    assert main(["compare", *UFM, "--config", str(cfg), "--out", str(tmp_path / "o")]) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and str(cfg) in err[0]
+
+
+# DEFECT (medium): a bad value inside a variant is attributed to the wrong source: with --lr 0.3 (fine) and
+# --variant v:method=standard,lr=abc the error ends "(from --lr)"; likewise a YAML variant's value
+# and a variant's device=cuda ("(from --device)" when --device cpu was given).
+# Repro: ncguide compare <UFM> --lr 0.3 --methods v --variant v:method=standard,lr=abc --out X
+def test_variant_error_names_variant_not_flag(tmp_path, capsys):
+    capsys.readouterr()
+    assert main(["compare", *UFM, "--lr", "0.3", "--methods", "v", "--variant", "v:method=standard,lr=abc",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "from --lr" not in err[0] and "variant" in err[0]
+
+
+# DEFECT (low): `--set grid=lr=0.1,0.2` (or YAML `grid: "lr=0.1,0.2"`) iterates the string's characters and says
+# "bad --grid 'l'"; a string grid should be read as one KEY=V1,V2 item or rejected with a message that says so.
+def test_string_grid(tmp_path, capsys):
+    capsys.readouterr()
+    status = main(["compare", *UFM, "--methods", "standard", "--set", "grid=lr=0.1,0.2", "--selection-seeds", "1",
+                   "--seeds", "1", "--out", str(tmp_path / "o")])
+    assert status == 0 or "'l'" not in _err(capsys)[0]
+
+
+# DEFECT (medium): `ncguide report` on a comparison whose compare was killed (kill -9) reports the unfinished run's
+# last evaluation as its *final* values, next to finished runs, with no warning and nothing in report.md or
+# summary.json (excluded == []). Repro: start a long compare (epochs 30000, eval_every 1000), kill -9 it after a few
+# seconds, `ncguide report OUT`: exit 0, final = epoch 2000 of 30000, unmarked. (A running run would be held by its
+# lock; a dead one is not, so the report could tell the two apart.)
+def test_report_marks_unfinished_run(tuned, tmp_path):
+    out = tmp_path / "t"
+    shutil.copytree(tuned, out)
+    import torch
+
+    from ncguide.experiments.checkpoint import CHECKPOINT
+    sel = json.loads((out / "selection.json").read_text())
+    run = out / "runs" / "standard" / sel["folders"]["standard"] / "seed-0"
+    ckpt = torch.load(run / CHECKPOINT, weights_only=False)
+    ckpt["finished"] = False  # what a compare killed mid-run leaves (its log intact up to the checkpoint)
+    torch.save(ckpt, run / CHECKPOINT)
+    assert main(["report", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    text = (out / "report.md").read_text()
+    assert summary["excluded"] or "unfinished" in text.lower() or "still running" in text.lower()
