@@ -4,7 +4,6 @@ went wrong). All runs are tiny (ufm, 4 classes, 2 epochs)."""
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -25,7 +24,8 @@ def _err(capsys) -> list[str]:
 #        ncguide compare <UFM> --methods v --variant v:method=nearest-etf,freeze_after=1 --out X -> exit 2
 # (train() from Python works.)
 def test_freeze_after_train_cli(tmp_path):
-    assert main(["train", *UFM, "--method", "nearest-etf", "--set", "freeze_after=1", "--out", str(tmp_path / "o")]) == 0
+    argv = ["train", *UFM, "--method", "nearest-etf", "--set", "freeze_after=1", "--out", str(tmp_path / "o")]
+    assert main(argv) == 0
 
 
 def test_freeze_after_compare_variant(tmp_path):
@@ -42,7 +42,8 @@ def test_freeze_after_compare_variant(tmp_path):
 def test_folder_method_must_match_checkpoint(tmp_path):
     out = tmp_path / "p"
     assert main(["compare", *UFM, "--methods", "fixed-etf", "--seeds", "1", "--out", str(out)]) == 0
-    assert main(["train", *UFM, "--method", "fixed-etf", "--seed", "0", "--out", str(out / "runs/standard/seed-0")]) == 0
+    assert main(["train", *UFM, "--method", "fixed-etf", "--seed", "0",
+                 "--out", str(out / "runs/standard/seed-0")]) == 0
     status = main(["compare", *UFM, "--methods", "fixed-etf", "--seeds", "1", "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
     assert status == 2 or "standard" not in summary["methods"], "a fixed-etf run was reported as `standard`"
@@ -51,7 +52,8 @@ def test_folder_method_must_match_checkpoint(tmp_path):
 def test_folder_seed_must_match_checkpoint(tmp_path):
     out = tmp_path / "p"
     assert main(["compare", *UFM, "--methods", "fixed-etf", "--seeds", "1", "--out", str(out)]) == 0
-    assert main(["train", *UFM, "--method", "fixed-etf", "--seed", "0", "--out", str(out / "runs/fixed-etf/seed-5")]) == 0
+    assert main(["train", *UFM, "--method", "fixed-etf", "--seed", "0",
+                 "--out", str(out / "runs/fixed-etf/seed-5")]) == 0
     status = main(["compare", *UFM, "--methods", "fixed-etf", "--seeds", "1", "--out", str(out)])
     summary = json.loads((out / "summary.json").read_text())
     assert status == 2 or summary["methods"]["fixed-etf"]["seeds"] == [0], "seed 0 counted twice (as seed 5)"
@@ -147,7 +149,8 @@ def test_bad_compare_input_exit_2(tmp_path, capsys, extra):
 # Repro: printf 'methods: [standard]\nreport_epochs: abc\n' > y.yaml; ncguide compare <UFM> --config y.yaml --out X
 #        -> "ncguide: error: bad report_epochs ['abc']; give whole epochs like 50,200" (no file)
 @pytest.mark.parametrize("yaml_text", ["methods: [standard]\nreport_epochs: abc\n",
-                                       "methods: [standard]\nseeds: [0]\nselection_seeds: [0]\ngrid: {lr: [0.1, 0.2]}\n"])
+                                       "methods: [standard]\nseeds: [0]\nselection_seeds: [0]\n"
+                                       "grid: {lr: [0.1, 0.2]}\n"])
 def test_yaml_compare_key_error_names_file(tmp_path, capsys, yaml_text):
     cfg = tmp_path / "y.yaml"
     cfg.write_text(yaml_text)

@@ -16,7 +16,7 @@ import torch
 
 from ncguide.experiments.cli import main
 from ncguide.experiments.compare import run_compare
-from ncguide.experiments.locks import LOCK, RunLockedError, folder_lock, locks_folder
+from ncguide.experiments.locks import LOCK, RunLockedError, folder_lock, rank0_folder_lock
 from ncguide.experiments.train import train
 
 fcntl = pytest.importorskip("fcntl")  # no folder locks without it (Windows)
@@ -109,14 +109,13 @@ def test_cli_one_line_exit_2(held, capsys, command):
 
 
 def test_only_rank_0_locks_under_torchrun(tmp_path, monkeypatch):
-    calls = []
-    locked_fn = locks_folder("out_dir")(lambda out_dir: calls.append(out_dir))
     with folder_lock(tmp_path):
         with pytest.raises(RunLockedError):
-            locked_fn(tmp_path)
+            with rank0_folder_lock(tmp_path):
+                pass
         monkeypatch.setenv("RANK", "1")
-        locked_fn(out_dir=tmp_path)
-    assert calls == [tmp_path]
+        with rank0_folder_lock(tmp_path):  # other ranks do not lock
+            pass
 
 
 def test_torchrun_ranks_all_stop_when_rank_0_cannot_lock(held):

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from .build import check_all_buildable
 from .checkpoint import CHECKPOINT, RUNTIME_FIELDS, load_checkpoint
 from .config import ConfigError, TrainConfig, apply_overrides, field_names, with_defaults
 from .files import atomic_write_text, read_jsonl
-from .locks import folder_lock
+from .locks import rank0_folder_lock
 from .report import (
     DEFAULT_TRAIN_ACC_THRESHOLD,
     DIVERGED,
@@ -333,7 +332,7 @@ def run_compare(
                 **({"report_epochs": report_epochs} if report_epochs is not None else {}),
                 "train_acc_threshold": train_acc_threshold}
     out_dir = Path(out_dir)
-    with folder_lock(out_dir, enabled=int(os.environ.get("RANK", "0")) == 0):  # creates out_dir
+    with rank0_folder_lock(out_dir):  # creates out_dir
         return _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs,
                                train_acc_threshold, base_dict, config, selection, candidates, resume, progress,
                                log, report)

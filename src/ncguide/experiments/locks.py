@@ -18,15 +18,13 @@ unlocked (with a warning for the former).
 from __future__ import annotations
 
 import errno
-import functools
-import inspect
 import json
 import os
 import socket
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,7 +33,7 @@ try:
 except ImportError:  # Windows: no flock; folders are not locked there
     fcntl = None
 
-__all__ = ["LOCK", "RunLockedError", "folder_lock", "locks_folder"]
+__all__ = ["LOCK", "RunLockedError", "folder_lock", "rank0_folder_lock"]
 
 LOCK = ".lock"
 
@@ -95,20 +93,6 @@ def folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Non
         os.close(fd)  # releases the lock
 
 
-def locks_folder(param: str) -> Callable:
-    """Decorator: hold :func:`folder_lock` on the argument ``param`` (a folder) while the function runs.
-    Under torchrun (``RANK`` set) only rank 0 locks."""
-
-    def decorate(fn: Callable) -> Callable:
-        signature = inspect.signature(fn)
-
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            bound = signature.bind(*args, **kwargs)
-            bound.apply_defaults()
-            with folder_lock(bound.arguments[param], enabled=int(os.environ.get("RANK", "0")) == 0):
-                return fn(*args, **kwargs)
-
-        return wrapper
-
-    return decorate
+def rank0_folder_lock(folder: str | os.PathLike):
+    """:func:`folder_lock` taken only by rank 0 under torchrun (``RANK`` unset: a single process, which locks)."""
+    return folder_lock(folder, enabled=int(os.environ.get("RANK", "0")) == 0)

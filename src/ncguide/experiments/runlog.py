@@ -31,7 +31,7 @@ from pathlib import Path
 from .checkpoint import CHECKPOINT, ResumeError, load_checkpoint
 from .config import with_defaults
 from .files import atomic_write, truncate
-from .locks import folder_lock
+from .locks import rank0_folder_lock
 
 __all__ = ["METRICS", "log_state", "restore_log", "finished_record", "expected_epochs", "check_run_log"]
 
@@ -118,7 +118,7 @@ def finished_record(run_dir: str | os.PathLike) -> dict:
     """The last record of the finished run in ``run_dir``, after :func:`restore_log` (under the folder's lock)."""
     run_dir = Path(run_dir)
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    with folder_lock(run_dir, enabled=rank0):
+    with rank0_folder_lock(run_dir):
         lines = restore_log(run_dir, load_checkpoint(run_dir / CHECKPOINT), write=rank0)
     return json.loads(lines[-1]) if lines else {}
 
