@@ -30,12 +30,7 @@ BASE = dict(dataset="digits", model="mlp", model_kwargs={"widths": [64, 64]}, ep
 SPE = math.ceil(1437 / 64)  # 23
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def cfg_of(**kw) -> TrainConfig:

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from ncguide.experiments.cli import main
 from ncguide.experiments.compare import run_compare
@@ -29,12 +28,7 @@ HOLD = "import sys, time\nfrom ncguide.experiments.locks import folder_lock\nwit
        "    print('locked', flush=True)\n    time.sleep(120)\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture

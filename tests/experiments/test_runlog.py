@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from ncguide.experiments import files
 from ncguide.experiments.checkpoint import load_checkpoint, save_checkpoint
@@ -26,12 +25,7 @@ CFG = TrainConfig.from_dict(dict(dataset="digits", model="mlp", model_kwargs={"w
 SPE = math.ceil(1437 / 64)  # steps per epoch
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

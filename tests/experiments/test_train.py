@@ -32,13 +32,7 @@ BASE = dict(dataset="digits", model="mlp", model_kwargs={"widths": [64, 64]}, ep
             optimizer="sgd", lr=0.05, device="cpu", seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread (and the suite may share the cores with other jobs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def cfg_of(**kw) -> TrainConfig:
