@@ -10,7 +10,8 @@ method has its own copy of the same initial backbone. On CUDA, bf16 autocast (as
 minus what was allocated before it: activations, gradients, workspaces) are reported.
 
 Settings ``<model>-<K>``: ``mlp-K`` (MLP, 784-dim input, d = 512, or 2048 for K = 1000),
-``ufm-K`` (free features, d = 512 or 2048), ``resnet18-K`` (32×32 input, d = 512),
+``ufm-K`` (free features, d = 512 or 2048), ``cnn1d-K`` and ``cnn2d-K`` (the MNIST-1D and Fashion-MNIST
+models of the convergence studies, batch 128), ``resnet18-K`` (32×32 input, d = 512),
 ``resnet50-K`` (224×224 input, d = 2048).
 """
 
@@ -49,6 +50,12 @@ def make_setting(name: str, batch_size: int | None, device: str):
         model = build_model("ufm", (), k, num_samples=bs, feature_dim=d)
         x = torch.arange(bs)
         shape = None
+    elif model_name == "cnn1d":  # the MNIST-1D setting of configs/mnist1d.yaml (sequences of length 40)
+        model = build_model("cnn1d", (40,), k, channels=64, feature_dim=256)
+        shape, bs = (40,), batch_size or 128
+    elif model_name == "cnn2d":  # the Fashion-MNIST setting of configs/fashion-mnist.yaml (28x28 grey)
+        model = build_model("cnn2d", (1, 28, 28), k, channels=[16, 32, 64], feature_dim=128)
+        shape, bs = (1, 28, 28), batch_size or 128
     elif model_name == "resnet18":
         model = build_model("resnet18", (3, 32, 32), k)
         shape, bs = (3, 32, 32), batch_size or 128
