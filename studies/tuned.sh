@@ -39,8 +39,9 @@ for s in "${SETTINGS[@]}"; do
     mnist1d) compare mnist1d --config configs/mnist1d.yaml --grid lr=3e-4,1e-3,3e-3,1e-2,3e-2 ;;
     mnist1d-stratified) compare mnist1d-stratified --config configs/mnist1d.yaml --set stratified=true \
       --grid lr=3e-4,1e-3,3e-3,1e-2 ;;
-    # 10 added after every method's winner came out at 3, the edge of 0.1-3
-    ufm-k10) compare ufm-k10 --config configs/ufm-k10.yaml --set device=cpu --grid lr=0.1,0.3,1,3,10 ;;
+    # 10 and 30 added after every method's winner came out at 3, then fixed-etf's at 10 (the grid's edges)
+    ufm-k10) compare ufm-k10 --config configs/ufm-k10.yaml --set device=cpu --grid lr=0.1,0.3,1,3,10,30 ;;
+    # 10 added as for K = 10
     ufm-k100) compare ufm-k100 --config configs/ufm-k100.yaml --set device=cpu --grid lr=0.1,0.3,1,3,10 ;;
     fashion-subset) compare fashion-subset --config configs/fashion-mnist.yaml --set device=cpu \
       --train-acc-threshold 0.97 --grid lr=3e-4,1e-3,3e-3,1e-2 ;;
