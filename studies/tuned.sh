@@ -7,10 +7,10 @@
 #
 #   studies/tuned.sh [OUT] [SETTING...]     # default OUT studies/results/tuned, every setting
 #
-# Settings and their cost on 2 CPU cores (52 runs each with the four methods below):
-#   mnist1d mnist1d-stratified   ~10 min each     ufm-k10 ~5 min     ufm-k100 ~25 min
-#   fashion-subset               ~60 min          fashion-full (60k images, 2-D CNN, 10 epochs) ~3-4 h
-# METHODS (env) overrides the methods; FREEZE_AFTER (env, epochs) sets the nearest-etf-freeze variant.
+# Settings and their cost on 2 idle CPU cores (52-60 runs each with the four methods below):
+#   mnist1d mnist1d-stratified   ~15 min each     ufm-k10 ~5 min     ufm-k100 ~1 h
+#   fashion-subset               ~1.5 h           fashion-full (60k images, 2-D CNN, 10 epochs) ~3-4 h
+# METHODS (env) overrides the methods; FREEZE_AFTER (env, epochs; default 1) sets the nearest-etf-freeze variant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -18,7 +18,7 @@ OUT=${1:-studies/results/tuned}
 shift || true
 SETTINGS=("$@")
 [ ${#SETTINGS[@]} -gt 0 ] || SETTINGS=(mnist1d mnist1d-stratified ufm-k10 ufm-k100 fashion-subset fashion-full)
-FREEZE_AFTER=${FREEZE_AFTER:-3}
+FREEZE_AFTER=${FREEZE_AFTER:-1}  # chosen on selection seeds: studies/freeze_choice.sh, BENCHMARKS.md §5
 METHODS=${METHODS:-standard,fixed-etf,nearest-etf,nearest-etf-freeze}
 
 compare() {  # compare NAME ARGS...
