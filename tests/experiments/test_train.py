@@ -426,9 +426,9 @@ def test_a_run_saved_before_a_config_field_existed_is_still_reused(tmp_path):
     del ckpt["config"]["ema_alpha"]
     torch.save(ckpt, tmp_path / "checkpoint.pt")
     assert train(cfg, tmp_path, progress="none") == rec
-    from ncguide.experiments.compare import _identity_diff
+    from ncguide.experiments.checkpoint import config_diff
 
-    assert _identity_diff(old, cfg.to_dict()) == []  # compare's reuse check agrees
+    assert config_diff(old, cfg.to_dict()) == {}  # compare's reuse check agrees
     with pytest.raises(ValueError, match="different config.*ema_alpha"):
         train(cfg_of(epochs=2, ema_alpha=0.5), tmp_path, progress="none")
 

@@ -36,6 +36,7 @@ __all__ = [
     "save_checkpoint",
     "is_finished",
     "check_same_config",
+    "config_diff",
     "get_rng_state",
     "set_rng_state",
     "seed_everything",
@@ -98,11 +99,18 @@ def is_finished(out_dir: str | os.PathLike) -> bool:
     return bool(load_checkpoint(path).get("finished", False))
 
 
+def config_diff(saved: dict, wanted: dict) -> dict[str, tuple[Any, Any]]:
+    """``{key: (saved value, wanted value)}`` for every field outside ``RUNTIME_FIELDS`` where a saved config
+    (completed with today's defaults) and a wanted one differ; both go through JSON, so tuples equal lists."""
+    saved = json.loads(json.dumps(with_defaults(saved)))
+    wanted = json.loads(json.dumps(wanted))
+    keys = sorted((set(saved) | set(wanted)) - RUNTIME_FIELDS)
+    return {k: (saved.get(k), wanted.get(k)) for k in keys if saved.get(k) != wanted.get(k)}
+
+
 def check_same_config(saved: dict, cfg: TrainConfig, path: Path) -> None:
     """:class:`ResumeError` unless ``saved`` (a checkpoint's config) equals ``cfg`` up to ``RUNTIME_FIELDS``."""
-    now = json.loads(json.dumps(cfg.to_dict()))
-    saved = json.loads(json.dumps(with_defaults(saved)))
-    diff = sorted(k for k in set(saved) | set(now) if k not in RUNTIME_FIELDS and saved.get(k) != now.get(k))
+    diff = config_diff(saved, cfg.to_dict())
     if diff:
         raise ResumeError(f"{path} was written by a different config (differs in: {', '.join(diff)})")
 

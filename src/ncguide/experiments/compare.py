@@ -50,7 +50,7 @@ from pathlib import Path
 
 from ..heads import METHODS
 from .build import check_all_buildable
-from .checkpoint import CHECKPOINT, RUNTIME_FIELDS, load_checkpoint
+from .checkpoint import CHECKPOINT, RUNTIME_FIELDS, config_diff, load_checkpoint
 from .config import ConfigError, TrainConfig, apply_overrides, field_names, with_defaults
 from .files import atomic_write_text, read_jsonl
 from .locks import rank0_folder_lock
@@ -454,13 +454,6 @@ def _read_checkpoint(path: Path) -> dict | None:
     return load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).is_file() else None
 
 
-def _identity_diff(saved: dict, wanted: dict, ignore: set[str] = frozenset()) -> list[str]:
-    saved = json.loads(json.dumps(with_defaults(saved)))
-    wanted = json.loads(json.dumps(wanted))  # round-trip so tuples and lists compare equal
-    keys = sorted((set(saved) | set(wanted)) - RUNTIME_FIELDS - set(ignore))
-    return [f"{k}: {saved.get(k)!r} vs {wanted.get(k)!r}" for k in keys if saved.get(k) != wanted.get(k)]
-
-
 def _run_folders(out_dir: Path) -> list[Path]:
     """Every ``runs/<method>/seed-<s>`` and ``runs/<method>/<point>/seed-<s>`` folder that holds run files."""
     found = [*out_dir.glob("runs/*/seed-*"), *out_dir.glob("runs/*/*/seed-*")]
@@ -489,7 +482,7 @@ def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], base: 
         saved = with_defaults(ckpt["config"])
         wanted = cfg.to_dict() if cfg is not None else _expected_config(out_dir, folder, saved, base, grid,
                                                                          variants, advice)
-        diff = _identity_diff(saved, wanted)
+        diff = [f"{k}: {a!r} vs {b!r}" for k, (a, b) in config_diff(saved, wanted).items()]
         if diff:
             raise ValueError(f"{out_dir} holds runs made with a different config ({'; '.join(diff[:3])}; e.g. "
                              f"{folder}); {advice}")
