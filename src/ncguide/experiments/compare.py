@@ -24,8 +24,13 @@ Methods are names of ``ncguide.heads.METHODS`` or *variants*: ``{"nearest-etf-fr
 Files in ``out_dir``: ``runs/`` (each run's ``metrics.jsonl``, ``config.json``, ``checkpoint.pt``, written by
 :func:`ncguide.experiments.train.train`), ``config.yaml`` (the resolved comparison; ``ncguide compare --config
 out/config.yaml --out out`` repeats it), ``selection.json`` (with a grid) and the report (``summary.json``,
-``report.md``, ``*.png``). Runs go one after the other in this process. Re-running on the same ``out_dir``
-reuses finished runs and resumes unfinished ones; it may add methods, seeds or grid values.
+``report.md``, ``*.png``). Re-running on the same ``out_dir`` reuses finished runs and resumes unfinished ones;
+it may add methods, seeds or grid values.
+
+Where the runs train is the launcher's business (``launch.py``; ``launch=``): one after the other in this
+process (the default), up to N at once in child processes (``{"jobs": N}``), or as Slurm jobs (``{"launcher":
+"slurm", ...}``, ``slurm.py``). Each method is a pipeline: its selection runs, its winner, its report runs,
+which start as soon as its own winner is known. The results do not depend on the launcher.
 
 A run's identity is the config saved in its checkpoint (``config.json`` is only a copy for people, and a
 run's data file — ``npz:`` — is fingerprinted in the checkpoint too): before anything trains, every run
@@ -43,9 +48,7 @@ from __future__ import annotations
 
 import json
 import math
-import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from ..heads import METHODS
@@ -53,6 +56,7 @@ from .build import check_all_buildable
 from .checkpoint import CHECKPOINT, RUNTIME_FIELDS, config_diff, load_checkpoint
 from .config import ConfigError, TrainConfig, apply_overrides, field_names, with_defaults
 from .files import atomic_write_text, read_jsonl
+from .launch import LaunchConfig, Run, drive, make_launcher, parse_launch
 from .locks import rank0_folder_lock
 from .report import (
     DEFAULT_TRAIN_ACC_THRESHOLD,
@@ -61,12 +65,11 @@ from .report import (
     check_report_epochs,
     first_reach,
     median_or_inf,
-    short_record,
     summary_table,
     write_report,
 )
-from .runlog import METRICS, finished_record
-from .train import NonFiniteLossError, train
+from .runlog import METRICS
+from .train import train
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -239,16 +242,6 @@ def select_point(runs: Mapping[str, Mapping[int, list[dict]]], threshold: float 
     return next(r["point"] for r in rows if r["rank"] == 1), rows
 
 
-@dataclass(frozen=True)
-class _Run:
-    phase: str  # "selection" or "report"
-    method: str
-    point: dict  # grid values ({} without a grid)
-    seed: int
-    cfg: TrainConfig
-    path: Path
-
-
 def run_compare(
     base: TrainConfig | dict,
     methods: str | Iterable[str] = DEFAULT_METHODS,
@@ -265,6 +258,7 @@ def run_compare(
     log: Callable[[str], None] = print,
     report: bool = True,
     check_only: bool = False,
+    launch: LaunchConfig | Mapping | None = None,
 ) -> dict:
     """Train every method × seed of ``base`` into ``out_dir/runs/`` (see the module docstring), then write
     the report.
@@ -279,6 +273,10 @@ def run_compare(
     resumed when ``resume``; ``resume=False`` retrains everything. ``log`` gets one line per run. Returns the
     report summary (:func:`ncguide.experiments.report.summarize`), or ``{}`` when ``report=False``.
     ``check_only``: check everything as above, train nothing, and return the resolved comparison settings.
+    ``launch``: where the runs train (``launch.parse_launch``: ``{"jobs": 2}``, ``{"launcher": "slurm",
+    "slurm_time": "2:00:00", ...}``); the default trains them one after another in this process. Runs that
+    fail in child processes or Slurm jobs raise ``launch.RunsFailedError`` once the others are done; without
+    waiting for Slurm (``"wait": False``) the return value is ``{}`` until every run has finished.
     Bad settings raise :class:`ncguide.experiments.config.ConfigError` (a ``ValueError``) naming the key.
     """
     base_dict = base.to_dict() if isinstance(base, TrainConfig) else dict(base)
@@ -319,12 +317,17 @@ def run_compare(
 
     # every run's config is checked before anything trains; seed-major order within each phase, so an
     # interrupted comparison has every method at the first seeds
-    selection = [_Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p))
-                 for s in sel_seeds for p in (points if len(points) > 1 else []) for m in methods]
+    grid_points = [(s, p, m) for s in sel_seeds for p in (points if len(points) > 1 else []) for m in methods]
+    selection = [Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p), order=(0, i),
+                     tag=_tag("selection", i, len(grid_points), m, p, s)) for i, (s, p, m) in enumerate(grid_points)]
     candidates = {m: {point_name(p): p for p in points} for m in methods}
     # the report runs could use any point: check them all now, including what only a build would reject
     # (K > d for ETF heads, model vs data, head options), so no run trains before a later one fails
     check_all_buildable(config(m, p, seeds[0]) for m in methods for p in points)
+    planned = {r.path: r.cfg for r in selection}
+    planned.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
+    launcher = make_launcher(parse_launch(launch), planned, out_dir=Path(out_dir).absolute(), resume=resume,
+                             progress=progress, log=log, train_fn=lambda *a, **k: train(*a, **k))
     if check_only:
         return {"methods": methods, "seeds": seeds, **({"grid": grid, "selection_seeds": sel_seeds} if grid else {}),
                 **({"variants": {k: _typed(config(k, points[0], seeds[0]), v) for k, v in variants.items()
@@ -334,24 +337,27 @@ def run_compare(
     out_dir = Path(out_dir)
     with rank0_folder_lock(out_dir):  # creates out_dir
         return _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs,
-                               train_acc_threshold, base_dict, config, selection, candidates, resume, progress,
-                               log, report)
+                               train_acc_threshold, base_dict, config, selection, candidates, planned, launcher,
+                               resume, log, report)
 
 
 def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs, threshold,
-                    base_dict, config, selection, candidates, resume, progress, log, report) -> dict:
+                    base_dict, config, selection, candidates, planned, launcher, resume, log, report) -> dict:
     """run_compare's work once its arguments are checked, under ``out_dir``'s lock."""
-    planned = {r.path: r.cfg for r in selection}
-    planned.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
     _check_existing_runs(out_dir, planned, base_dict, grid, variants, resume)
     _write_compare_config(out_dir, base_dict, methods, seeds, grid, sel_seeds, variants, report_epochs, threshold)
 
-    if selection:
-        _run_all(selection, resume, progress, log)
-    winners = {m: points[0] for m in methods}
-    if len(points) > 1:
-        tuning = {}
-        for m in methods:
+    winners, tuning = {m: points[0] for m in methods}, {}
+    if not grid:
+        (out_dir / SELECTION).unlink(missing_ok=True)
+    elif len(points) == 1:  # nothing to select; with more points selection.json is written once all are selected
+        _write_selection(out_dir, None, grid, [], seeds, dict(winners), {})
+
+    def pipeline(m: str) -> Iterator[list[Run]]:
+        """One method's stages: its selection runs, then its winner, then its report runs."""
+        mine = [r for r in selection if r.method == m]
+        if mine:
+            yield mine
             by_point = {name: {s: _selection_log(run_dir(out_dir, m, s, p)) for s in sel_seeds}
                         for name, p in candidates[m].items()}
             winner, rows = select_point(by_point, threshold)
@@ -359,24 +365,17 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
             epochs = next(r["epochs"] for r in rows if r["point"] == winner)
             log(f"selected for {m}: {winner} (median epochs to train acc >= {threshold:g}: "
                 f"{'never reached' if epochs is None else f'{epochs:g}'})")
-        atomic_write_text(out_dir / SELECTION, json.dumps({
-            "primary": {"key": "train_acc", "op": ">=", "value": threshold},
-            "grid": grid, "selection_seeds": sel_seeds, "report_seeds": seeds,
-            "selected": {m: winners[m] for m in methods}, "folders": {m: point_name(winners[m]) for m in methods},
-            "tuning": tuning}, indent=2) + "\n")
-    elif grid:
-        atomic_write_text(out_dir / SELECTION, json.dumps({
-            "primary": None, "grid": grid, "selection_seeds": [], "report_seeds": seeds,
-            "selected": {m: points[0] for m in methods}, "folders": {m: point_name(points[0]) for m in methods},
-            "tuning": {}}, indent=2) + "\n")
-    else:
-        (out_dir / SELECTION).unlink(missing_ok=True)
+            if len(tuning) == len(methods):
+                _write_selection(out_dir, threshold, grid, sel_seeds, seeds, {k: winners[k] for k in methods},
+                                 {k: tuning[k] for k in methods})
+        p, k = winners[m], methods.index(m)  # report runs in seed-major order over all methods
+        yield [Run("report", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p), order=(1, i * len(methods) + k),
+                   tag=_tag("report", i * len(methods) + k, len(seeds) * len(methods), m, p, s))
+               for i, s in enumerate(seeds)]
 
-    final = [_Run("report", m, winners[m], s, config(m, winners[m], s), run_dir(out_dir, m, s, winners[m]))
-             for s in seeds for m in methods]
-    _run_all(final, resume, progress, log)
-
-    if not report:
+    with launcher:
+        pending = drive({m: pipeline(m) for m in methods}, launcher, resume=resume, out_dir=out_dir, log=log)
+    if pending or not report:
         return {}
     summary = write_report(out_dir, report_epochs=report_epochs)
     for x in summary["excluded"]:
@@ -408,31 +407,21 @@ def _keyed(key: str, parse, *args):
         raise ConfigError(key, str(e)) from None
 
 
-def _run_all(runs: list[_Run], resume: bool, progress: str, log: Callable[[str], None]) -> None:
-    """Train (or reuse, or resume) each run. A run that diverges (non-finite loss) does not stop the
-    comparison: ``DIVERGED`` in its folder records why (its log stops at the last good evaluation); it never
-    reaches a threshold in the selection and the report lists it. Reruns reuse that outcome."""
-    n = len(runs)
-    for i, r in enumerate(runs, 1):
-        where = f" {point_name(r.point)}" if r.point else ""
-        tag = f"[{r.phase} {i}/{n}] {r.method}{where} seed {r.seed}"
-        ckpt = _read_checkpoint(r.path) if resume else None
-        if ckpt is not None and ckpt.get("finished"):
-            log(f"{tag}: reused finished run in {r.path} ({short_record(finished_record(r.path))})")
-            continue
-        if ckpt is not None and (r.path / DIVERGED).is_file():
-            log(f"{tag}: reused diverged run in {r.path} ({(r.path / DIVERGED).read_text().strip()})")
-            continue
-        log(f"{tag}: {'resuming' if ckpt is not None else 'training'} in {r.path}")
-        (r.path / DIVERGED).unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        try:
-            record = train(r.cfg, r.path, resume=resume, progress=progress)
-        except NonFiniteLossError as e:
-            atomic_write_text(r.path / DIVERGED, str(e).splitlines()[0] + "\n")
-            log(f"{tag}: diverged after {time.perf_counter() - t0:.1f} s ({str(e).splitlines()[0]})")
-            continue
-        log(f"{tag}: done in {time.perf_counter() - t0:.1f} s ({short_record(record or {})})")
+def _tag(phase: str, index: int, total: int, method: str, point: dict, seed: int) -> str:
+    """``[selection 3/12] standard lr=0.1 seed 1000``: a run in log lines."""
+    where = f" {point_name(point)}" if point else ""
+    return f"[{phase} {index + 1}/{total}] {method}{where} seed {seed}"
+
+
+def _write_selection(out_dir: Path, threshold: float | None, grid: dict, sel_seeds: list[int], seeds: list[int],
+                     winners: dict, tuning: dict) -> None:
+    """``selection.json``: the grid, the seeds, each method's winner and tuning table (``primary`` None for
+    a grid of one point, which needs no selection)."""
+    primary = None if threshold is None else {"key": "train_acc", "op": ">=", "value": threshold}
+    atomic_write_text(out_dir / SELECTION, json.dumps({
+        "primary": primary, "grid": grid, "selection_seeds": sel_seeds, "report_seeds": seeds,
+        "selected": winners, "folders": {m: point_name(p) for m, p in winners.items()},
+        "tuning": tuning}, indent=2) + "\n")
 
 
 def _selection_log(path: Path) -> list[dict]:
@@ -448,10 +437,6 @@ def _grid_points(grid: dict[str, list]) -> list[dict]:
     for key, values in grid.items():
         points = [{**p, key: v} for p in points for v in values]
     return points
-
-
-def _read_checkpoint(path: Path) -> dict | None:
-    return load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).is_file() else None
 
 
 def _run_folders(out_dir: Path) -> list[Path]:
