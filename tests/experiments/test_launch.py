@@ -182,7 +182,8 @@ class ScriptedLauncher:
         self.queue, self.events, self.fail, self.stop_after, self.ended = [], [], set(fail), stop_after, 0
 
     def submit(self, runs):
-        self.events.append(("submit", [r.tag for r in runs]))
+        if runs:
+            self.events.append(("submit", [r.tag for r in runs]))
         self.queue = sorted(self.queue + runs, key=lambda r: r.order)
 
     def counts(self):

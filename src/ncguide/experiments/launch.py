@@ -403,8 +403,7 @@ def drive(pipelines: Mapping[str, Iterator[list[Run]]], launcher, *, resume: boo
                     del pending[name]
                     if name not in blocked:
                         new += advance(name)
-            if new:
-                launcher.submit(sorted(new, key=lambda r: r.order))
+            launcher.submit(sorted(new, key=lambda r: r.order))  # also lets a pool fill the slots just freed
             if launcher.shows_status:
                 queued, running = launcher.counts()
                 log(f"runs: {queued} queued, {running} running, {done['finished']} finished, {done['failed']} failed")
@@ -544,6 +543,7 @@ class LocalPool:
 
     def submit(self, runs: list[Run]) -> None:
         self.queue.push(runs)
+        self._fill()
 
     def counts(self) -> tuple[int, int]:
         return len(self.queue), len(self.running)

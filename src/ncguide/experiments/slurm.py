@@ -291,6 +291,8 @@ class SlurmLauncher:
         return False
 
     def submit(self, runs: list[Run]) -> None:
+        if not runs:
+            return
         records = {r.path: _read_record(r.path) for r in runs}
         states = job_states() if any(records.values()) else {}
         fresh = []

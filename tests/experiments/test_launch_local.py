@@ -1,0 +1,101 @@
+"""``compare --jobs N`` with real child processes: the same results as one run after another, a killed
+run reported with its log while the others finish (and a rerun retries only it), Ctrl-C stopping every
+child and a rerun ending bitwise as an uninterrupted comparison."""
+
+import json
+import os
+import signal
+
+import pytest
+from launch_helpers import (
+    BASE,
+    GRID,
+    LONG,
+    LONG_FLAGS,
+    METHODS,
+    alive,
+    holder_pid,
+    quiet,
+    records,
+    results,
+    run_cli,
+    start_compare,
+    wait_for,
+)
+
+from ncguide.experiments import launch as launch_mod
+from ncguide.experiments.checkpoint import load_checkpoint
+from ncguide.experiments.compare import run_compare
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def one_by_one(tmp_path_factory):
+    """The tuned comparison in this process, one run after another, one thread per run."""
+    out = tmp_path_factory.mktemp("jobs1") / "out"
+    run_compare(BASE, METHODS, [0], out, grid=GRID, selection_seeds=1, progress="none", log=quiet,
+                launch={"threads_per_run": 1})
+    return out
+
+
+def test_jobs_2_gives_the_results_of_jobs_1(one_by_one, tmp_path, monkeypatch):
+    monkeypatch.setattr(launch_mod, "available_cores", lambda: 2)  # two at once, whatever this machine has
+    out, lines = tmp_path / "out", []
+    run_compare(BASE, METHODS, [0], out, grid=GRID, selection_seeds=1, progress="none", log=lines.append,
+                launch={"jobs": 2})
+    assert results(out) == results(one_by_one)
+    assert any(" 2 running" in x for x in lines), lines  # two runs did train at once
+    assert all((p / "launch.log").is_file() for p in out.glob("runs/*/*/seed-*"))  # each child's output
+
+
+def test_a_killed_run_is_reported_the_others_finish_and_a_rerun_retries_only_it(tmp_path):
+    args = [*LONG_FLAGS, "--methods", "standard,slow", "--variant", "slow:method=nearest-etf", "--seeds", "1",
+            "--jobs", "2", "--out", "out"]
+    slow, fast = tmp_path / "out/runs/slow/seed-0", tmp_path / "out/runs/standard/seed-0"
+    proc, log = start_compare(tmp_path, *args)
+    wait_for(lambda: records(slow) >= 2 and holder_pid(slow), "the slow run's second record", proc=proc, log=log)
+    pid = holder_pid(slow)
+    os.kill(pid, signal.SIGKILL)
+    assert proc.wait(timeout=600) == 1
+    out = log.read_text()
+    error = out.strip().splitlines()[-1]
+    assert error.startswith("ncguide: error: 1 run failed: runs/slow/seed-0 (killed by SIGKILL")
+    assert "; log out/runs/slow/seed-0/launch.log)" in error
+    assert "FAILED (killed by SIGKILL" in out
+    assert load_checkpoint(fast / "checkpoint.pt")["finished"]  # the other run went on to the end
+    assert not load_checkpoint(slow / "checkpoint.pt")["finished"]
+    assert not (tmp_path / "out/summary.json").exists()  # no report from an incomplete comparison
+    kept = (slow / "metrics.jsonl").read_text().splitlines()[:2]
+
+    rerun = run_cli(tmp_path, *args)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "reused finished run in out/runs/standard/seed-0" in rerun.stdout
+    assert "slow seed 0: resuming in out/runs/slow/seed-0" in rerun.stdout
+    assert "standard seed 0: training" not in rerun.stdout and "standard seed 0: resuming" not in rerun.stdout
+    assert (slow / "metrics.jsonl").read_text().splitlines()[:2] == kept  # resumed, not restarted
+    assert json.loads((tmp_path / "out/summary.json").read_text())["methods"]["slow"]["seeds"] == [0]
+
+
+def test_ctrl_c_stops_every_child_and_a_rerun_ends_bitwise_as_uninterrupted(tmp_path):
+    ref = tmp_path / "ref"
+    run_compare(LONG, METHODS, [0], ref, progress="none", log=quiet, launch={"threads_per_run": 1})
+
+    args = [*LONG_FLAGS, "--methods", ",".join(METHODS), "--seeds", "1", "--jobs", "2", "--threads-per-run", "1",
+            "--out", "out"]
+    runs = [tmp_path / f"out/runs/{m}/seed-0" for m in METHODS]
+    proc, log = start_compare(tmp_path, *args)
+    wait_for(lambda: all(records(r) >= 2 and holder_pid(r) for r in runs), "both runs' second record", proc=proc,
+             log=log)
+    children = [holder_pid(r) for r in runs]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=600) == 130
+    out = log.read_text()
+    assert out.count("stopped (exit code 130); rerunning resumes it") == 2, out  # each saved its checkpoint
+    assert not any(alive(pid) for pid in children)
+    assert not any(load_checkpoint(r / "checkpoint.pt")["finished"] for r in runs)
+
+    rerun = run_cli(tmp_path, *args)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert rerun.stdout.count(": resuming in out/runs/") == 2
+    assert results(tmp_path / "out") == results(ref)
