@@ -52,7 +52,8 @@ from .runlog import METRICS, finished_record
 __all__ = ["LAUNCHERS", "LOCAL_KEYS", "LAUNCH_LOG", "LAUNCH_SPEC", "LaunchConfig", "Run", "Outcome", "Slot",
            "LaunchError", "RunsFailedError", "parse_launch", "cpu_plan", "assign_gpus", "visible_gpus",
            "available_cores", "drive", "InProcess", "LocalPool", "make_launcher", "run_outcome", "record_divergence",
-           "child_command", "child_env", "write_spec", "start_child", "stop_children", "last_line", "whole_number"]
+           "child_command", "child_env", "write_spec", "start_child", "stop_children", "last_line", "whole_number",
+           "signal_group"]
 
 LAUNCHERS = ("local", "slurm")
 LAUNCH_SPEC = "launch.json"
@@ -313,7 +314,7 @@ def stop_children(children: list[subprocess.Popen], grace_s: float) -> None:
     """SIGTERM to each child's process group (a run saves a checkpoint at its current step and exits), then
     SIGKILL to whatever is left after ``grace_s`` seconds, or at once on a second Ctrl-C."""
     for p in children:
-        _signal_group(p, signal.SIGTERM)
+        signal_group(p, signal.SIGTERM)
     try:
         deadline = time.monotonic() + grace_s
         while any(p.poll() is None for p in children) and time.monotonic() < deadline:
@@ -323,11 +324,12 @@ def stop_children(children: list[subprocess.Popen], grace_s: float) -> None:
     finally:
         for p in children:
             if p.poll() is None:
-                _signal_group(p, signal.SIGKILL)
+                signal_group(p, signal.SIGKILL)
             p.wait()
 
 
-def _signal_group(p: subprocess.Popen, sig: int) -> None:
+def signal_group(p: subprocess.Popen, sig: int) -> None:
+    """Send ``sig`` to the process group a child leads (:func:`start_child`), if it still exists."""
     try:
         os.killpg(p.pid, sig)  # the child leads its own group (start_new_session)
     except (ProcessLookupError, PermissionError):

@@ -32,6 +32,7 @@ import getpass
 import json
 import re
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -50,8 +51,8 @@ from .launch import (
     child_env,
     last_line,
     run_outcome,
+    signal_group,
     start_child,
-    stop_children,
     whole_number,
     write_spec,
 )
@@ -404,15 +405,26 @@ class RunJob:
         global _child
         path = Path(self.run_dir)
         _child = start_child(path, self.gpus, child_env(self.threads))
-        code = _child.wait()
+        # poll, not wait(): checkpoint() runs in a signal handler on this thread and must be able to poll too
+        # (Popen.wait holds a lock that poll, and a second wait, would need)
+        while (code := _child.poll()) is None:
+            time.sleep(0.5)
         outcome = run_outcome(path) if code == 0 else None
         if outcome is None:
             raise RuntimeError(f"run {path} did not finish (exit code {code}); see {path / LAUNCH_LOG}")
         return outcome.status
 
     def checkpoint(self, *args, **kwargs):
+        """Stop the child (SIGTERM: it checkpoints at its current step; SIGKILL after ``STOP_GRACE_S``), then
+        hand submitit this job again, which it requeues."""
         from submitit.helpers import DelayedSubmission
 
-        if _child is not None and _child.poll() is None:
-            stop_children([_child], STOP_GRACE_S)
+        child = _child
+        if child is not None and child.poll() is None:
+            signal_group(child, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_GRACE_S
+            while child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if child.poll() is None:
+                signal_group(child, signal.SIGKILL)
         return DelayedSubmission(self, *args, **kwargs)
