@@ -3,6 +3,7 @@ scheduler with a scripted launcher, and bad launch options on the command line. 
 tests/experiments/test_launch_local.py and test_launch_slurm.py run real ones."""
 
 import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,25 @@ def test_a_launcher_that_does_not_wait_leaves_runs_pending(tmp_path):
     launcher = ScriptedLauncher(stop_after=2)
     pending = drive(_pipelines(tmp_path, []), launcher, resume=False, out_dir=tmp_path, log=lambda *_: None)
     assert pending == 3  # a1, b1 ended; a2, b2, b3 still out
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_is_retried(tmp_path):
+    """A child killed between writing config.json and its first checkpoint leaves no result: a rerun trains
+    it instead of refusing the folder (a folder with records but no checkpoint is still refused)."""
+    from ncguide.experiments.compare import run_compare
+
+    base = {"dataset": "ufm", "model": "ufm", "num_classes": 4, "feature_dim": 8, "samples_per_class": 5,
+            "epochs": 1, "batch_size": 10, "device": "cpu"}
+    run = tmp_path / "out/runs/standard/seed-0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({**TrainConfig.from_dict(base).to_dict(), "lr": 123.0}))
+    (run / "metrics.jsonl").write_text("")
+    (run / "launch.log").write_text("killed\n")
+    summary = run_compare(base, ["standard"], [0], tmp_path / "out", progress="none", log=lambda *_: None)
+    assert summary["methods"]["standard"]["seeds"] == [0]
+    (run / "checkpoint.pt").unlink()
+    with pytest.raises(ValueError, match="cannot be established"):
+        run_compare(base, ["standard"], [0], tmp_path / "out", progress="none", log=lambda *_: None)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -440,10 +440,20 @@ def _grid_points(grid: dict[str, list]) -> list[dict]:
 
 
 def _run_folders(out_dir: Path) -> list[Path]:
-    """Every ``runs/<method>/seed-<s>`` and ``runs/<method>/<point>/seed-<s>`` folder that holds run files."""
+    """Every ``runs/<method>/seed-<s>`` and ``runs/<method>/<point>/seed-<s>`` folder that holds results: a
+    checkpoint, or a log with records. A run that failed before its first checkpoint (e.g. a child process
+    killed while loading data) left nothing to keep or to identify, and is trained afresh."""
     found = [*out_dir.glob("runs/*/seed-*"), *out_dir.glob("runs/*/*/seed-*")]
-    files = (CHECKPOINT, METRICS, "config.json")
-    return sorted(p for p in found if p.is_dir() and any((p / f).exists() for f in files))
+    return sorted(p for p in found if p.is_dir() and ((p / CHECKPOINT).exists() or _has_records(p / METRICS)))
+
+
+def _has_records(path: Path) -> bool:
+    try:
+        return bool(path.read_text(errors="replace").strip())
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # unreadable: judged (and refused) as a folder with results
 
 
 def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], base: dict, grid: dict, variants: dict,
