@@ -7,6 +7,7 @@ import os
 import signal
 
 import pytest
+import torch
 from launch_helpers import (
     BASE,
     GRID,
@@ -102,3 +103,44 @@ def test_ctrl_c_stops_every_child_and_a_rerun_ends_bitwise_as_uninterrupted(tmp_
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert rerun.stdout.count(": resuming in out/runs/") == 2
     assert results(tmp_path / "out") == results(ref)
+
+
+def test_a_run_through_torchrun_in_its_child(tmp_path):
+    """What --gpus-per-run G > 1 starts, here on CPU (gloo): torchrun with two processes of run_one, rank 0
+    writing the run folder; the threads of the run are split between them."""
+    from ncguide.experiments.config import TrainConfig
+    from ncguide.experiments.launch import LAUNCH_LOG, Run, child_env, start_child, write_spec
+
+    run = Run("report", "standard", {}, 0, TrainConfig(method="standard", dataset="digits", model="mlp", epochs=1,
+                                                         batch_size=64, device="cpu"), tmp_path / "run")
+    write_spec(run, resume=True, threads=2)
+    child = start_child(run.path, 2, child_env(2))
+    assert child.wait(timeout=600) == 0, (run.path / LAUNCH_LOG).read_text()
+    assert load_checkpoint(run.path / "checkpoint.pt")["finished"]
+    log = (run.path / LAUNCH_LOG).read_text()
+    assert "--nproc_per_node=2" in log and log.count("ncguide: done:") == 1  # rank 0 speaks for the run
+    assert "(1 thread)" in log  # 2 threads over 2 processes
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_four_runs_share_one_gpu(tmp_path):
+    """--runs-per-gpu 4 on one GPU: four children at once on the same device, results as one after another
+    (CUDA's atomic adds are not bitwise reproducible: equal to float32 rounding)."""
+    base = {**BASE, "device": "cuda"}
+    run_compare(base, METHODS, [0, 1], tmp_path / "one", progress="none", log=quiet)
+    lines = []
+    run_compare(base, METHODS, [0, 1], tmp_path / "four", progress="none", log=lines.append,
+                launch={"jobs": 4, "runs_per_gpu": 4})
+    first_done = next(i for i, x in enumerate(lines) if ": done in " in x)
+    started = [x for x in lines[:first_done] if ": training in " in x]
+    assert len(started) == 4 and len({x.split("(GPU ")[1].split(";")[0] for x in started}) == 1, lines
+    a, b = results(tmp_path / "one")["runs"], results(tmp_path / "four")["runs"]
+    assert a.keys() == b.keys()
+    for run in a:
+        x, y = a[run][-1], b[run][-1]
+        assert y["train_loss"] == pytest.approx(x["train_loss"], rel=1e-3, abs=1e-6)
+        assert abs(y["train_acc"] - x["train_acc"]) <= 1 / 20 + 1e-12

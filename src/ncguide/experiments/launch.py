@@ -42,12 +42,16 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .config import ConfigError, TrainConfig
 from .files import atomic_write_text, last_record
 from .report import DIVERGED, short_record
 from .runlog import METRICS, finished_record
+
+if TYPE_CHECKING:
+    from .slurm import SlurmConfig
 
 __all__ = ["LAUNCHERS", "LOCAL_KEYS", "LAUNCH_LOG", "LAUNCH_SPEC", "LaunchConfig", "Run", "Outcome", "Slot",
            "LaunchError", "RunsFailedError", "parse_launch", "cpu_plan", "assign_gpus", "visible_gpus",
@@ -144,7 +148,7 @@ class LaunchConfig:
     runs_per_gpu: int = 1
     threads_per_run: int | None = None
     wait: bool = True
-    slurm: object | None = None  # slurm.SlurmConfig with launcher "slurm"
+    slurm: SlurmConfig | None = None  # with launcher "slurm"
 
 
 def parse_launch(settings: LaunchConfig | Mapping | None) -> LaunchConfig:
