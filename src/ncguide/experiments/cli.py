@@ -11,8 +11,9 @@ compare): a mistake prints one line ``ncguide: error: ...`` naming the key or fl
 came from) and exits with status 2, leaving no output folder behind (set the environment variable
 ``NCGUIDE_TRACEBACK=1`` to see the traceback instead). A diverged run (non-finite loss) exits with 1, and so
 does a run whose files cannot be written (disk full, quota, read-only file system: one line naming the
-file; re-running the same command resumes from the last checkpoint); Ctrl-C exits with 130. Warnings
-are one line ``ncguide: warning: ...``.
+file; re-running the same command resumes from the last checkpoint), and so does a compare whose runs in
+child processes or Slurm jobs failed (one line naming each failed run and its log; ``launch.RunsFailedError``);
+Ctrl-C exits with 130. Warnings are one line ``ncguide: warning: ...``.
 """
 
 from __future__ import annotations
@@ -543,8 +544,8 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # the ru
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ncguide``; returns the exit status (0 ok, 1 diverged or files not writable, 2 usage or
-    config error, 130 interrupted)."""
+    """Entry point of ``ncguide``; returns the exit status (0 ok, 1 diverged, files not writable or runs failed,
+    2 usage or config error, 130 interrupted)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
