@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m ncguide compare --config configs/demo.yaml --out demo-out
+	$(PY) -m ncguide compare --config demo --out demo-out
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks studies

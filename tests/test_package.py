@@ -43,3 +43,21 @@ def test_library_modules_do_not_import_the_experiments():
     for name in LIBRARY:
         text = (SRC / "ncguide" / f"{name}.py").read_text()
         assert "from .experiments" not in text and "ncguide.experiments" not in text, name
+
+
+def test_version_is_the_installed_metadata(capsys):
+    """``ncguide --version`` prints the installed distribution's version, which is ``ncguide.__version__``
+    (pyproject.toml reads it from there) — unless this checkout is not the one installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ncguide.experiments.cli import main
+
+    assert main(["--version"]) == 0
+    printed = capsys.readouterr().out.strip()
+    try:
+        installed = version("ncguide")
+    except PackageNotFoundError:
+        assert printed == f"ncguide {ncguide.__version__} (not installed)"
+        return
+    assert printed == f"ncguide {installed}"
+    assert installed == ncguide.__version__

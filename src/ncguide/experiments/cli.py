@@ -1,7 +1,7 @@
 """The ``ncguide`` command (also ``python -m ncguide``): train one run, compare methods × seeds, report.
 
     ncguide train   --method nearest-etf --dataset mnist1d --model cnn1d --epochs 30 --out out/one
-    ncguide compare --config configs/demo.yaml --out demo-out
+    ncguide compare --config demo --out demo-out
     ncguide report  demo-out
 
 A run's settings come, in increasing precedence, from the TrainConfig defaults, a YAML ``--config`` file,
@@ -41,11 +41,12 @@ class means (nearest-etf), next to a learned head (standard) and a fixed simplex
 
 _EPILOG = """\
 examples:
-  ncguide compare --config configs/demo.yaml --out demo-out   # 3 methods x 3 seeds on CPU
+  ncguide compare --config demo --out demo-out   # 3 methods x 3 seeds on CPU
   ncguide report demo-out                                      # redraw figures and table
   ncguide train --method nearest-etf --dataset digits --model mlp --epochs 20 --out out/digits
 
-Configs for the paper's experiments and CPU-sized ones are in configs/.
+Configs for the paper's experiments and CPU-sized ones ship with the package: --config NAME
+(demo, mnist1d, ufm-k10, ...: the files of ncguide/configs/); a YAML file path works too.
 Run `ncguide <command> --help` for the options of each command."""
 
 _EPILOG_CONFIG = """\
@@ -135,7 +136,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from .models import MODELS
 
     g = p.add_argument_group("run settings (override the config file)")
-    g.add_argument("--config", metavar="FILE", help="YAML file of TrainConfig fields (see configs/)")
+    g.add_argument("--config", metavar="FILE",
+                   help="YAML file of TrainConfig fields, or the name of a shipped config (demo, mnist1d, "
+                        "cifar10-resnet18, ...: ncguide/configs/)")
     g.add_argument("--dataset", metavar="NAME", help=_names([*(n for n in DATASETS if n != "npz"), "npz:PATH"]))
     g.add_argument("--model", metavar="NAME",
                    help=_names(MODELS) + " (cnn: cnn1d for (L,) or (C, L) inputs, else cnn2d)")
@@ -171,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog="ncguide", formatter_class=fmt, description=_DESCRIPTION, epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"ncguide {_version()}",
+                        help="print the installed version of ncguide and exit")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True, parser_class=_Parser)
 
     t = sub.add_parser(
@@ -186,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare", formatter_class=fmt, help="train every method x seed, then write the report",
         description=_COMPARE_DESCRIPTION,
-        epilog=_config_epilog() + "\nexamples:\n  ncguide compare --config configs/demo.yaml --out demo-out\n"
+        epilog=_config_epilog() + "\nexamples:\n  ncguide compare --config demo --out demo-out\n"
                                 "  ncguide compare --dataset digits --model mlp --epochs 10 "
                                 "--methods standard,nearest-etf --seeds 2 --out out/digits",
     )
@@ -218,6 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of the training-accuracy table (default: the compare's, else the last and its "
                         "midpoint)")
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (package metadata), or the source tree's when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ncguide")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return f"{__version__} (not installed)"
 
 
 def _number(text: str) -> float:
@@ -252,11 +269,9 @@ def _positive(text: str) -> float:
 def _load_yaml(path: str) -> dict:
     from .config import load_config
 
-    p = Path(path)
-    if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "not found"
-        raise ValueError(f"config file {path!r} {what}; pass an existing YAML file (see configs/)")
-    return dict(load_config(p) or {})  # ValueError naming the file: not UTF-8, malformed, not a mapping
+    # a file, or a shipped config by name (`demo`, `paper/ufm-k10`); ValueError naming the file: not found,
+    # not UTF-8, malformed, not a mapping
+    return dict(load_config(path) or {})
 
 
 def _source(args: argparse.Namespace, key: str) -> str | None:

@@ -66,9 +66,9 @@ Every process-wide setting a run changes, and the global RNG states, are restore
 
 Distributed data parallel, via torchrun (``distributed.py``)::
 
-    torchrun --nproc_per_node 4 -m ncguide train --config configs/cifar10-resnet18.yaml --out out/c10
+    torchrun --nproc_per_node 4 -m ncguide train --config cifar10-resnet18 --out out/c10
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
-        -m ncguide train --config configs/imagenet-resnet50.yaml --out out/in1k
+        -m ncguide train --config imagenet-resnet50 --out out/in1k
 
 ``batch_size`` is the global batch: each rank gets its slice of every global batch, DDP wraps the
 backbone, the heads all-reduce their class statistics themselves, and the gradients of head
