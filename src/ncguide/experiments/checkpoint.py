@@ -43,7 +43,8 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
-RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers"}
+RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers",
+                  "loggers"}
 
 
 class ResumeError(ValueError):

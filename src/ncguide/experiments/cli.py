@@ -30,7 +30,7 @@ __all__ = ["main", "build_parser", "resolve_config"]
 
 # flag dest -> TrainConfig field
 _COMMON_FLAGS = {"dataset": "dataset", "model": "model", "epochs": "epochs", "batch_size": "batch_size",
-                 "lr": "lr", "device": "device", "data_dir": "data_dir"}
+                 "lr": "lr", "device": "device", "data_dir": "data_dir", "loggers": "loggers"}
 # YAML/--set keys read by `compare`, not TrainConfig fields
 _COMPARE_KEYS = ("methods", "seeds", "grid", "selection_seeds", "variants", "report_epochs", "train_acc_threshold")
 
@@ -62,7 +62,9 @@ _TRAIN_DESCRIPTION = """\
 Train one model with one classifier head (method). Writes, in --out:
   metrics.jsonl   one JSON line per evaluation (accuracy, loss, NC metrics, wall_s)
   config.json     the resolved config
-  checkpoint.pt   the state to resume from (re-running the same command resumes)"""
+  checkpoint.pt   the state to resume from (re-running the same command resumes)
+  *.png           the figures of a comparison, for this run (overview.png, nc1.png, ...)
+  metrics.csv, TensorBoard event files, a W&B run: with --logger csv / tensorboard / wandb"""
 
 _COMPARE_DESCRIPTION = """\
 Train every method for every seed, one run after another, into OUT/runs/<method>/seed-<s>/,
@@ -133,6 +135,7 @@ def _names(names) -> str:
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from .config import DEVICES
     from .data import DATASETS
+    from .loggers import LOGGERS
     from .models import MODELS
 
     g = p.add_argument_group("run settings (override the config file)")
@@ -148,6 +151,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
     g.add_argument("--data-dir", metavar="DIR",
                    help="folder of external data sets (default $NCGUIDE_CACHE or ~/.cache/ncguide)")
+    g.add_argument("--logger", dest="loggers", action="append", choices=LOGGERS, default=None, metavar="NAME",
+                   help=f"also log every record to {_names(LOGGERS[1:])} (metrics.jsonl is always written); "
+                        "repeatable; replaces the config file's loggers")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field; repeatable; wins over the flags above")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -282,7 +288,7 @@ def _source(args: argparse.Namespace, key: str) -> str | None:
             return f"from --set {item}"
     dests = {field: dest for dest, field in _COMMON_FLAGS.items()}
     dest = dests.get(top, top)
-    repeated = {"variants": "--variant", "grid": "--grid"}  # flags given once per item
+    repeated = {"variants": "--variant", "grid": "--grid", "loggers": "--logger"}  # flags given once per item
     if top in repeated and getattr(args, dest, None):
         return f"from {repeated[top]}"
     if getattr(args, dest, None) is not None and isinstance(getattr(args, dest), (str, int, float)):
@@ -370,7 +376,9 @@ def _check_out(out: str | None) -> Path:
 def _cmd_train(args) -> int:
     from .build import check_buildable
     from .config import ConfigError, TrainConfig
-    from .report import short_record
+    from .files import read_jsonl
+    from .report import plot_figures, short_record
+    from .runlog import METRICS
     from .train import train
 
     for item in args.overrides:  # a config file's compare keys are for compare; set explicitly, they are a mistake
@@ -388,8 +396,10 @@ def _cmd_train(args) -> int:
     out = _check_out(args.out)
     print(f"ncguide: training {cfg.method} on {cfg.dataset} ({cfg.model}), seed {cfg.seed} -> {out}", flush=True)
     record = train(cfg, out, resume=args.resume)
+    figures = plot_figures({cfg.method: {cfg.seed: read_jsonl(out / METRICS)}}, out)  # a compare's, one run
     print(f"done: {short_record(record or {})}")
     print(f"logs: {out / 'metrics.jsonl'}  config: {out / 'config.json'}  checkpoint: {out / 'checkpoint.pt'}")
+    print(f"figures: {', '.join(str(out / f) for f in figures[:1])} and {len(figures) - 1} more in {out}")
     return 0
 
 

@@ -101,6 +101,7 @@ class TrainConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only on CUDA)
     check_every: int = 50  # CUDA: steps between non-finite-loss checks (CPU checks every step)
     nc1_threshold: float = 0.1  # report: "epochs until nc1 < threshold" (not used by training)
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])  # + csv, tensorboard, wandb (loggers.py)
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:

@@ -23,6 +23,8 @@ Outputs in ``out_dir`` (only rank 0 writes):
   metrics of the training split (docs/metrics.md). The UFM has no test set: ``test_loss`` and
   ``test_acc`` are ``null``. Non-finite values are written as ``NaN``/``Infinity`` (Python's ``json``
   reads them back). Each line is fsynced when written (``runlog.py`` says what the log guarantees).
+- ``metrics.csv``, TensorBoard event files, a W&B run: the same records, for the loggers ``cfg.loggers``
+  asks for (``loggers.py``); on resume they are rewritten from the restored ``metrics.jsonl``.
 - ``checkpoint.pt`` (``checkpoint.py``): after every epoch, atomically; ``finished`` marks a
   completed run (``is_finished``). It keeps a copy of the log's lines.
 - ``.lock``: a run holds its folder's lock from start to end (``locks.py``); a second ``train`` into the
@@ -116,6 +118,7 @@ from .distributed import Placement
 from .evaluate import evaluate
 from .files import append_line, atomic_write_text, last_record
 from .locks import RunLockedError, folder_lock
+from .loggers import RunLoggers, check_loggers, open_loggers
 from .optim import agd_init_, build_optimizer, lr_factor, set_lr
 from .progress import PROGRESS_MODES, Progress
 from .runlog import METRICS, log_state, restore_log
@@ -151,6 +154,7 @@ class RunState:
     last: dict = field(default_factory=dict)  # the latest evaluation record
     data_fingerprint: str | None = None  # npz: data, the file's sha256 when the run was built
     log: list[str] = field(default_factory=list)  # the lines of metrics.jsonl so far (kept in the checkpoint)
+    loggers: RunLoggers | None = None  # cfg.loggers besides jsonl (loggers.py): each record goes to them too
 
 
 def train(
@@ -172,6 +176,7 @@ def train(
     if isinstance(cfg, dict):
         cfg = TrainConfig.from_dict(cfg)
     cfg.validate(check_registries=model is None)
+    check_loggers(cfg.loggers)
     if progress not in PROGRESS_MODES:
         raise ValueError(f"unknown progress {progress!r} (valid: {', '.join(PROGRESS_MODES)})")
     with _global_settings_restored():
@@ -195,6 +200,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         _check_same_data(ckpt, cfg, out / CHECKPOINT)
         log_lines = restore_log(out, ckpt, write=where.rank == 0)  # the log as the checkpoint counted it
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
+            with open_loggers(cfg, out, log_lines, write=where.rank == 0):  # their outputs agree with the log
+                pass
             return json.loads(log_lines[-1]) if log_lines else last_record(out / METRICS)
         threads = ckpt.get("num_threads")
         if threads is not None and threads != torch.get_num_threads() and where.device.type == "cpu":
@@ -217,7 +224,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
 
     watch = _NonFiniteWatch(run)
     with _InterruptFlag(enabled=where.world == 1) as interrupt, \
-            Progress(progress if where.rank == 0 else "none", cfg.epochs, len(run.loader)) as show:
+            Progress(progress if where.rank == 0 else "none", cfg.epochs, len(run.loader)) as show, \
+            open_loggers(cfg, out, run.log, write=where.rank == 0) as run.loggers:  # from the restored log
         if fresh:
             show.record(_log_evaluation(run))
             _save(run, finished=cfg.epochs == 0)
@@ -433,6 +441,8 @@ def _log_evaluation(run: RunState) -> dict:
     run.log.append(json.dumps(rec))
     if run.where.rank == 0:
         append_line(run.out / METRICS, run.log[-1])  # fsynced: on disk before the checkpoint that counts it
+        if run.loggers is not None:
+            run.loggers.log(rec)
     return rec
 
 
