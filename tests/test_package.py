@@ -9,7 +9,7 @@ import ncguide
 import ncguide.experiments
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LIBRARY = ["etf", "solve", "polar_iteration", "means", "heads", "metrics", "features"]
+LIBRARY = ["etf", "solve", "polar_iteration", "means", "heads", "metrics", "features", "wrap"]
 
 
 def test_the_root_exports_the_library_surface_only():
