@@ -61,3 +61,19 @@ def test_version_is_the_installed_metadata(capsys):
         return
     assert printed == f"ncguide {installed}"
     assert installed == ncguide.__version__
+
+
+def test_release_files_carry_the_version_and_the_paper():
+    """CITATION.cff, the README's BibTeX and CHANGELOG.md name the package's version; both citations name the
+    paper's authors in its order."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    cff = yaml.safe_load((root / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and str(cff["version"]) == ncguide.__version__
+    paper = cff["preferred-citation"]
+    assert [a["family-names"] for a in paper["authors"]] == ["Markou", "Ajanthan", "Gould"] and paper["year"] == 2024
+    readme = (root / "README.md").read_text()
+    assert f"version = {{{ncguide.__version__}}}" in readme
+    assert "author        = {Markou, Evan and Ajanthan, Thalaiyasingam and Gould, Stephen}" in readme
+    assert f"\n## {ncguide.__version__}\n" in (root / "CHANGELOG.md").read_text()

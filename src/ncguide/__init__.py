@@ -1,4 +1,4 @@
-"""ncguide: classifier heads set to the nearest simplex ETF (Markou, Gould, Ajanthan, NeurIPS 2024).
+"""ncguide: classifier heads set to the nearest simplex ETF (Markou, Ajanthan, Gould, NeurIPS 2024).
 
 The library, on your own backbone (needs only ``torch`` and ``numpy``)::
 
