@@ -442,7 +442,7 @@ def _log_evaluation(run: RunState) -> dict:
     if run.where.rank == 0:
         append_line(run.out / METRICS, run.log[-1])  # fsynced: on disk before the checkpoint that counts it
         if run.loggers is not None:
-            run.loggers.log(rec)
+            run.loggers.log(json.loads(run.log[-1]))  # the record as the log holds it
     return rec
 
 
