@@ -15,9 +15,10 @@ from ncguide.experiments.config import TrainConfig, load_config
 from ncguide.experiments.data import load_dataset
 from ncguide.experiments.data.ondisk import find_fashion_mnist
 from ncguide.experiments.models import build_model
+from ncguide.experiments.shipped_configs import CONFIG_DIR
 from ncguide.heads import METHODS, build_head
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 # (input shape, classes) of the data sets that are not shipped with the package
 EXTERNAL = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "stl10": ((3, 96, 96), 10),
             "imagenet": ((3, 224, 224), 1000)}
@@ -45,7 +46,7 @@ def test_expected_configs_exist():
     assert set(PAPER) | set(CPU_SIZED) <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
 def test_config_builds(path, tmp_path):
     cfg, methods, seeds = _resolve(path)
     assert methods and set(methods) <= set(METHODS) and seeds
@@ -89,6 +90,6 @@ def test_config_builds(path, tmp_path):
 @pytest.mark.parametrize("name", CPU_SIZED)
 def test_cpu_configs_stay_small(name):
     """Sized for 2 CPU cores: offline data, small models, CPU-friendly epochs."""
-    cfg, methods, seeds = _resolve(CONFIGS[0].parent / name)
+    cfg, methods, seeds = _resolve(CONFIG_DIR / name)
     assert cfg.dataset in ("mnist1d", "digits", "fashion-mnist")
     assert cfg.epochs <= 40 and len(seeds) >= 3 and {"standard", "fixed-etf", "nearest-etf"} <= set(methods)

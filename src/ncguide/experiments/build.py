@@ -32,6 +32,7 @@ from torch import nn
 from ..heads import Head, build_head, head_options
 from .config import ConfigError, TrainConfig
 from .data import Dataset, DatasetLoader, TensorLoader, dataset_info, load_dataset
+from .loggers import check_loggers
 from .models import MODELS, build_model
 
 __all__ = [
@@ -116,6 +117,7 @@ def check_buildable(cfg: TrainConfig) -> None:
     ``build_run_head`` or ``make_loaders`` would reject, without loading the data (see the module docstring).
     Not checked: the files of a data set that would be downloaded, and subset sizes."""
     cfg.validate()
+    check_loggers(cfg.loggers)  # names, and the packages of tensorboard / wandb
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "device='cuda' but CUDA is not available; use device=cpu or auto")
     try:

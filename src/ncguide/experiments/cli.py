@@ -1,7 +1,7 @@
 """The ``ncguide`` command (also ``python -m ncguide``): train one run, compare methods × seeds, report.
 
     ncguide train   --method nearest-etf --dataset mnist1d --model cnn1d --epochs 30 --out out/one
-    ncguide compare --config configs/demo.yaml --out demo-out
+    ncguide compare --config demo --out demo-out
     ncguide report  demo-out
 
 A run's settings come, in increasing precedence, from the TrainConfig defaults, a YAML ``--config`` file,
@@ -30,7 +30,7 @@ __all__ = ["main", "build_parser", "resolve_config"]
 
 # flag dest -> TrainConfig field
 _COMMON_FLAGS = {"dataset": "dataset", "model": "model", "epochs": "epochs", "batch_size": "batch_size",
-                 "lr": "lr", "device": "device", "data_dir": "data_dir"}
+                 "lr": "lr", "device": "device", "data_dir": "data_dir", "loggers": "loggers"}
 # YAML/--set keys read by `compare`, not TrainConfig fields
 _COMPARE_KEYS = ("methods", "seeds", "grid", "selection_seeds", "variants", "report_epochs", "train_acc_threshold")
 
@@ -41,11 +41,12 @@ class means (nearest-etf), next to a learned head (standard) and a fixed simplex
 
 _EPILOG = """\
 examples:
-  ncguide compare --config configs/demo.yaml --out demo-out   # 3 methods x 3 seeds on CPU
+  ncguide compare --config demo --out demo-out   # 3 methods x 3 seeds on CPU
   ncguide report demo-out                                      # redraw figures and table
   ncguide train --method nearest-etf --dataset digits --model mlp --epochs 20 --out out/digits
 
-Configs for the paper's experiments and CPU-sized ones are in configs/.
+Configs for the paper's experiments and CPU-sized ones ship with the package: --config NAME
+(demo, mnist1d, ufm-k10, ...: the files of ncguide/configs/); a YAML file path works too.
 Run `ncguide <command> --help` for the options of each command."""
 
 _EPILOG_CONFIG = """\
@@ -61,7 +62,9 @@ _TRAIN_DESCRIPTION = """\
 Train one model with one classifier head (method). Writes, in --out:
   metrics.jsonl   one JSON line per evaluation (accuracy, loss, NC metrics, wall_s)
   config.json     the resolved config
-  checkpoint.pt   the state to resume from (re-running the same command resumes)"""
+  checkpoint.pt   the state to resume from (re-running the same command resumes)
+  *.png           the figures of a comparison, for this run (overview.png, nc1.png, ...)
+  metrics.csv, TensorBoard event files, a W&B run: with --logger csv / tensorboard / wandb"""
 
 _COMPARE_DESCRIPTION = """\
 Train every method for every seed, one run after another, into OUT/runs/<method>/seed-<s>/,
@@ -138,10 +141,13 @@ def _names(names) -> str:
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from .config import DEVICES
     from .data import DATASETS
+    from .loggers import LOGGERS
     from .models import MODELS
 
     g = p.add_argument_group("run settings (override the config file)")
-    g.add_argument("--config", metavar="FILE", help="YAML file of TrainConfig fields (see configs/)")
+    g.add_argument("--config", metavar="FILE",
+                   help="YAML file of TrainConfig fields, or the name of a shipped config (demo, mnist1d, "
+                        "cifar10-resnet18, ...: ncguide/configs/)")
     g.add_argument("--dataset", metavar="NAME", help=_names([*(n for n in DATASETS if n != "npz"), "npz:PATH"]))
     g.add_argument("--model", metavar="NAME",
                    help=_names(MODELS) + " (cnn: cnn1d for (L,) or (C, L) inputs, else cnn2d)")
@@ -151,6 +157,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
     g.add_argument("--data-dir", metavar="DIR",
                    help="folder of external data sets (default $NCGUIDE_CACHE or ~/.cache/ncguide)")
+    g.add_argument("--logger", dest="loggers", action="append", choices=LOGGERS, default=None, metavar="NAME",
+                   help=f"also log every record to {_names(LOGGERS[1:])} (metrics.jsonl is always written); "
+                        "repeatable; replaces the config file's loggers")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field; repeatable; wins over the flags above")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -177,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog="ncguide", formatter_class=fmt, description=_DESCRIPTION, epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"ncguide {_version()}",
+                        help="print the installed version of ncguide and exit")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True, parser_class=_Parser)
 
     t = sub.add_parser(
@@ -192,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare", formatter_class=fmt, help="train every method x seed, then write the report",
         description=_COMPARE_DESCRIPTION,
-        epilog=_config_epilog() + "\nexamples:\n  ncguide compare --config configs/demo.yaml --out demo-out\n"
+        epilog=_config_epilog() + "\nexamples:\n  ncguide compare --config demo --out demo-out\n"
                                 "  ncguide compare --dataset digits --model mlp --epochs 10 "
                                 "--methods standard,nearest-etf --seeds 2 --out out/digits",
     )
@@ -233,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    """The installed distribution's version (package metadata), or the source tree's when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ncguide")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return f"{__version__} (not installed)"
+
+
 def _number(text: str) -> float:
     try:
         value = float(text)
@@ -265,11 +288,9 @@ def _positive(text: str) -> float:
 def _load_yaml(path: str) -> dict:
     from .config import load_config
 
-    p = Path(path)
-    if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "not found"
-        raise ValueError(f"config file {path!r} {what}; pass an existing YAML file (see configs/)")
-    return dict(load_config(p) or {})  # ValueError naming the file: not UTF-8, malformed, not a mapping
+    # a file, or a shipped config by name (`demo`, `paper/ufm-k10`); ValueError naming the file: not found,
+    # not UTF-8, malformed, not a mapping
+    return dict(load_config(path) or {})
 
 
 def _source(args: argparse.Namespace, key: str) -> str | None:
@@ -280,7 +301,7 @@ def _source(args: argparse.Namespace, key: str) -> str | None:
             return f"from --set {item}"
     dests = {field: dest for dest, field in _COMMON_FLAGS.items()}
     dest = dests.get(top, top)
-    repeated = {"variants": "--variant", "grid": "--grid"}  # flags given once per item
+    repeated = {"variants": "--variant", "grid": "--grid", "loggers": "--logger"}  # flags given once per item
     if top in repeated and getattr(args, dest, None):
         return f"from {repeated[top]}"
     if getattr(args, dest, None) is not None and isinstance(getattr(args, dest), (str, int, float)):
@@ -368,7 +389,9 @@ def _check_out(out: str | None) -> Path:
 def _cmd_train(args) -> int:
     from .build import check_buildable
     from .config import ConfigError, TrainConfig
-    from .report import short_record
+    from .files import read_jsonl
+    from .report import plot_figures, short_record
+    from .runlog import METRICS
     from .train import train
 
     for item in args.overrides:  # a config file's compare keys are for compare; set explicitly, they are a mistake
@@ -386,8 +409,10 @@ def _cmd_train(args) -> int:
     out = _check_out(args.out)
     print(f"ncguide: training {cfg.method} on {cfg.dataset} ({cfg.model}), seed {cfg.seed} -> {out}", flush=True)
     record = train(cfg, out, resume=args.resume)
+    figures = plot_figures({cfg.method: {cfg.seed: read_jsonl(out / METRICS)}}, out)  # a compare's, one run
     print(f"done: {short_record(record or {})}")
     print(f"logs: {out / 'metrics.jsonl'}  config: {out / 'config.json'}  checkpoint: {out / 'checkpoint.pt'}")
+    print(f"figures: {', '.join(str(out / f) for f in figures[:1])} and {len(figures) - 1} more in {out}")
     return 0
 
 

@@ -54,6 +54,7 @@ from .checkpoint import CHECKPOINT, RUNTIME_FIELDS, config_diff, load_checkpoint
 from .config import ConfigError, TrainConfig, apply_overrides, field_names, with_defaults
 from .files import atomic_write_text, read_jsonl
 from .locks import rank0_folder_lock
+from .loggers import check_loggers
 from .report import (
     DEFAULT_TRAIN_ACC_THRESHOLD,
     DIVERGED,
@@ -419,6 +420,8 @@ def _run_all(runs: list[_Run], resume: bool, progress: str, log: Callable[[str],
         ckpt = _read_checkpoint(r.path) if resume else None
         if ckpt is not None and ckpt.get("finished"):
             log(f"{tag}: reused finished run in {r.path} ({short_record(finished_record(r.path))})")
+            if check_loggers(r.cfg.loggers):  # write what the loggers asked for now hold (from the run's log)
+                train(r.cfg, r.path, resume=True, progress="none")
             continue
         if ckpt is not None and (r.path / DIVERGED).is_file():
             log(f"{tag}: reused diverged run in {r.path} ({(r.path / DIVERGED).read_text().strip()})")

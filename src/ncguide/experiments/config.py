@@ -1,6 +1,6 @@
 """Run configuration: one dataclass with every knob of a training run, and its I/O.
 
-    cfg = TrainConfig.from_dict(apply_overrides(load_config("configs/demo.yaml"), ["lr=0.1"]))
+    cfg = TrainConfig.from_dict(apply_overrides(load_config("demo"), ["lr=0.1"]))
 
 ``from_dict`` rejects unknown keys; ``validate()`` (called by ``from_dict`` and by ``train``)
 checks names and ranges and raises :class:`ConfigError` (a ``ValueError`` carrying the offending
@@ -101,6 +101,7 @@ class TrainConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only on CUDA)
     check_every: int = 50  # CUDA: steps between non-finite-loss checks (CPU checks every step)
     nc1_threshold: float = 0.1  # report: "epochs until nc1 < threshold" (not used by training)
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])  # + csv, tensorboard, wandb (loggers.py)
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -207,10 +208,14 @@ def field_names() -> list[str]:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (or ``.json``) config file into a dict (keys are checked later, by ``from_dict``).
+    """Read a YAML (or ``.json``) config file into a dict (keys are checked later, by ``from_dict``). ``path``
+    may also name a config shipped with the package (``"demo"``, ``"paper/ufm-k10"``: ``shipped_configs.py``).
 
     ``ValueError`` naming the file for one that is missing, not UTF-8 text, malformed, or not a mapping of
     names to values."""
+    from .shipped_configs import find_config
+
+    path = find_config(path)
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
