@@ -191,3 +191,20 @@ def test_report_tables_show_both(tmp_path, monkeypatch):
     md = report_mod.write_report(tmp_path) and (tmp_path / "report.md").read_text()
     assert "epochs to train_acc ≥ 99% (first hit) | epochs to train_acc ≥ 99% (sustained)" in md
     assert "| 1 (3/3) | 5 (2/3) |" in md  # first hit: 1, 1, 3; sustained: 5, 5, never (diverged)
+
+
+def test_the_tuning_section_names_edges_and_keys_without_edges():
+    from ncguide.experiments.report import _selection_section
+
+    sel = {"grid": {"lr": [0.1, 1.0], "optimizer": ["sgd", "adam"]}, "selection_seeds": [1000], "report_seeds": [0],
+           "folders": {"standard": "lr=1.0,optimizer=sgd"}, "selection_metric": "sustained",
+           "primary": {"key": "train_acc", "op": ">=", "value": 0.99},
+           "edge": {"standard": {"lr": "high", "optimizer": None}},
+           "tuning": {"standard": [{"point": "lr=1.0,optimizer=sgd", "value": 3, "per_seed": [3], "reached": 1,
+                                    "total": 1, "first": 1, "sustained": 3, "final_train_loss": 0.1,
+                                    "final_train_acc": 1.0, "rank": 1}]}}
+    md = "\n".join(_selection_section(sel))
+    assert "Selected: `standard`: lr=1.0,optimizer=sgd (at the grid's edge: lr high)." in md
+    assert "| **lr=1.0,optimizer=sgd** (at the grid's edge: lr high) | 3 (1/1) | 3 | 1 | 0.1 | 1 |" in md
+    assert "No edges on optimizer: its values are not all numbers" in md
+    assert "**At the grid's edge**: `standard` (lr high)." in md

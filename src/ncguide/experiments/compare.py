@@ -12,11 +12,16 @@ against best* with the same budget for every method:
 1. *selection*: every method runs at every grid point on the selection seeds (``selection_seeds``, by
    default 2 seeds 1000, 1001, never among the report seeds) into ``runs/<method>/<point>/seed-<s>/``,
    ``<point>`` = ``key=value[,key=value...]``;
-2. per method the grid point with the lowest median epochs to the *primary threshold* (training accuracy
-   ≥ 0.99) wins; ties go to the lower median final training loss, then to the earlier grid point. A point
-   whose median seed never reached the threshold counts as infinitely late (it ranks last);
+2. per method the grid point with the lowest median of the *selection metric* wins (``selection.py``:
+   by default the *sustained* epochs to training accuracy ≥ 0.99, the first epoch from which a run stays
+   there to its end; also ``first``, ``auc``, ``train_acc@E``); ties go to the lower median final training
+   loss, then to the earlier grid point. A point whose median seed never got there ranks last, and so does
+   a diverged run. A winner at either end of a numeric grid axis is *at the grid's edge*; with
+   ``extend_edges=N`` that method's grid grows one step beyond the edge (the new points run on the
+   selection seeds, then it is reselected), up to N times;
 3. *report*: every method runs on the report seeds at its winning point; the report shows only these runs,
-   after the tuning table (``selection.json``, also copied into ``summary.json``).
+   after the tuning table (``selection.json``, also copied into ``summary.json``), and opens with the
+   verdict (``verdict.py``: the focus method against the fastest other one, with its uncertainty).
 
 Methods are names of ``ncguide.heads.METHODS`` or *variants*: ``{"nearest-etf-freeze": {"method":
 "nearest-etf", "freeze_after": 5}}`` names a method with its own overrides (its folder is its name).

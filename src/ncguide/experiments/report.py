@@ -13,7 +13,12 @@ Conventions (also written into ``report.md``):
   as *not reached*: its time is ``inf``; medians and maxima are then taken with ``inf`` included (so the
   median is finite only when more than half of the seeds reached it). ``summary.json`` stores ``inf`` as
   ``null`` together with ``reached``/``total``; tables print an unreached median as ``>E`` (``E`` = the
-  most epochs any seed ran) and unreached seconds as ``—``.
+  most epochs any seed ran) and unreached seconds as ``—``. Beside this *first hit*, the *sustained*
+  epoch: the first evaluation from which the run stays at the threshold to its last evaluation (a run
+  that ends below it, or diverged, never reached it for good).
+- *Verdict* (``verdict.py``): the focus method (``nearest-etf`` by default) against the other method with
+  the fewest median sustained epochs: their ratio and the final test-accuracy difference, each with a
+  bootstrap 95% interval over seeds and a permutation-test p-value; the report's first lines.
 - Curves: the median over seeds at each evaluated epoch, with a min–max band; one colour per method,
   the same in every figure. Loss and NC metrics use a log scale (symlog near zero when a curve touches 0).
 - Runs whose log lost or cut records (``runlog.check_run_log``: judged against the run's checkpoint, or
@@ -729,9 +734,15 @@ def _edge_lines(selection: dict) -> list[str]:
     if refused:
         md += ["Not extended: " + "; ".join(f"`{x['method']}` {x['key']} ({x['side']}): {x['why']}"
                                             for x in refused) + ".", ""]
+    words = [k for k, v in (selection.get("grid") or {}).items()
+             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)]
+    if words and selection.get("tuning"):
+        md += [f"No edges on {', '.join(words)}: {'its values are' if len(words) == 1 else 'their values are'} "
+               "not all numbers, so a winner there is never marked or extended.", ""]
     at = {m: e for m, e in (selection.get("edge") or {}).items() if any(e.values())}
     if at:
-        md += ["**At the grid's edge**: " + "; ".join(f"`{m}`{_edge_note(e)}" for m, e in at.items())
+        md += ["**At the grid's edge**: " + "; ".join(f"`{m}` ({', '.join(f'{k} {x}' for k, x in e.items() if x)})"
+                                                      for m, e in at.items())
                + ". Such a winner may not be the method's best setting: a value beyond the edge was not tried "
                "(`--extend-edges N` extends the grid until the winners are interior).", ""]
     return md
