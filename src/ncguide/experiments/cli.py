@@ -93,6 +93,12 @@ Read DIR/runs/<method>/seed-<s>/metrics.jsonl and (re)write DIR/summary.json, DI
 and the figures DIR/*.png (overview.png, train_acc.png, test_acc.png, loss.png, nc1.png,
 nc2.png, nc3.png, nc4.png): median over seeds with a min-max band, per method."""
 
+_CONVERT_DESCRIPTION = """\
+ncguide reads checkpoints with torch.load(weights_only=True): opening a results folder from someone
+else never runs code from it. Checkpoints written by ncguide 0.1 pickled numpy's RNG state, so a safe
+load refuses them. This command unpickles each FILE (which runs any code it holds: use it only on files
+you trust), stores that state as plain data, checks the result loads safely and replaces FILE atomically."""
+
 
 class _Parser(argparse.ArgumentParser):
     """``ArgumentParser`` without prefix matching (``--seed`` is not ``--seeds``) whose errors are one line
@@ -236,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "midpoint)")
     r.add_argument("--focus", default="auto", metavar="METHOD",
                    help="the method of the verdict (default: the compare's, else nearest-etf; none: no verdict)")
+
+    v = sub.add_parser("convert-checkpoint", formatter_class=fmt,
+                       help="rewrite a checkpoint of ncguide 0.1 in the safe format (only files you trust)",
+                       description=_CONVERT_DESCRIPTION)
+    v.add_argument("files", nargs="+", metavar="FILE", help="checkpoint.pt files to convert in place")
+    v.add_argument("--trust-source", dest="trust_source", action="store_true",
+                   help="required: converting unpickles the file, which runs any code it holds")
     return parser
 
 
@@ -469,7 +482,19 @@ def _cmd_report(args) -> int:
     return 0
 
 
-_COMMANDS = {"train": _cmd_train, "compare": _cmd_compare, "report": _cmd_report}
+def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from .checkpoint import convert_checkpoint
+
+    if not args.trust_source:
+        return _error("convert-checkpoint unpickles each file, which runs any code it holds; pass --trust-source "
+                      "only for files you or ncguide 0.1 wrote")
+    for path in args.files:
+        print(f"converted {convert_checkpoint(path, trust_source=True)}")
+    return 0
+
+
+_COMMANDS = {"train": _cmd_train, "compare": _cmd_compare, "report": _cmd_report,
+             "convert-checkpoint": _cmd_convert_checkpoint}
 
 
 def _error(msg: str, status: int = 2) -> int:

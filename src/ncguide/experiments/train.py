@@ -103,6 +103,7 @@ from . import distributed
 from .build import build_backbone, build_run_head, data_fingerprint, load_data, make_loaders, steps_per_epoch
 from .checkpoint import (
     CHECKPOINT,
+    CHECKPOINT_VERSION,
     ResumeError,
     check_same_config,
     get_rng_state,
@@ -440,7 +441,8 @@ def _save(run: RunState, finished: bool = False) -> None:
     if run.where.rank != 0:
         return
     save_checkpoint(run.out / CHECKPOINT, {
-        "version": 1, "config": run.cfg.to_dict(), "epoch": run.epoch, "step": run.step, "wall_s": run.wall_s,
+        "version": CHECKPOINT_VERSION, "config": run.cfg.to_dict(), "epoch": run.epoch, "step": run.step,
+        "wall_s": run.wall_s,
         "mid_epoch": run.mid_epoch, "finished": finished, "model": run.model.state_dict(),
         "head": run.head.state_dict(), "optimizer": run.optimizer.state_dict(), "loader": run.loader.state_dict(),
         "data_fingerprint": run.data_fingerprint,
