@@ -24,10 +24,10 @@ share the mean of their ranks), split the ranks into groups of ``n_a`` and ``n_b
 (exactly, when there are at most ``MAX_EXACT_SPLITS`` splits: 252 for 5 + 5 seeds, 12,870 for 8 + 8) or
 ``PERMUTATIONS`` random ways (seeded; then ``p = (1 + hits) / (1 + PERMUTATIONS)``), and count the splits
 whose rank sum of the first group lies at least as far from its mean ``n_a (n_a + n_b + 1) / 2`` as the
-observed one. Ranks, not medians: with 5 + 5 seeds a difference of medians reaches at best p ≈ 0.12 even
-when every seed of one method beats every seed of the other (many splits share the two middle values),
-where ranks give ``2 / 252``; and ranks take infinite values as they come. The sums are multiples of 1/2,
-so the comparison is exact.
+observed one. Ranks, not medians: with so few seeds a test of the medians is coarse — 5 + 5 seeds where
+every seed of one method beats every seed of the other can give p ≈ 0.12 (many splits share the middle
+values), where ranks give ``2 / 252`` — and ranks take infinite values as they come. The doubled
+distances are whole numbers (ranks are multiples of 1/2), so the comparison is exact.
 
 The baseline is the other method with the lowest median sustained epochs (ties: the lower median final
 training loss, then the report's order); variants of the focus's own method (the same ``method:``) are
