@@ -32,7 +32,8 @@ __all__ = ["main", "build_parser", "resolve_config"]
 _COMMON_FLAGS = {"dataset": "dataset", "model": "model", "epochs": "epochs", "batch_size": "batch_size",
                  "lr": "lr", "device": "device", "data_dir": "data_dir", "loggers": "loggers"}
 # YAML/--set keys read by `compare`, not TrainConfig fields
-_COMPARE_KEYS = ("methods", "seeds", "grid", "selection_seeds", "variants", "report_epochs", "train_acc_threshold")
+_COMPARE_KEYS = ("methods", "seeds", "grid", "selection_seeds", "variants", "report_epochs", "train_acc_threshold",
+                 "selection_metric", "extend_edges", "focus")
 
 _DESCRIPTION = """\
 Guiding neural collapse: train classifiers whose head is the simplex ETF nearest to the
@@ -76,9 +77,16 @@ and `seeds:` (a count N for seeds 0..N-1, or a list); --methods/--seeds override
 Tuned comparison (best against best): with --grid KEY=V1,V2,... (YAML `grid: {KEY: [V1, V2]}`)
 every method first runs every grid point on the selection seeds (--selection-seeds N, YAML
 `selection_seeds:`; default 2 seeds, 1000 and 1001, never report seeds) into
-OUT/runs/<method>/<KEY=V>/seed-<s>/; per method the point with the fewest median epochs to
-99% training accuracy wins (ties: lower final training loss), and the report seeds
-then run at each method's winner. OUT/selection.json and the report show the tuning table.
+OUT/runs/<method>/<KEY=V>/seed-<s>/; per method the best point wins (ties: lower final
+training loss), and the report seeds then run at each method's winner. OUT/selection.json
+and the report show the tuning table.
+--selection-metric (YAML `selection_metric:`) sets how a point wins: sustained (default: the
+fewest median epochs from which training accuracy stays at the threshold to the end), first,
+auc or train_acc@E. A winner at either end of a numeric grid axis is marked "at the grid's
+edge"; --extend-edges N (YAML `extend_edges:`) extends that method's grid a step beyond it and
+reselects, up to N times. The report opens with the verdict: --focus METHOD (YAML `focus:`,
+default nearest-etf) against the best other method, with a bootstrap 95% interval and a
+permutation-test p-value.
 A YAML `variants:` mapping names methods with their own settings, e.g.
   variants: {nearest-etf-freeze: {method: nearest-etf, freeze_after: 5}}
 and `report_epochs: [50, 200]` picks the epochs of the training-accuracy table."""
@@ -218,6 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of the training-accuracy table (default: the last epoch and its midpoint)")
     c.add_argument("--train-acc-threshold", dest="train_acc_threshold", type=_fraction, metavar="A",
                    help="training accuracy the selection and the report count epochs to (default 0.99)")
+    c.add_argument("--selection-metric", dest="selection_metric", metavar="M",
+                   help="how a grid point wins: sustained (default: fewest epochs to stay at the threshold), first "
+                        "(first hit), auc (mean training error), train_acc@E (accuracy at epoch E)")
+    c.add_argument("--extend-edges", dest="extend_edges", metavar="N",
+                   help="up to N times, extend a method's grid one step beyond an edge its winner sits at, then "
+                        "reselect (default 0)")
+    c.add_argument("--focus", dest="focus", metavar="METHOD",
+                   help="the method of the report's verdict against the best other one (default nearest-etf when "
+                        "compared; none: no verdict)")
     c.add_argument("--variant", dest="variants", action="append", default=None, metavar="NAME:KEY=V,...",
                    help="a named method with its own settings, e.g. nearest-etf-freeze:method=nearest-etf,"
                         "freeze_after=3; list NAME in --methods; repeatable")
@@ -234,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report-epochs", dest="report_epochs", metavar="E1,E2",
                    help="epochs of the training-accuracy table (default: the compare's, else the last and its "
                         "midpoint)")
+    r.add_argument("--focus", default="auto", metavar="METHOD",
+                   help="the method of the verdict (default: the compare's, else nearest-etf; none: no verdict)")
 
     v = sub.add_parser("convert-checkpoint", formatter_class=fmt,
                        help="rewrite a checkpoint of ncguide 0.1 in the safe format (only files you trust)",
@@ -452,6 +471,7 @@ def _cmd_compare(args) -> int:
     seeds = parsed("seeds", parse_seeds, compare.get("seeds", DEFAULT_SEEDS))
     options = dict(grid=compare.get("grid"), variants=variants, report_epochs=compare.get("report_epochs"),
                    selection_seeds=compare.get("selection_seeds", DEFAULT_SELECTION_SEEDS))
+    options.update({k: compare[k] for k in ("selection_metric", "extend_edges", "focus") if k in compare})
     if compare.get("train_acc_threshold") is not None:
         try:
             options["train_acc_threshold"] = _fraction(str(compare["train_acc_threshold"]))
@@ -479,7 +499,7 @@ def _cmd_report(args) -> int:
         thresholds["train_acc"] = (">=", args.train_acc_threshold)
     if args.nc1_threshold is not None:
         thresholds["nc1"] = ("<=", args.nc1_threshold)
-    summary = write_report(out, thresholds, check_report_epochs(args.report_epochs))
+    summary = write_report(out, thresholds, check_report_epochs(args.report_epochs), focus=args.focus)
     for x in summary["excluded"]:
         print(f"ncguide: warning: {x['run']} left out of the report: {x['why']}", file=sys.stderr)
     print(summary_table(summary))
