@@ -7,7 +7,8 @@
 ``check_buildable(cfg)`` checks, before any data is loaded or anything is written, everything those calls
 would reject later: the data set's files (``data.dataset_info``), the model options and their types, the
 model on the data set's inputs (built and run on the ``meta`` device: no memory, no arithmetic), the head
-options and ``feature_dim >= num_classes`` for the ETF heads, and the loader options.
+options and ``feature_dim >= num_classes`` for the ETF heads, the loader options, and, for
+``optimizer="agd"``, that every trained parameter is a weight matrix or kernel (``bias_free``).
 
 The unconstrained-features model (UFM) is the one setting with special rules, and they all live in
 this file (see "UFM" below).
