@@ -131,8 +131,9 @@ def parse_seeds(seeds: int | str | Iterable[int], base: int = 0, what: str = "se
 
 
 def parse_variants(variants: Mapping[str, Mapping] | None) -> dict[str, dict]:
-    """``{name: {"method": m, key: value, ...}}`` → the same, checked: a new name (a folder name, not a
-    method's), a known method, TrainConfig keys only (not ``seed``)."""
+    """``{name: {"method": m, key: value, ...}}`` → the same, checked: a folder name, a known method,
+    TrainConfig keys only (not ``seed``). A variant named after a method (``{"nearest-etf": {"stratified":
+    True}}``) gives that method its own settings; its ``method`` is its name."""
     out = {}
     if variants is None:
         return out
@@ -140,9 +141,13 @@ def parse_variants(variants: Mapping[str, Mapping] | None) -> dict[str, dict]:
         raise ValueError(f"variants must map a name to its settings, e.g. {{nearest-etf-freeze: {{method: "
                          f"nearest-etf, freeze_after: 5}}}}; got {variants!r}")
     for name, spec in variants.items():
-        if not isinstance(name, str) or not _safe_name(name) or name in METHODS:
-            raise ValueError(f"bad variant name {name!r}: use letters, digits, '-', '_', '.', '+', not a "
-                             f"method's name ({', '.join(METHODS)})")
+        if not isinstance(name, str) or not _safe_name(name):
+            raise ValueError(f"bad variant name {name!r}: use letters, digits, '-', '_', '.', '+'")
+        if name in METHODS and isinstance(spec, Mapping):
+            if spec.get("method", name) != name:
+                raise ValueError(f"variant {name!r} is named after a method, so it sets that method's own settings "
+                                 f"and cannot make it method {spec['method']!r}; give it another name")
+            spec = {"method": name, **spec}
         if not isinstance(spec, Mapping) or spec.get("method") not in METHODS:
             raise ValueError(f"variant {name!r} needs `method:` one of {', '.join(METHODS)}; got {spec!r}")
         bad = sorted(set(spec) - set(field_names()) | ({"seed"} & set(spec)))
