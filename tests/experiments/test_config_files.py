@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ncguide.experiments.cli import _COMPARE_KEYS
 from ncguide.experiments.compare import parse_seeds
 from ncguide.experiments.config import TrainConfig, load_config
 from ncguide.experiments.data import load_dataset
@@ -36,8 +37,12 @@ CPU_SIZED = ["demo.yaml", "mnist1d.yaml", "digits.yaml", "fashion-mnist.yaml"]
 
 
 def _resolve(path: Path) -> tuple[TrainConfig, list[str], list[int]]:
+    """The base config, methods and seeds of a compare file (its other compare keys are checked elsewhere:
+    test_paper_protocol.py resolves the paper's files through ``--print-config``)."""
     d = load_config(path)
     methods, seeds = d.pop("methods"), parse_seeds(d.pop("seeds"))
+    for key in _COMPARE_KEYS:
+        d.pop(key, None)
     return TrainConfig.from_dict(d), methods, seeds
 
 
