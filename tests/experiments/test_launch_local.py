@@ -10,7 +10,6 @@ import pytest
 import torch
 from launch_helpers import (
     BASE,
-    GRID,
     LONG,
     LONG_FLAGS,
     METHODS,
@@ -31,24 +30,26 @@ from ncguide.experiments.compare import run_compare
 pytestmark = pytest.mark.slow
 
 
-# a grid point that diverges: its runs end with DIVERGED (written by the child) and rank last
-DIVERGING = {"lr": [*GRID["lr"], 1e38]}
+# log-spaced, so that the winner (0.01, at the low edge) is extended one step beyond (1e-22); lr 1e38
+# diverges: its runs end with DIVERGED (written by the child)
+DIVERGING = {"lr": [1e-2, 1e18, 1e38]}
 
 
 def test_jobs_2_gives_the_results_of_jobs_1(tmp_path, monkeypatch):
     one_by_one = tmp_path / "jobs1"
-    run_compare(BASE, METHODS, [0], one_by_one, grid=DIVERGING, selection_seeds=1, progress="none", log=quiet,
-                launch={"threads_per_run": 1})
+    # extend_edges: a method whose winner sits at an edge gets another selection stage of its own
+    run_compare(BASE, METHODS, [0], one_by_one, grid=DIVERGING, selection_seeds=1, extend_edges=1, progress="none",
+                log=quiet, launch={"threads_per_run": 1})
     monkeypatch.setattr(launch_mod, "available_cores", lambda: 2)  # two at once, whatever this machine has
     out, lines = tmp_path / "out", []
-    run_compare(BASE, METHODS, [0], out, grid=DIVERGING, selection_seeds=1, progress="none", log=lines.append,
-                launch={"jobs": 2})
+    run_compare(BASE, METHODS, [0], out, grid=DIVERGING, selection_seeds=1, extend_edges=1, progress="none",
+                log=lines.append, launch={"jobs": 2})
     assert results(out) == results(one_by_one)
+    assert len(json.loads((out / "selection.json").read_text())["extensions"]) == 2  # each method grew its grid
     for m in METHODS:
         why = [(d / f"runs/{m}/lr=1e+38/seed-1000/DIVERGED").read_text().replace(str(d), "OUT")
                for d in (out, one_by_one)]
         assert why[0] == why[1] and why[0].startswith("non-finite")
-        assert json.loads((out / "selection.json").read_text())["tuning"][m][-1]["rank"] == 3
     assert any(" 2 running" in x for x in lines), lines  # two runs did train at once
     assert all((p / "launch.log").is_file() for p in out.glob("runs/*/*/seed-*"))  # each child's output
 

@@ -57,7 +57,8 @@ __all__ = [
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_VERSION = 2  # 2: only tensors and plain containers (safe to load); 1: numpy RNG state pickled
-RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers"}
+RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers",
+                  "loggers"}
 
 
 class ResumeError(ValueError):

@@ -12,11 +12,16 @@ against best* with the same budget for every method:
 1. *selection*: every method runs at every grid point on the selection seeds (``selection_seeds``, by
    default 2 seeds 1000, 1001, never among the report seeds) into ``runs/<method>/<point>/seed-<s>/``,
    ``<point>`` = ``key=value[,key=value...]``;
-2. per method the grid point with the lowest median epochs to the *primary threshold* (training accuracy
-   ≥ 0.99) wins; ties go to the lower median final training loss, then to the earlier grid point. A point
-   whose median seed never reached the threshold counts as infinitely late (it ranks last);
+2. per method the grid point with the lowest median of the *selection metric* wins (``selection.py``:
+   by default the *sustained* epochs to training accuracy ≥ 0.99, the first epoch from which a run stays
+   there to its end; also ``first``, ``auc``, ``train_acc@E``); ties go to the lower median final training
+   loss, then to the earlier grid point. A point whose median seed never got there ranks last, and so does
+   a diverged run. A winner at either end of a numeric grid axis is *at the grid's edge*; with
+   ``extend_edges=N`` that method's grid grows one step beyond the edge (the new points run on the
+   selection seeds, then it is reselected), up to N times;
 3. *report*: every method runs on the report seeds at its winning point; the report shows only these runs,
-   after the tuning table (``selection.json``, also copied into ``summary.json``).
+   after the tuning table (``selection.json``, also copied into ``summary.json``), and opens with the
+   verdict (``verdict.py``: the focus method against the fastest other one, with its uncertainty).
 
 Methods are names of ``ncguide.heads.METHODS`` or *variants*: ``{"nearest-etf-freeze": {"method":
 "nearest-etf", "freeze_after": 5}}`` names a method with its own overrides (its folder is its name).
@@ -49,6 +54,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..heads import METHODS
@@ -63,13 +69,21 @@ from .report import (
     DIVERGED,
     SELECTION,
     check_report_epochs,
-    first_reach,
-    median_or_inf,
+    selection_metric_label,
     summary_table,
     write_report,
 )
 from .runlog import METRICS
+from .selection import (
+    DEFAULT_SELECTION_METRIC,
+    extend_axis,
+    metric_epoch,
+    parse_selection_metric,
+    select_point,
+    winner_edges,
+)
 from .train import train
+from .verdict import resolve_focus
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -120,8 +134,9 @@ def parse_seeds(seeds: int | str | Iterable[int], base: int = 0, what: str = "se
 
 
 def parse_variants(variants: Mapping[str, Mapping] | None) -> dict[str, dict]:
-    """``{name: {"method": m, key: value, ...}}`` → the same, checked: a new name (a folder name, not a
-    method's), a known method, TrainConfig keys only (not ``seed``)."""
+    """``{name: {"method": m, key: value, ...}}`` → the same, checked: a folder name, a known method,
+    TrainConfig keys only (not ``seed``). A variant named after a method (``{"nearest-etf": {"stratified":
+    True}}``) gives that method its own settings; its ``method`` is its name."""
     out = {}
     if variants is None:
         return out
@@ -129,9 +144,13 @@ def parse_variants(variants: Mapping[str, Mapping] | None) -> dict[str, dict]:
         raise ValueError(f"variants must map a name to its settings, e.g. {{nearest-etf-freeze: {{method: "
                          f"nearest-etf, freeze_after: 5}}}}; got {variants!r}")
     for name, spec in variants.items():
-        if not isinstance(name, str) or not _safe_name(name) or name in METHODS:
-            raise ValueError(f"bad variant name {name!r}: use letters, digits, '-', '_', '.', '+', not a "
-                             f"method's name ({', '.join(METHODS)})")
+        if not isinstance(name, str) or not _safe_name(name):
+            raise ValueError(f"bad variant name {name!r}: use letters, digits, '-', '_', '.', '+'")
+        if name in METHODS and isinstance(spec, Mapping):
+            if spec.get("method", name) != name:
+                raise ValueError(f"variant {name!r} is named after a method, so it sets that method's own settings "
+                                 f"and cannot make it method {spec['method']!r}; give it another name")
+            spec = {"method": name, **spec}
         if not isinstance(spec, Mapping) or spec.get("method") not in METHODS:
             raise ValueError(f"variant {name!r} needs `method:` one of {', '.join(METHODS)}; got {spec!r}")
         bad = sorted(set(spec) - set(field_names()) | ({"seed"} & set(spec)))
@@ -210,36 +229,6 @@ def run_dir(out_dir: str | Path, method: str, seed: int, point: Mapping[str, obj
     return (base / point_name(point) if point else base) / f"seed-{seed}"
 
 
-def select_point(runs: Mapping[str, Mapping[int, list[dict]]], threshold: float = DEFAULT_TRAIN_ACC_THRESHOLD
-                 ) -> tuple[str, list[dict]]:
-    """The winning grid point of one method and the table behind it.
-
-    ``runs``: ``{point name: {seed: records}}`` in grid order. Rank by the median epochs to
-    ``train_acc >= threshold`` (a seed that never reaches it counts as inf, so a point whose median seed
-    never reached it ranks last), then the median final ``train_loss``, then grid order. Returns
-    ``(winner, rows)``; rows (grid order) hold ``point``, ``epochs`` (median, None if inf), ``per_seed``,
-    ``reached``, ``total``, ``final_train_loss``, ``final_train_acc``, ``rank`` (1 = winner)."""
-    rows = []
-    for order, (name, by_seed) in enumerate(runs.items()):
-        epochs = [first_reach(recs, "train_acc", ">=", threshold)[0] for recs in by_seed.values()]
-        finals = [recs[-1] if recs else {} for recs in by_seed.values()]
-        med = median_or_inf(epochs)
-        loss = median_or_inf([f.get("train_loss", math.inf) for f in finals])
-        rows.append({
-            "point": name, "epochs": None if math.isinf(med) else med,
-            "per_seed": [None if math.isinf(e) else e for e in epochs],
-            "reached": sum(math.isfinite(e) for e in epochs), "total": len(epochs),
-            "final_train_loss": None if math.isinf(loss) else loss,
-            "final_train_acc": median_or_inf([f.get("train_acc", math.nan) for f in finals]),
-            "_key": (med, loss, order),
-        })
-    if not rows:
-        raise ValueError("no grid point to select from")
-    for rank, row in enumerate(sorted(rows, key=lambda r: r["_key"]), 1):
-        row["rank"] = rank
-    for row in rows:
-        del row["_key"]
-    return next(r["point"] for r in rows if r["rank"] == 1), rows
 
 
 def run_compare(
@@ -253,6 +242,9 @@ def run_compare(
     variants: Mapping[str, Mapping] | None = None,
     report_epochs: Iterable[int] | None = None,
     train_acc_threshold: float = DEFAULT_TRAIN_ACC_THRESHOLD,
+    selection_metric: str = DEFAULT_SELECTION_METRIC,
+    extend_edges: int = 0,
+    focus: str | None = "auto",
     resume: bool = True,
     progress: str = "auto",
     log: Callable[[str], None] = print,
@@ -269,7 +261,12 @@ def run_compare(
     a list disjoint from ``seeds``) before the report seeds run at each method's winner. ``variants``: named
     methods with their own overrides. ``report_epochs``: epochs of the paper-style accuracy table (default
     the last epoch and its midpoint). ``train_acc_threshold``: the training accuracy the selection ranks by
-    (epochs to reach it) and the report counts epochs to. Finished runs are reused and unfinished ones
+    (epochs to reach it) and the report counts epochs to. ``selection_metric``: how a grid point is ranked
+    (``sustained``, ``first``, ``auc``, ``train_acc@E``; ``experiments/selection.py``). ``extend_edges``: up
+    to this many times, extend the grid of each method whose winner sits at a numeric axis's edge by one
+    step beyond it, run the new points on the selection seeds and reselect. ``focus``: the method of the
+    report's verdict against the best other one (``"auto"``: ``nearest-etf`` when compared; ``None`` or
+    ``"none"``: no verdict; ``experiments/verdict.py``). Finished runs are reused and unfinished ones
     resumed when ``resume``; ``resume=False`` retrains everything. ``log`` gets one line per run. Returns the
     report summary (:func:`ncguide.experiments.report.summarize`), or ``{}`` when ``report=False``.
     ``check_only``: check everything as above, train nothing, and return the resolved comparison settings.
@@ -301,6 +298,10 @@ def run_compare(
         raise ConfigError("train_acc_threshold", f"train_acc_threshold must be a fraction in (0, 1]; got "
                                                  f"{train_acc_threshold!r}")
     train_acc_threshold = float(train_acc_threshold)
+    # -- selection rule, edges and verdict (selection.py, verdict.py) --
+    selection_metric = _keyed("selection_metric", parse_selection_metric, selection_metric)
+    extend_edges = _keyed("extend_edges", _parse_rounds, extend_edges)
+    focus = _keyed("focus", _parse_focus, focus, methods)
 
     points = _grid_points(grid)
 
@@ -318,12 +319,14 @@ def run_compare(
     # every run's config is checked before anything trains; seed-major order within each phase, so an
     # interrupted comparison has every method at the first seeds
     grid_points = [(s, p, m) for s in sel_seeds for p in (points if len(points) > 1 else []) for m in methods]
-    selection = [Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p), order=(0, i),
+    selection = [Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p), order=(0, 0, i),
                      tag=_tag("selection", i, len(grid_points), m, p, s)) for i, (s, p, m) in enumerate(grid_points)]
     candidates = {m: {point_name(p): p for p in points} for m in methods}
     # the report runs could use any point: check them all now, including what only a build would reject
     # (K > d for ETF heads, model vs data, head options), so no run trains before a later one fails
     check_all_buildable(config(m, p, seeds[0]) for m in methods for p in points)
+    if metric_epoch(selection_metric) is not None and len(points) > 1:
+        _check_metric_epoch(selection_metric, [r.cfg for r in selection])
     planned = {r.path: r.cfg for r in selection}
     planned.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
     launcher = make_launcher(parse_launch(launch), planned, out_dir=Path(out_dir).absolute(), resume=resume,
@@ -333,43 +336,56 @@ def run_compare(
                 **({"variants": {k: _typed(config(k, points[0], seeds[0]), v) for k, v in variants.items()
                                  if k in methods}} if variants else {}),
                 **({"report_epochs": report_epochs} if report_epochs is not None else {}),
-                "train_acc_threshold": train_acc_threshold}
+                "train_acc_threshold": train_acc_threshold, "selection_metric": selection_metric,
+                **({"extend_edges": extend_edges} if grid else {}), "focus": focus}
     out_dir = Path(out_dir)
+    rule = _Rule(selection_metric, extend_edges, focus)
     with rank0_folder_lock(out_dir):  # creates out_dir
         return _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs,
                                train_acc_threshold, base_dict, config, selection, candidates, planned, launcher,
-                               resume, log, report)
+                               resume, log, report, rule)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How winners are picked and reported: the selection metric, edge extensions, the verdict's focus."""
+
+    metric: str
+    extend_edges: int
+    focus: str
 
 
 def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs, threshold,
-                    base_dict, config, selection, candidates, planned, launcher, resume, log, report) -> dict:
+                    base_dict, config, selection, candidates, planned, launcher, resume, log, report, rule) -> dict:
     """run_compare's work once its arguments are checked, under ``out_dir``'s lock."""
     _check_existing_runs(out_dir, planned, base_dict, grid, variants, resume)
-    _write_compare_config(out_dir, base_dict, methods, seeds, grid, sel_seeds, variants, report_epochs, threshold)
+    _write_compare_config(out_dir, base_dict, methods, seeds, grid, sel_seeds, variants, report_epochs, threshold,
+                          rule)
 
-    winners, tuning = {m: points[0] for m in methods}, {}
+    winners: dict[str, dict] = {m: points[0] for m in methods}
+    tuned: dict[str, dict] = {}  # method -> how its selection went (_tune_method)
     if not grid:
         (out_dir / SELECTION).unlink(missing_ok=True)
     elif len(points) == 1:  # nothing to select; with more points selection.json is written once all are selected
-        _write_selection(out_dir, None, grid, [], seeds, dict(winners), {})
+        atomic_write_text(out_dir / SELECTION, json.dumps({
+            "primary": None, "selection_metric": rule.metric, "grid": grid, "selection_seeds": [],
+            "report_seeds": seeds, "selected": {m: points[0] for m in methods},
+            "folders": {m: point_name(points[0]) for m in methods},
+            "edge": {m: winner_edges(grid, points[0]) for m in methods}, "tuning": {}}, indent=2) + "\n")
 
     def pipeline(m: str) -> Iterator[list[Run]]:
-        """One method's stages: its selection runs, then its winner, then its report runs."""
+        """One method's stages: its selection runs, its winner (more selection runs while its grid grows
+        beyond an edge), then its report runs at the winner."""
         mine = [r for r in selection if r.method == m]
         if mine:
             yield mine
-            by_point = {name: {s: _selection_log(run_dir(out_dir, m, s, p)) for s in sel_seeds}
-                        for name, p in candidates[m].items()}
-            winner, rows = select_point(by_point, threshold)
-            winners[m], tuning[m] = candidates[m][winner], rows
-            epochs = next(r["epochs"] for r in rows if r["point"] == winner)
-            log(f"selected for {m}: {winner} (median epochs to train acc >= {threshold:g}: "
-                f"{'never reached' if epochs is None else f'{epochs:g}'})")
-            if len(tuning) == len(methods):
-                _write_selection(out_dir, threshold, grid, sel_seeds, seeds, {k: winners[k] for k in methods},
-                                 {k: tuning[k] for k in methods})
+            tuned[m] = yield from _tune_method(out_dir, m, methods.index(m), grid, sel_seeds, candidates[m], config,
+                                               threshold, rule, log)
+            winners[m] = tuned[m]["winner"]
+            if len(tuned) == len(methods):
+                _write_tuning(out_dir, methods, seeds, grid, sel_seeds, threshold, rule, tuned)
         p, k = winners[m], methods.index(m)  # report runs in seed-major order over all methods
-        yield [Run("report", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p), order=(1, i * len(methods) + k),
+        yield [Run("report", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p), order=(1, 0, i * len(methods) + k),
                    tag=_tag("report", i * len(methods) + k, len(seeds) * len(methods), m, p, s))
                for i, s in enumerate(seeds)]
 
@@ -377,7 +393,7 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
         pending = drive({m: pipeline(m) for m in methods}, launcher, resume=resume, out_dir=out_dir, log=log)
     if pending or not report:
         return {}
-    summary = write_report(out_dir, report_epochs=report_epochs)
+    summary = write_report(out_dir, report_epochs=report_epochs, focus=rule.focus)
     for x in summary["excluded"]:
         log(f"warning: {x['run']} left out of the report: {x['why']}")
     log("")
@@ -385,6 +401,120 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
     log("")
     log(f"report: {out_dir / 'report.md'} (figures {out_dir}/*.png, numbers {out_dir / 'summary.json'})")
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------
+# selection on the grid, extended beyond its edges (the rule itself: selection.py)
+
+
+def _tune_method(out_dir: Path, m: str, k: int, grid: dict, sel_seeds: list[int], candidates: dict[str, dict],
+                 config, threshold: float, rule: _Rule, log: Callable[[str], None]) -> Iterator[list[Run]]:
+    """Method ``m``'s selection (its selection runs are done): pick its grid point on the selection seeds; up to
+    ``rule.extend_edges`` times, while the winner sits at an edge, grow ``m``'s grid one step beyond it
+    (selection.extend_axis), yield the new points' runs on the selection seeds and reselect. ``k``: the
+    method's place in the comparison (run order). Returns ``{"winner", "rows", "edges", "grid",
+    "extensions", "refused"}`` (``candidates`` grows with the grid)."""
+    grid_m = {key: list(v) for key, v in grid.items()}
+    extensions: list[dict] = []
+    refused: dict[tuple, dict] = {}
+    for rnd in range(rule.extend_edges + 1):
+        by_point = {name: {s: _selection_log(run_dir(out_dir, m, s, p)) for s in sel_seeds}
+                    for name, p in candidates.items()}
+        winner, rows = select_point(by_point, threshold, rule.metric)
+        edges = winner_edges(grid_m, candidates[winner])
+        if rnd == rule.extend_edges:
+            break
+        for key, side in edges.items():
+            if side is None:
+                continue
+            value, how = extend_axis(grid_m[key], side)
+            wider, why = {}, how
+            if value is not None:
+                wider = {**grid_m, key: [value, *grid_m[key]] if side == "low" else [*grid_m[key], value]}
+                wider, why = _typed_extension(m, key, wider, candidates, config, sel_seeds)
+            if why is not None:
+                refused.setdefault((key, side), {"method": m, "key": key, "side": side, "value": value, "why": why,
+                                                 "_round": rnd + 1})
+                log(f"not extending {m}'s {key} beyond its {side} edge: {why}")
+                continue
+            value = wider[key][0 if side == "low" else -1]  # as the grid types it
+            grid_m = wider
+            extensions.append({"round": rnd + 1, "method": m, "key": key, "side": side, "value": value, "step": how})
+            log(f"extending {m}'s {key} beyond its {side} edge: {value} ({how})")
+        new = [p for p in _grid_points(grid_m) if point_name(p) not in candidates]
+        candidates.update({point_name(p): p for p in new})
+        if not new:
+            break
+        pairs = [(s, p) for s in sel_seeds for p in new]
+        yield [Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p), order=(0, rnd + 1, i, k),
+                   tag=_tag(f"selection round {rnd + 2},", i, len(pairs), m, p, s)) for i, (s, p) in enumerate(pairs)]
+    row = next(r for r in rows if r["rank"] == 1)
+    value = "never" if row["value"] is None else f"{row['value']:g}"
+    at = ", ".join(f"{key} {e}" for key, e in edges.items() if e)
+    log(f"selected for {m}: {winner} (median {selection_metric_label(rule.metric, threshold)}: {value})"
+        f"{f' at the grid edge ({at})' if at else ''}")
+    return {"winner": candidates[winner], "rows": rows, "edges": edges, "grid": grid_m, "extensions": extensions,
+            "refused": list(refused.values())}
+
+
+def _write_tuning(out_dir: Path, methods: list[str], seeds: list[int], grid: dict, sel_seeds: list[int],
+                  threshold: float, rule: _Rule, tuned: dict[str, dict]) -> None:
+    """``selection.json`` once every method has its winner (``_tune_method``), in the comparison's method
+    order whatever order the methods finished in."""
+    rank = {m: i for i, m in enumerate(methods)}
+    extensions = sorted((e for m in methods for e in tuned[m]["extensions"]),
+                        key=lambda e: (e["round"], rank[e["method"]]))
+    refused = sorted((r for m in methods for r in tuned[m]["refused"]), key=lambda r: (r["_round"], rank[r["method"]]))
+    atomic_write_text(out_dir / SELECTION, json.dumps({
+        "primary": {"key": "train_acc", "op": ">=", "value": threshold}, "selection_metric": rule.metric,
+        "grid": grid, "grids": {m: tuned[m]["grid"] for m in methods}, "extend_edges": rule.extend_edges,
+        "selection_seeds": sel_seeds, "report_seeds": seeds,
+        "selected": {m: tuned[m]["winner"] for m in methods},
+        "folders": {m: point_name(tuned[m]["winner"]) for m in methods},
+        "edge": {m: tuned[m]["edges"] for m in methods}, "extensions": extensions,
+        "not_extended": [{k: v for k, v in r.items() if k != "_round"} for r in refused],
+        "tuning": {m: tuned[m]["rows"] for m in methods}}, indent=2) + "\n")
+
+
+def _typed_extension(method: str, key: str, wider: dict, candidates: dict, config,
+                     sel_seeds: list[int]) -> tuple[dict, str | None]:
+    """``method``'s grid grown to ``wider``, its values typed as ``parse_grid`` types them, and None; or the
+    reason no folder or run config can take the new value."""
+    try:
+        typed = {**wider, key: parse_grid({key: wider[key]})[key]}
+        check_all_buildable(config(method, p, sel_seeds[0]) for p in _grid_points(typed)
+                            if point_name(p) not in candidates)
+    except ValueError as e:
+        return wider, f"not a valid setting ({e})"
+    return typed, None
+
+
+def _check_metric_epoch(metric: str, configs: list[TrainConfig]) -> None:
+    """``train_acc@E`` needs epoch ``E`` evaluated in every selection run."""
+    epoch = metric_epoch(metric)
+    for cfg in configs:
+        if epoch > cfg.epochs or (epoch % cfg.eval_every and epoch != cfg.epochs):
+            raise ConfigError("selection_metric", f"selection_metric {metric}: epoch {epoch} is not evaluated by "
+                                                  f"runs of {cfg.epochs} epochs evaluated every {cfg.eval_every}; "
+                                                  "pick an evaluated epoch")
+
+
+def _parse_rounds(n) -> int:
+    """``extend_edges``: a whole number >= 0."""
+    if isinstance(n, str) and n.strip().isdigit():
+        n = int(n)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"extend_edges must be a whole number >= 0 (how many times a grid may grow beyond an edge); "
+                         f"got {n!r}")
+    return n
+
+
+def _parse_focus(focus, methods: list[str]) -> str:
+    """The verdict's method: a compared method, ``"none"`` (also None) or ``"auto"``, resolved to one of the
+    first two."""
+    if focus is not None and not isinstance(focus, str):
+        raise ValueError(f"focus must be a method name or none; got {focus!r}")
+    return resolve_focus(focus, methods) or "none"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -411,17 +541,6 @@ def _tag(phase: str, index: int, total: int, method: str, point: dict, seed: int
     """``[selection 3/12] standard lr=0.1 seed 1000``: a run in log lines."""
     where = f" {point_name(point)}" if point else ""
     return f"[{phase} {index + 1}/{total}] {method}{where} seed {seed}"
-
-
-def _write_selection(out_dir: Path, threshold: float | None, grid: dict, sel_seeds: list[int], seeds: list[int],
-                     winners: dict, tuning: dict) -> None:
-    """``selection.json``: the grid, the seeds, each method's winner and tuning table (``primary`` None for
-    a grid of one point, which needs no selection)."""
-    primary = None if threshold is None else {"key": "train_acc", "op": ">=", "value": threshold}
-    atomic_write_text(out_dir / SELECTION, json.dumps({
-        "primary": primary, "grid": grid, "selection_seeds": sel_seeds, "report_seeds": seeds,
-        "selected": winners, "folders": {m: point_name(p) for m, p in winners.items()},
-        "tuning": tuning}, indent=2) + "\n")
 
 
 def _selection_log(path: Path) -> list[dict]:
@@ -518,12 +637,13 @@ def _expected_config(out_dir: Path, folder: Path, saved: dict, base: dict, grid:
 
 def _write_compare_config(out_dir: Path, base: dict, methods: list[str], seeds: list[int], grid: dict,
                           sel_seeds: list[int], variants: dict, report_epochs: list[int] | None,
-                          threshold: float) -> None:
+                          threshold: float, rule: _Rule) -> None:
     import yaml
 
-    resolved: dict = {"methods": methods, "seeds": seeds, "train_acc_threshold": threshold}
+    resolved: dict = {"methods": methods, "seeds": seeds, "train_acc_threshold": threshold,
+                      "selection_metric": rule.metric, "focus": rule.focus}
     if grid:
-        resolved.update(grid=grid, selection_seeds=sel_seeds)
+        resolved.update(grid=grid, selection_seeds=sel_seeds, extend_edges=rule.extend_edges)
     if variants:
         resolved["variants"] = {k: v for k, v in variants.items() if k in methods}
     if report_epochs is not None:

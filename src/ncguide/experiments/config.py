@@ -1,6 +1,6 @@
 """Run configuration: one dataclass with every knob of a training run, and its I/O.
 
-    cfg = TrainConfig.from_dict(apply_overrides(load_config("configs/demo.yaml"), ["lr=0.1"]))
+    cfg = TrainConfig.from_dict(apply_overrides(load_config("demo"), ["lr=0.1"]))
 
 ``from_dict`` rejects unknown keys; ``validate()`` (called by ``from_dict`` and by ``train``)
 checks names and ranges and raises :class:`ConfigError` (a ``ValueError`` carrying the offending
@@ -31,6 +31,7 @@ __all__ = ["ConfigError", "TrainConfig", "load_config", "apply_overrides", "with
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
 AUGMENTATIONS = ("crop-flip", "flip")  # data.loader.AUGMENTATIONS (not imported: it would load the data package)
+FIXED_ETF = ("random", "canonical")  # heads.FixedETFHead's rotations
 
 
 class ConfigError(ValueError):
@@ -52,7 +53,7 @@ class TrainConfig:
     dataset: str = "digits"  # a name in ncguide.experiments.data.DATASETS, or npz:PATH
     model: str = "mlp"  # a name in ncguide.experiments.models.MODELS
     model_kwargs: dict = field(default_factory=dict)  # builder options, e.g. {"widths": [256, 256]}
-    head_kwargs: dict = field(default_factory=dict)  # extra head options, e.g. {"rotation": "canonical"}
+    head_kwargs: dict = field(default_factory=dict)  # extra head options, e.g. {"solve_dtype": ...}
     data_dir: str | None = None
     train_per_class: int | None = None  # subsample the training set (None: all)
     test_per_class: int | None = None
@@ -68,7 +69,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd
     nesterov: bool = False  # sgd
     weight_decay: float = 5e-4  # must be 0 for agd
-    agd_gain: float = 1.0  # agd's gain (the paper uses 1)
+    agd_gain: float = 1.0  # agd's gain g: 1 in Bernstein et al.'s AGD; the paper's code uses 10
     schedule: str = "cosine"  # constant | step | cosine (per step, after warm-up)
     warmup_epochs: float = 0.0  # linear warm-up length (fractional epochs allowed)
     step_milestones: list[int] = field(default_factory=list)  # epochs at which "step" multiplies by gamma
@@ -86,6 +87,10 @@ class TrainConfig:
     # round(freeze_after × steps per epoch) training updates, then is a fixed ETF at its own U). None: never
     freeze_after: float | None = None
 
+    # the paper's protocol (docs/paper-protocol.md)
+    bias_free: bool = False  # no biases anywhere, batch norm without affine parameters, standard heads without bias
+    fixed_etf: str = "random"  # fixed-etf's U_0: random (Haar, drawn from the seed) | canonical (I_d's first K columns)
+
     # data pipeline and evaluation
     stratified: bool = False  # every batch holds every class in proportion
     augment: str | None = None  # loader augmentation name (None: off)
@@ -101,6 +106,7 @@ class TrainConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only on CUDA)
     check_every: int = 50  # CUDA: steps between non-finite-loss checks (CPU checks every step)
     nc1_threshold: float = 0.1  # report: "epochs until nc1 < threshold" (not used by training)
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])  # + csv, tensorboard, wandb (loggers.py)
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:
@@ -172,6 +178,12 @@ class TrainConfig:
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 _bad(name, f"{name} must be >= 1 or None; got {getattr(self, name)}")
         self._validate_freeze_after()
+        _one_of("fixed_etf", self.fixed_etf, FIXED_ETF)
+        if "rotation" in self.head_kwargs:
+            _bad("head_kwargs", "set fixed_etf (random or canonical), not head_kwargs.rotation")
+        for name in ("model_kwargs", "head_kwargs"):
+            if self.bias_free and getattr(self, name).get("bias") is True:
+                _bad(f"{name}.bias", f"bias_free=true removes every bias; drop {name}.bias=true or set bias_free=false")
         if check_registries:
             from .data import DATASETS
             from .models import MODELS
@@ -207,10 +219,14 @@ def field_names() -> list[str]:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (or ``.json``) config file into a dict (keys are checked later, by ``from_dict``).
+    """Read a YAML (or ``.json``) config file into a dict (keys are checked later, by ``from_dict``). ``path``
+    may also name a config shipped with the package (``"demo"``, ``"paper/ufm-k10"``: ``shipped_configs.py``).
 
     ``ValueError`` naming the file for one that is missing, not UTF-8 text, malformed, or not a mapping of
     names to values."""
+    from .shipped_configs import find_config
+
+    path = find_config(path)
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:

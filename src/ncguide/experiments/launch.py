@@ -427,6 +427,12 @@ def _reused(run: Run, log: Callable[[str], None]) -> bool:
         return False
     if load_checkpoint(run.path / CHECKPOINT).get("finished"):
         log(f"{run.tag}: reused finished run in {run.path} ({short_record(finished_record(run.path))})")
+        from .loggers import check_loggers
+
+        if check_loggers(run.cfg.loggers):  # write what the loggers asked for now hold (from the run's log)
+            from .train import train
+
+            train(run.cfg, run.path, resume=True, progress="none")
         return True
     if (run.path / DIVERGED).is_file():
         log(f"{run.tag}: reused diverged run in {run.path} ({(run.path / DIVERGED).read_text().strip()})")
