@@ -118,7 +118,7 @@ from .files import append_line, atomic_write_text, last_record
 from .locks import RunLockedError, folder_lock
 from .optim import agd_init_, build_optimizer, lr_factor, set_lr
 from .progress import PROGRESS_MODES, Progress
-from .runlog import METRICS, log_state, restore_log
+from .runlog import METRICS, log_state, restore_config, restore_log
 
 __all__ = ["METRICS", "NonFiniteLossError", "RunState", "train", "train_one_epoch"]
 
@@ -195,6 +195,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         _check_same_data(ckpt, cfg, out / CHECKPOINT)
         log_lines = restore_log(out, ckpt, write=where.rank == 0)  # the log as the checkpoint counted it
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
+            restore_config(out, ckpt, write=where.rank == 0)
             return json.loads(log_lines[-1]) if log_lines else last_record(out / METRICS)
         threads = ckpt.get("num_threads")
         if threads is not None and threads != torch.get_num_threads() and where.device.type == "cpu":
