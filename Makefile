@@ -14,14 +14,14 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m ncguide compare --config configs/demo.yaml --out demo-out
+	$(PY) -m ncguide compare --config demo --out demo-out
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks studies
+	$(VENV)/bin/ruff check src tests benchmarks studies examples
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests benchmarks studies
+	$(VENV)/bin/ruff check src tests benchmarks studies examples
 
 bench: $(STAMP)
 	$(PY) benchmarks/solver.py

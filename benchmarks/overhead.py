@@ -50,10 +50,10 @@ def make_setting(name: str, batch_size: int | None, device: str):
         model = build_model("ufm", (), k, num_samples=bs, feature_dim=d)
         x = torch.arange(bs)
         shape = None
-    elif model_name == "cnn1d":  # the MNIST-1D setting of configs/mnist1d.yaml (sequences of length 40)
+    elif model_name == "cnn1d":  # the MNIST-1D setting of the shipped config mnist1d (sequences of length 40)
         model = build_model("cnn1d", (40,), k, channels=64, feature_dim=256)
         shape, bs = (40,), batch_size or 128
-    elif model_name == "cnn2d":  # the Fashion-MNIST setting of configs/fashion-mnist.yaml (28x28 grey)
+    elif model_name == "cnn2d":  # the Fashion-MNIST setting of the shipped config fashion-mnist (28x28 grey)
         model = build_model("cnn2d", (1, 28, 28), k, channels=[16, 32, 64], feature_dim=128)
         shape, bs = (1, 28, 28), batch_size or 128
     elif model_name == "resnet18":

@@ -17,11 +17,11 @@ SETTINGS=("$@")
 mkdir -p "$OUT"
 for s in "${SETTINGS[@]}"; do
   case $s in
-    mnist1d) args=(--config configs/mnist1d.yaml) ;;
-    mnist1d-stratified) args=(--config configs/mnist1d.yaml --set stratified=true) ;;
-    ufm-k10) args=(--config configs/ufm-k10.yaml --set device=cpu) ;;
-    ufm-k100) args=(--config configs/ufm-k100.yaml --set device=cpu) ;;
-    fashion-subset) args=(--config configs/fashion-mnist.yaml --set device=cpu --train-acc-threshold 0.97) ;;
+    mnist1d) args=(--config mnist1d) ;;
+    mnist1d-stratified) args=(--config mnist1d --set stratified=true) ;;
+    ufm-k10) args=(--config ufm-k10 --set device=cpu) ;;
+    ufm-k100) args=(--config ufm-k100 --set device=cpu) ;;
+    fashion-subset) args=(--config fashion-mnist --set device=cpu --train-acc-threshold 0.97) ;;
     *) echo "unknown setting $s"; exit 2 ;;
   esac
   lr=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['selected']['nearest-etf']['lr'])" \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Why does the nearest-ETF head end ~2 points lower in test accuracy on MNIST-1D (BENCHMARKS.md §3:
 # 93.9% vs 96.1% standard, 96.4% fixed-etf; the same without the implicit gradient)? One change at a time from
-# configs/mnist1d.yaml (plain shuffling, constant-lr Adam 1e-3, τ = 5, δ = 1e-3, paper mean schedule),
+# mnist1d (plain shuffling, constant-lr Adam 1e-3, τ = 5, δ = 1e-3, paper mean schedule),
 # the same change for every method it applies to, 3 seeds each (base: 5). The eval-time hypotheses (running
 # global mean in the bias, last-step U) are tested without training by studies/posthoc_eval.py.
 #   bash studies/gap_study.sh [OUTROOT]      (default: gap-study-out; ~70 runs, ~14 min on 2 CPU cores)
@@ -13,7 +13,7 @@ py=${PYTHON:-.venv/bin/python}
 all=standard,fixed-etf,nearest-etf
 seeds=3
 run() { name=$1; methods=$2; shift 2; echo "== $name"
-        "$py" -m ncguide compare --config configs/mnist1d.yaml --methods "$methods" --seeds $seeds --out "$out/$name" \
+        "$py" -m ncguide compare --config mnist1d --methods "$methods" --seeds $seeds --out "$out/$name" \
           --set device=cpu "$@"; }
 seeds=5 run base $all
 run ema0.1      fixed-etf,nearest-etf --set mean_schedule=ema   # (2) fresh means (α = 0.1); standard has none

@@ -18,13 +18,13 @@ py=${PYTHON:-.venv/bin/python}
 run() { name=$1; methods=$2; seeds=$3; shift 3; echo "== $name"
         "$py" -m ncguide compare --methods "$methods" --seeds "$seeds" --out "$out/$name" --set device=cpu "$@"; }
 pair=nearest-etf,nearest-etf-nograd
-m1d=(--config configs/mnist1d.yaml --set stratified=true)
+m1d=(--config mnist1d --set stratified=true)
 run mnist1d-strat-paper   standard,$pair 5 "${m1d[@]}"
 for a in 0.1 0.5 1.0; do
   run "mnist1d-strat-ema$a" $pair 5 "${m1d[@]}" --set mean_schedule=ema --set ema_alpha=$a
 done
 if [[ "${FASHION:-1}" == 1 ]]; then
-  fm=(--config configs/fashion-mnist.yaml --set stratified=true)
+  fm=(--config fashion-mnist --set stratified=true)
   run fashion-strat-paper standard,$pair 3 "${fm[@]}"
   run fashion-strat-ema1.0 $pair 3 "${fm[@]}" --set mean_schedule=ema --set ema_alpha=1.0
   # time to 97% training accuracy for this subset, as in convergence.sh (standard reaches 99% only near epoch 23)

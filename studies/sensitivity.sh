@@ -8,7 +8,7 @@ out=${1:-sensitivity-out}
 py=${PYTHON:-.venv/bin/python}
 methods=standard,fixed-etf,nearest-etf
 run() { name=$1; shift; echo "== $name"; "$py" -m ncguide compare --methods "$methods" --seeds 3 --out "$out/$name" --set device=cpu "$@"; }
-run ufm-k100-lr0.1          --config configs/ufm-k100.yaml --epochs 100 --lr 0.1
-run ufm-k100-lr0.1-strat    --config configs/ufm-k100.yaml --epochs 100 --lr 0.1 --set stratified=true
-run mnist1d-strat           --config configs/mnist1d.yaml --set stratified=true
-run mnist1d-lr3e-3          --config configs/mnist1d.yaml --lr 3e-3
+run ufm-k100-lr0.1          --config ufm-k100 --epochs 100 --lr 0.1
+run ufm-k100-lr0.1-strat    --config ufm-k100 --epochs 100 --lr 0.1 --set stratified=true
+run mnist1d-strat           --config mnist1d --set stratified=true
+run mnist1d-lr3e-3          --config mnist1d --lr 3e-3

@@ -36,16 +36,16 @@ mkdir -p "$OUT"
 for s in "${SETTINGS[@]}"; do
   case $s in
     # 3e-2 added after standard's winner came out at 1e-2, the grid's edge (the grid must bracket every winner)
-    mnist1d) compare mnist1d --config configs/mnist1d.yaml --grid lr=3e-4,1e-3,3e-3,1e-2,3e-2 ;;
-    mnist1d-stratified) compare mnist1d-stratified --config configs/mnist1d.yaml --set stratified=true \
+    mnist1d) compare mnist1d --config mnist1d --grid lr=3e-4,1e-3,3e-3,1e-2,3e-2 ;;
+    mnist1d-stratified) compare mnist1d-stratified --config mnist1d --set stratified=true \
       --grid lr=3e-4,1e-3,3e-3,1e-2 ;;
     # 10 and 30 added after every method's winner came out at 3, then fixed-etf's at 10 (the grid's edges)
-    ufm-k10) compare ufm-k10 --config configs/ufm-k10.yaml --set device=cpu --grid lr=0.1,0.3,1,3,10,30 ;;
+    ufm-k10) compare ufm-k10 --config ufm-k10 --set device=cpu --grid lr=0.1,0.3,1,3,10,30 ;;
     # 10 added as for K = 10
-    ufm-k100) compare ufm-k100 --config configs/ufm-k100.yaml --set device=cpu --grid lr=0.1,0.3,1,3,10 ;;
-    fashion-subset) compare fashion-subset --config configs/fashion-mnist.yaml --set device=cpu \
+    ufm-k100) compare ufm-k100 --config ufm-k100 --set device=cpu --grid lr=0.1,0.3,1,3,10 ;;
+    fashion-subset) compare fashion-subset --config fashion-mnist --set device=cpu \
       --train-acc-threshold 0.97 --grid lr=3e-4,1e-3,3e-3,1e-2 ;;
-    fashion-full) compare fashion-full --config configs/fashion-mnist.yaml --set device=cpu \
+    fashion-full) compare fashion-full --config fashion-mnist --set device=cpu \
       --set train_per_class=null --set test_per_class=null --set epochs=10 --train-acc-threshold 0.97 \
       --grid lr=3e-4,1e-3,3e-3,1e-2 ;;
     *) echo "unknown setting $s"; exit 2 ;;

@@ -14,7 +14,7 @@ for setting in ufm-k10 ufm-k100 mnist1d fashion-mnist; do
     echo "== $setting $variant"
     extra=()
     [ "$variant" = warm ] && extra=(--set solver=warm)
-    "$py" -m ncguide compare --config "configs/$setting.yaml" --methods nearest-etf --seeds 5 \
+    "$py" -m ncguide compare --config "$setting" --methods nearest-etf --seeds 5 \
       --out "$out/$setting/$variant" --set device=cpu "${extra[@]}"
   done
 done

@@ -13,11 +13,11 @@ out=${1:-warm-parity-out}
 py=${PYTHON:-.venv/bin/python}
 for setting in mnist1d fashion-mnist; do
   if [ $setting = mnist1d ]; then more=5,6,7,8,9,10,11,12,13,14; else more=5,6,7,8,9; fi
-  "$py" -m ncguide compare --config configs/$setting.yaml --methods nearest-etf --seeds 5 \
+  "$py" -m ncguide compare --config $setting --methods nearest-etf --seeds 5 \
     --out "$out/$setting/exact-svd" --set device=cpu --set solver=polar
-  "$py" -m ncguide compare --config configs/$setting.yaml --methods nearest-etf --seeds $more \
+  "$py" -m ncguide compare --config $setting --methods nearest-etf --seeds $more \
     --out "$out/$setting-more-seeds/exact" --set device=cpu
-  "$py" -m ncguide compare --config configs/$setting.yaml --methods nearest-etf --seeds $more \
+  "$py" -m ncguide compare --config $setting --methods nearest-etf --seeds $more \
     --out "$out/$setting-more-seeds/warm" --set device=cpu --set solver=warm
 done
 # as in convergence.sh: Fashion-MNIST's time to 97% training accuracy

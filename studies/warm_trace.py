@@ -1,7 +1,7 @@
 """Probe: the warm solver route step by step along real training runs — which steps were exact refreshes,
 which warm steps fell back to ``U_prev``, and how far the ``U`` the head used was from the exact solve.
 
-    python studies/warm_trace.py OUT --config configs/mnist1d.yaml --seeds 5,8 [--set key=value ...]
+    python studies/warm_trace.py OUT --config mnist1d --seeds 5,8 [--set key=value ...]
 
 Trains ``nearest-etf`` with ``solver=warm`` through ``ncguide.experiments.train`` into
 ``OUT/runs/nearest-etf/seed-<s>/`` (the layout of ``ncguide compare``; the same run as

@@ -9,7 +9,7 @@ import ncguide
 import ncguide.experiments
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LIBRARY = ["etf", "solve", "polar_iteration", "means", "heads", "metrics", "features"]
+LIBRARY = ["etf", "solve", "polar_iteration", "means", "heads", "metrics", "features", "wrap"]
 
 
 def test_the_root_exports_the_library_surface_only():
@@ -43,3 +43,37 @@ def test_library_modules_do_not_import_the_experiments():
     for name in LIBRARY:
         text = (SRC / "ncguide" / f"{name}.py").read_text()
         assert "from .experiments" not in text and "ncguide.experiments" not in text, name
+
+
+def test_version_is_the_installed_metadata(capsys):
+    """``ncguide --version`` prints the installed distribution's version, which is ``ncguide.__version__``
+    (pyproject.toml reads it from there) — unless this checkout is not the one installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ncguide.experiments.cli import main
+
+    assert main(["--version"]) == 0
+    printed = capsys.readouterr().out.strip()
+    try:
+        installed = version("ncguide")
+    except PackageNotFoundError:
+        assert printed == f"ncguide {ncguide.__version__} (not installed)"
+        return
+    assert printed == f"ncguide {installed}"
+    assert installed == ncguide.__version__
+
+
+def test_release_files_carry_the_version_and_the_paper():
+    """CITATION.cff, the README's BibTeX and CHANGELOG.md name the package's version; both citations name the
+    paper's authors in its order."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    cff = yaml.safe_load((root / "CITATION.cff").read_text())
+    assert cff["cff-version"] == "1.2.0" and str(cff["version"]) == ncguide.__version__
+    paper = cff["preferred-citation"]
+    assert [a["family-names"] for a in paper["authors"]] == ["Markou", "Ajanthan", "Gould"] and paper["year"] == 2024
+    readme = (root / "README.md").read_text()
+    assert f"version = {{{ncguide.__version__}}}" in readme
+    assert "author        = {Markou, Evan and Ajanthan, Thalaiyasingam and Gould, Stephen}" in readme
+    assert f"\n## {ncguide.__version__}\n" in (root / "CHANGELOG.md").read_text()

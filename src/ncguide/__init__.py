@@ -1,4 +1,4 @@
-"""ncguide: classifier heads set to the nearest simplex ETF (Markou, Gould, Ajanthan, NeurIPS 2024).
+"""ncguide: classifier heads set to the nearest simplex ETF (Markou, Ajanthan, Gould, NeurIPS 2024).
 
 The library, on your own backbone (needs only ``torch`` and ``numpy``)::
 
@@ -11,7 +11,8 @@ The library, on your own backbone (needs only ``torch`` and ``numpy``)::
 - heads: ``NearestETFHead``, ``FixedETFHead``, ``StandardHead`` (``Head``), ``build_head``, ``METHODS``;
   the running class means they use: ``RunningClassMeans``;
 - neural-collapse metrics: ``nc_metrics``, ``nc_metrics_streaming``, ``NCAccumulator``;
-- features of models you did not write: ``extract_features``, ``iter_features``, ``capture``.
+- features of models you did not write: ``extract_features``, ``iter_features``, ``capture``;
+- a head in place of a model's final Linear layer: ``replace_classifier`` (``HeadedModel``, ``find_classifier``).
 
 The experiments (data sets, backbones, training loop, comparisons, reports, the ``ncguide`` command)
 live in :mod:`ncguide.experiments`. Maths and conventions: ``docs/`` in the repository.
@@ -24,6 +25,7 @@ from .means import RunningClassMeans
 from .metrics import NCAccumulator, nc_metrics, nc_metrics_streaming
 from .solve import SOLVERS, inner_objective, nearest_etf, polar_factor, polar_target
 from .warm_polar import WarmPolarSolver, WarmSettings
+from .wrap import HeadedModel, find_classifier, replace_classifier
 
 __version__ = "0.1.0"
 
@@ -32,6 +34,7 @@ __all__ = [
     "SOLVERS",
     "FixedETFHead",
     "Head",
+    "HeadedModel",
     "NCAccumulator",
     "NearestETFHead",
     "RunningClassMeans",
@@ -44,6 +47,7 @@ __all__ = [
     "centering_matrix",
     "etf_weight",
     "extract_features",
+    "find_classifier",
     "inner_objective",
     "iter_features",
     "nc_metrics",
@@ -52,5 +56,6 @@ __all__ = [
     "polar_factor",
     "polar_target",
     "random_stiefel",
+    "replace_classifier",
     "simplex_etf",
 ]

@@ -417,7 +417,7 @@ def test_resume_under_another_thread_count_warns(tmp_path, capsys):
     out = tmp_path / "o"
     argv = ["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]
     assert main(argv) == 0
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["num_threads"] == torch.get_num_threads()
     ckpt["num_threads"], ckpt["finished"] = torch.get_num_threads() + 1, False  # as if stopped at the end
     torch.save(ckpt, out / "checkpoint.pt")

@@ -231,7 +231,7 @@ def test_argparse_errors_exit_2(argv, capsys):
 
 
 @pytest.mark.parametrize("argv,words", [
-    (["--help"], ["train", "compare", "report", "configs/demo.yaml"]),
+    (["--help"], ["train", "compare", "report", "--config demo", "--version"]),
     (["train", "--help"], ["--method", "--set", "--resume", "--no-resume", "--device", "--data-dir"]),
     (["compare", "--help"], ["--methods", "--seeds", "--epochs", "--batch-size", "--lr", "methods:"]),
     (["report", "--help"], ["DIR", "--nc1-threshold"]),
@@ -245,7 +245,7 @@ def test_help(argv, words, capsys):
 def test_print_config(tmp_path, capsys):
     import yaml
 
-    argv = ["compare", "--config", str(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"),
+    argv = ["compare", "--config", "demo",
             "--seeds", "2", "--set", "lr=0.01", "--print-config"]
     assert main(argv) == 0
     shown = yaml.safe_load(capsys.readouterr().out)

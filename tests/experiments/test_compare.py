@@ -57,7 +57,7 @@ def test_select_point_fewest_median_epochs_wins():
     }
     winner, rows = select_point(runs)
     assert winner == "lr=0.1"
-    assert [(r["point"], r["epochs"], r["rank"]) for r in rows] == [("lr=0.1", 1, 1), ("lr=1", 2, 2)]
+    assert [(r["point"], r["value"], r["rank"]) for r in rows] == [("lr=0.1", 1, 1), ("lr=1", 2, 2)]
 
 
 def test_select_point_tie_goes_to_lower_final_loss_then_grid_order():
@@ -77,14 +77,14 @@ def test_select_point_never_reached_ranks_last_and_median_counts_unreached_as_in
     winner, rows = select_point(runs)
     ranks = {r["point"]: r["rank"] for r in rows}
     assert winner == "all" and ranks["all"] == 1
-    assert {r["point"]: r["epochs"] for r in rows}["one-of-three"] is None
+    assert {r["point"]: r["value"] for r in rows}["one-of-three"] is None
     assert ranks["never"] == 2  # both unreached: lower final loss first
 
 
 def test_select_point_all_unreached_picks_lowest_loss():
     runs = {"a": {0: [_rec(3, 0.5, 0.9)]}, "b": {0: [_rec(3, 0.6, 0.4)]}}
     winner, rows = select_point(runs)
-    assert winner == "b" and all(r["epochs"] is None and r["reached"] == 0 for r in rows)
+    assert winner == "b" and all(r["value"] is None and r["reached"] == 0 for r in rows)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_a_method_that_never_reaches_the_threshold(tmp_path):
                           selection_seeds=1, progress="none", log=_quiet)
     sel = json.loads((out / "selection.json").read_text())
     rows = sel["tuning"]["standard"]
-    assert all(r["epochs"] is None for r in rows)
+    assert all(r["value"] is None for r in rows)
     best_loss = min(rows, key=lambda r: r["final_train_loss"])
     assert sel["folders"]["standard"] == best_loss["point"]
     assert summary["methods"]["standard"]["reach"]["train_acc"]["reached"] == 0
@@ -223,7 +223,8 @@ def test_variant_runs_with_its_settings(tmp_path):
     ({"grid": {"lr": ["x"]}}, "lr"),
     ({"grid": {"lr": [0.1, 1.0]}, "selection_seeds": [0]}, "disjoint"),
     ({"selection_seeds": 0, "grid": {"lr": [0.1, 1.0]}}, "selection_seeds"),
-    ({"variants": {"standard": {"method": "standard"}}}, "variant name"),
+    ({"variants": {"a/b": {"method": "standard"}}}, "variant name"),
+    ({"variants": {"standard": {"method": "nearest-etf"}}}, "named after a method"),
     ({"variants": {"v": {"method": "nope"}}}, "needs `method:`"),
     ({"variants": {"v": {"method": "standard", "seed": 3}}, "methods": ["v"]}, "seed"),
     ({"variants": {"v": {"method": "standard", "lr": 0.1}}, "methods": ["v"], "grid": {"lr": [0.1, 1.0]}},

@@ -184,7 +184,7 @@ def test_report_marks_unfinished_run(tuned, tmp_path):
     from ncguide.experiments.checkpoint import CHECKPOINT
     sel = json.loads((out / "selection.json").read_text())
     run = out / "runs" / "standard" / sel["folders"]["standard"] / "seed-0"
-    ckpt = torch.load(run / CHECKPOINT, weights_only=False)
+    ckpt = torch.load(run / CHECKPOINT, weights_only=True)
     ckpt["finished"] = False  # what a compare killed mid-run leaves (its log intact up to the checkpoint)
     torch.save(ckpt, run / CHECKPOINT)
     assert main(["report", str(out)]) == 0

@@ -10,14 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from ncguide.experiments.cli import _COMPARE_KEYS
 from ncguide.experiments.compare import parse_seeds
 from ncguide.experiments.config import TrainConfig, load_config
 from ncguide.experiments.data import load_dataset
 from ncguide.experiments.data.ondisk import find_fashion_mnist
 from ncguide.experiments.models import build_model
+from ncguide.experiments.shipped_configs import CONFIG_DIR
 from ncguide.heads import METHODS, build_head
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 # (input shape, classes) of the data sets that are not shipped with the package
 EXTERNAL = {"cifar10": ((3, 32, 32), 10), "cifar100": ((3, 32, 32), 100), "stl10": ((3, 96, 96), 10),
             "imagenet": ((3, 224, 224), 1000)}
@@ -35,8 +37,12 @@ CPU_SIZED = ["demo.yaml", "mnist1d.yaml", "digits.yaml", "fashion-mnist.yaml"]
 
 
 def _resolve(path: Path) -> tuple[TrainConfig, list[str], list[int]]:
+    """The base config, methods and seeds of a compare file (its other compare keys are checked elsewhere:
+    test_paper_protocol.py resolves the paper's files through ``--print-config``)."""
     d = load_config(path)
     methods, seeds = d.pop("methods"), parse_seeds(d.pop("seeds"))
+    for key in _COMPARE_KEYS:
+        d.pop(key, None)
     return TrainConfig.from_dict(d), methods, seeds
 
 
@@ -45,7 +51,7 @@ def test_expected_configs_exist():
     assert set(PAPER) | set(CPU_SIZED) <= names
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(CONFIG_DIR).as_posix())
 def test_config_builds(path, tmp_path):
     cfg, methods, seeds = _resolve(path)
     assert methods and set(methods) <= set(METHODS) and seeds
@@ -89,6 +95,6 @@ def test_config_builds(path, tmp_path):
 @pytest.mark.parametrize("name", CPU_SIZED)
 def test_cpu_configs_stay_small(name):
     """Sized for 2 CPU cores: offline data, small models, CPU-friendly epochs."""
-    cfg, methods, seeds = _resolve(CONFIGS[0].parent / name)
+    cfg, methods, seeds = _resolve(CONFIG_DIR / name)
     assert cfg.dataset in ("mnist1d", "digits", "fashion-mnist")
     assert cfg.epochs <= 40 and len(seeds) >= 3 and {"standard", "fixed-etf", "nearest-etf"} <= set(methods)

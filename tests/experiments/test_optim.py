@@ -41,8 +41,11 @@ def test_step_and_constant_schedules_and_set_lr():
 # ------------------------------------------------------------------------------------------ AGD
 
 
-def _agd_net(conv: bool) -> nn.Module:
+def _agd_net(conv: bool | str) -> nn.Module:
     torch.manual_seed(0)
+    if conv == "1d":
+        return nn.Sequential(nn.Conv1d(3, 8, 5, bias=False), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(8 * 8, 5, bias=False))
     if conv:
         return nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.ReLU(), nn.Flatten(),
                              nn.Linear(8 * 4 * 4, 5, bias=False))
@@ -50,7 +53,7 @@ def _agd_net(conv: bool) -> nn.Module:
                          nn.Linear(16, 5, bias=False))
 
 
-@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("conv", [False, True, "1d"])
 def test_agd_step_has_the_documented_spectral_scale(conv):
     net = _agd_net(conv).double()
     agd_init_(net.parameters())
@@ -62,7 +65,8 @@ def test_agd_step_has_the_documented_spectral_scale(conv):
         for k in range(taps.shape[2]):
             sv = torch.linalg.svdvals(taps[:, :, k])
             assert torch.allclose(sv, torch.full_like(sv, agd_scale(p.shape)), rtol=1e-10)
-    x = torch.randn(64, 3, 6, 6, dtype=torch.float64) if conv else torch.randn(64, 12, dtype=torch.float64)
+    shape = {False: (12,), True: (3, 6, 6), "1d": (3, 12)}[conv]
+    x = torch.randn(64, *shape, dtype=torch.float64)
     y = torch.randint(0, 5, (64,))
     nn.functional.cross_entropy(net(x), y).backward()
     before = [p.detach().clone() for p in params]

@@ -422,7 +422,7 @@ def test_a_run_saved_before_a_config_field_existed_is_still_reused(tmp_path):
     old = json.loads(path.read_text())
     del old["ema_alpha"]
     path.write_text(json.dumps(old))
-    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     del ckpt["config"]["ema_alpha"]
     torch.save(ckpt, tmp_path / "checkpoint.pt")
     assert train(cfg, tmp_path, progress="none") == rec

@@ -7,7 +7,8 @@
 ``check_buildable(cfg)`` checks, before any data is loaded or anything is written, everything those calls
 would reject later: the data set's files (``data.dataset_info``), the model options and their types, the
 model on the data set's inputs (built and run on the ``meta`` device: no memory, no arithmetic), the head
-options and ``feature_dim >= num_classes`` for the ETF heads, and the loader options.
+options and ``feature_dim >= num_classes`` for the ETF heads, the loader options, and, for
+``optimizer="agd"``, that every trained parameter is a weight matrix or kernel (``bias_free``).
 
 The unconstrained-features model (UFM) is the one setting with special rules, and they all live in
 this file (see "UFM" below).
@@ -32,6 +33,7 @@ from torch import nn
 from ..heads import Head, build_head, head_options
 from .config import ConfigError, TrainConfig
 from .data import Dataset, DatasetLoader, TensorLoader, dataset_info, load_dataset
+from .loggers import check_loggers
 from .models import MODELS, build_model
 
 __all__ = [
@@ -68,16 +70,18 @@ def data_fingerprint(cfg: TrainConfig) -> str | None:
 def build_backbone(cfg: TrainConfig, ds: Dataset) -> nn.Module:
     """The backbone ``cfg.model`` with ``cfg.model_kwargs``, for the inputs and classes of ``ds``."""
     kw = {**_ufm_model_options(cfg, ds), **cfg.model_kwargs}
-    return build_model(cfg.model, ds.input_shape, ds.num_classes, **kw)
+    return build_model(cfg.model, ds.input_shape, ds.num_classes, bias_free=cfg.bias_free, **kw)
 
 
 def head_kwargs(cfg: TrainConfig, steps_per_epoch: int | None = None) -> dict[str, Any]:
     """The head options of ``cfg``: the config fields the method's head takes, then ``cfg.head_kwargs``.
 
     ``cfg.freeze_after`` (epochs) becomes the head's ``freeze_after = round(cfg.freeze_after × steps_per_epoch)``
-    training updates; ``steps_per_epoch`` (:func:`steps_per_epoch`) is required when it is set."""
+    training updates; ``steps_per_epoch`` (:func:`steps_per_epoch`) is required when it is set.
+    ``cfg.fixed_etf`` is the fixed-ETF head's ``rotation``; ``cfg.bias_free`` gives standard heads ``bias=False``."""
     fields = dict(temperature=cfg.temperature, delta=cfg.delta, solver=cfg.solver, seed=cfg.seed,
-                  mean_schedule=cfg.mean_schedule, alpha_min=cfg.alpha_min, ema_alpha=cfg.ema_alpha)
+                  mean_schedule=cfg.mean_schedule, alpha_min=cfg.alpha_min, ema_alpha=cfg.ema_alpha,
+                  rotation=cfg.fixed_etf, **({"bias": False} if cfg.bias_free else {}))
     if cfg.freeze_after is not None:
         if steps_per_epoch is None:
             raise ValueError("freeze_after is in epochs: head_kwargs(cfg, steps_per_epoch) needs the steps per epoch "
@@ -116,6 +120,7 @@ def check_buildable(cfg: TrainConfig) -> None:
     ``build_run_head`` or ``make_loaders`` would reject, without loading the data (see the module docstring).
     Not checked: the files of a data set that would be downloaded, and subset sizes."""
     cfg.validate()
+    check_loggers(cfg.loggers)  # names, and the packages of tensorboard / wandb
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "device='cuda' but CUDA is not available; use device=cpu or auto")
     try:
@@ -127,7 +132,9 @@ def check_buildable(cfg: TrainConfig) -> None:
         key = "model" if cfg.dataset != "ufm" else "dataset"
         raise ConfigError(key, f"model 'ufm' goes with dataset 'ufm' only (its inputs are sample indices, one free "
                                f"feature each); got model {cfg.model!r} on dataset {cfg.dataset!r}")
-    feature_dim, batch_norm = _check_model(cfg, shape, k)
+    model = _check_model(cfg, shape, k)
+    feature_dim = int(model.feature_dim)
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if cfg.method in ETF_METHODS and feature_dim < k:
         build_run_head(cfg, feature_dim, k, steps_per_epoch=1)  # raises its ConfigError
     options = head_options(cfg.method)
@@ -138,10 +145,12 @@ def check_buildable(cfg: TrainConfig) -> None:
     kwargs = head_kwargs(cfg, steps_per_epoch=1)  # the step count only scales freeze_after (checked by validate)
     try:
         with torch.random.fork_rng(devices=[]):  # a head may draw its initial rotation: leave the RNG as it was
-            build_head(cfg.method, feature_dim, k, **kwargs)
+            head = build_head(cfg.method, feature_dim, k, **kwargs)
     except (ValueError, TypeError, RuntimeError) as e:
         raise ConfigError("head_kwargs", f"method {cfg.method!r} cannot be built with head options "
                                          f"{kwargs}: {_first_line(e)}") from None
+    if cfg.optimizer == "agd":
+        _check_agd(cfg, model, head)
     if batch_norm and cfg.batch_size < 2:
         raise ConfigError("batch_size", f"batch_size={cfg.batch_size} gives batches of one sample, and model "
                                         f"{cfg.model!r} has batch norm, which needs at least 2; use batch_size >= 2")
@@ -169,9 +178,20 @@ def _first_line(e: BaseException) -> str:
     return line if len(line) <= 200 else line[:197] + "..."
 
 
-def _check_model(cfg: TrainConfig, shape: tuple, num_classes: int) -> tuple[int, bool]:
-    """(feature_dim, has batch norm) of ``cfg.model`` for inputs of ``shape``: its options checked by name and
-    type, then the model built and run on a batch of 3 on the meta device."""
+def _check_agd(cfg: TrainConfig, model: nn.Module, head: nn.Module) -> None:
+    """AGD updates weight matrices and kernels only (``optim.AGD``): refuse a bias or an affine batch norm."""
+    named = [*(("model." + n, p) for n, p in model.named_parameters()),
+             *(("head." + n, p) for n, p in head.named_parameters())]
+    bad = next((n for n, p in named if p.requires_grad and p.dim() < 2), None)
+    if bad is not None:
+        raise ConfigError("bias_free", f"optimizer 'agd' supports bias-free networks only, and {bad} (model "
+                                       f"{cfg.model!r}, method {cfg.method!r}) is not a weight matrix or kernel; set "
+                                       "bias_free=true (no biases, batch norm without affine parameters)")
+
+
+def _check_model(cfg: TrainConfig, shape: tuple, num_classes: int) -> nn.Module:
+    """``cfg.model`` for inputs of ``shape`` on the meta device: its options checked by name and type, then the
+    model built and run on a batch of 3 (its ``feature_dim`` is checked against the output)."""
     key = cfg.model.lower()
     builder = MODELS[key]
     hints = typing.get_type_hints(builder)
@@ -191,7 +211,7 @@ def _check_model(cfg: TrainConfig, shape: tuple, num_classes: int) -> tuple[int,
     where = f"model {cfg.model!r} on dataset {cfg.dataset!r} (inputs of shape {shape})"
     try:
         with torch.device("meta"):
-            model = build_model(cfg.model, shape, num_classes, **kw)
+            model = build_model(cfg.model, shape, num_classes, bias_free=cfg.bias_free, **kw)
     except (ValueError, TypeError, RuntimeError, ZeroDivisionError) as e:
         raise ConfigError("model_kwargs" if cfg.model_kwargs else "model",
                           f"{where} cannot be built with model_kwargs {cfg.model_kwargs}: {_first_line(e)}") from None
@@ -207,7 +227,7 @@ def _check_model(cfg: TrainConfig, shape: tuple, num_classes: int) -> tuple[int,
         if out is not None and tuple(out.shape) != (3, feature_dim):
             raise ConfigError("model", f"{where}: the model maps a batch of 3 to features of shape "
                                        f"{tuple(out.shape)}, not (3, {feature_dim}); choose a model for this data set")
-    return feature_dim, any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return model
 
 
 def _fits(value: Any, hint: Any) -> bool:

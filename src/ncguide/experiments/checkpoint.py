@@ -1,13 +1,20 @@
 """A run's checkpoint: what it holds, writing it atomically, reading it back, and when it may be resumed.
 
 ``OUT/checkpoint.pt`` is written (temporary file + ``os.replace``) after every epoch and on Ctrl-C. It is
-a dict with ``version`` (1), ``config`` (``TrainConfig.to_dict()``), ``epoch``, ``step``, ``wall_s``,
-``mid_epoch``, ``finished``, ``num_threads`` (``torch.get_num_threads()`` of the writer; a resume under
+a dict with ``version`` (``CHECKPOINT_VERSION``), ``config`` (``TrainConfig.to_dict()``), ``epoch``, ``step``,
+``wall_s``, ``mid_epoch``, ``finished``, ``num_threads`` (``torch.get_num_threads()`` of the writer; a resume under
 another count warns), the state dicts of ``model``, ``head`` (running means, ``U_prev``),
 ``optimizer`` and ``loader`` (its position in the epoch), ``rng`` (torch, numpy, python and, when CUDA
 is in use, CUDA generator states), ``metrics_lines`` (a copy of the lines of ``metrics.jsonl`` when it
 was written) and ``metrics_bytes`` (their size): a resume cuts the lines a killed run wrote later and
 restores lost ones (``runlog.py``; checkpoints from before ``metrics_lines`` have only the size).
+
+**Untrusted files stay data.** A results folder may come from someone else, and unpickling arbitrary
+objects runs code. So a checkpoint holds tensors and plain containers only (numpy's RNG state is stored
+as a tensor and numbers, not as a numpy array) and is always read with ``torch.load(weights_only=True)``:
+a file that needs more (a checkpoint written by ncguide 0.1, or a crafted one) is refused with one line.
+:func:`convert_checkpoint` rewrites an old checkpoint in the safe format, for a file whose source you trust
+(``ncguide convert-checkpoint PATH --trust-source``).
 
 A checkpoint is resumed only by the same config: fields that cannot change the results
 (``RUNTIME_FIELDS``) may differ, and a field added since the checkpoint was written counts as its
@@ -18,7 +25,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +40,10 @@ from .files import atomic_write
 
 __all__ = [
     "CHECKPOINT",
+    "CHECKPOINT_VERSION",
     "ResumeError",
+    "UnsafeCheckpointError",
+    "convert_checkpoint",
     "RUNTIME_FIELDS",
     "load_checkpoint",
     "save_checkpoint",
@@ -43,7 +56,9 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
-RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers"}
+CHECKPOINT_VERSION = 2  # 2: only tensors and plain containers (safe to load); 1: numpy RNG state pickled
+RUNTIME_FIELDS = {"device", "data_dir", "compile", "check_every", "eval_batch_size", "nc1_threshold", "num_workers",
+                  "loggers"}
 
 
 class ResumeError(ValueError):
@@ -62,20 +77,28 @@ class ResumeError(ValueError):
 REQUIRED_KEYS = ("config", "epoch", "step", "finished", "model", "head", "optimizer", "loader", "rng")
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """The checkpoint dict (tensors on CPU, memory-mapped). It is our own file: not ``weights_only``.
+class UnsafeCheckpointError(ResumeError):
+    """A checkpoint that a safe load (``weights_only=True``) refuses: it holds pickled Python objects."""
 
-    An empty, truncated or corrupt file (or one that is not a checkpoint of ours) raises a one-line
-    :class:`ResumeError` naming it and saying what to do; a missing or unreadable-by-permission file keeps
-    its ``OSError``."""
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """The checkpoint dict (tensors on CPU, memory-mapped), read with ``weights_only=True``: loading a file
+    from someone else's results folder never runs code from it.
+
+    A file that holds more than tensors and plain containers raises :class:`UnsafeCheckpointError`; an empty,
+    truncated or corrupt file (or one that is not a checkpoint of ours) a one-line :class:`ResumeError` naming
+    it and saying what to do; a missing or unreadable-by-permission file keeps its ``OSError``."""
     path = Path(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
-    except Exception as e:  # torch reports damage as RuntimeError, EOFError, UnpicklingError, ValueError...
-        reason = "empty file" if path.stat().st_size == 0 else (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ResumeError(f"{path} is unreadable ({reason})", UNREADABLE_ADVICE) from None
+    except pickle.UnpicklingError as e:  # weights_only met a global it does not allow
+        problem = (f"{path} holds pickled Python objects ({_refused_global(e)}), which a safe load refuses: "
+                   "unpickling can run code from the file")
+        raise UnsafeCheckpointError(problem, _unsafe_advice(path)) from None
+    except Exception as e:  # torch reports damage as RuntimeError, EOFError, ValueError...
+        raise ResumeError(f"{path} is unreadable ({_damage(path, e)})", UNREADABLE_ADVICE) from None
     missing = [k for k in REQUIRED_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED_KEYS)
     if missing:
         raise ResumeError(f"{path} is unreadable (not an ncguide checkpoint: lacks {', '.join(missing)})",
@@ -83,7 +106,56 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return ckpt
 
 
+def _refused_global(e: Exception) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", str(e))
+    return f"it needs {found.group(1)}" if found else "objects beyond tensors and plain containers"
+
+
+def _damage(path: Path, e: Exception) -> str:
+    """Why a file could not be read, in a user's words (not the zip reader's internals)."""
+    if path.stat().st_size == 0:
+        return "empty file"
+    if not zipfile.is_zipfile(path):
+        return "not a file written by torch.save: no zip archive"
+    return f"damaged archive: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
+
+
+def _unsafe_advice(path: Path) -> str:
+    shown = str(path).replace("{", "{{").replace("}", "}}")  # the advice is a format string
+    return (f"if it is a checkpoint of ncguide 0.1 and you trust where it came from, convert it with "
+            f"`ncguide convert-checkpoint {shown} --trust-source`; otherwise delete it or pass {{no_resume}}")
 UNREADABLE_ADVICE = "delete it or pass {no_resume} to start that run over"
+
+
+def convert_checkpoint(path: str | os.PathLike, *, trust_source: bool = False) -> Path:
+    """Rewrite an old (version 1) checkpoint in the safe format, in place and atomically; returns the path.
+
+    This unpickles the file with ``weights_only=False`` — it runs whatever code the file holds — so it
+    refuses unless ``trust_source=True``: call it only on files you (or ncguide 0.1) wrote. The result is
+    checked to load with :func:`load_checkpoint` before it replaces the old file."""
+    path = Path(path)
+    if not trust_source:
+        raise ValueError(f"converting {path} unpickles it, which runs any code it holds; pass trust_source=True "
+                         "(--trust-source) only for a file whose source you trust")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except Exception as e:
+        raise ResumeError(f"{path} is unreadable ({_damage(path, e)})", UNREADABLE_ADVICE) from None
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED_KEYS)
+    if missing:
+        raise ResumeError(f"{path} is not an ncguide checkpoint (lacks {', '.join(missing)})", UNREADABLE_ADVICE)
+    ckpt["rng"] = {**ckpt["rng"], "numpy": _plain_numpy_state(ckpt["rng"]["numpy"])}
+    ckpt["version"] = CHECKPOINT_VERSION
+    tmp = path.with_name(path.name + ".converted")
+    try:
+        save_checkpoint(tmp, ckpt)
+        load_checkpoint(tmp)  # refuses anything that is still not plain data
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
@@ -124,7 +196,7 @@ def seed_everything(seed: int) -> None:
 
 def get_rng_state() -> dict:
     """The global generators' states (CUDA only when CUDA is initialised)."""
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),  # noqa: NPY002
+    state = {"torch": torch.get_rng_state(), "numpy": _plain_numpy_state(np.random.get_state()),  # noqa: NPY002
              "python": random.getstate()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -134,7 +206,24 @@ def get_rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     """Restore what :func:`get_rng_state` returned."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])  # noqa: NPY002
+    np.random.set_state(_numpy_state(state["numpy"]))  # noqa: NPY002
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _plain_numpy_state(state: tuple | dict) -> dict:
+    """numpy's legacy global RNG state as a tensor and numbers (loadable with ``weights_only=True``)."""
+    if isinstance(state, dict):
+        return state
+    name, key, pos, has_gauss, cached = state
+    return {"name": str(name), "key": torch.from_numpy(np.asarray(key, dtype=np.uint32).astype(np.int64)),
+            "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def _numpy_state(state: dict | tuple) -> tuple:
+    """The tuple ``np.random.set_state`` takes, from :func:`_plain_numpy_state`'s dict (or a legacy tuple)."""
+    if not isinstance(state, dict):
+        return state
+    return (state["name"], state["key"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+            state["cached_gaussian"])

@@ -1,7 +1,7 @@
 """The ``ncguide`` command (also ``python -m ncguide``): train one run, compare methods × seeds, report.
 
     ncguide train   --method nearest-etf --dataset mnist1d --model cnn1d --epochs 30 --out out/one
-    ncguide compare --config configs/demo.yaml --out demo-out
+    ncguide compare --config demo --out demo-out
     ncguide report  demo-out
 
 A run's settings come, in increasing precedence, from the TrainConfig defaults, a YAML ``--config`` file,
@@ -30,9 +30,10 @@ __all__ = ["main", "build_parser", "resolve_config"]
 
 # flag dest -> TrainConfig field
 _COMMON_FLAGS = {"dataset": "dataset", "model": "model", "epochs": "epochs", "batch_size": "batch_size",
-                 "lr": "lr", "device": "device", "data_dir": "data_dir"}
+                 "lr": "lr", "device": "device", "data_dir": "data_dir", "loggers": "loggers"}
 # YAML/--set keys read by `compare`, not TrainConfig fields
-_COMPARE_KEYS = ("methods", "seeds", "grid", "selection_seeds", "variants", "report_epochs", "train_acc_threshold")
+_COMPARE_KEYS = ("methods", "seeds", "grid", "selection_seeds", "variants", "report_epochs", "train_acc_threshold",
+                 "selection_metric", "extend_edges", "focus")
 
 _DESCRIPTION = """\
 Guiding neural collapse: train classifiers whose head is the simplex ETF nearest to the
@@ -41,11 +42,12 @@ class means (nearest-etf), next to a learned head (standard) and a fixed simplex
 
 _EPILOG = """\
 examples:
-  ncguide compare --config configs/demo.yaml --out demo-out   # 3 methods x 3 seeds on CPU
+  ncguide compare --config demo --out demo-out   # 3 methods x 3 seeds on CPU
   ncguide report demo-out                                      # redraw figures and table
   ncguide train --method nearest-etf --dataset digits --model mlp --epochs 20 --out out/digits
 
-Configs for the paper's experiments and CPU-sized ones are in configs/.
+Configs for the paper's experiments and CPU-sized ones ship with the package: --config NAME
+(demo, mnist1d, ufm-k10, ...: the files of ncguide/configs/); a YAML file path works too.
 Run `ncguide <command> --help` for the options of each command."""
 
 _EPILOG_CONFIG = """\
@@ -61,7 +63,9 @@ _TRAIN_DESCRIPTION = """\
 Train one model with one classifier head (method). Writes, in --out:
   metrics.jsonl   one JSON line per evaluation (accuracy, loss, NC metrics, wall_s)
   config.json     the resolved config
-  checkpoint.pt   the state to resume from (re-running the same command resumes)"""
+  checkpoint.pt   the state to resume from (re-running the same command resumes)
+  *.png           the figures of a comparison, for this run (overview.png, nc1.png, ...)
+  metrics.csv, TensorBoard event files, a W&B run: with --logger csv / tensorboard / wandb"""
 
 _COMPARE_DESCRIPTION = """\
 Train every method for every seed, one run after another, into OUT/runs/<method>/seed-<s>/,
@@ -73,9 +77,16 @@ and `seeds:` (a count N for seeds 0..N-1, or a list); --methods/--seeds override
 Tuned comparison (best against best): with --grid KEY=V1,V2,... (YAML `grid: {KEY: [V1, V2]}`)
 every method first runs every grid point on the selection seeds (--selection-seeds N, YAML
 `selection_seeds:`; default 2 seeds, 1000 and 1001, never report seeds) into
-OUT/runs/<method>/<KEY=V>/seed-<s>/; per method the point with the fewest median epochs to
-99% training accuracy wins (ties: lower final training loss), and the report seeds
-then run at each method's winner. OUT/selection.json and the report show the tuning table.
+OUT/runs/<method>/<KEY=V>/seed-<s>/; per method the best point wins (ties: lower final
+training loss), and the report seeds then run at each method's winner. OUT/selection.json
+and the report show the tuning table.
+--selection-metric (YAML `selection_metric:`) sets how a point wins: sustained (default: the
+fewest median epochs from which training accuracy stays at the threshold to the end), first,
+auc or train_acc@E. A winner at either end of a numeric grid axis is marked "at the grid's
+edge"; --extend-edges N (YAML `extend_edges:`) extends that method's grid a step beyond it and
+reselects, up to N times. The report opens with the verdict: --focus METHOD (YAML `focus:`,
+default nearest-etf) against the best other method, with a bootstrap 95% interval and a
+permutation-test p-value.
 A YAML `variants:` mapping names methods with their own settings, e.g.
   variants: {nearest-etf-freeze: {method: nearest-etf, freeze_after: 5}}
 and `report_epochs: [50, 200]` picks the epochs of the training-accuracy table."""
@@ -84,6 +95,12 @@ _REPORT_DESCRIPTION = """\
 Read DIR/runs/<method>/seed-<s>/metrics.jsonl and (re)write DIR/summary.json, DIR/report.md
 and the figures DIR/*.png (overview.png, train_acc.png, test_acc.png, loss.png, nc1.png,
 nc2.png, nc3.png, nc4.png): median over seeds with a min-max band, per method."""
+
+_CONVERT_DESCRIPTION = """\
+ncguide reads checkpoints with torch.load(weights_only=True): opening a results folder from someone
+else never runs code from it. Checkpoints written by ncguide 0.1 pickled numpy's RNG state, so a safe
+load refuses them. This command unpickles each FILE (which runs any code it holds: use it only on files
+you trust), stores that state as plain data, checks the result loads safely and replaces FILE atomically."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -103,7 +120,7 @@ class _Parser(argparse.ArgumentParser):
 
     def _refuse_repeated_flags(self) -> None:
         """A flag that takes one value given twice (``--epochs 3 --epochs 5``) is a mistake, not "the last wins";
-        only ``--set``, ``--grid`` and ``--variant`` repeat."""
+        only the repeatable ones (``--set``, ``--grid``, ``--variant``, ``--logger``) are given more than once."""
         sub = self._subcommands()
         parser = next((sub[a] for a in self._argv if a in sub), self)
         by_flag = {o: a for a in parser._actions for o in a.option_strings
@@ -154,10 +171,13 @@ def _names(names) -> str:
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     from .config import DEVICES
     from .data import DATASETS
+    from .loggers import LOGGERS
     from .models import MODELS
 
     g = p.add_argument_group("run settings (override the config file)")
-    g.add_argument("--config", metavar="FILE", help="YAML file of TrainConfig fields (see configs/)")
+    g.add_argument("--config", metavar="FILE",
+                   help="YAML file of TrainConfig fields, or the name of a shipped config (demo, mnist1d, "
+                        "cifar10-resnet18, ...: ncguide/configs/)")
     g.add_argument("--dataset", metavar="NAME", help=_names([*(n for n in DATASETS if n != "npz"), "npz:PATH"]))
     g.add_argument("--model", metavar="NAME",
                    help=_names(MODELS) + " (cnn: cnn1d for (L,) or (C, L) inputs, else cnn2d)")
@@ -167,6 +187,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
     g.add_argument("--data-dir", metavar="DIR",
                    help="folder of external data sets (default $NCGUIDE_CACHE or ~/.cache/ncguide)")
+    g.add_argument("--logger", dest="loggers", action="append", choices=LOGGERS, default=None, metavar="NAME",
+                   help=f"also log every record to {_names(LOGGERS[1:])} (metrics.jsonl is always written); "
+                        "repeatable; replaces the config file's loggers")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config field; repeatable; wins over the flags above")
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
@@ -193,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog="ncguide", formatter_class=fmt, description=_DESCRIPTION, epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"ncguide {_version()}",
+                        help="print the installed version of ncguide and exit")
     sub = parser.add_subparsers(dest="command", metavar="<command>", required=True, parser_class=_Parser)
 
     t = sub.add_parser(
@@ -208,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser(
         "compare", formatter_class=fmt, help="train every method x seed, then write the report",
         description=_COMPARE_DESCRIPTION,
-        epilog=_config_epilog() + "\nexamples:\n  ncguide compare --config configs/demo.yaml --out demo-out\n"
+        epilog=_config_epilog() + "\nexamples:\n  ncguide compare --config demo --out demo-out\n"
                                 "  ncguide compare --dataset digits --model mlp --epochs 10 "
                                 "--methods standard,nearest-etf --seeds 2 --out out/digits",
     )
@@ -223,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs of the training-accuracy table (default: the last epoch and its midpoint)")
     c.add_argument("--train-acc-threshold", dest="train_acc_threshold", type=_fraction, metavar="A",
                    help="training accuracy the selection and the report count epochs to (default 0.99)")
+    c.add_argument("--selection-metric", dest="selection_metric", metavar="M",
+                   help="how a grid point wins: sustained (default: fewest epochs to stay at the threshold), first "
+                        "(first hit), auc (mean training error), train_acc@E (accuracy at epoch E)")
+    c.add_argument("--extend-edges", dest="extend_edges", metavar="N",
+                   help="up to N times, extend a method's grid one step beyond an edge its winner sits at, then "
+                        "reselect (default 0)")
+    c.add_argument("--focus", dest="focus", metavar="METHOD",
+                   help="the method of the report's verdict against the best other one (default nearest-etf when "
+                        "compared; none: no verdict)")
     c.add_argument("--variant", dest="variants", action="append", default=None, metavar="NAME:KEY=V,...",
                    help="a named method with its own settings, e.g. nearest-etf-freeze:method=nearest-etf,"
                         "freeze_after=3; list NAME in --methods; repeatable")
@@ -239,7 +273,28 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--report-epochs", dest="report_epochs", metavar="E1,E2",
                    help="epochs of the training-accuracy table (default: the compare's, else the last and its "
                         "midpoint)")
+    r.add_argument("--focus", default="auto", metavar="METHOD",
+                   help="the method of the verdict (default: the compare's, else nearest-etf; none: no verdict)")
+
+    v = sub.add_parser("convert-checkpoint", formatter_class=fmt,
+                       help="rewrite a checkpoint of ncguide 0.1 in the safe format (only files you trust)",
+                       description=_CONVERT_DESCRIPTION)
+    v.add_argument("files", nargs="+", metavar="FILE", help="checkpoint.pt files to convert in place")
+    v.add_argument("--trust-source", dest="trust_source", action="store_true",
+                   help="required: converting unpickles the file, which runs any code it holds")
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (package metadata), or the source tree's when it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ncguide")
+    except PackageNotFoundError:
+        from .. import __version__
+
+        return f"{__version__} (not installed)"
 
 
 def _number(text: str) -> float:
@@ -274,11 +329,9 @@ def _positive(text: str) -> float:
 def _load_yaml(path: str) -> dict:
     from .config import load_config
 
-    p = Path(path)
-    if not p.is_file():
-        what = "is a directory, not a file" if p.is_dir() else "not found"
-        raise ValueError(f"config file {path!r} {what}; pass an existing YAML file (see configs/)")
-    return dict(load_config(p) or {})  # ValueError naming the file: not UTF-8, malformed, not a mapping
+    # a file, or a shipped config by name (`demo`, `paper/ufm-k10`); ValueError naming the file: not found,
+    # not UTF-8, malformed, not a mapping
+    return dict(load_config(path) or {})
 
 
 def _source(args: argparse.Namespace, key: str) -> str | None:
@@ -289,7 +342,7 @@ def _source(args: argparse.Namespace, key: str) -> str | None:
             return f"from --set {item}"
     dests = {field: dest for dest, field in _COMMON_FLAGS.items()}
     dest = dests.get(top, top)
-    repeated = {"variants": "--variant", "grid": "--grid"}  # flags given once per item
+    repeated = {"variants": "--variant", "grid": "--grid", "loggers": "--logger"}  # flags given once per item
     if top in repeated and getattr(args, dest, None):
         return f"from {repeated[top]}"
     if getattr(args, dest, None) is not None and isinstance(getattr(args, dest), (str, int, float)):
@@ -394,7 +447,9 @@ def _check_out(out: str | None) -> Path:
 def _cmd_train(args) -> int:
     from .build import check_buildable
     from .config import ConfigError, TrainConfig
-    from .report import short_record
+    from .files import read_jsonl
+    from .report import plot_figures, short_record
+    from .runlog import METRICS
     from .train import train
 
     for item in args.overrides:  # a config file's compare keys are for compare; set explicitly, they are a mistake
@@ -414,8 +469,10 @@ def _cmd_train(args) -> int:
     _warn_ignored(cfg, set(d), args)
     print(f"ncguide: training {cfg.method} on {cfg.dataset} ({cfg.model}), seed {cfg.seed} -> {out}", flush=True)
     record = train(cfg, out, resume=args.resume)
+    figures = plot_figures({cfg.method: {cfg.seed: read_jsonl(out / METRICS)}}, out)  # a compare's, one run
     print(f"done: {short_record(record or {})}")
     print(f"logs: {out / 'metrics.jsonl'}  config: {out / 'config.json'}  checkpoint: {out / 'checkpoint.pt'}")
+    print(f"figures: {', '.join(str(out / f) for f in figures[:1])} and {len(figures) - 1} more in {out}")
     return 0
 
 
@@ -465,6 +522,7 @@ def _cmd_compare(args) -> int:
     seeds = parsed("seeds", parse_seeds, compare.get("seeds", DEFAULT_SEEDS))
     options = dict(grid=compare.get("grid"), variants=variants, report_epochs=compare.get("report_epochs"),
                    selection_seeds=compare.get("selection_seeds", DEFAULT_SELECTION_SEEDS))
+    options.update({k: compare[k] for k in ("selection_metric", "extend_edges", "focus") if k in compare})
     if compare.get("train_acc_threshold") is not None:
         try:
             options["train_acc_threshold"] = _fraction(str(compare["train_acc_threshold"]))
@@ -494,7 +552,7 @@ def _cmd_report(args) -> int:
         thresholds["train_acc"] = (">=", args.train_acc_threshold)
     if args.nc1_threshold is not None:
         thresholds["nc1"] = ("<=", args.nc1_threshold)
-    summary = write_report(out, thresholds, check_report_epochs(args.report_epochs))
+    summary = write_report(out, thresholds, check_report_epochs(args.report_epochs), focus=args.focus)
     for x in summary["excluded"]:
         print(f"ncguide: warning: {x['run']} left out of the report: {x['why']}", file=sys.stderr)
     print(summary_table(summary))
@@ -502,7 +560,19 @@ def _cmd_report(args) -> int:
     return 0
 
 
-_COMMANDS = {"train": _cmd_train, "compare": _cmd_compare, "report": _cmd_report}
+def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from .checkpoint import convert_checkpoint
+
+    if not args.trust_source:
+        return _error("convert-checkpoint unpickles each file, which runs any code it holds; pass --trust-source "
+                      "only for files you or ncguide 0.1 wrote")
+    for path in args.files:
+        print(f"converted {convert_checkpoint(path, trust_source=True)}")
+    return 0
+
+
+_COMMANDS = {"train": _cmd_train, "compare": _cmd_compare, "report": _cmd_report,
+             "convert-checkpoint": _cmd_convert_checkpoint}
 
 
 def _error(msg: str, status: int = 2) -> int:

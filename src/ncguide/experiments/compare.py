@@ -12,11 +12,16 @@ against best* with the same budget for every method:
 1. *selection*: every method runs at every grid point on the selection seeds (``selection_seeds``, by
    default 2 seeds 1000, 1001, never among the report seeds) into ``runs/<method>/<point>/seed-<s>/``,
    ``<point>`` = ``key=value[,key=value...]``;
-2. per method the grid point with the lowest median epochs to the *primary threshold* (training accuracy
-   ≥ 0.99) wins; ties go to the lower median final training loss, then to the earlier grid point. A point
-   whose median seed never reached the threshold counts as infinitely late (it ranks last);
+2. per method the grid point with the lowest median of the *selection metric* wins (``selection.py``:
+   by default the *sustained* epochs to training accuracy ≥ 0.99, the first epoch from which a run stays
+   there to its end; also ``first``, ``auc``, ``train_acc@E``); ties go to the lower median final training
+   loss, then to the earlier grid point. A point whose median seed never got there ranks last, and so does
+   a diverged run. A winner at either end of a numeric grid axis is *at the grid's edge*; with
+   ``extend_edges=N`` that method's grid grows one step beyond the edge (the new points run on the
+   selection seeds, then it is reselected), up to N times;
 3. *report*: every method runs on the report seeds at its winning point; the report shows only these runs,
-   after the tuning table (``selection.json``, also copied into ``summary.json``).
+   after the tuning table (``selection.json``, also copied into ``summary.json``), and opens with the
+   verdict (``verdict.py``: the focus method against the fastest other one, with its uncertainty).
 
 Methods are names of ``ncguide.heads.METHODS`` or *variants*: ``{"nearest-etf-freeze": {"method":
 "nearest-etf", "freeze_after": 5}}`` names a method with its own overrides (its folder is its name).
@@ -66,19 +71,28 @@ from .config import (
 )
 from .files import atomic_write_text, read_jsonl
 from .locks import rank0_folder_lock
+from .loggers import check_loggers
 from .report import (
     DEFAULT_TRAIN_ACC_THRESHOLD,
     DIVERGED,
     SELECTION,
     check_report_epochs,
-    first_reach,
-    median_or_inf,
+    selection_metric_label,
     short_record,
     summary_table,
     write_report,
 )
 from .runlog import METRICS, finished_record
+from .selection import (
+    DEFAULT_SELECTION_METRIC,
+    extend_axis,
+    metric_epoch,
+    parse_selection_metric,
+    select_point,
+    winner_edges,
+)
 from .train import NonFiniteLossError, train
+from .verdict import resolve_focus
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -127,8 +141,9 @@ def parse_seeds(seeds: int | str | Iterable[int], base: int = 0, what: str = "se
 
 
 def parse_variants(variants: Mapping[str, Mapping] | None) -> dict[str, dict]:
-    """``{name: {"method": m, key: value, ...}}`` → the same, checked: a new name (a folder name, not a
-    method's), a known method, TrainConfig keys only (not ``seed``)."""
+    """``{name: {"method": m, key: value, ...}}`` → the same, checked: a folder name, a known method,
+    TrainConfig keys only (not ``seed``). A variant named after a method (``{"nearest-etf": {"stratified":
+    True}}``) gives that method its own settings; its ``method`` is its name."""
     out = {}
     if variants is None:
         return out
@@ -136,9 +151,13 @@ def parse_variants(variants: Mapping[str, Mapping] | None) -> dict[str, dict]:
         raise ValueError(f"variants must map a name to its settings, e.g. {{nearest-etf-freeze: {{method: "
                          f"nearest-etf, freeze_after: 5}}}}; got {variants!r}")
     for name, spec in variants.items():
-        if not isinstance(name, str) or not _safe_name(name) or name in METHODS:
-            raise ValueError(f"bad variant name {name!r}: use letters, digits, '-', '_', '.', '+', not a "
-                             f"method's name ({', '.join(METHODS)})")
+        if not isinstance(name, str) or not _safe_name(name):
+            raise ValueError(f"bad variant name {name!r}: use letters, digits, '-', '_', '.', '+'")
+        if name in METHODS and isinstance(spec, Mapping):
+            if spec.get("method", name) != name:
+                raise ValueError(f"variant {name!r} is named after a method, so it sets that method's own settings "
+                                 f"and cannot make it method {spec['method']!r}; give it another name")
+            spec = {"method": name, **spec}
         if not isinstance(spec, Mapping) or spec.get("method") not in METHODS:
             raise ValueError(f"variant {name!r} needs `method:` one of {', '.join(METHODS)}; got {spec!r}")
         bad = sorted(set(spec) - set(field_names()) | ({"seed"} & set(spec)))
@@ -226,38 +245,6 @@ def run_dir(out_dir: str | Path, method: str, seed: int, point: Mapping[str, obj
     return (base / point_name(point) if point else base) / f"seed-{seed}"
 
 
-def select_point(runs: Mapping[str, Mapping[int, list[dict]]], threshold: float = DEFAULT_TRAIN_ACC_THRESHOLD
-                 ) -> tuple[str, list[dict]]:
-    """The winning grid point of one method and the table behind it.
-
-    ``runs``: ``{point name: {seed: records}}`` in grid order. Rank by the median epochs to
-    ``train_acc >= threshold`` (a seed that never reaches it counts as inf, so a point whose median seed
-    never reached it ranks last), then the median final ``train_loss``, then grid order. Returns
-    ``(winner, rows)``; rows (grid order) hold ``point``, ``epochs`` (median, None if inf), ``per_seed``,
-    ``reached``, ``total``, ``final_train_loss``, ``final_train_acc``, ``rank`` (1 = winner)."""
-    rows = []
-    for order, (name, by_seed) in enumerate(runs.items()):
-        epochs = [first_reach(recs, "train_acc", ">=", threshold)[0] for recs in by_seed.values()]
-        finals = [recs[-1] if recs else {} for recs in by_seed.values()]
-        med = median_or_inf(epochs)
-        loss = median_or_inf([f.get("train_loss", math.inf) for f in finals])
-        rows.append({
-            "point": name, "epochs": None if math.isinf(med) else med,
-            "per_seed": [None if math.isinf(e) else e for e in epochs],
-            "reached": sum(math.isfinite(e) for e in epochs), "total": len(epochs),
-            "final_train_loss": None if math.isinf(loss) else loss,
-            "final_train_acc": median_or_inf([f.get("train_acc", math.nan) for f in finals]),
-            "_key": (med, loss, order),
-        })
-    if not rows:
-        raise ValueError("no grid point to select from")
-    for rank, row in enumerate(sorted(rows, key=lambda r: r["_key"]), 1):
-        row["rank"] = rank
-    for row in rows:
-        del row["_key"]
-    return next(r["point"] for r in rows if r["rank"] == 1), rows
-
-
 @dataclass(frozen=True)
 class _Run:
     phase: str  # "selection" or "report"
@@ -279,6 +266,9 @@ def run_compare(
     variants: Mapping[str, Mapping] | None = None,
     report_epochs: Iterable[int] | None = None,
     train_acc_threshold: float = DEFAULT_TRAIN_ACC_THRESHOLD,
+    selection_metric: str = DEFAULT_SELECTION_METRIC,
+    extend_edges: int = 0,
+    focus: str | None = "auto",
     resume: bool = True,
     progress: str = "auto",
     log: Callable[[str], None] = print,
@@ -294,7 +284,12 @@ def run_compare(
     a list disjoint from ``seeds``) before the report seeds run at each method's winner. ``variants``: named
     methods with their own overrides. ``report_epochs``: epochs of the paper-style accuracy table (default
     the last epoch and its midpoint). ``train_acc_threshold``: the training accuracy the selection ranks by
-    (epochs to reach it) and the report counts epochs to. Finished runs are reused and unfinished ones
+    (epochs to reach it) and the report counts epochs to. ``selection_metric``: how a grid point is ranked
+    (``sustained``, ``first``, ``auc``, ``train_acc@E``; ``experiments/selection.py``). ``extend_edges``: up
+    to this many times, extend the grid of each method whose winner sits at a numeric axis's edge by one
+    step beyond it, run the new points on the selection seeds and reselect. ``focus``: the method of the
+    report's verdict against the best other one (``"auto"``: ``nearest-etf`` when compared; ``None`` or
+    ``"none"``: no verdict; ``experiments/verdict.py``). Finished runs are reused and unfinished ones
     resumed when ``resume``; ``resume=False`` retrains everything. ``log`` gets one line per run. Returns the
     report summary (:func:`ncguide.experiments.report.summarize`), or ``{}`` when ``report=False``.
     ``check_only``: check everything as above, train nothing, and return the resolved comparison settings.
@@ -323,6 +318,10 @@ def run_compare(
         raise ConfigError("train_acc_threshold", f"train_acc_threshold must be a fraction in (0, 1]; got "
                                                  f"{train_acc_threshold!r}")
     train_acc_threshold = float(train_acc_threshold)
+    # -- selection rule, edges and verdict (selection.py, verdict.py) --
+    selection_metric = _keyed("selection_metric", parse_selection_metric, selection_metric)
+    extend_edges = _keyed("extend_edges", _parse_rounds, extend_edges)
+    focus = _keyed("focus", _parse_focus, focus, methods)
 
     points = _grid_points(grid)
 
@@ -348,6 +347,8 @@ def run_compare(
     _check_grid_keys_used(planned, grid)
     _check_report_epochs_reached(planned, report_epochs)
     check_all_buildable(planned.values())
+    if metric_epoch(selection_metric) is not None and len(points) > 1:
+        _check_metric_epoch(selection_metric, [r.cfg for r in selection])
     notes = _ignored_settings(given, variants, planned)
     if check_only:
         for note in notes:
@@ -356,47 +357,48 @@ def run_compare(
                 **({"variants": {k: _typed(config(k, points[0], seeds[0]), v) for k, v in variants.items()
                                  if k in methods}} if variants else {}),
                 **({"report_epochs": report_epochs} if report_epochs is not None else {}),
-                "train_acc_threshold": train_acc_threshold}
+                "train_acc_threshold": train_acc_threshold, "selection_metric": selection_metric,
+                **({"extend_edges": extend_edges} if grid else {}), "focus": focus}
     out_dir = Path(out_dir)
+    rule = _Rule(selection_metric, extend_edges, focus)
     with rank0_folder_lock(out_dir):  # creates out_dir
         return _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs,
                                train_acc_threshold, base_dict, config, selection, candidates, resume, progress,
-                               log, report, notes)
+                               log, report, rule, notes)
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How winners are picked and reported: the selection metric, edge extensions, the verdict's focus."""
+
+    metric: str
+    extend_edges: int
+    focus: str
 
 
 def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs, threshold,
-                    base_dict, config, selection, candidates, resume, progress, log, report, notes) -> dict:
+                    base_dict, config, selection, candidates, resume, progress, log, report, rule, notes) -> dict:
     """run_compare's work once its arguments are checked, under ``out_dir``'s lock."""
     planned = {r.path: r.cfg for r in selection}
     planned.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
     _check_existing_runs(out_dir, planned, base_dict, grid, variants, resume)
     for note in notes:  # every check has passed: no warning comes before an error
         warnings.warn(note, stacklevel=3)
-    _write_compare_config(out_dir, base_dict, methods, seeds, grid, sel_seeds, variants, report_epochs, threshold)
+    _write_compare_config(out_dir, base_dict, methods, seeds, grid, sel_seeds, variants, report_epochs, threshold,
+                          rule)
 
     if selection:
         _run_all(selection, resume, progress, log)
     winners = {m: points[0] for m in methods}
     if len(points) > 1:
-        tuning = {}
-        for m in methods:
-            by_point = {name: {s: _selection_log(run_dir(out_dir, m, s, p)) for s in sel_seeds}
-                        for name, p in candidates[m].items()}
-            winner, rows = select_point(by_point, threshold)
-            winners[m], tuning[m] = candidates[m][winner], rows
-            epochs = next(r["epochs"] for r in rows if r["point"] == winner)
-            log(f"selected for {m}: {winner} (median epochs to train acc >= {threshold:g}: "
-                f"{'never reached' if epochs is None else f'{epochs:g}'})")
-        atomic_write_text(out_dir / SELECTION, json.dumps({
-            "primary": {"key": "train_acc", "op": ">=", "value": threshold},
-            "grid": grid, "selection_seeds": sel_seeds, "report_seeds": seeds,
-            "selected": {m: winners[m] for m in methods}, "folders": {m: point_name(winners[m]) for m in methods},
-            "tuning": tuning}, indent=2) + "\n")
+        winners = _tune(out_dir, methods, seeds, grid, sel_seeds, candidates, config, threshold, rule, resume,
+                        progress, log)
     elif grid:
         atomic_write_text(out_dir / SELECTION, json.dumps({
-            "primary": None, "grid": grid, "selection_seeds": [], "report_seeds": seeds,
-            "selected": {m: points[0] for m in methods}, "folders": {m: point_name(points[0]) for m in methods},
-            "tuning": {}}, indent=2) + "\n")
+            "primary": None, "selection_metric": rule.metric, "grid": grid, "selection_seeds": [],
+            "report_seeds": seeds, "selected": {m: points[0] for m in methods},
+            "folders": {m: point_name(points[0]) for m in methods},
+            "edge": {m: winner_edges(grid, points[0]) for m in methods}, "tuning": {}}, indent=2) + "\n")
     else:
         (out_dir / SELECTION).unlink(missing_ok=True)
 
@@ -406,7 +408,7 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
 
     if not report:
         return {}
-    summary = write_report(out_dir, report_epochs=report_epochs)
+    summary = write_report(out_dir, report_epochs=report_epochs, focus=rule.focus)
     for x in summary["excluded"]:
         log(f"warning: {x['run']} left out of the report: {x['why']}")
     log("")
@@ -414,6 +416,108 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
     log("")
     log(f"report: {out_dir / 'report.md'} (figures {out_dir}/*.png, numbers {out_dir / 'summary.json'})")
     return summary
+
+
+# ----------------------------------------------------------------------------------------------------
+# selection on the grid, extended beyond its edges (the rule itself: selection.py)
+
+
+def _tune(out_dir: Path, methods: list[str], seeds: list[int], grid: dict, sel_seeds: list[int],
+          candidates: dict[str, dict[str, dict]], config, threshold: float, rule: _Rule, resume: bool,
+          progress: str, log: Callable[[str], None]) -> dict[str, dict]:
+    """Select each method's grid point on the selection seeds; up to ``rule.extend_edges`` times, extend the
+    grid of each method whose winner sits at an edge one step beyond it (selection.extend_axis), run the new
+    points on the selection seeds and reselect. Writes ``selection.json``; returns the winners."""
+    grids = {m: {k: list(v) for k, v in grid.items()} for m in methods}
+    extensions: list[dict] = []
+    refused: dict[tuple, dict] = {}
+    for rnd in range(rule.extend_edges + 1):
+        winners, tuning, edges = {}, {}, {}
+        for m in methods:
+            by_point = {name: {s: _selection_log(run_dir(out_dir, m, s, p)) for s in sel_seeds}
+                        for name, p in candidates[m].items()}
+            winner, tuning[m] = select_point(by_point, threshold, rule.metric)
+            winners[m] = candidates[m][winner]
+            edges[m] = winner_edges(grids[m], winners[m])
+        if rnd == rule.extend_edges:
+            break
+        new: dict[str, list[dict]] = {}
+        for m in methods:
+            for key, side in edges[m].items():
+                if side is None:
+                    continue
+                value, how = extend_axis(grids[m][key], side)
+                wider, why = {}, how
+                if value is not None:
+                    wider = {**grids[m], key: [value, *grids[m][key]] if side == "low" else [*grids[m][key], value]}
+                    wider, why = _typed_extension(m, key, wider, candidates[m], config, sel_seeds)
+                if why is not None:
+                    refused[(m, key, side)] = {"method": m, "key": key, "side": side, "value": value, "why": why}
+                    log(f"not extending {m}'s {key} beyond its {side} edge: {why}")
+                    continue
+                value = wider[key][0 if side == "low" else -1]  # as the grid types it
+                grids[m] = wider
+                extensions.append({"round": rnd + 1, "method": m, "key": key, "side": side, "value": value,
+                                   "step": how})
+                log(f"extending {m}'s {key} beyond its {side} edge: {value} ({how})")
+            new[m] = [p for p in _grid_points(grids[m]) if point_name(p) not in candidates[m]]
+            candidates[m] = {point_name(p): p for p in _grid_points(grids[m])}
+        runs = [_Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p))
+                for s in sel_seeds for m in methods for p in new[m]]
+        if not runs:
+            break
+        _run_all(runs, resume, progress, log)
+    for m in methods:
+        row = next(r for r in tuning[m] if r["rank"] == 1)
+        value = "never" if row["value"] is None else f"{row['value']:g}"
+        at = ", ".join(f"{k} {e}" for k, e in edges[m].items() if e)
+        log(f"selected for {m}: {point_name(winners[m])} (median {selection_metric_label(rule.metric, threshold)}: "
+            f"{value}){f' at the grid edge ({at})' if at else ''}")
+    atomic_write_text(out_dir / SELECTION, json.dumps({
+        "primary": {"key": "train_acc", "op": ">=", "value": threshold}, "selection_metric": rule.metric,
+        "grid": grid, "grids": grids, "extend_edges": rule.extend_edges,
+        "selection_seeds": sel_seeds, "report_seeds": seeds,
+        "selected": {m: winners[m] for m in methods}, "folders": {m: point_name(winners[m]) for m in methods},
+        "edge": edges, "extensions": extensions, "not_extended": list(refused.values()),
+        "tuning": tuning}, indent=2) + "\n")
+    return winners
+
+
+def _typed_extension(method: str, key: str, wider: dict, candidates: dict, config,
+                     sel_seeds: list[int]) -> tuple[dict, str | None]:
+    """``method``'s grid grown to ``wider``, its values typed as ``parse_grid`` types them, and None; or the
+    reason no folder or run config can take the new value."""
+    try:
+        typed = {**wider, key: parse_grid({key: wider[key]})[key]}
+        check_all_buildable(config(method, p, sel_seeds[0]) for p in _grid_points(typed)
+                            if point_name(p) not in candidates)
+    except ValueError as e:
+        return wider, f"not a valid setting ({e})"
+    return typed, None
+
+
+def _check_metric_epoch(metric: str, configs: list[TrainConfig]) -> None:
+    """``train_acc@E`` needs epoch ``E`` evaluated in every selection run."""
+    epoch = metric_epoch(metric)
+    for cfg in configs:
+        if epoch > cfg.epochs or (epoch % cfg.eval_every and epoch != cfg.epochs):
+            raise ConfigError("selection_metric", f"selection_metric {metric}: epoch {epoch} is not evaluated by "
+                                                  f"runs of {cfg.epochs} epochs evaluated every {cfg.eval_every}; "
+                                                  "pick an evaluated epoch")
+
+
+def _parse_rounds(n) -> int:
+    """``extend_edges``: a whole number >= 0 (read by the rule of the config's integers)."""
+    return read_integer("extend_edges", n, Rule(lo=0, words="a whole number >= 0 (how many times a grid may grow "
+                                                            "beyond an edge)"))
+
+
+def _parse_focus(focus, methods: list[str]) -> str:
+    """The verdict's method: a compared method, ``"none"`` (also None) or ``"auto"``, resolved to one of the
+    first two."""
+    if focus is not None and not isinstance(focus, str):
+        raise ValueError(f"focus must be a method name or none; got {focus!r}")
+    return resolve_focus(focus, methods) or "none"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -486,6 +590,8 @@ def _run_all(runs: list[_Run], resume: bool, progress: str, log: Callable[[str],
         ckpt = _read_checkpoint(r.path) if resume else None
         if ckpt is not None and ckpt.get("finished"):
             log(f"{tag}: reused finished run in {r.path} ({short_record(finished_record(r.path))})")
+            if check_loggers(r.cfg.loggers):  # write what the loggers asked for now hold (from the run's log)
+                train(r.cfg, r.path, resume=True, progress="none")
             continue
         if ckpt is not None and (r.path / DIVERGED).is_file():
             log(f"{tag}: reused diverged run in {r.path} ({(r.path / DIVERGED).read_text().strip()})")
@@ -590,12 +696,13 @@ def _expected_config(out_dir: Path, folder: Path, saved: dict, base: dict, grid:
 
 def _write_compare_config(out_dir: Path, base: dict, methods: list[str], seeds: list[int], grid: dict,
                           sel_seeds: list[int], variants: dict, report_epochs: list[int] | None,
-                          threshold: float) -> None:
+                          threshold: float, rule: _Rule) -> None:
     import yaml
 
-    resolved: dict = {"methods": methods, "seeds": seeds, "train_acc_threshold": threshold}
+    resolved: dict = {"methods": methods, "seeds": seeds, "train_acc_threshold": threshold,
+                      "selection_metric": rule.metric, "focus": rule.focus}
     if grid:
-        resolved.update(grid=grid, selection_seeds=sel_seeds)
+        resolved.update(grid=grid, selection_seeds=sel_seeds, extend_edges=rule.extend_edges)
     if variants:
         resolved["variants"] = {k: v for k, v in variants.items() if k in methods}
     if report_epochs is not None:

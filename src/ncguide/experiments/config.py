@@ -1,7 +1,7 @@
 """Run configuration: one dataclass with every knob of a training run, the schema its values are read
 by, and its I/O.
 
-    cfg = TrainConfig.from_dict(apply_overrides(load_config("configs/demo.yaml"), ["lr=0.1"]))
+    cfg = TrainConfig.from_dict(apply_overrides(load_config("demo"), ["lr=0.1"]))
 
 **One schema, one rule wherever a value enters** (a YAML/JSON file, ``--set``, a flag, ``--variant``,
 ``--grid``, ``TrainConfig.from_dict``): each field's type is its annotation below, its range or choices
@@ -56,6 +56,7 @@ __all__ = ["ConfigError", "TrainConfig", "load_config", "apply_overrides", "with
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
 AUGMENTATIONS = ("crop-flip", "flip")  # data.loader.AUGMENTATIONS (not imported: it would load the data package)
+FIXED_ETF = ("random", "canonical")  # heads.FixedETFHead's rotations
 INT_MAX = 2**63 - 1  # the largest integer torch (int64) holds: every integer field stops here
 SEED_MAX = 2**32 - 1  # numpy's global generator takes seeds below 2**32: distinct seeds stay distinct everywhere
 
@@ -79,7 +80,7 @@ class TrainConfig:
     dataset: str = "digits"  # a name in ncguide.experiments.data.DATASETS, or npz:PATH
     model: str = "mlp"  # a name in ncguide.experiments.models.MODELS
     model_kwargs: dict = field(default_factory=dict)  # builder options, e.g. {"widths": [256, 256]}
-    head_kwargs: dict = field(default_factory=dict)  # extra head options, e.g. {"rotation": "canonical"}
+    head_kwargs: dict = field(default_factory=dict)  # extra head options, e.g. {"solve_dtype": ...}
     data_dir: str | None = None
     train_per_class: int | None = None  # subsample the training set (None: all)
     test_per_class: int | None = None
@@ -95,7 +96,7 @@ class TrainConfig:
     momentum: float = 0.9  # sgd
     nesterov: bool = False  # sgd
     weight_decay: float = 5e-4  # must be 0 for agd
-    agd_gain: float = 1.0  # agd's gain (the paper uses 1)
+    agd_gain: float = 1.0  # agd's gain g: 1 in Bernstein et al.'s AGD; the paper's code uses 10
     schedule: str = "cosine"  # constant | step | cosine (per step, after warm-up)
     warmup_epochs: float = 0.0  # linear warm-up length (fractional epochs allowed)
     step_milestones: list[int] = field(default_factory=list)  # epochs at which "step" multiplies by gamma
@@ -113,6 +114,10 @@ class TrainConfig:
     # round(freeze_after × steps per epoch) training updates, then is a fixed ETF at its own U). None: never
     freeze_after: float | None = None
 
+    # the paper's protocol (docs/paper-protocol.md)
+    bias_free: bool = False  # no biases anywhere, batch norm without affine parameters, standard heads without bias
+    fixed_etf: str = "random"  # fixed-etf's U_0: random (Haar, drawn from the seed) | canonical (I_d's first K columns)
+
     # data pipeline and evaluation
     stratified: bool = False  # every batch holds every class in proportion
     augment: str | None = None  # loader augmentation name (None: off)
@@ -128,6 +133,7 @@ class TrainConfig:
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only on CUDA)
     check_every: int = 50  # CUDA: steps between non-finite-loss checks (CPU checks every step)
     nc1_threshold: float = 0.1  # report: "epochs until nc1 < threshold" (not used by training)
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])  # + csv, tensorboard, wandb (loggers.py)
 
     # ------------------------------------------------------------------------------------------
     def __post_init__(self) -> None:  # copies, so that a config never shares a caller's dict or list
@@ -171,9 +177,14 @@ class TrainConfig:
                 _bad(f"head_kwargs.{name}", f"set {name}{unit}, not head_kwargs.{name}: head_kwargs.{name} would "
                                             f"override {name}={getattr(self, name)!r} while the saved config still "
                                             f"says {name}={getattr(self, name)!r}")
+        if "rotation" in self.head_kwargs:  # fixed-etf's rotation is the field fixed_etf
+            _bad("head_kwargs.rotation", "set fixed_etf (random or canonical), not head_kwargs.rotation")
         if self.model == "ufm" and "feature_dim" in self.model_kwargs:  # the UFM's width is the field feature_dim
             _bad("model_kwargs.feature_dim", "set feature_dim, not model_kwargs.feature_dim: for model 'ufm' the "
                                              f"field feature_dim={self.feature_dim} sizes the features")
+        for name in ("model_kwargs", "head_kwargs"):
+            if self.bias_free and getattr(self, name).get("bias") is True:
+                _bad(f"{name}.bias", f"bias_free=true removes every bias; drop {name}.bias=true or set bias_free=false")
         if self.freeze_after is not None and self.method not in _NEAREST:
             _bad("freeze_after", f"freeze_after applies to nearest-etf and nearest-etf-nograd only; method "
                                  f"{self.method!r} has no U to freeze (set freeze_after=none)")
@@ -233,11 +244,12 @@ RULES: dict[str, Rule] = {
     "gamma": at_least(0), "label_smoothing": Rule(lo=0, hi=1, hi_open=True),
     "temperature": above(0), "delta": at_least(0), "alpha_min": Rule(lo=0, hi=1), "ema_alpha": Rule(lo=0, hi=1,
     lo_open=True), "mean_schedule": one_of(*MEAN_SCHEDULES), "solver": one_of(*SOLVERS),
-    "freeze_after": at_least(0, "None or a number of epochs >= 0"),
+    "freeze_after": at_least(0, "None or a number of epochs >= 0"), "bias_free": ANY, "fixed_etf": one_of(*FIXED_ETF),
     "stratified": ANY, "augment": one_of(*AUGMENTATIONS), "eval_every": at_least(1), "eval_batch_size": at_least(1),
     "num_workers": at_least(0),
     "seed": Rule(lo=0, hi=SEED_MAX), "device": one_of(*DEVICES), "amp": one_of(*AMP), "compile": ANY,
     "deterministic": ANY, "check_every": at_least(1), "nc1_threshold": above(0),
+    "loggers": ANY,  # names checked by loggers.check_loggers (it imports their packages)
 }
 
 
@@ -265,6 +277,7 @@ USED_ONLY_WHEN: dict[str, dict[str, When]] = {
     "alpha_min": {"method": When(_MEANS), "mean_schedule": When(("paper",))},
     "ema_alpha": {"method": When(_MEANS), "mean_schedule": When(("ema",))},
     "freeze_after": {"method": When(_NEAREST)},
+    "fixed_etf": {"method": When(("fixed-etf",))},
     "lr": {"optimizer": When(("agd",), negate=True)},  # agd's rate is agd_gain
     "agd_gain": {"optimizer": When(("agd",))},
     "momentum": {"optimizer": When(("sgd",))},
@@ -322,7 +335,9 @@ def _read(key: str, value: Any, text: bool) -> Any:
         items = _list_items(key, value) if text else value
         if not isinstance(items, list):
             raise _type_error(key, value, tp, optional)
-        return [_check(key, _scalar(key, v, int, text, optional=False, shown=value), rule, item=True) for v in items]
+        (item_tp,) = typing.get_args(tp)
+        return [_check(key, _scalar(key, v, item_tp, text, optional=False, shown=value), rule, item=True)
+                for v in items]
     if origin is dict:
         if text and isinstance(value, str):
             value = _parse_text(value, key) if value.strip() else {}
@@ -374,7 +389,7 @@ def _scalar(key: str, value: Any, tp: type, text: bool, optional: bool, shown: A
             if not math.isfinite(number):
                 raise ConfigError(key, f"{key} must be a finite number; got {_shown(value)}")
             return number
-    raise _type_error(key, value if shown is None else shown, list[int] if shown is not None else tp, optional)
+    raise _type_error(key, value if shown is None else shown, list[tp] if shown is not None else tp, optional)
 
 
 def _check(key: str, value: Any, rule: Rule, optional: bool = False, item: bool = False) -> Any:
@@ -427,7 +442,8 @@ def _list_items(key: str, value: Any) -> Any:
 
 def _type_error(key: str, value: Any, tp: Any, optional: bool) -> ConfigError:
     names = {int: "an integer written in digits, like 3, not 3.0 or 3e0", float: "a number", bool: "true or false",
-             str: "text", dict: "a mapping of names to values", list[int]: "a list of integers, e.g. [2, 5]"}
+             str: "text", dict: "a mapping of names to values", list[int]: "a list of integers, e.g. [2, 5]",
+             list[str]: "a list of names, e.g. [jsonl, csv]"}
     what = names.get(tp, names.get(typing.get_origin(tp), str(tp)))
     return ConfigError(key, f"bad value {_shown(value)} for config key {key!r} (expected {what}"
                             f"{' or none' if optional else ''})")
@@ -453,10 +469,14 @@ def field_names() -> list[str]:
 
 
 def load_config(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (or ``.json``) config file into a dict (keys are checked later, by ``from_dict``).
+    """Read a YAML (or ``.json``) config file into a dict (keys are checked later, by ``from_dict``). ``path``
+    may also name a config shipped with the package (``"demo"``, ``"paper/ufm-k10"``: ``shipped_configs.py``).
 
     ``ValueError`` naming the file for one that is missing, not UTF-8 text, malformed, not a mapping of
     names to values, or that gives a key twice (at any depth)."""
+    from .shipped_configs import find_config
+
+    path = find_config(path)
     try:
         text = Path(path).read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:

@@ -19,16 +19,23 @@ with no biases:
                                                                      (agd_init_, called by the training loop)
     step:    G  = (1/L) Σ_l s_l ‖∇_{W_l} ℒ‖_F                                (gradient summary)
              η  = log((1 + sqrt(1 + 4G)) / 2)                                  (automatic step size)
-             W_l ← W_l - g · (η / L) · s_l · ∇_{W_l} ℒ / ‖∇_{W_l} ℒ‖_F          (g = gain, paper: 1)
+             W_l ← W_l - g · (η / L) · s_l · ∇_{W_l} ℒ / ‖∇_{W_l} ℒ‖_F          (g = gain)
 
 so every layer moves by the same relative amount in the spectral norm: ``‖ΔW_l‖_* <= ‖ΔW_l‖_F
 = g·(η/L)·s_l = g·(η/L)·‖W_l‖_*`` at initialisation. The derivation assumes a bias-free,
-positively homogeneous MLP; this implementation therefore accepts only 2-D (``Linear``) and 4-D
-(``Conv2d``) weights and raises ``ValueError`` for anything else (biases, batch/layer norm
-parameters). A conv weight ``(n_out, n_in, k_h, k_w)`` is treated as ``k_h·k_w`` matrices, one
-per kernel tap, each with scale ``s = sqrt(n_out/n_in) / sqrt(k_h·k_w)`` and its own Frobenius
-norm in ``G`` and in the update. AGD takes no learning rate, momentum or weight decay; its
+positively homogeneous MLP; this implementation therefore accepts only weight matrices (``Linear``,
+2-D) and kernels (``Conv1d``/``Conv2d``, 3-D/4-D) and raises ``ValueError`` for anything else
+(biases, batch/layer norm parameters). A kernel ``(n_out, n_in, *k)`` is treated as ``T = prod(k)``
+matrices, one per kernel tap, each with scale ``s = sqrt(n_out/n_in) / sqrt(T)`` and its own
+Frobenius norm in ``G`` and in the update (the paper's code does this for 4-D kernels; 3-D ones, which
+it never meets, get the same rule here). AGD takes no learning rate, momentum or weight decay; its
 ``lr`` (``gain`` ``g``) is what the schedules multiply.
+
+The gain: Algorithm 1 has none (``g = 1``, the default of ``agd_gain``); the public code of the
+guiding-neural-collapse paper trains every method with ``g = 10`` and no schedule, from this
+initialisation, with the same update and the same per-tap treatment of kernels, ``L`` counting the
+weight tensors the optimiser is given (docs/paper-protocol.md). Its networks are built bias-free for
+it (``TrainConfig.bias_free``): AGD has no rule for a bias or a batch-norm scale.
 """
 
 from __future__ import annotations
@@ -78,19 +85,16 @@ def set_lr(optimizer: torch.optim.Optimizer, factor: float) -> float:
 
 
 def agd_scale(shape: torch.Size | Sequence[int]) -> float:
-    """Target spectral norm ``s = sqrt(n_out/n_in)`` of a 2-D weight (÷ sqrt(k_h k_w) per tap for 4-D)."""
-    s = math.sqrt(shape[0] / shape[1])
-    if len(shape) == 4:
-        s /= math.sqrt(shape[2] * shape[3])
-    return s
+    """Target spectral norm ``s = sqrt(n_out/n_in)`` of a 2-D weight (÷ sqrt(T) per tap for a kernel of T taps)."""
+    return math.sqrt(shape[0] / shape[1]) / math.sqrt(math.prod(shape[2:]))
 
 
 def _check_agd_param(p: torch.Tensor, name: str) -> None:
-    if p.dim() not in (2, 4):
+    if p.dim() < 2:
         raise ValueError(
             f"AGD supports bias-free MLP/conv nets only: parameter {name!r} has shape {tuple(p.shape)} "
-            "(biases and batch/layer-norm parameters are not supported: build the model with "
-            "bias=False, batch_norm=False and a standard head with head_kwargs bias=False, or use another optimizer)"
+            "(biases and batch/layer-norm parameters are not supported: set bias_free=true, which removes the "
+            "biases and batch norm's affine parameters, or use another optimizer)"
         )
 
 
@@ -106,18 +110,18 @@ def agd_init_(params: Iterable[torch.Tensor]) -> None:
 
 
 def _tap_norms(g: torch.Tensor) -> torch.Tensor:
-    """Frobenius norm of each kernel tap of a 2-D/4-D gradient, shaped to broadcast against it."""
+    """Frobenius norm of each kernel tap of a gradient (one for a matrix), shaped to broadcast against it."""
     n = g.reshape(g.shape[0], g.shape[1], -1).norm(dim=(0, 1))
-    return n.reshape((1, 1) + g.shape[2:]) if g.dim() == 4 else n.reshape(())
+    return n.reshape((1, 1) + g.shape[2:]) if g.dim() > 2 else n.reshape(())
 
 
 class AGD(torch.optim.Optimizer):
     """Automatic gradient descent (see the module docstring for the update).
 
-    ``AGD(params, lr=1.0)``: ``lr`` is the gain ``g`` (1 in the paper). Like every torch optimiser it
-    leaves the parameters alone when constructed; Algorithm 1 starts from :func:`agd_init_`, which the
-    caller applies (the training loop does, for ``optimizer="agd"``). The depth ``L`` is the number of
-    weight tensors. ``step()`` returns ``η`` as a 0-d tensor.
+    ``AGD(params, lr=1.0)``: ``lr`` is the gain ``g`` (1 in Algorithm 1, 10 in the guiding-NC code). Like
+    every torch optimiser it leaves the parameters alone when constructed; Algorithm 1 starts from
+    :func:`agd_init_`, which the caller applies (the training loop does, for ``optimizer="agd"``). The
+    depth ``L`` is the number of weight tensors. ``step()`` returns ``η`` as a 0-d tensor.
     """
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float = 1.0):
@@ -161,7 +165,7 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """Optimizer ``name`` (sgd | adam | adamw | agd) over the trainable ``named_params``.
 
-    For ``agd``, ``lr`` is the gain, and a parameter that is not a 2-D/4-D weight or a nonzero
+    For ``agd``, ``lr`` is the gain, and a parameter that is not a weight matrix or kernel or a nonzero
     ``weight_decay`` raise ``ValueError``; the weights are not touched (apply :func:`agd_init_` first).
     Every group gets ``initial_lr = lr`` (the base of :func:`set_lr`).
     """

@@ -13,7 +13,12 @@ Conventions (also written into ``report.md``):
   as *not reached*: its time is ``inf``; medians and maxima are then taken with ``inf`` included (so the
   median is finite only when more than half of the seeds reached it). ``summary.json`` stores ``inf`` as
   ``null`` together with ``reached``/``total``; tables print an unreached median as ``>E`` (``E`` = the
-  most epochs any seed ran) and unreached seconds as ``—``.
+  most epochs any seed ran) and unreached seconds as ``—``. Beside this *first hit*, the *sustained*
+  epoch: the first evaluation from which the run stays at the threshold to its last evaluation (a run
+  that ends below it, or diverged, never reached it for good).
+- *Verdict* (``verdict.py``): the focus method (``nearest-etf`` by default) against the other method with
+  the fewest median sustained epochs: their ratio and the final test-accuracy difference, each with a
+  bootstrap 95% interval over seeds and a permutation-test p-value; the report's first lines.
 - Curves: the median over seeds at each evaluated epoch, with a min–max band; one colour per method,
   the same in every figure. Loss and NC metrics use a log scale (symlog near zero when a curve touches 0).
 - Runs whose log lost or cut records (``runlog.check_run_log``: judged against the run's checkpoint, or
@@ -32,6 +37,7 @@ import numpy as np
 
 from .files import atomic_write_text, read_jsonl
 from .runlog import check_run_log
+from .verdict import build_verdict, resolve_focus, verdict_lines
 
 __all__ = [
     "FIGURES",
@@ -40,6 +46,8 @@ __all__ = [
     "SELECTION",
     "check_report_epochs",
     "first_reach",
+    "sustained_reach",
+    "selection_metric_label",
     "median_or_inf",
     "read_selection",
     "run_folders",
@@ -123,6 +131,10 @@ def _selection_problem(sel) -> str | None:
                       ("selected", dict), ("tuning", dict)):
         if not isinstance(sel.get(key), kind):
             return f"{key!r} missing or not a {kind.__name__}"
+    for key, kind in (("edge", dict), ("grids", dict), ("extensions", list), ("not_extended", list),
+                      ("selection_metric", str)):
+        if key in sel and not isinstance(sel[key], kind):
+            return f"{key!r} is not a {kind.__name__}"
     if not all(isinstance(s, int) and not isinstance(s, bool) for s in sel["report_seeds"] + sel["selection_seeds"]):
         return "seeds must be integers"
     if set(sel["report_seeds"]) & set(sel["selection_seeds"]):
@@ -322,6 +334,19 @@ def first_reach(records: list[dict], key: str, op: str, threshold: float) -> tup
     return math.inf, math.inf
 
 
+def sustained_reach(records: list[dict], key: str, op: str, threshold: float) -> tuple[float, float]:
+    """(epoch, wall_s) of the first record from which ``key`` stays at the threshold through the last record;
+    (inf, inf) when the last record misses it (a run that ends below never reached it for good)."""
+    start = None
+    for r in reversed(records):
+        if not _reached(_num(r.get(key)), op, threshold):
+            break
+        start = r
+    if start is None:
+        return math.inf, math.inf
+    return _num(start.get("epoch")), _num(start.get("wall_s"))
+
+
 def default_report_epochs(runs: dict[str, dict[int, list[dict]]]) -> list[int]:
     """The last epoch any run reached and its midpoint (the paper reports epochs 50 and 200 of 200)."""
     last = max((int(_num(recs[-1].get("epoch"))) for by_seed in runs.values() for recs in by_seed.values()
@@ -336,7 +361,7 @@ def _at_epoch(records: list[dict], epoch: int, key: str) -> float:
 
 def summarize(
     runs: dict[str, dict[int, list[dict]]], thresholds: dict[str, tuple[str, float]] | None = None,
-    report_epochs: list[int] | None = None,
+    report_epochs: list[int] | None = None, diverged: dict[str, list[int]] | None = None,
 ) -> dict:
     """Per method over seeds: final metrics (median/min/max), time to each threshold, and training accuracy
     at ``report_epochs`` (default :func:`default_report_epochs`).
@@ -344,8 +369,10 @@ def summarize(
     Returns ``{"thresholds": {key: {"op", "value"}}, "report_epochs": [E, ...], "methods": {method: {"seeds",
     "epochs", "wall_s", "final": {metric: {median, min, max, n}}, "at_epoch": {"E": {"train_acc": {median,
     min, max, n, per_seed}}}, "reach": {key: {"op", "value", "reached", "total", "epoch": {median, min,
-    max, per_seed}, "wall_s": {...}}}}}}`` (unreached → ``None``; an epoch a seed did not evaluate is left
-    out of its statistics)."""
+    max, per_seed}, "wall_s": {...}}}, "sustained": {key: the same}}}}`` (unreached → ``None``; an epoch a
+    seed did not evaluate is left out of its statistics). ``reach`` counts the first evaluation at the
+    threshold, ``sustained`` the first from which the run stays there to its end (:func:`sustained_reach`);
+    seeds listed in ``diverged`` (``{method: [seed, ...]}``) never reach it for good."""
     thresholds = thresholds or default_thresholds()
     report_epochs = default_report_epochs(runs) if report_epochs is None else list(report_epochs)
     summary = {"thresholds": {k: {"op": op, "value": v} for k, (op, v) in thresholds.items()},
@@ -359,18 +386,13 @@ def summarize(
             values = [f[k] for f in finals.values() if k in f]
             if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
                 final[k] = _stats(values)
-        reach = {}
+        reach, sustained = {}, {}
+        broken = set((diverged or {}).get(method, []))
         for key, (op, value) in thresholds.items():
-            hits = [first_reach(recs, key, op, value) for recs in by_seed.values()]
-            epochs, secs = [h[0] for h in hits], [h[1] for h in hits]
-            reach[key] = {
-                "op": op,
-                "value": value,
-                "reached": sum(math.isfinite(e) for e in epochs),
-                "total": len(hits),
-                "epoch": {**_stats(epochs), "per_seed": [e if math.isfinite(e) else None for e in epochs]},
-                "wall_s": {**_stats(secs), "per_seed": [t if math.isfinite(t) else None for t in secs]},
-            }
+            reach[key] = _reach_stats([first_reach(recs, key, op, value) for recs in by_seed.values()], op, value)
+            kept = [(math.inf, math.inf) if s in broken else sustained_reach(recs, key, op, value)
+                    for s, recs in by_seed.items()]
+            sustained[key] = _reach_stats(kept, op, value)
         at_epoch = {}
         for e in report_epochs:
             accs = [_at_epoch(recs, e, "train_acc") for recs in by_seed.values()]
@@ -382,8 +404,22 @@ def summarize(
             "final": final,
             "at_epoch": at_epoch,
             "reach": reach,
+            "sustained": sustained,
         }
     return summary
+
+
+def _reach_stats(hits: list[tuple[float, float]], op: str, value: float) -> dict:
+    """The ``reach``/``sustained`` entry of one threshold from per-seed (epoch, wall_s) pairs (inf: never)."""
+    epochs, secs = [h[0] for h in hits], [h[1] for h in hits]
+    return {
+        "op": op,
+        "value": value,
+        "reached": sum(math.isfinite(e) for e in epochs),
+        "total": len(hits),
+        "epoch": {**_stats(epochs), "per_seed": [e if math.isfinite(e) else None for e in epochs]},
+        "wall_s": {**_stats(secs), "per_seed": [t if math.isfinite(t) else None for t in secs]},
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -422,18 +458,27 @@ def summary_table(summary: dict) -> str:
     metrics = [(k, h, a) for k, h, a in _TABLE_METRICS if any(k in m["final"] for m in methods.values())]
     head = ["method", "seeds"] + [h for _, h, _ in metrics]
     for key, t in summary["thresholds"].items():
-        label = _threshold_label(key, t["op"], t["value"])
-        head += [f"epochs to {label}", f"seconds to {label}"]
+        head += _reach_heads(_threshold_label(key, t["op"], t["value"]))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, m in methods.items():
         row = [f"`{method}`", str(len(m["seeds"]))]
         row += [_fmt_stat(m["final"].get(k), a) for k, _, a in metrics]
         for key in summary["thresholds"]:
-            r = m["reach"][key]
-            sec = r["wall_s"]["median"]
-            row += [_reach_cell(r, m["epochs"]["max"]), "—" if sec is None else f"{sec:.3g}"]
+            row += _reach_cells(m, key)
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def _reach_heads(label: str) -> list[str]:
+    return [f"epochs to {label} (first hit)", f"epochs to {label} (sustained)", f"seconds to {label} (first hit)"]
+
+
+def _reach_cells(m: dict, key: str) -> list[str]:
+    """First-hit epochs, sustained epochs (summaries written before it existed: —) and first-hit seconds."""
+    r, kept = m["reach"][key], m.get("sustained", {}).get(key)
+    sec = r["wall_s"]["median"]
+    return [_reach_cell(r, m["epochs"]["max"]), "—" if kept is None else _reach_cell(kept, m["epochs"]["max"]),
+            "—" if sec is None else f"{sec:.3g}"]
 
 
 def _fmt_range(st: dict | None, acc: bool) -> str:
@@ -451,16 +496,13 @@ def paper_table(summary: dict) -> str:
     t = summary["thresholds"].get("train_acc")
     head = ["method", "seeds"] + [f"train acc @ epoch {e}" for e in epochs]
     if t:
-        label = _threshold_label("train_acc", t["op"], t["value"])
-        head += [f"epochs to {label}", f"seconds to {label}"]
+        head += _reach_heads(_threshold_label("train_acc", t["op"], t["value"]))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, m in methods.items():
         row = [f"`{method}`", str(len(m["seeds"]))]
         row += [_fmt_range(m.get("at_epoch", {}).get(str(e), {}).get("train_acc"), True) for e in epochs]
         if t:
-            r = m["reach"]["train_acc"]
-            sec = r["wall_s"]["median"]
-            row += [_reach_cell(r, m["epochs"]["max"]), "—" if sec is None else f"{sec:.3g}"]
+            row += _reach_cells(m, "train_acc")
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
@@ -474,20 +516,53 @@ def _reach_cell(r: dict, max_epoch) -> str:
     return f"{ep_s} ({r['reached']}/{r['total']})"
 
 
+def selection_metric_label(metric: str, threshold: float = DEFAULT_TRAIN_ACC_THRESHOLD) -> str:
+    """A table header for a selection metric (``experiments/selection.py``)."""
+    what = _threshold_label("train_acc", ">=", threshold)
+    if metric.startswith("train_acc@"):
+        return f"train acc @ epoch {metric.partition('@')[2]}"
+    return {"sustained": f"sustained epochs to {what}", "first": f"first epoch at {what}",
+            "auc": "mean train error (auc)"}.get(metric, metric)
+
+
+def _metric_cell(metric: str, v) -> str:
+    if v is None:
+        return "never" if metric in ("sustained", "first") else "—"
+    if metric.startswith("train_acc@"):
+        return _fmt(v, True)
+    return f"{v:.3g}" if metric == "auc" else f"{v:g}"
+
+
+def _edge_note(edges: dict | None) -> str:
+    """`` (at the grid's edge: lr high)`` for a winner with edge keys, else ``""``."""
+    at = [f"{k} {e}" for k, e in (edges or {}).items() if e]
+    return f" (at the grid's edge: {', '.join(at)})" if at else ""
+
+
 def tuning_table(selection: dict) -> str:
-    """One row per method × grid point of a tuned compare: median epochs to the primary threshold on the
-    selection seeds (per seed in brackets), the median final training loss, the rank; the winner in bold."""
+    """One row per method × grid point of a tuned compare: the median of the selection metric over the
+    selection seeds (and per seed), the median first-hit and sustained epochs to the threshold, the median
+    final training loss, the rank; the winner in bold (with its grid edges). Reads selections written before
+    ``selection_metric`` existed too (their metric was the first hit)."""
     p = selection.get("primary") or {}
+    threshold = p.get("value", DEFAULT_TRAIN_ACC_THRESHOLD)
+    metric = selection.get("selection_metric", "first")
     what = _threshold_label(p["key"], p["op"], p["value"]) if p else "threshold"
-    head = ["method", "grid point", f"epochs to {what} (reached/total)", "per seed", "final train loss", "rank"]
+    others = [m for m in ("first", "sustained") if m != metric]  # beside the metric: the epoch counts it is not
+    head = ["method", "grid point", f"{selection_metric_label(metric, threshold)} (reached/total)", "per seed",
+            *[f"epochs to {what} ({'first hit' if m == 'first' else m})" for m in others], "final train loss", "rank"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, rows in selection.get("tuning", {}).items():
         for r in rows:
-            ep = "never" if r["epochs"] is None else f"{r['epochs']:g}"
-            seeds = ", ".join("—" if e is None else f"{e:g}" for e in r["per_seed"])
+            value = r.get("value", r.get("epochs"))
+            seeds = ", ".join(_metric_cell(metric, e).replace("never", "—") for e in r["per_seed"])
+            epochs = [_metric_cell(m, r[m]) if m in r else "—" for m in others]
             loss = "—" if r["final_train_loss"] is None else f"{r['final_train_loss']:.3g}"
-            point = f"**{r['point']}**" if r["rank"] == 1 else r["point"]
-            cells = [f"`{method}`", point, f"{ep} ({r['reached']}/{r['total']})", seeds, loss, str(r["rank"])]
+            point = r["point"]
+            if r["rank"] == 1:
+                point = f"**{point}**{_edge_note(selection.get('edge', {}).get(method))}"
+            cells = [f"`{method}`", point, f"{_metric_cell(metric, value)} ({r['reached']}/{r['total']})", seeds,
+                     *epochs, loss, str(r["rank"])]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -621,26 +696,96 @@ def report_thresholds(out_dir: str | Path) -> dict[str, tuple[str, float]]:
     return thresholds
 
 
+_METRIC_RULE = {
+    "sustained": "the lowest median sustained epochs to the threshold (the first evaluated epoch from which "
+                 "training accuracy stays at or above it to the end of the run; a run that ends below it never "
+                 "reached it)",
+    "first": "the lowest median epochs to the threshold (its first evaluation at or above it, even if it falls "
+             "back later)",
+    "auc": "the lowest median training error averaged over the evaluated epochs",
+}
+
+
 def _selection_section(selection: dict) -> list[str]:
     seeds = selection.get("selection_seeds", [])
-    chosen = "; ".join(f"`{m}`: {folder}" for m, folder in selection.get("folders", {}).items())
+    edges = selection.get("edge", {})
+    chosen = "; ".join(f"`{m}`: {folder}{_edge_note(edges.get(m))}"
+                       for m, folder in selection.get("folders", {}).items())
     grid = ", ".join(f"{k} ∈ {{{', '.join(map(str, v))}}}" for k, v in selection.get("grid", {}).items())
+    grids = selection.get("grids") or {}
+    extended = any(g != selection.get("grid") for g in grids.values())
     md = ["## Tuning", "",
-          f"Grid: {grid}; the same grid for every method. Selected: {chosen}.", ""]
+          f"Grid: {grid}; the same grid for every method"
+          f"{', extended per method where its winner sat at an edge (below)' if extended else ''}. "
+          f"Selected: {chosen}.", ""]
     if selection.get("tuning"):
+        metric = selection.get("selection_metric", "first")
+        rule = _METRIC_RULE.get(metric) or f"the highest median training accuracy at epoch {metric.partition('@')[2]}"
         md += [f"Each grid point ran on the selection seeds {seeds} (never among the report seeds). Per method the "
-               "point with the lowest median epochs to the threshold wins (a point whose median seed never "
-               "reached it ranks last); ties go to the lower median final training loss, then to the earlier "
-               "point. The results below are the report seeds' runs at each method's selected point.", "",
-               tuning_table(selection), ""]
+               f"point with {rule} wins (selection metric `{metric}`; a point whose median seed never got there "
+               "ranks last, and so does a diverged run); ties go to the lower median final training loss, then to "
+               "the earlier point. The results below are the report seeds' runs at each method's selected point.",
+               "", tuning_table(selection), ""]
+    md += _edge_lines(selection)
     return md
 
 
+def _edge_lines(selection: dict) -> list[str]:
+    """What the grid's edges did: extensions made, ones refused and why, winners still at an edge."""
+    md = []
+    done = selection.get("extensions") or []
+    if done:
+        md += ["Extended beyond an edge (each new value ran on the selection seeds, then the method was "
+               "reselected): " + "; ".join(f"`{x['method']}` {x['key']} = {x['value']} ({x['side']}, {x['step']}, "
+                                           f"round {x['round']})" for x in done) + ".", ""]
+    refused = selection.get("not_extended") or []
+    if refused:
+        md += ["Not extended: " + "; ".join(f"`{x['method']}` {x['key']} ({x['side']}): {x['why']}"
+                                            for x in refused) + ".", ""]
+    words = [k for k, v in (selection.get("grid") or {}).items()
+             if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)]
+    if words and selection.get("tuning"):
+        md += [f"No edges on {', '.join(words)}: {'its values are' if len(words) == 1 else 'their values are'} "
+               "not all numbers, so a winner there is never marked or extended.", ""]
+    at = {m: e for m, e in (selection.get("edge") or {}).items() if any(e.values())}
+    if at:
+        md += ["**At the grid's edge**: " + "; ".join(f"`{m}` ({', '.join(f'{k} {x}' for k, x in e.items() if x)})"
+                                                      for m, e in at.items())
+               + ". Such a winner may not be the method's best setting: a value beyond the edge was not tried "
+               "(`--extend-edges N` extends the grid until the winners are interior).", ""]
+    return md
+
+
+def _verdict(out_dir: Path, runs: dict[str, dict[int, list[dict]]], summary: dict, focus: str | None) -> dict | None:
+    """The focus method against the best other one (``verdict.build_verdict``), or None."""
+    if focus == "auto":
+        saved = _compare_setting(out_dir, "focus")
+        if isinstance(saved, str) and saved not in runs and saved != "none":
+            return None  # the comparison's focus has no complete runs in this report
+        focus = saved if isinstance(saved, str) else "auto"
+    focus = resolve_focus(focus, list(runs))
+    if focus is None or "train_acc" not in summary["thresholds"]:
+        return None
+    variants = _compare_setting(out_dir, "variants")
+    families = {name: spec.get("method") for name, spec in variants.items()
+                if isinstance(spec, dict)} if isinstance(variants, dict) else {}
+    data = {}
+    for method, by_seed in runs.items():
+        kept = summary["methods"][method]["sustained"]["train_acc"]["epoch"]["per_seed"]
+        finals = [recs[-1] for recs in by_seed.values()]
+        data[method] = {"seeds": list(by_seed), "sustained": [math.inf if e is None else e for e in kept],
+                        "test_acc": [_num(f["test_acc"]) if f.get("test_acc") is not None else None for f in finals],
+                        "train_loss": [_num(f.get("train_loss")) for f in finals]}
+    return build_verdict(data, focus, summary["thresholds"]["train_acc"]["value"], families)
+
+
 def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] | None = None,
-                 report_epochs: list[int] | None = None) -> dict:
+                 report_epochs: list[int] | None = None, focus: str | None = "auto") -> dict:
     """Regenerate ``summary.json``, ``report.md`` and the PNGs in ``out_dir`` from its run logs; returns
     the summary. ``thresholds`` defaults to :func:`report_thresholds`;
-    ``report_epochs`` to those of the comparison's ``config.yaml``, else the last epoch and its midpoint."""
+    ``report_epochs`` to those of the comparison's ``config.yaml``, else the last epoch and its midpoint.
+    ``focus``: the method of the verdict (``experiments/verdict.py``): ``"auto"`` takes the comparison's
+    ``focus`` (its ``config.yaml``), else ``nearest-etf`` when reported; ``None``/``"none"``: no verdict."""
     out_dir = Path(out_dir)
     excluded: list[dict] = []
     runs = load_runs(out_dir, excluded)
@@ -648,20 +793,26 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
     selection = read_selection(out_dir)
     if report_epochs is None:
         report_epochs = check_report_epochs(_compare_setting(out_dir, "report_epochs"))
-    summary = summarize(runs, thresholds or report_thresholds(out_dir), report_epochs)
-    summary["excluded"] = excluded
     diverged = {m: [s for s, folder in by_seed.items() if (folder / DIVERGED).is_file()]
                 for m, by_seed in run_folders(out_dir).items()}
+    summary = summarize(runs, thresholds or report_thresholds(out_dir), report_epochs, diverged)
+    summary["excluded"] = excluded
     summary["diverged"] = {m: seeds for m, seeds in diverged.items() if seeds}
     if selection is not None:
         summary["selected"] = selection.get("selected", {})
         summary["tuning"] = selection.get("tuning", {})
         summary["selection_seeds"] = selection.get("selection_seeds", [])
+        summary["selection_metric"] = selection.get("selection_metric", "first")
+        summary["edge"] = selection.get("edge", {})
+    summary["verdict"] = _verdict(out_dir, runs, summary, focus)
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
     figures = plot_figures(runs, out_dir)
     t = summary["thresholds"]
     reach = "; ".join(_threshold_label(k, v["op"], v["value"]) for k, v in t.items())
-    md = ["# ncguide comparison", "", _setup_line(configs, runs, set(selection["grid"]) if selection else set()), ""]
+    md = ["# ncguide comparison", ""]
+    if summary["verdict"] is not None:
+        md += [*verdict_lines(summary["verdict"], summary.get("edge")), ""]
+    md += [_setup_line(configs, runs, set(selection["grid"]) if selection else set()), ""]
     if selection is not None:
         md += _selection_section(selection)
     epochs = ", ".join(map(str, summary["report_epochs"]))
@@ -671,7 +822,8 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
         paper_table(summary),
         "",
         f"As in the paper: training accuracy at epochs {epochs}, median [min–max] over seeds (— where a seed did "
-        "not evaluate that epoch), beside the epochs and training seconds to the training-accuracy threshold.",
+        "not evaluate that epoch), beside the epochs to the training-accuracy threshold (first hit and "
+        "sustained, below) and the training seconds to its first hit.",
         "",
         "## Summary",
         "",
@@ -684,10 +836,12 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
         "Final values are those of each run's last evaluation (training-set NC metrics on the features the "
         "classifier sees), as median [min, max] over seeds.",
         "",
-        f"Thresholds: {reach}. *Epochs to* gives the median first evaluated epoch at which a seed reached the "
-        "threshold and, in brackets, how many seeds reached it; a seed that never reached it counts as "
+        f"Thresholds: {reach}. *Epochs to (first hit)* gives the median first evaluated epoch at which a seed "
+        "reached the threshold and, in brackets, how many seeds reached it; *(sustained)* the median first "
+        "evaluated epoch from which a seed stays at the threshold to the end of its run (a seed that ends "
+        "below it, or diverged, never reached it for good). A seed that never reached it counts as "
         "infinitely late, so `>E` means the median seed did not reach it within the E epochs run. "
-        "*Seconds to* is the median cumulative training time (evaluation excluded) at that epoch. "
+        "*Seconds to* is the median cumulative training time (evaluation excluded) at the first hit. "
         "Exact numbers, including per-seed values, are in `summary.json`.",
         "",
         "## Figures",

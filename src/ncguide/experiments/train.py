@@ -23,6 +23,8 @@ Outputs in ``out_dir`` (only rank 0 writes):
   metrics of the training split (docs/metrics.md). The UFM has no test set: ``test_loss`` and
   ``test_acc`` are ``null``. Non-finite values are written as ``NaN``/``Infinity`` (Python's ``json``
   reads them back). Each line is fsynced when written (``runlog.py`` says what the log guarantees).
+- ``metrics.csv``, TensorBoard event files, a W&B run: the same records, for the loggers ``cfg.loggers``
+  asks for (``loggers.py``); on resume they are rewritten from the restored ``metrics.jsonl``.
 - ``checkpoint.pt`` (``checkpoint.py``): after every epoch, atomically; ``finished`` marks a
   completed run (``is_finished``). It keeps a copy of the log's lines.
 - ``.lock``: a run holds its folder's lock from start to end (``locks.py``); a second ``train`` into the
@@ -66,9 +68,9 @@ Every process-wide setting a run changes, and the global RNG states, are restore
 
 Distributed data parallel, via torchrun (``distributed.py``)::
 
-    torchrun --nproc_per_node 4 -m ncguide train --config configs/cifar10-resnet18.yaml --out out/c10
+    torchrun --nproc_per_node 4 -m ncguide train --config cifar10-resnet18 --out out/c10
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 \\
-        -m ncguide train --config configs/imagenet-resnet50.yaml --out out/in1k
+        -m ncguide train --config imagenet-resnet50 --out out/in1k
 
 ``batch_size`` is the global batch: each rank gets its slice of every global batch, DDP wraps the
 backbone, the heads all-reduce their class statistics themselves, and the gradients of head
@@ -103,6 +105,7 @@ from . import distributed
 from .build import build_backbone, build_run_head, data_fingerprint, load_data, make_loaders, steps_per_epoch
 from .checkpoint import (
     CHECKPOINT,
+    CHECKPOINT_VERSION,
     ResumeError,
     check_same_config,
     get_rng_state,
@@ -116,6 +119,7 @@ from .distributed import Placement
 from .evaluate import evaluate
 from .files import append_line, atomic_write_text, last_record
 from .locks import RunLockedError, folder_lock
+from .loggers import RunLoggers, check_loggers, open_loggers
 from .optim import agd_init_, build_optimizer, lr_factor, set_lr
 from .progress import PROGRESS_MODES, Progress
 from .runlog import METRICS, log_state, restore_config, restore_log
@@ -151,6 +155,7 @@ class RunState:
     last: dict = field(default_factory=dict)  # the latest evaluation record
     data_fingerprint: str | None = None  # npz: data, the file's sha256 when the run was built
     log: list[str] = field(default_factory=list)  # the lines of metrics.jsonl so far (kept in the checkpoint)
+    loggers: RunLoggers | None = None  # cfg.loggers besides jsonl (loggers.py): each record goes to them too
 
 
 def train(
@@ -172,6 +177,7 @@ def train(
     if isinstance(cfg, dict):
         cfg = TrainConfig.from_dict(cfg)
     cfg.validate(check_registries=model is None)
+    check_loggers(cfg.loggers)
     if progress not in PROGRESS_MODES:
         raise ValueError(f"unknown progress {progress!r} (valid: {', '.join(PROGRESS_MODES)})")
     with _global_settings_restored():
@@ -196,6 +202,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         log_lines = restore_log(out, ckpt, write=where.rank == 0)  # the log as the checkpoint counted it
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
             restore_config(out, ckpt, write=where.rank == 0)
+            with open_loggers(cfg, out, log_lines, write=where.rank == 0):  # their outputs agree with the log
+                pass
             return json.loads(log_lines[-1]) if log_lines else last_record(out / METRICS)
         threads = ckpt.get("num_threads")
         if threads is not None and threads != torch.get_num_threads() and where.device.type == "cpu":
@@ -218,7 +226,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
 
     watch = _NonFiniteWatch(run)
     with _InterruptFlag(enabled=where.world == 1) as interrupt, \
-            Progress(progress if where.rank == 0 else "none", cfg.epochs, len(run.loader)) as show:
+            Progress(progress if where.rank == 0 else "none", cfg.epochs, len(run.loader)) as show, \
+            open_loggers(cfg, out, run.log, write=where.rank == 0) as run.loggers:  # from the restored log
         if fresh:
             show.record(_log_evaluation(run))
             _save(run, finished=cfg.epochs == 0)
@@ -434,6 +443,8 @@ def _log_evaluation(run: RunState) -> dict:
     run.log.append(json.dumps(rec))
     if run.where.rank == 0:
         append_line(run.out / METRICS, run.log[-1])  # fsynced: on disk before the checkpoint that counts it
+        if run.loggers is not None:
+            run.loggers.log(json.loads(run.log[-1]))  # the record as the log holds it
     return rec
 
 
@@ -441,7 +452,8 @@ def _save(run: RunState, finished: bool = False) -> None:
     if run.where.rank != 0:
         return
     save_checkpoint(run.out / CHECKPOINT, {
-        "version": 1, "config": run.cfg.to_dict(), "epoch": run.epoch, "step": run.step, "wall_s": run.wall_s,
+        "version": CHECKPOINT_VERSION, "config": run.cfg.to_dict(), "epoch": run.epoch, "step": run.step,
+        "wall_s": run.wall_s,
         "mid_epoch": run.mid_epoch, "finished": finished, "model": run.model.state_dict(),
         "head": run.head.state_dict(), "optimizer": run.optimizer.state_dict(), "loader": run.loader.state_dict(),
         "data_fingerprint": run.data_fingerprint,
