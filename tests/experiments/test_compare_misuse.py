@@ -72,6 +72,20 @@ def tuned(tmp_path_factory):
     return out
 
 
+# DEFECT (low): --report-epochs past the end of every run is accepted, by compare (--report-epochs 5 with --epochs 1)
+# and by report, and gives a table column of "—" only. Repro: ncguide report T --report-epochs 5 (T ran 2 epochs)
+def test_report_epochs_past_every_run_is_refused(tuned, tmp_path, capsys):
+    out = tmp_path / "t"
+    shutil.copytree(tuned, out)
+    before = (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["report", str(out), "--report-epochs", "1,5"]) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "--report-epochs 5" in err[0] and "(2)" in err[0], err
+    assert (out / "report.md").read_text() == before  # nothing rewritten
+    assert main(["report", str(out), "--report-epochs", "1,2"]) == 0
+
+
 # DEFECT (medium): a malformed selection.json (valid JSON, wrong shape) crashes `ncguide report` with an
 # AttributeError traceback and exit 1 instead of one line and exit 2.
 # Repro: echo '[1,2]' > T/selection.json; ncguide report T   (also {"folders": 3}, {"grid": [1], ...})

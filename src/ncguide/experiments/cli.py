@@ -540,7 +540,7 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import check_report_epochs, report_thresholds, summary_table, write_report
+    from .report import check_report_epochs, report_thresholds, run_configs, summary_table, write_report
 
     out = Path(args.dir)
     if not args.dir.strip():
@@ -552,7 +552,12 @@ def _cmd_report(args) -> int:
         thresholds["train_acc"] = (">=", args.train_acc_threshold)
     if args.nc1_threshold is not None:
         thresholds["nc1"] = ("<=", args.nc1_threshold)
-    summary = write_report(out, thresholds, check_report_epochs(args.report_epochs), focus=args.focus)
+    report_epochs = check_report_epochs(args.report_epochs)
+    last = max((c["epochs"] for c in run_configs(out) if isinstance(c.get("epochs"), int)), default=None)
+    if report_epochs and last is not None and report_epochs[-1] > last:  # a column of "—" for every run
+        raise ValueError(f"--report-epochs {report_epochs[-1]} is past the last epoch of every run ({last}); choose "
+                         f"epochs in 0..{last}")
+    summary = write_report(out, thresholds, report_epochs, focus=args.focus)
     for x in summary["excluded"]:
         print(f"ncguide: warning: {x['run']} left out of the report: {x['why']}", file=sys.stderr)
     print(summary_table(summary))

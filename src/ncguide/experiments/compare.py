@@ -219,8 +219,8 @@ def parse_grid(grid: Mapping[str, object] | Iterable[str] | None) -> dict[str, l
                 raise ValueError(f"grid values must be single values; got {v!r} for {key!r}")
             try:
                 typed.append(read_value(key, v))  # the schema's rule, as for --set and files
-            except ConfigError as e:
-                raise ConfigError("grid", f"grid {key}: {e}") from None
+            except ConfigError as e:  # named as the grid's, so the command says where it came from
+                raise ConfigError("grid", str(e)) from None
         if not typed:
             raise ValueError(f"grid key {key!r} has no values")
         names = [_value_text(v) for v in typed]
@@ -508,8 +508,13 @@ def _check_metric_epoch(metric: str, configs: list[TrainConfig]) -> None:
 
 def _parse_rounds(n) -> int:
     """``extend_edges``: a whole number >= 0 (read by the rule of the config's integers)."""
-    return read_integer("extend_edges", n, Rule(lo=0, words="a whole number >= 0 (how many times a grid may grow "
-                                                            "beyond an edge)"))
+    rule = Rule(lo=0, words="a whole number >= 0 (how many times a grid may grow beyond an edge)")
+    try:
+        return read_integer("extend_edges", n, rule)
+    except ConfigError as e:
+        if str(e).startswith("bad value"):
+            raise ConfigError("extend_edges", f"extend_edges must be {rule.words}; got {n!r}") from None
+        raise
 
 
 def _parse_focus(focus, methods: list[str]) -> str:

@@ -233,22 +233,53 @@ def above(lo: float) -> Rule:
     return Rule(lo=lo, lo_open=True)
 
 
-# every TrainConfig field, one line each (a new field needs its line: tests/experiments/test_config.py checks)
+# every TrainConfig field, in its order, one line each (a new field needs its line: tests/experiments/test_config.py)
 RULES: dict[str, Rule] = {
-    "method": one_of(*METHODS), "dataset": ANY, "model": ANY, "model_kwargs": ANY, "head_kwargs": ANY,
-    "data_dir": ANY, "train_per_class": at_least(1), "test_per_class": at_least(1), "num_classes": at_least(2),
-    "samples_per_class": at_least(1), "feature_dim": at_least(1),
-    "epochs": at_least(0), "batch_size": at_least(1), "optimizer": one_of(*OPTIMIZERS), "lr": above(0),
-    "momentum": Rule(lo=0, hi=1, hi_open=True), "nesterov": ANY, "weight_decay": at_least(0), "agd_gain": above(0),
-    "schedule": one_of(*SCHEDULES), "warmup_epochs": at_least(0), "step_milestones": at_least(1, "epochs >= 1"),
-    "gamma": at_least(0), "label_smoothing": Rule(lo=0, hi=1, hi_open=True),
-    "temperature": above(0), "delta": at_least(0), "alpha_min": Rule(lo=0, hi=1), "ema_alpha": Rule(lo=0, hi=1,
-    lo_open=True), "mean_schedule": one_of(*MEAN_SCHEDULES), "solver": one_of(*SOLVERS),
-    "freeze_after": at_least(0, "None or a number of epochs >= 0"), "bias_free": ANY, "fixed_etf": one_of(*FIXED_ETF),
-    "stratified": ANY, "augment": one_of(*AUGMENTATIONS), "eval_every": at_least(1), "eval_batch_size": at_least(1),
+    "method": one_of(*METHODS),
+    "dataset": ANY,  # a registry name or npz:PATH (validate)
+    "model": ANY,  # a registry name (validate)
+    "model_kwargs": ANY,  # names and types checked against the builder (build.check_buildable)
+    "head_kwargs": ANY,  # no top-level field (validate); names checked against the head (build.check_buildable)
+    "data_dir": ANY,
+    "train_per_class": at_least(1),
+    "test_per_class": at_least(1),
+    "num_classes": at_least(2),
+    "samples_per_class": at_least(1),
+    "feature_dim": at_least(1),
+    "epochs": at_least(0),
+    "batch_size": at_least(1),
+    "optimizer": one_of(*OPTIMIZERS),
+    "lr": above(0),
+    "momentum": Rule(lo=0, hi=1, hi_open=True),
+    "nesterov": ANY,
+    "weight_decay": at_least(0),
+    "agd_gain": above(0),
+    "schedule": one_of(*SCHEDULES),
+    "warmup_epochs": at_least(0),
+    "step_milestones": at_least(1, "epochs >= 1"),
+    "gamma": at_least(0),
+    "label_smoothing": Rule(lo=0, hi=1, hi_open=True),
+    "temperature": above(0),
+    "delta": at_least(0),
+    "alpha_min": Rule(lo=0, hi=1),
+    "ema_alpha": Rule(lo=0, hi=1, lo_open=True),
+    "mean_schedule": one_of(*MEAN_SCHEDULES),
+    "solver": one_of(*SOLVERS),
+    "freeze_after": at_least(0, "None or a number of epochs >= 0"),
+    "bias_free": ANY,
+    "fixed_etf": one_of(*FIXED_ETF),
+    "stratified": ANY,
+    "augment": one_of(*AUGMENTATIONS),
+    "eval_every": at_least(1),
+    "eval_batch_size": at_least(1),
     "num_workers": at_least(0),
-    "seed": Rule(lo=0, hi=SEED_MAX), "device": one_of(*DEVICES), "amp": one_of(*AMP), "compile": ANY,
-    "deterministic": ANY, "check_every": at_least(1), "nc1_threshold": above(0),
+    "seed": Rule(lo=0, hi=SEED_MAX),
+    "device": one_of(*DEVICES),
+    "amp": one_of(*AMP),
+    "compile": ANY,
+    "deterministic": ANY,
+    "check_every": at_least(1),
+    "nc1_threshold": above(0),
     "loggers": ANY,  # names checked by loggers.check_loggers (it imports their packages)
 }
 
