@@ -142,7 +142,7 @@ def _int_labels(y: np.ndarray, key: str, path: Path) -> np.ndarray:
         raise ValueError(
             f"{path}: {key} must hold integer class labels 0..K-1, got dtype {y.dtype} with non-integers"
         )
-    if len(y) and (y.min() < 0 or y.max() > _MAX_LABEL):
+    if len(y) and (y.max() > _MAX_LABEL or y.min() < -_MAX_LABEL):  # the range itself is checked against K later
         raise ValueError(f"{path}: {key} labels must lie in 0..K-1, found {y.min()}..{y.max()}; relabel the classes "
                          "0..K-1")
     return y.astype(np.int64)
