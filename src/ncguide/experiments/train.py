@@ -122,7 +122,7 @@ from .locks import RunLockedError, folder_lock
 from .loggers import RunLoggers, check_loggers, open_loggers
 from .optim import agd_init_, build_optimizer, lr_factor, set_lr
 from .progress import PROGRESS_MODES, Progress
-from .runlog import METRICS, log_state, restore_log
+from .runlog import METRICS, log_state, restore_config, restore_log
 
 __all__ = ["METRICS", "NonFiniteLossError", "RunState", "train", "train_one_epoch"]
 
@@ -201,6 +201,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         _check_same_data(ckpt, cfg, out / CHECKPOINT)
         log_lines = restore_log(out, ckpt, write=where.rank == 0)  # the log as the checkpoint counted it
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
+            restore_config(out, ckpt, write=where.rank == 0)
             with open_loggers(cfg, out, log_lines, write=where.rank == 0):  # their outputs agree with the log
                 pass
             return json.loads(log_lines[-1]) if log_lines else last_record(out / METRICS)
