@@ -24,8 +24,8 @@ class CheckedWarm(WarmPolarSolver):
         self.worst = {"U": 0.0, "orthonormality": 0.0, "gradient": 0.0}
         self.generator = torch.Generator().manual_seed(0)
 
-    def forward(self, Z, U_prev):
-        U = super().forward(Z, U_prev)
+    def forward(self, Z, U_prev, accept=None):
+        U = super().forward(Z, U_prev, accept)
         z64 = Z.detach().double().requires_grad_()
         exact = PolarFactor.apply(z64)
         G = torch.randn(U.shape, generator=self.generator, dtype=torch.float64)

@@ -14,6 +14,7 @@ Multiplying by ``M`` only subtracts a mean over the class axis, so this module n
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -32,8 +33,7 @@ def centering_matrix(
     num_classes: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ) -> torch.Tensor:
     """``M = I_K - 11ᵀ/K`` (symmetric, idempotent, ``M1 = 0``)."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    num_classes = as_size("num_classes", num_classes, 1)
     eye = torch.eye(num_classes, dtype=dtype, device=device)
     return eye - 1.0 / num_classes
 
@@ -104,7 +104,20 @@ def etf_gram_error(W: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_norm(W @ W.transpose(-1, -2) - target)
 
 
+def as_size(name: str, value, minimum: int) -> int:
+    """``value`` as a Python ``int`` if it is an integer (``int``, NumPy or 0-dim integer tensor, not ``bool``)
+    of at least ``minimum``; else one ``ValueError`` naming ``name``. Sizes are never rounded: ``4.0`` is refused."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        value = value.item()
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
+    return int(value)
+
+
 def _check_dims(feature_dim: int, num_classes: int) -> None:
+    feature_dim, num_classes = as_size("feature_dim", feature_dim, 1), as_size("num_classes", num_classes, 1)
     if num_classes < 2:
         raise ValueError(f"a simplex ETF needs K >= 2 classes; got K={num_classes}")
     if feature_dim < num_classes:

@@ -18,14 +18,16 @@ features are cast up, so the solve never runs in bfloat16/float16.
 - ``FixedETFHead``: the same with a fixed ``U_0`` (random Haar rotation by default).
 - ``StandardHead``: learnable ``Linear(d, K)``; rows renormalised to unit norm by ``after_step()``.
 
-Non-finite training batches: the ETF heads fold a batch into their running means (and store its
-``U*``) only if its batch mean ``μ_B`` (all-reduced under DDP, so every rank decides alike) is finite,
-so NaN/inf features never enter their state — a NaN in one sample rejects the whole batch. On CPU (or
-with ``head.check_finite = True``) they then raise ``NonFiniteFeaturesError`` (a ``ValueError``) with
-the state exactly as before the call. On other devices the default does not read the flag on the host
-(that would add a sync per step): the state is kept by ``torch.where`` on the device and the logits
-are NaN, which the training loop's own loss check reports. ``StandardHead`` keeps no running state
-and does not check (NaN rows give NaN logits).
+Non-finite and empty training batches: the ETF heads fold a batch into their running means (and store
+its ``U*``, and count it as an update) only if its batch mean ``μ_B`` (all-reduced under DDP, so every
+rank decides alike) is finite and the batch is not empty on every rank, so NaN/inf features never enter
+their state — a NaN in one sample rejects the whole batch — and an empty batch changes nothing. On CPU
+(or with ``head.check_finite = True``) a non-finite batch then raises ``NonFiniteFeaturesError`` (a
+``ValueError``) with the state exactly as before the call. On other devices the default does not read
+the flag on the host (that would add a sync per step): every buffer (the warm solver's and the update
+count included) is kept by ``torch.where`` on the device and the logits are NaN, which the training
+loop's own loss check reports. ``StandardHead`` keeps no running state and does not check (NaN rows
+give NaN logits).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .etf import canonical_stiefel, etf_weight, random_stiefel
+from .etf import as_size, canonical_stiefel, etf_weight, random_stiefel
 from .means import RunningClassMeans, RunningMean
 from .solve import SOLVERS, nearest_etf, polar_target
 from .warm_polar import WarmPolarSolver
@@ -73,13 +75,10 @@ class Head(nn.Module):
         self, feature_dim: int, num_classes: int, temperature: float = 5.0, normalize_features: bool = True
     ) -> None:
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"a classifier head needs num_classes >= 2; got {num_classes}")
-        if feature_dim < 1:
-            raise ValueError(f"feature_dim must be >= 1; got {feature_dim}")
+        self.feature_dim = as_size("feature_dim", feature_dim, 1)
+        self.num_classes = as_size("num_classes", num_classes, 2)  # a classifier needs two classes
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a finite positive number; got {temperature}")
-        self.feature_dim, self.num_classes = int(feature_dim), int(num_classes)
         self.temperature, self.normalize_features = float(temperature), normalize_features
         self._device_targets_checked = False
 
@@ -189,14 +188,18 @@ class NearestETFHead(Head):
     on CUDA the default solvers do one (cuSOLVER reports its status to the host; see BENCHMARKS.md §2),
     ``solver="polar-ns"`` none (matrix products only; a CUDA test checks the whole step).
 
-    ``freeze_after = n`` (``None``: never): the first ``n`` training updates (training-mode forwards that
-    return, i.e. optimiser steps; a batch rejected with ``NonFiniteFeaturesError`` does not count, one
-    rejected on the device without raising does) run as above; from then on ``U`` is frozen — no
-    solve, no class-mean update — and the head is a fixed ETF at its own ``U``: ``logits = W h̃ - W μ_B``
-    with ``W = sqrt(K/(K-1)) M Uᵀ`` constant, and only the running global mean ``μ_G`` (the eval bias) keeps
-    running, as in ``FixedETFHead``. ``n = 0``: frozen at ``U_0``. The count (``updates``) and the flag
-    (``frozen``, which stays set once set) are buffers, so ``load_state_dict`` resumes across the freeze;
-    both are also kept on the host (no sync per step). Every DDP rank counts alike.
+    ``freeze_after = n`` (``None``: never): the first ``n`` training updates (training-mode forwards of
+    accepted batches, i.e. optimiser steps; a rejected non-finite batch and an empty batch do not count,
+    whether or not the rejection raised) run as above; from then on ``U`` is frozen — no solve, no
+    class-mean update — and the head is a fixed ETF at its own ``U``: ``logits = W h̃ - W μ_B`` with
+    ``W = sqrt(K/(K-1)) M Uᵀ`` constant, and only the running global mean ``μ_G`` (the eval bias) keeps
+    running, as in ``FixedETFHead``. ``n = 0``: frozen at ``U_0``. The count (``updates``, added on the
+    device) and the flag (``frozen``, which stays set once set) are buffers, so ``load_state_dict`` resumes
+    across the freeze. The host counts calls, an upper bound of ``updates``; the device count is read only
+    when that bound reaches ``n`` (one sync, at the freeze). Every DDP rank counts alike.
+
+    ``state_dict()`` holds the whole state; ``U`` is float32, or float64 once a float64 solve has run (float64
+    features or ``solve_dtype``), and ``load_state_dict`` keeps the precision it was saved in.
     """
 
     needs_targets = True
@@ -218,6 +221,7 @@ class NearestETFHead(Head):
         freeze_after: int | None = None,
     ) -> None:
         super().__init__(feature_dim, num_classes, temperature)
+        feature_dim, num_classes = self.feature_dim, self.num_classes
         _check_etf_dims(feature_dim, num_classes)
         if freeze_after is not None and not (
             isinstance(freeze_after, int) and not isinstance(freeze_after, bool) and freeze_after >= 0
@@ -257,51 +261,65 @@ class NearestETFHead(Head):
         if self._frozen:  # a fixed ETF at the stored U; μ_G keeps running for the eval bias
             mu = self.means.update_global(h)
             self._reject_non_finite(mu)
-            self._count_update()
+            self._count_update(self.means.accepted)
             W = etf_weight(self.U).to(h.dtype)
             return h @ W.T - W @ mu
-        A, mu = self.means.update(h, targets)  # a non-finite batch leaves the means as they were
-        finite = self._reject_non_finite(mu)
+        A, mu = self.means.update(h, targets)  # a non-finite or empty batch leaves the means as they were
+        self._reject_non_finite(mu)
+        accepted = self.means.accepted  # finite and non-empty (all ranks): a device flag, no host read
         norm = torch.linalg.vector_norm(A)
         Hbar = A / (norm + (norm == 0))  # H̄ = A/‖A‖_F, and 0 (not NaN) when A = 0
-        U = self.solve(Hbar)
+        U = self.solve(Hbar, accepted)
         with torch.no_grad():
-            U_next = torch.where(finite, U.detach(), self.U.to(U.dtype))  # rejected batch: keep U_prev
+            U_next = torch.where(accepted, U.detach(), self.U.to(U.dtype))  # rejected batch: keep U_prev
             if U.dtype == self.U.dtype:
                 self.U.copy_(U_next)
             else:  # float64 features solve in float64: keep the anchor at that precision
                 self.U = U_next.clone()
-        self._count_update()
+        self._count_update(accepted)
         W = etf_weight(U).to(h.dtype)
         return h @ W.T - W @ mu
 
-    def _count_update(self) -> None:
-        """One more training update (host count, written to the buffer without a sync); freeze when due."""
+    def _count_update(self, accepted: torch.Tensor) -> None:
+        """Count an accepted batch in ``updates`` (a device-side add, no sync); freeze when due.
+
+        The host copy ``_updates`` counts every call, so it is an upper bound of ``updates`` (a batch rejected on
+        the device without raising is not seen on the host). Only when that bound reaches ``freeze_after`` is the
+        true count read (one sync), so rejected and empty batches never move the freeze point.
+        """
         self._updates += 1
-        self.updates.fill_(self._updates)
+        self.updates.add_(accepted.to(self.updates.dtype))
         if not self._frozen and self.freeze_after is not None and self._updates >= self.freeze_after:
-            self._frozen = True
-            self.frozen.fill_(True)
+            self._updates = int(self.updates)
+            if self._updates >= self.freeze_after:
+                self._frozen = True
+                self.frozen.fill_(True)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """Read ``updates``/``frozen`` back to the host (one sync per load). A state saved before they
-        existed counts its non-empty batches (``means.steps[K]``) as updates and is not frozen."""
+        existed counts its non-empty batches (``means.steps[K]``) as updates and is not frozen. ``U`` keeps the
+        precision it was saved in (float32, or float64 after a float64 solve), as the head itself keeps it."""
         if prefix + "updates" not in state_dict and prefix + "means.steps" in state_dict:
             state_dict[prefix + "updates"] = state_dict[prefix + "means.steps"][-1].clone()
             state_dict.setdefault(prefix + "frozen", torch.tensor(False))
+        saved_U = state_dict.get(prefix + "U")
+        if isinstance(saved_U, torch.Tensor) and saved_U.dtype in (torch.float32, torch.float64) \
+                and saved_U.dtype != self.U.dtype and saved_U.shape == self.U.shape:
+            self.U = torch.empty_like(self.U, dtype=saved_U.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._updates = int(self.updates)
         due = self.freeze_after is not None and self._updates >= self.freeze_after
         self._frozen = bool(self.frozen) or due
         self.frozen.fill_(self._frozen)
 
-    def solve(self, Hbar: torch.Tensor) -> torch.Tensor:
-        """``U*`` for the normalised means ``H̄`` (``d×K``), anchored at the stored ``U_prev``."""
+    def solve(self, Hbar: torch.Tensor, accepted: torch.Tensor | None = None) -> torch.Tensor:
+        """``U*`` for the normalised means ``H̄`` (``d×K``), anchored at the stored ``U_prev``. ``accepted``
+        (a device bool, for the warm solver): ``False`` keeps the warm solver's state as it was."""
         if self.warm is not None:
             dtype = self.solve_dtype or torch.promote_types(Hbar.dtype, torch.float32)
             with torch.set_grad_enabled(self.implicit_grad and torch.is_grad_enabled()):
                 Hbar = Hbar.to(dtype) if self.implicit_grad else Hbar.detach().to(dtype)
-                return self.warm(polar_target(Hbar, self.U.to(dtype), self.delta), self.U)
+                return self.warm(polar_target(Hbar, self.U.to(dtype), self.delta), self.U, accepted)
         kw = dict(solver=self.solver, dtype=self.solve_dtype, check_finite=False)
         if self.implicit_grad:
             return nearest_etf(Hbar, self.U, self.delta, **kw)
@@ -345,6 +363,7 @@ class FixedETFHead(Head):
         sync_distributed: bool = True,
     ) -> None:
         super().__init__(feature_dim, num_classes, temperature)
+        feature_dim, num_classes = self.feature_dim, self.num_classes
         _check_etf_dims(feature_dim, num_classes)
         if rotation == "random":
             U0 = random_stiefel(feature_dim, num_classes, generator=torch.Generator().manual_seed(seed))
@@ -402,7 +421,7 @@ class StandardHead(Head):
     ) -> None:
         super().__init__(feature_dim, num_classes, temperature, normalize_features)
         self.normalize_weights = normalize_weights
-        self.linear = nn.Linear(feature_dim, num_classes, bias=bias)
+        self.linear = nn.Linear(self.feature_dim, self.num_classes, bias=bias)
         self.after_step()
 
     def _logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:

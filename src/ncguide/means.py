@@ -37,10 +37,12 @@ of parameter gradients over ranks then yields the gradient of the mean loss.
 A running estimate of the global feature mean (same schedule, with ``t`` = training steps) is kept
 for the evaluation-mode bias ``b = -W μ_G``.
 
-**Non-finite batches.** A batch is folded in only if its (all-reduced) batch mean ``μ_B`` is finite,
-i.e. no rank's features hold NaN or inf (a non-finite entry anywhere makes its column of the summed
+**Non-finite and empty batches.** A batch is folded in only if its (all-reduced) batch mean ``μ_B`` is
+finite, i.e. no rank's features hold NaN or inf (a non-finite entry anywhere makes its column of the summed
 features non-finite). Otherwise every buffer keeps its value (``torch.where`` on the device, no host
-sync) and the batch is not counted; raising is the caller's choice (the heads raise on CPU).
+sync) and the batch is not counted; raising is the caller's choice (the heads raise on CPU). A batch with
+no samples on any rank changes nothing either (``α = 0``). After each update ``accepted`` holds whether the
+batch was folded in (finite and non-empty), as a device bool, for the caller's own selects.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from .etf import as_size
 
 __all__ = ["SCHEDULES", "mean_alpha", "batch_class_sums", "fill_unseen", "RunningMean", "RunningClassMeans"]
 
@@ -127,9 +131,10 @@ def _count_batch(steps, counts, n, schedule: str, alpha_min: float, ema_alpha: f
 
 
 def _fold_batch_mean(features, mean, steps, counts, schedule: str, alpha_min: float, ema_alpha: float,
-                     sync: bool) -> torch.Tensor:
+                     sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """``μ_B`` of ``features`` (all ranks when ``sync``), folded into the buffers ``mean``/``steps``/``counts``
-    in place (detached; kept as they are when ``μ_B`` is not finite). Returns ``μ_B`` with gradient."""
+    in place (detached; kept as they are when ``μ_B`` is not finite). Returns ``μ_B`` with gradient and whether
+    the batch was folded in (a device flag: finite and non-empty)."""
     stacked = torch.cat([features.sum(0), features.new_full((1,), features.shape[0])])
     if sync:
         stacked = _all_reduce_sum(stacked)
@@ -140,7 +145,7 @@ def _fold_batch_mean(features, mean, steps, counts, schedule: str, alpha_min: fl
     with torch.no_grad():
         prev = mean.to(mu.dtype)
         mean.copy_(torch.where(finite, prev + alpha.to(mu.dtype) * (mu - prev), prev))
-    return mu
+    return mu, n > 0
 
 
 class RunningMean(nn.Module):
@@ -153,18 +158,22 @@ class RunningMean(nn.Module):
         sync: bool = True,
     ) -> None:
         super().__init__()
+        feature_dim = as_size("feature_dim", feature_dim, 1)
         _check_schedule(schedule, alpha_min, ema_alpha)
         self.feature_dim, self.schedule, self.alpha_min, self.ema_alpha = feature_dim, schedule, alpha_min, ema_alpha
         self.sync = sync
         self.register_buffer("mean", torch.zeros(feature_dim))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.accepted: torch.Tensor | None = None
 
     def update(self, features: torch.Tensor) -> torch.Tensor:
         """Training step: returns ``μ_B`` (``d``, with gradient; over all ranks when distributed) and
-        folds it into the running mean (no gradient, no host sync)."""
-        return _fold_batch_mean(features, self.mean, self.step, self.count, self.schedule, self.alpha_min,
-                                self.ema_alpha, self.sync)
+        folds it into the running mean (no gradient, no host sync). ``accepted`` then holds whether the
+        batch was folded in (a device bool: finite and non-empty over all ranks)."""
+        mu, self.accepted = _fold_batch_mean(features, self.mean, self.step, self.count, self.schedule,
+                                             self.alpha_min, self.ema_alpha, self.sync)
+        return mu
 
 
 class RunningClassMeans(nn.Module):
@@ -186,6 +195,7 @@ class RunningClassMeans(nn.Module):
         sync: bool = True,
     ) -> None:
         super().__init__()
+        feature_dim, num_classes = as_size("feature_dim", feature_dim, 1), as_size("num_classes", num_classes, 1)
         _check_schedule(schedule, alpha_min, ema_alpha)
         self.feature_dim, self.num_classes = feature_dim, num_classes
         self.schedule, self.alpha_min, self.ema_alpha, self.sync = schedule, alpha_min, ema_alpha, sync
@@ -193,13 +203,16 @@ class RunningClassMeans(nn.Module):
         self.register_buffer("global_mean", torch.zeros(feature_dim))
         self.register_buffer("steps", torch.zeros(num_classes + 1, dtype=torch.long))
         self.register_buffer("counts", torch.zeros(num_classes + 1, dtype=torch.float64))
+        self.accepted: torch.Tensor | None = None  # the latest training batch was folded in (set by update)
 
     def update(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One training batch: ``features`` ``h̃`` (``N×d``), ``targets`` (``N``, in ``[0, K)``).
 
         Returns ``(A_t, μ_B)``: the estimate with unseen classes filled (``d×K``, gradient through
         ``α B_t``) and the batch mean (``d``, with gradient). Updates the running state (detached);
-        a batch with non-finite ``μ_B`` leaves it unchanged and returns the previous estimate as ``A_t``.
+        a batch with non-finite ``μ_B`` leaves it unchanged and returns the previous estimate as ``A_t``,
+        and so does an empty one. ``accepted`` then holds whether the batch was folded in (a device bool:
+        finite and non-empty over all ranks; no host sync).
         """
         k = self.num_classes
         sums, counts = batch_class_sums(features, targets, k, self.sync)  # K×d, K
@@ -208,6 +221,7 @@ class RunningClassMeans(nn.Module):
         finite = torch.isfinite(mu).all()
         batch = torch.cat([sums / counts.clamp_min(1.0).unsqueeze(1) - mu, mu.unsqueeze(0)]).T  # [B_t | μ_B]
         n = torch.cat([counts, total]).detach() * finite  # a non-finite batch counts as empty: α = 0
+        self.accepted = n[k] > 0
         alpha = _count_batch(self.steps, self.counts, n, self.schedule, self.alpha_min, self.ema_alpha)
         prev = torch.cat([self.means, self.global_mean.unsqueeze(1)], 1).to(features.dtype)
         new = prev + alpha.to(features.dtype) * (batch - prev)  # (1-α) prev.detach() + α batch; α=0: absent
@@ -221,8 +235,9 @@ class RunningClassMeans(nn.Module):
         """A training batch that updates ``μ_G`` only (a frozen ``NearestETFHead``): returns ``μ_B`` (``d``, with
         gradient) as :meth:`RunningMean.update` does; ``A`` and the class counts are left as they are."""
         k = self.num_classes
-        return _fold_batch_mean(features, self.global_mean, self.steps[k:], self.counts[k:], self.schedule,
-                                self.alpha_min, self.ema_alpha, self.sync)
+        mu, self.accepted = _fold_batch_mean(features, self.global_mean, self.steps[k:], self.counts[k:],
+                                             self.schedule, self.alpha_min, self.ema_alpha, self.sync)
+        return mu
 
     @property
     def class_steps(self) -> torch.Tensor:

@@ -56,6 +56,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .etf import as_size
 from .polar_iteration import _sym
 from .solve import GRAM_MIN_RATIO, _polar_backward, gram_singular
 
@@ -218,7 +219,7 @@ class WarmPolarSolver(nn.Module):
 
     def __init__(self, num_classes: int, settings: WarmSettings | None = None) -> None:
         super().__init__()
-        k = int(num_classes)
+        k = as_size("num_classes", num_classes, 2)
         eye = torch.eye(k, dtype=torch.float64)
         self.register_buffer("V", eye.clone())
         self.register_buffer("X", eye.clone())
@@ -267,9 +268,27 @@ class WarmPolarSolver(nn.Module):
         self._eta_host = None  # a pending certificate is read from the loaded ``eta`` buffer
 
     # ---- one step -------------------------------------------------------------------------------------
-    def forward(self, Z: torch.Tensor, U_prev: torch.Tensor) -> torch.Tensor:
+    def forward(self, Z: torch.Tensor, U_prev: torch.Tensor, accept: torch.Tensor | None = None) -> torch.Tensor:
+        """``U ≈ polar(Z)`` (``d×K``, differentiable w.r.t. ``Z``); ``U_prev`` is the fallback of a failed step.
+
+        ``accept`` (a 0-dim device bool, e.g. "this batch was finite"): where ``False``, every buffer (``V, X, Y,
+        eta`` and the counters) is put back as it was by device-side selects, without a host read; the host-side
+        refresh schedule still counts the call.
+        """
         if Z.dim() != 2:
             raise ValueError(f"the warm route solves one d×K problem at a time; got Z of shape {tuple(Z.shape)}")
+        if accept is None:
+            return self._step(Z, U_prev)
+        before = {name: buf.clone() for name, buf in self.named_buffers(recurse=False)}
+        U = self._step(Z, U_prev)
+        with torch.no_grad():  # rebound, not copied into: the step's backward may have saved V
+            for name, old in before.items():
+                setattr(self, name, torch.where(accept, getattr(self, name), old))
+        if self._eta_host is not None:
+            self._post_eta()  # the late certificate is that of the state kept
+        return U
+
+    def _step(self, Z: torch.Tensor, U_prev: torch.Tensor) -> torch.Tensor:
         pol, s = self._policy, self.settings
         missed = pol["pending"] and not (self._late_eta() <= s.soft_tol)  # NaN counts as a miss
         pol["pending"] = False
