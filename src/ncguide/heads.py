@@ -129,6 +129,10 @@ class Head(nn.Module):
     def after_step(self) -> None:
         """Call after every ``optimizer.step()`` (no-op except for ``StandardHead``)."""
 
+    def solver_stats(self) -> dict[str, int]:
+        """Counters of the head's solver, for logs: ``{}`` unless it keeps some (``NearestETFHead(solver="warm")``)."""
+        return {}
+
     def _check_inputs(self, features: torch.Tensor, targets: torch.Tensor | None) -> None:
         if features.dim() != 2 or features.shape[1] != self.feature_dim:
             raise ValueError(
@@ -325,6 +329,15 @@ class NearestETFHead(Head):
             return nearest_etf(Hbar, self.U, self.delta, **kw)
         with torch.no_grad():
             return nearest_etf(Hbar.detach(), self.U, self.delta, **kw)
+
+    def solver_stats(self) -> dict[str, int]:
+        """With ``solver="warm"``: ``warm_refreshes``, the exact solves so far, and ``warm_fallbacks``, the steps
+        whose answer missed the certificate's ``hard_tol`` and was used as it was or replaced by the previous
+        ``U`` (none on the CPU, which solves such a step again exactly; ``ncguide.warm_polar``). Reads two
+        device counters (one sync); ``{}`` for the other solvers."""
+        if self.warm is None:
+            return {}
+        return {"warm_refreshes": int(self.warm.refreshes), "warm_fallbacks": int(self.warm.fallbacks)}
 
     @property
     def weight(self) -> torch.Tensor:

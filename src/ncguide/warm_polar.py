@@ -24,7 +24,7 @@ diagonal of ``X``, ``E_ij = R_ij / (x_ii + x_jj)`` — good while ``V`` is close
 forces ``U = polar(Z)`` (``T = P Q`` is then orthogonal with positive eigenvalues, so ``T = I``), and to
 first order ``‖U − polar(Z)‖ ≲ η``: the certificate measures the error of the answer, not of a proxy.
 
-**Policy** (host side; a regular step reads nothing back from the device):
+**Policy** (host side; on a GPU a regular step reads nothing back from the device):
 - A *refresh* (exact: ``eigh`` of ``S`` in float64, like the Gram route, one host synchronisation)
   runs at the first step; when the previous step's ``η`` exceeded ``soft_tol`` (read one step late,
   through a non-blocking copy); when ``interval`` steps have passed since the last refresh; and
@@ -34,10 +34,15 @@ first order ``‖U − polar(Z)‖ ≲ η``: the certificate measures the error 
   ``soft_tol`` (up to ``max_interval``) and halves after a miss; a miss also halves the drift
   threshold (restored, doubling, by clean intervals), so a fast-moving problem stays on exact solves.
 - The first ``cold_steps`` calls are all exact (the running means move fastest there: ``α_t = 2/(t+1)``).
-- A regular step whose own ``η`` exceeds ``hard_tol`` counts in ``fallbacks`` and the next step refreshes;
-  its ``U`` (error ≈ ``η``) is still used up to ``accept_tol``, beyond which it keeps ``U_prev`` (a
-  device-side select, no sync). In the convergence-parity runs (studies/results/warm-parity) such steps
-  came only in the first epoch, before ``cold_steps`` existed.
+- A regular step whose own ``η`` exceeds ``hard_tol`` (a *miss*, e.g. after a sudden jump of the means):
+  - on the CPU (``refresh_on_miss=None``, the default, or ``True``), where reading ``η`` costs nothing, the
+    same step is solved again exactly (a refresh, counted in ``refreshes``): the answer is exact;
+  - on other devices (or ``refresh_on_miss=False``) the step is not waited for: it counts in ``fallbacks``,
+    its ``U`` (error ≈ ``η``) is used up to ``accept_tol``, beyond which it keeps ``U_prev`` (a device-side
+    select, no sync; ``U_prev`` can be far from the answer: 0.36 max-abs after a jump at ``K = 100``), and
+    the next step refreshes. ``fallbacks`` thus counts the steps whose answer was not within ``hard_tol``.
+    In the convergence-parity runs (studies/results/warm-parity) misses came only in the first epoch,
+    before ``cold_steps`` existed.
 
 **Backward** of a regular step (the implicit derivative, as in :mod:`ncguide.polar_iteration`):
 ``∂L/∂Z = U (Ω − W P⁻¹) + G P⁻¹`` with ``W = UᵀG`` and ``P Ω + Ω P = W − Wᵀ``, the Lyapunov equation
@@ -78,6 +83,7 @@ class WarmSettings:
     cold_steps: int = 64
     first_interval: int = 4
     max_interval: int = 256
+    refresh_on_miss: bool | None = None  # None: on the CPU only
 
     def __post_init__(self) -> None:
         for name in ("newton", "inverse", "cg", "backward_cg", "first_interval", "max_interval"):
@@ -96,6 +102,8 @@ class WarmSettings:
             raise ValueError(f"WarmSettings.cold_steps must be an integer >= 0; got {self.cold_steps!r}")
         if not self.drift_max > 0:
             raise ValueError(f"drift_max must be > 0; got {self.drift_max}")
+        if self.refresh_on_miss not in (None, True, False):
+            raise ValueError(f"WarmSettings.refresh_on_miss must be None, True or False; got {self.refresh_on_miss!r}")
 
 
 def lyapunov_cg(X: torch.Tensor, R: torch.Tensor, iterations: int, antisymmetric: bool = False) -> torch.Tensor:
@@ -296,9 +304,8 @@ class WarmPolarSolver(nn.Module):
         self.steps += 1
         if not pol["ready"] or pol["cold"] or pol["calls"] <= s.cold_steps:
             return self._refresh(Z)
-        if missed:  # shorter intervals, and stay exact until the problem moves more slowly than now
-            pol["interval"] = max(1, pol["interval"] // 2)
-            pol["drift_max"] = max(pol["drift_max"] / 2, s.drift_max / 64)  # floor: a way back to warm
+        if missed:
+            self._shorten()
             return self._refresh(Z)
         if pol["since"] >= pol["interval"]:  # a clean interval: every warm step met soft_tol
             pol["interval"] = min(s.max_interval, 2 * pol["interval"])
@@ -307,6 +314,9 @@ class WarmPolarSolver(nn.Module):
         self.last_refreshed = False
         U, X, Y, eta = warm_polar(Z, self.V, self.X, self.Y, s)
         ok, usable = eta <= s.hard_tol, eta <= s.accept_tol
+        if self.refreshes_on_miss(Z.device) and not bool(ok):  # a host read: free on the CPU
+            self._shorten()
+            return self._refresh(Z)  # the same step, solved exactly
         with torch.no_grad():
             self.X.copy_(X)
             self.Y.copy_(Y)
@@ -316,6 +326,18 @@ class WarmPolarSolver(nn.Module):
         pol["since"] += 1
         pol["pending"] = True
         return torch.where(usable, U, U_prev.to(U.dtype))  # error ≈ η: better than U_prev up to accept_tol
+
+    def refreshes_on_miss(self, device: torch.device) -> bool:
+        """Whether a step whose certificate misses ``hard_tol`` is solved again exactly at once (``settings.
+        refresh_on_miss``; by default on the CPU, where reading ``η`` costs nothing)."""
+        on = self.settings.refresh_on_miss
+        return device.type == "cpu" if on is None else on
+
+    def _shorten(self) -> None:
+        """After a miss: shorter intervals, and stay exact until the problem moves more slowly than now."""
+        pol, s = self._policy, self.settings
+        pol["interval"] = max(1, pol["interval"] // 2)
+        pol["drift_max"] = max(pol["drift_max"] / 2, s.drift_max / 64)  # floor: a way back to warm
 
     def _refresh(self, Z: torch.Tensor) -> torch.Tensor:
         pol = self._policy
