@@ -13,7 +13,7 @@ from ncguide import NearestETFHead, WarmPolarSolver, WarmSettings, nearest_etf, 
 from ncguide.etf import center_classes
 from ncguide.solve import PolarFactor
 from ncguide.warm_polar import lyapunov_cg, warm_polar
-from tolerances import polar_tol, unit_roundoff
+from tolerances import polar_grad_rtol, polar_tol, unit_roundoff
 
 
 class CheckedWarm(WarmPolarSolver):
@@ -166,7 +166,8 @@ def test_gradcheck_of_a_warm_step():
     def step(z):
         return warm_polar(z, solver.V, solver.X, solver.Y, settings)[0]
 
-    torch.testing.assert_close(step(Z1), PolarFactor.apply(Z1), atol=1e-12, rtol=0)
+    # converged Newton on the Gram matrix: as accurate as the Gram route (κ²), against the SVD
+    torch.testing.assert_close(step(Z1), PolarFactor.apply(Z1), atol=polar_tol(Z1, gram=True) + polar_tol(Z1), rtol=0)
     assert torch.autograd.gradcheck(step, (Z1,), eps=1e-6, atol=1e-7)
 
 
@@ -378,7 +379,8 @@ def test_compiles_as_one_graph():
     G = torch.randn(d, k, generator=g, dtype=torch.float64)
     (compiled(z1) * G).sum().backward()
     (warm_polar(z2, solver.V, solver.X, solver.Y)[0] * G).sum().backward()
-    torch.testing.assert_close(z1.grad, z2.grad, atol=1e-12, rtol=0)
+    rel = torch.linalg.matrix_norm(z1.grad - z2.grad) / torch.linalg.matrix_norm(z2.grad)
+    assert rel <= 2 * polar_grad_rtol(Z)  # the same route traced and eager: rounding only
 
 
 @pytest.mark.cuda
