@@ -28,6 +28,16 @@ the flag on the host (that would add a sync per step): every buffer (the warm so
 count included) is kept by ``torch.where`` on the device and the logits are NaN, which the training
 loop's own loss check reports. ``StandardHead`` keeps no running state and does not check (NaN rows
 give NaN logits).
+
+``torch.compile``: every head compiles to one graph, with no recompile across training steps, for the
+solvers ``auto``, ``polar``, ``polar-gram`` and ``polar-ns`` (``tests/test_compile.py``). Inside a graph
+nothing is read on the host: the label range is checked by ``torch._assert_async`` (a ``RuntimeError`` when
+the graph runs), a non-finite batch is rejected on the device without raising (as ``check_finite=False``),
+and a Gram-route problem too ill-conditioned for ``eigh`` keeps ``U_prev`` (solve.py). Two cases are not
+one graph: ``solver="warm"`` runs its solver eagerly between two graphs (its refresh policy is host-side
+Python), and a pending ``freeze_after`` breaks the graph once per step (the host decides when to freeze) and
+recompiles once, at the freeze. The heads update their buffers by assigning new tensors, not in place
+(``means.py`` says why).
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ from torch import nn
 
 from .etf import as_size, canonical_stiefel, etf_weight, random_stiefel
 from .means import RunningClassMeans, RunningMean
-from .solve import SOLVERS, nearest_etf, polar_target
+from .solve import SOLVERS, nearest_etf, ns_schedule, polar_target
 from .warm_polar import WarmPolarSolver
 
 __all__ = [
@@ -61,7 +71,8 @@ class Head(nn.Module):
     ``transform``, the current ``weight`` (``K×d``) and eval-mode ``bias`` (``K``), ``after_step``.
 
     Label range check: every call for CPU targets; on other devices only on the first call (it needs
-    a host sync), after which an out-of-range label fails inside the kernels instead.
+    a host sync), after which an out-of-range label fails inside the kernels instead; under
+    ``torch.compile`` on the device, in the graph (``torch._assert_async``: a ``RuntimeError``).
 
     ``check_finite`` (attribute, ETF heads): raise on a non-finite training batch — ``None`` (default):
     on CPU only; ``True``: on every device (one host sync per step on CUDA); ``False``: never. The
@@ -101,7 +112,7 @@ class Head(nn.Module):
         ``NonFiniteFeaturesError`` when false and the check is on (``check_finite``; a host read)."""
         finite = torch.isfinite(mu).all()
         check = mu.device.type == "cpu" if self.check_finite is None else self.check_finite
-        if check and not bool(finite):
+        if check and not torch.compiler.is_compiling() and not bool(finite):
             raise NonFiniteFeaturesError(
                 f"{type(self).__name__}: the training batch's features contain NaN or inf; the batch was "
                 "rejected and the head's state is unchanged (check the backbone's inputs, or lower the learning rate)"
@@ -154,11 +165,15 @@ class Head(nn.Module):
                 f"targets must be an integer (int64) tensor of shape ({features.shape[0]},) of class "
                 f"indices; got dtype {targets.dtype}, shape {tuple(targets.shape)}"
             )
+        in_range = ((targets >= 0) & (targets < self.num_classes)).all()
+        if torch.compiler.is_compiling():  # in the graph, no host read: fails when the graph runs
+            torch._assert_async(in_range, f"targets must be class indices in [0, {self.num_classes})")
+            return
         if targets.device.type != "cpu":
             if self._device_targets_checked:
                 return
             self._device_targets_checked = True
-        if targets.numel() and not bool(((targets >= 0) & (targets < self.num_classes)).all()):
+        if targets.numel() and not bool(in_range):
             raise ValueError(
                 f"targets must be class indices in [0, {self.num_classes}); got values in "
                 f"[{int(targets.min())}, {int(targets.max())}] (remap the labels or set num_classes)"
@@ -248,6 +263,8 @@ class NearestETFHead(Head):
         )
         self.register_buffer("U", canonical_stiefel(feature_dim, num_classes, dtype=solve_dtype or torch.float32))
         self.warm = WarmPolarSolver(num_classes) if solver == "warm" else None
+        if solver == "polar-ns":
+            ns_schedule(delta)  # built now, not while torch.compile traces the first step (a recompile at the next)
         self.freeze_after = freeze_after
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("frozen", torch.tensor(freeze_after == 0))
@@ -274,12 +291,8 @@ class NearestETFHead(Head):
         norm = torch.linalg.vector_norm(A)
         Hbar = A / (norm + (norm == 0))  # H̄ = A/‖A‖_F, and 0 (not NaN) when A = 0
         U = self.solve(Hbar, accepted)
-        with torch.no_grad():
-            U_next = torch.where(accepted, U.detach(), self.U.to(U.dtype))  # rejected batch: keep U_prev
-            if U.dtype == self.U.dtype:
-                self.U.copy_(U_next)
-            else:  # float64 features solve in float64: keep the anchor at that precision
-                self.U = U_next.clone()
+        # rejected batch: keep U_prev. Float64 features solve in float64: the anchor keeps that precision.
+        self.U = torch.where(accepted, U.detach(), self.U.to(U.dtype))  # rebound, not copied into (means.py)
         self._count_update(accepted)
         W = etf_weight(U).to(h.dtype)
         return h @ W.T - W @ mu
@@ -287,13 +300,19 @@ class NearestETFHead(Head):
     def _count_update(self, accepted: torch.Tensor) -> None:
         """Count an accepted batch in ``updates`` (a device-side add, no sync); freeze when due.
 
-        The host copy ``_updates`` counts every call, so it is an upper bound of ``updates`` (a batch rejected on
-        the device without raising is not seen on the host). Only when that bound reaches ``freeze_after`` is the
-        true count read (one sync), so rejected and empty batches never move the freeze point.
+        With ``freeze_after`` pending, the host copy ``_updates`` counts every call, so it is an upper bound of
+        ``updates`` (a batch rejected on the device without raising is not seen on the host). Only when that
+        bound reaches ``freeze_after`` is the true count read (one sync), so rejected and empty batches never
+        move the freeze point.
         """
+        self.updates = self.updates + accepted.to(self.updates.dtype)
+        if not self._frozen and self.freeze_after is not None:
+            self._count_on_host()
+
+    @torch.compiler.disable  # host-side Python state: under torch.compile one graph break, not a recompile per step
+    def _count_on_host(self) -> None:
         self._updates += 1
-        self.updates.add_(accepted.to(self.updates.dtype))
-        if not self._frozen and self.freeze_after is not None and self._updates >= self.freeze_after:
+        if self._updates >= self.freeze_after:
             self._updates = int(self.updates)
             if self._updates >= self.freeze_after:
                 self._frozen = True

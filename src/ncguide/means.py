@@ -121,31 +121,32 @@ def batch_class_sums(
     return sums[:, :d], sums[:, d].detach()
 
 
-@torch.no_grad()
-def _count_batch(steps, counts, n, schedule: str, alpha_min: float, ema_alpha: float) -> torch.Tensor:
-    """Count a batch with ``n`` samples per entry into ``steps``/``counts`` (in place); return its α."""
-    n = n.to(counts.dtype)
-    steps.add_((n > 0).to(steps.dtype))
-    counts.add_(n)
-    return mean_alpha(schedule, steps, n, counts, alpha_min, ema_alpha)
+def _count_batch(steps, counts, n, schedule: str, alpha_min: float, ema_alpha: float):
+    """``steps``/``counts`` after a batch with ``n`` samples per entry, and the batch's α.
+
+    New tensors, which the modules assign to their buffers: no buffer is updated in place. Under
+    ``torch.compile`` (torch 2.13) in-place updates of buffers have been lost (a 0-dim count), and the
+    compiled backward may recompute α from the step counters after their update (pytorch/pytorch PR 197039),
+    which gave wrong gradients; functional updates avoid both, with the same values."""
+    n = n.detach().to(counts.dtype)
+    steps, counts = steps + (n > 0).to(steps.dtype), counts + n
+    return steps, counts, mean_alpha(schedule, steps, n, counts, alpha_min, ema_alpha)
 
 
-def _fold_batch_mean(features, mean, steps, counts, schedule: str, alpha_min: float, ema_alpha: float,
-                     sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``μ_B`` of ``features`` (all ranks when ``sync``), folded into the buffers ``mean``/``steps``/``counts``
-    in place (detached; kept as they are when ``μ_B`` is not finite). Returns ``μ_B`` with gradient and whether
-    the batch was folded in (a device flag: finite and non-empty)."""
+def _fold_batch_mean(features, mean, steps, counts, schedule: str, alpha_min: float, ema_alpha: float, sync: bool):
+    """``μ_B`` of ``features`` (all ranks when ``sync``) folded into the running ``mean``/``steps``/``counts``
+    (kept as they are when ``μ_B`` is not finite). Returns ``μ_B`` with gradient, whether the batch was folded
+    in (a device flag: finite and non-empty), and the new ``mean``, ``steps``, ``counts`` (detached)."""
     stacked = torch.cat([features.sum(0), features.new_full((1,), features.shape[0])])
     if sync:
         stacked = _all_reduce_sum(stacked)
     mu = stacked[:-1] / stacked[-1].detach().clamp_min(1.0)
     finite = torch.isfinite(mu).all()
     n = stacked[-1].detach() * finite  # a non-finite batch counts as empty: α = 0
-    alpha = _count_batch(steps, counts, n, schedule, alpha_min, ema_alpha)
-    with torch.no_grad():
-        prev = mean.to(mu.dtype)
-        mean.copy_(torch.where(finite, prev + alpha.to(mu.dtype) * (mu - prev), prev))
-    return mu, n > 0
+    steps, counts, alpha = _count_batch(steps, counts, n, schedule, alpha_min, ema_alpha)
+    prev = mean.to(mu.dtype)
+    new = torch.where(finite, prev + alpha.to(mu.dtype) * (mu.detach() - prev), prev)
+    return mu, n > 0, new.to(mean.dtype, copy=True), steps, counts
 
 
 class RunningMean(nn.Module):
@@ -171,8 +172,8 @@ class RunningMean(nn.Module):
         """Training step: returns ``μ_B`` (``d``, with gradient; over all ranks when distributed) and
         folds it into the running mean (no gradient, no host sync). ``accepted`` then holds whether the
         batch was folded in (a device bool: finite and non-empty over all ranks)."""
-        mu, self.accepted = _fold_batch_mean(features, self.mean, self.step, self.count, self.schedule,
-                                             self.alpha_min, self.ema_alpha, self.sync)
+        mu, self.accepted, self.mean, self.step, self.count = _fold_batch_mean(
+            features, self.mean, self.step, self.count, self.schedule, self.alpha_min, self.ema_alpha, self.sync)
         return mu
 
 
@@ -222,21 +223,23 @@ class RunningClassMeans(nn.Module):
         batch = torch.cat([sums / counts.clamp_min(1.0).unsqueeze(1) - mu, mu.unsqueeze(0)]).T  # [B_t | μ_B]
         n = torch.cat([counts, total]).detach() * finite  # a non-finite batch counts as empty: α = 0
         self.accepted = n[k] > 0
-        alpha = _count_batch(self.steps, self.counts, n, self.schedule, self.alpha_min, self.ema_alpha)
+        self.steps, self.counts, alpha = _count_batch(self.steps, self.counts, n, self.schedule, self.alpha_min,
+                                                      self.ema_alpha)  # new tensors: see _count_batch
         prev = torch.cat([self.means, self.global_mean.unsqueeze(1)], 1).to(features.dtype)
         new = prev + alpha.to(features.dtype) * (batch - prev)  # (1-α) prev.detach() + α batch; α=0: absent
         new = torch.where(finite, new, prev)  # 0·NaN is NaN: keep the previous state exactly
-        with torch.no_grad():
-            self.means.copy_(new[:, :k])
-            self.global_mean.copy_(new[:, k])
+        self.means = new[:, :k].detach().to(self.means.dtype, copy=True)
+        self.global_mean = new[:, k].detach().to(self.global_mean.dtype, copy=True)
         return fill_unseen(new[:, :k], self.steps[:k] > 0), mu
 
     def update_global(self, features: torch.Tensor) -> torch.Tensor:
         """A training batch that updates ``μ_G`` only (a frozen ``NearestETFHead``): returns ``μ_B`` (``d``, with
         gradient) as :meth:`RunningMean.update` does; ``A`` and the class counts are left as they are."""
         k = self.num_classes
-        mu, self.accepted = _fold_batch_mean(features, self.global_mean, self.steps[k:], self.counts[k:],
-                                             self.schedule, self.alpha_min, self.ema_alpha, self.sync)
+        mu, self.accepted, self.global_mean, step, count = _fold_batch_mean(
+            features, self.global_mean, self.steps[k:], self.counts[k:], self.schedule, self.alpha_min,
+            self.ema_alpha, self.sync)
+        self.steps, self.counts = torch.cat([self.steps[:k], step]), torch.cat([self.counts[:k], count])
         return mu
 
     @property

@@ -276,6 +276,7 @@ class WarmPolarSolver(nn.Module):
         self._eta_host = None  # a pending certificate is read from the loaded ``eta`` buffer
 
     # ---- one step -------------------------------------------------------------------------------------
+    @torch.compiler.disable  # the refresh policy is host-side Python: torch.compile runs the solver eagerly
     def forward(self, Z: torch.Tensor, U_prev: torch.Tensor, accept: torch.Tensor | None = None) -> torch.Tensor:
         """``U ≈ polar(Z)`` (``d×K``, differentiable w.r.t. ``Z``); ``U_prev`` is the fallback of a failed step.
 
