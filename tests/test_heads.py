@@ -459,6 +459,25 @@ def test_errors_say_what_is_wrong(make, match):
         make()
 
 
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.int8, torch.uint8])
+@pytest.mark.parametrize("method", METHODS)
+def test_targets_of_any_integer_dtype_are_accepted_and_mean_the_same(method, dtype):
+    """The rule the message states: any integer dtype (as ``nc_metrics`` takes); the same logits and state as int64."""
+    d, k = 8, 3
+    head = build_head(method, d, k)
+    twin = copy.deepcopy(head)
+    f, y = make_batch(12, d, k, seed=0)
+    assert torch.equal(head(f, y.to(dtype)), twin(f, y))
+    assert all(torch.equal(a, b) for a, b in zip(head.state_dict().values(), twin.state_dict().values())
+               if torch.is_tensor(a))
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.float32])
+def test_non_integer_targets_are_refused_with_the_rule(dtype):
+    with pytest.raises(ValueError, match=r"integer dtype \(any: int64, int32, uint8"):
+        NearestETFHead(8, 3)(torch.randn(4, 8), torch.zeros(4, dtype=dtype))
+
+
 def test_fixed_and_standard_heads_accept_no_targets_in_training():
     f = torch.randn(6, 8)
     for method in ("standard", "standard-plain", "fixed-etf"):

@@ -489,8 +489,12 @@ def test_weight_rows_must_match_num_classes():
     h, y, W, b = make_data(30, 4, 3, seed=13)
     with pytest.raises(ValueError, match="shape"):
         nc_metrics(h, y, W, b, num_classes=4)
-    with pytest.raises(ValueError, match="K >= 2"):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2"):
         NCAccumulator(1, 4)
+    with pytest.raises(ValueError, match="num_classes must be an integer"):
+        NCAccumulator(3.5, 4)
+    with pytest.raises(ValueError, match="feature_dim must be an integer"):
+        NCAccumulator(3, 4.0)
     with pytest.raises(ValueError, match="no batches"):
         NCAccumulator(3, 4).compute(W, b)
 

@@ -32,7 +32,7 @@ __all__ = [
 def centering_matrix(
     num_classes: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """``M = I_K - 11ᵀ/K`` (symmetric, idempotent, ``M1 = 0``)."""
+    """``M = I_K - 11ᵀ/K`` (symmetric, idempotent, ``M1 = 0``) for ``num_classes`` ``K``, of ``dtype`` on ``device``."""
     num_classes = as_size("num_classes", num_classes, 1)
     eye = torch.eye(num_classes, dtype=dtype, device=device)
     return eye - 1.0 / num_classes
@@ -49,7 +49,8 @@ def canonical_stiefel(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The fixed anchor ``U_0``: the first ``K`` columns of ``I_d`` (shape ``d×K``)."""
+    """The fixed anchor ``U_0``: the first ``K`` columns of ``I_d`` (shape ``d×K``; ``d = feature_dim``,
+    ``K = num_classes``), of ``dtype`` on ``device``."""
     _check_dims(feature_dim, num_classes)
     return torch.eye(feature_dim, num_classes, dtype=dtype, device=device)
 
@@ -61,8 +62,9 @@ def random_stiefel(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """A Haar-distributed point of ``St(d, K)``: QR of a Gaussian matrix with the signs of
-    ``diag(R)`` folded into ``Q`` (Mezzadri 2007), so the distribution is exactly uniform."""
+    """A Haar-distributed point of ``St(d, K)`` (``d = feature_dim``, ``K = num_classes``): QR of a Gaussian matrix
+    (drawn in float64 from ``generator``) with the signs of ``diag(R)`` folded into ``Q`` (Mezzadri 2007), so the
+    distribution is exactly uniform; returned as ``dtype`` on ``device``."""
     _check_dims(feature_dim, num_classes)
     g = torch.randn(feature_dim, num_classes, generator=generator, dtype=torch.float64)
     q, r = torch.linalg.qr(g)
@@ -89,7 +91,8 @@ def simplex_etf(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """A ``K×d`` simplex ETF: canonical (axis-aligned ``U_0``) or randomly rotated (Haar ``U``)."""
+    """A ``K×d`` simplex ETF (``d = feature_dim``, ``K = num_classes``): canonical (axis-aligned ``U_0``), or with
+    ``random=True`` randomly rotated (a Haar ``U`` drawn from ``generator``); of ``dtype`` on ``device``."""
     if random:
         U = random_stiefel(feature_dim, num_classes, generator=generator, dtype=dtype, device=device)
     else:

@@ -85,6 +85,12 @@ class Head(nn.Module):
     def __init__(
         self, feature_dim: int, num_classes: int, temperature: float = 5.0, normalize_features: bool = True
     ) -> None:
+        """Args:
+            feature_dim: ``d``, the width of the features the backbone gives (an integer >= 1).
+            num_classes: ``K``, the number of classes (an integer >= 2).
+            temperature: ``τ`` in ``h̃ = τ h/‖h‖`` (finite, > 0).
+            normalize_features: ``False``: the classifier sees the raw features (``h̃ = h``).
+        """
         super().__init__()
         self.feature_dim = as_size("feature_dim", feature_dim, 1)
         self.num_classes = as_size("num_classes", num_classes, 2)  # a classifier needs two classes
@@ -120,7 +126,11 @@ class Head(nn.Module):
         return finite
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(N, K)`` of ``features`` (``(N, d)``, floating point) in float32 or wider; ``targets``: the
+        class indices ``(N,)``, of any integer dtype, needed in training mode by ``NearestETFHead``."""
         self._check_inputs(features, targets)
+        if targets is not None and targets.dtype not in (torch.int64, torch.int32):
+            targets = targets.long()  # index_add takes int64/int32 indices
         with torch.autocast(device_type=features.device.type, enabled=False):
             return self._logits(self.transform(features), targets)
 
@@ -160,10 +170,12 @@ class Head(nn.Module):
                     "call head(features, targets), or head.eval() for inference"
                 )
             return
-        if targets.shape != features.shape[:1] or targets.dtype not in (torch.int64, torch.int32):
+        integer = not (targets.dtype == torch.bool or targets.dtype.is_floating_point or targets.dtype.is_complex)
+        if targets.shape != features.shape[:1] or not integer:
             raise ValueError(
-                f"targets must be an integer (int64) tensor of shape ({features.shape[0]},) of class "
-                f"indices; got dtype {targets.dtype}, shape {tuple(targets.shape)}"
+                f"targets must be a tensor of class indices of shape ({features.shape[0]},) and an integer dtype "
+                f"(any: int64, int32, uint8, ...; not bool or floating point); got dtype {targets.dtype}, "
+                f"shape {tuple(targets.shape)}"
             )
         in_range = ((targets >= 0) & (targets < self.num_classes)).all()
         if torch.compiler.is_compiling():  # in the graph, no host read: fails when the graph runs
@@ -239,6 +251,29 @@ class NearestETFHead(Head):
         sync_distributed: bool = True,
         freeze_after: int | None = None,
     ) -> None:
+        """Args:
+            feature_dim: ``d``, the width of the features (an integer >= ``num_classes``).
+            num_classes: ``K``, the number of classes (an integer >= 2).
+            temperature: ``τ`` in ``h̃ = τ h/‖h‖`` (5, as in the paper).
+            delta: ``δ >= 0``, the weight of the proximal term ``(δ/2)‖U - U_prev‖²`` that keeps consecutive
+                solutions close (1e-3, as in the paper; ``solver="warm"`` needs ``δ > 0``).
+            solver: how the inner problem is solved, one of ``SOLVERS``: ``"auto"`` (the float64 Gram route
+                for float32 work, else the SVD), ``"polar"``, ``"polar-gram"``, ``"polar-ns"`` (matrix products
+                only, no host sync), ``"warm"`` (each step from the last; ``warm_polar.py``), ``"riemannian"``
+                (the paper's iterative solver). docs/maths.md §7.
+            implicit_grad: backpropagate through the solve (the implicit gradient); ``False`` is the ablation
+                that treats ``U*`` as a constant.
+            mean_schedule: the step size of the running class means, ``"paper"`` (``α_t = max(2/(t+1),
+                α_min)``), ``"cumulative"`` (the plain sample-weighted mean) or ``"ema"`` (``means.py``).
+            alpha_min: the floor of the ``"paper"`` schedule's step size (in ``[0, 1]``).
+            solve_dtype: the dtype of the solve, ``torch.float32`` or ``torch.float64``; ``None``: float32, or
+                the features' dtype if wider.
+            ema_alpha: the fixed step size of the ``"ema"`` schedule (in ``(0, 1]``).
+            sync_distributed: under ``torch.distributed``, all-reduce the class statistics over ranks so that
+                every rank holds the same means and ``U`` (``False``: each rank uses its own batch only).
+            freeze_after: ``None``, or the number of training updates after which ``U`` is frozen (an integer
+                >= 0; the class docstring).
+        """
         super().__init__(feature_dim, num_classes, temperature)
         feature_dim, num_classes = self.feature_dim, self.num_classes
         _check_etf_dims(feature_dim, num_classes)
@@ -394,6 +429,19 @@ class FixedETFHead(Head):
         ema_alpha: float = 0.1,
         sync_distributed: bool = True,
     ) -> None:
+        """Args:
+            feature_dim: ``d``, the width of the features (an integer >= ``num_classes``).
+            num_classes: ``K``, the number of classes (an integer >= 2).
+            temperature: ``τ`` in ``h̃ = τ h/‖h‖``.
+            rotation: ``"random"`` (a Haar-random ``U_0`` drawn from ``seed``) or ``"canonical"`` (the first
+                ``K`` columns of ``I_d``).
+            seed: the seed of the random rotation.
+            mean_schedule: the step size of the running global mean (eval bias): ``"paper"``,
+                ``"cumulative"`` or ``"ema"`` (``means.py``).
+            alpha_min: the floor of the ``"paper"`` schedule's step size.
+            ema_alpha: the fixed step size of the ``"ema"`` schedule.
+            sync_distributed: under ``torch.distributed``, all-reduce the batch means over ranks.
+        """
         super().__init__(feature_dim, num_classes, temperature)
         feature_dim, num_classes = self.feature_dim, self.num_classes
         _check_etf_dims(feature_dim, num_classes)
@@ -451,6 +499,14 @@ class StandardHead(Head):
         normalize_features: bool = True,
         bias: bool = True,
     ) -> None:
+        """Args:
+            feature_dim: ``d``, the width of the features (an integer >= 1).
+            num_classes: ``K``, the number of classes (an integer >= 2).
+            temperature: ``τ`` in ``h̃ = τ h/‖h‖`` (unused with ``normalize_features=False``).
+            normalize_weights: renormalise the rows of ``W`` to unit norm (at construction and by ``after_step``).
+            normalize_features: feed ``h̃ = τ h/‖h‖`` (``True``) or the raw features to the linear layer.
+            bias: learn a bias ``b`` (``False``: none, ``bias`` reads zeros).
+        """
         super().__init__(feature_dim, num_classes, temperature, normalize_features)
         self.normalize_weights = normalize_weights
         self.linear = nn.Linear(self.feature_dim, self.num_classes, bias=bias)
@@ -501,7 +557,8 @@ def head_options(method: str) -> set[str]:
 
 
 def build_head(method: str, feature_dim: int, num_classes: int, **kwargs) -> Head:
-    """The head for a method name in ``METHODS``; ``kwargs`` go to its constructor."""
+    """The head for a method name in ``METHODS``, for ``feature_dim`` (``d``) features and ``num_classes`` (``K``)
+    classes; ``kwargs`` go to its constructor (``head_options(method)`` lists them)."""
     allowed = head_options(method)
     cls, fixed = _REGISTRY[method]
     unknown = sorted(set(kwargs) - allowed)

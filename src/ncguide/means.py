@@ -66,9 +66,10 @@ def mean_alpha(
     alpha_min: float = 1e-4,
     ema_alpha: float = 0.1,
 ) -> torch.Tensor:
-    """Step size ``α`` per entry: ``steps`` = updates so far including this one, ``batch_count`` =
-    samples in this batch, ``total_count`` = samples so far including this batch. ``α = 0`` where
-    ``batch_count == 0`` (nothing to update); ``α = 1`` at the first update."""
+    """Step size ``α`` per entry of the ``schedule`` (``"paper"``: ``max(2/(t+1), alpha_min)``,
+    ``"cumulative"``, ``"ema"``: ``ema_alpha``; module docstring): ``steps`` = updates so far including this one,
+    ``batch_count`` = samples in this batch, ``total_count`` = samples so far including this batch. ``α = 0``
+    where ``batch_count == 0`` (nothing to update); ``α = 1`` at the first update."""
     t = steps.to(total_count.dtype)
     if schedule == "paper":
         alpha = (2.0 / (t + 1.0)).clamp_min(alpha_min)
@@ -109,8 +110,8 @@ def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 def batch_class_sums(
     features: torch.Tensor, targets: torch.Tensor, num_classes: int, sync: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class sums ``S`` (``K×d``, differentiable) and counts ``n`` (``K``) of ``features``
-    (``N×d``) by ``targets`` (``N``), all-reduced over ranks when ``sync`` and distributed.
+    """Per-class sums ``S`` (``K×d``, ``K = num_classes``, differentiable) and counts ``n`` (``K``) of
+    ``features`` (``N×d``) by ``targets`` (``N``), all-reduced over ranks when ``sync`` and distributed.
     Vectorised with ``index_add`` (no loop over classes, no host sync)."""
     n, d = features.shape
     ones = torch.ones(n, 1, dtype=features.dtype, device=features.device)
@@ -158,6 +159,13 @@ class RunningMean(nn.Module):
         self, feature_dim: int, schedule: str = "paper", alpha_min: float = 1e-4, ema_alpha: float = 0.1,
         sync: bool = True,
     ) -> None:
+        """Args:
+            feature_dim: ``d`` (an integer >= 1).
+            schedule: ``"paper"``, ``"cumulative"`` or ``"ema"`` (module docstring).
+            alpha_min: the floor of the ``"paper"`` step size (in ``[0, 1]``).
+            ema_alpha: the fixed ``"ema"`` step size (in ``(0, 1]``).
+            sync: all-reduce the batch over ``torch.distributed`` ranks.
+        """
         super().__init__()
         feature_dim = as_size("feature_dim", feature_dim, 1)
         _check_schedule(schedule, alpha_min, ema_alpha)
@@ -195,6 +203,14 @@ class RunningClassMeans(nn.Module):
         ema_alpha: float = 0.1,
         sync: bool = True,
     ) -> None:
+        """Args:
+            feature_dim: ``d`` (an integer >= 1).
+            num_classes: ``K`` (an integer >= 1).
+            schedule: ``"paper"``, ``"cumulative"`` or ``"ema"`` (module docstring).
+            alpha_min: the floor of the ``"paper"`` step size (in ``[0, 1]``).
+            ema_alpha: the fixed ``"ema"`` step size (in ``(0, 1]``).
+            sync: all-reduce the class sums and counts over ``torch.distributed`` ranks.
+        """
         super().__init__()
         feature_dim, num_classes = as_size("feature_dim", feature_dim, 1), as_size("num_classes", num_classes, 1)
         _check_schedule(schedule, alpha_min, ema_alpha)

@@ -77,7 +77,8 @@ NS_MIN_LOWER = 1e-8  # polar-ns: below this design bound (δ < 1e-6) the SVD is 
 def inner_objective(
     U: torch.Tensor, H: torch.Tensor, U_prev: torch.Tensor | None = None, delta: float = 1e-3
 ) -> torch.Tensor:
-    """Objective (1) for ``U, H`` of shape ``(..., d, K)``; returns shape ``(...)``."""
+    """Objective (1) for ``U, H`` of shape ``(..., d, K)``, anchor ``U_prev`` (``None``: ``U_0``) and proximal
+    weight ``delta``; returns shape ``(...)``."""
     k = H.shape[-1]
     if U_prev is None:
         U_prev = canonical_stiefel(H.shape[-2], k, dtype=H.dtype, device=H.device)
@@ -105,8 +106,9 @@ class GramPolarFactor(torch.autograd.Function):
 
     Its error is about ``1e-16·cond(Z)²``. When some ``σ_min/σ_max < GRAM_MIN_RATIO`` (error above
     ~1e-8, e.g. ``δ = 0``, where ``Z1 = 0``), the batch falls back to the thin SVD (a host read).
-    ``apply(Z, False)`` reads nothing: it returns ``(U, ok)``, ``ok`` (per matrix, on the device) false where
-    the ratio is too small, and leaves the fallback to the caller (``nearest_etf`` under ``torch.compile``).
+    ``apply(Z, False)`` (``verify=False``) reads nothing: it returns ``(U, ok)``, ``ok`` (per matrix, on the
+    device) false where the ratio is too small, and leaves the fallback to the caller (``nearest_etf`` under
+    ``torch.compile``).
     """
 
     @staticmethod
@@ -274,7 +276,8 @@ def ns_schedule(delta: float):
 
 
 def polar_target(H: torch.Tensor, U_prev: torch.Tensor, delta: float) -> torch.Tensor:
-    """``Z = H M / sqrt(K-1) + (δ/2) U_prev`` of (2), whose polar factor solves (1); ``U_prev`` broadcasts."""
+    """``Z = H M / sqrt(K-1) + (δ/2) U_prev`` of (2) (``δ = delta``), whose polar factor solves (1); ``U_prev``
+    broadcasts."""
     return center_classes(H) / math.sqrt(H.shape[-1] - 1) + (0.5 * delta) * U_prev
 
 
@@ -332,7 +335,8 @@ def riemannian_nearest_etf(
     min_gradient_norm: float = 1e-12,
 ) -> torch.Tensor:
     """Solve (1) for one ``d×K`` problem with pymanopt's Riemannian trust regions (float64, CPU),
-    warm-started at ``U_prev`` — the paper's solver. Exact Euclidean gradient and Hessian:
+    warm-started at ``U_prev`` — the paper's solver; ``delta`` is ``δ``, and it stops after ``max_iterations``
+    or when the Riemannian gradient norm falls below ``min_gradient_norm``. Exact Euclidean gradient and Hessian:
 
         ∇f(U) = -2c H M + 2c² U M + δ (U - U_prev),   ∇²f(U)[V] = 2c² V M + δ V,   c = 1/sqrt(K-1).
     """

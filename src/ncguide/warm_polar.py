@@ -70,7 +70,21 @@ __all__ = ["WarmSettings", "WarmPolarSolver", "warm_polar", "lyapunov_cg"]
 
 @dataclass(frozen=True)
 class WarmSettings:
-    """Iteration counts and the refresh policy of the warm route (see the module docstring)."""
+    """Iteration counts and the refresh policy of the warm route (see the module docstring).
+
+    - newton: Newton steps for the square root ``X² = S̃`` per regular step.
+    - inverse: Newton steps for the inverse ``Y = X⁻¹``.
+    - cg: conjugate-gradient iterations per Lyapunov solve of the forward.
+    - backward_cg: conjugate-gradient iterations of the backward's Lyapunov solve.
+    - soft_tol: a step whose certificate ``η`` exceeds it makes the next step a refresh.
+    - hard_tol: a step whose ``η`` exceeds it is a miss (solved again on the CPU, else a counted fallback).
+    - accept_tol: a fallback's own ``U`` is used up to this ``η``; beyond, ``U_prev``.
+    - drift_max: refreshes continue while ``‖S − S_prev‖_F/‖S‖_F`` between them exceeds it.
+    - cold_steps: the first calls, all exact.
+    - first_interval: steps between refreshes at the start; doubled after each clean interval.
+    - max_interval: the longest interval between refreshes.
+    - refresh_on_miss: solve a missed step again exactly at once (``None``: on the CPU only).
+    """
 
     newton: int = 3
     inverse: int = 2
@@ -108,7 +122,8 @@ class WarmSettings:
 
 def lyapunov_cg(X: torch.Tensor, R: torch.Tensor, iterations: int, antisymmetric: bool = False) -> torch.Tensor:
     """Approximate ``E`` with ``X E + E X = R`` (``X`` symmetric positive definite, ``R`` symmetric, or
-    antisymmetric with ``antisymmetric=True``) by preconditioned conjugate gradients from ``E = 0``.
+    antisymmetric with ``antisymmetric=True``) by ``iterations`` preconditioned conjugate-gradient steps from
+    ``E = 0``.
 
     Preconditioner: the exact solution for ``diag(X)``, ``R_ij / (x_ii + x_jj)``. Fixed iteration count,
     scalars kept on the device: no host read. Cost: one ``K×K×K`` product per iteration.
@@ -208,7 +223,8 @@ def warm_polar(
     Z: torch.Tensor, V: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, settings: WarmSettings = WarmSettings()
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One regular step, functional: ``Z`` (``d×K``) and the state ``V, X, Y`` (``K×K``, float64) →
-    ``U ≈ polar(Z)`` (dtype of ``Z``, differentiable w.r.t. ``Z``), the new ``X, Y`` and ``η``. Stateless,
+    ``U ≈ polar(Z)`` (dtype of ``Z``, differentiable w.r.t. ``Z``), the new ``X, Y`` and ``η``; ``settings``
+    give the iteration counts (``WarmSettings``). Stateless,
     so ``gradcheck`` applies; :class:`WarmPolarSolver` adds the state and the refresh policy."""
     return _WarmPolar.apply(Z, V, X, Y, settings)
 
@@ -226,6 +242,10 @@ class WarmPolarSolver(nn.Module):
     _STATE = ("V", "X", "Y", "eta")  # float64 whatever ``module.float()`` / ``.half()`` ask for
 
     def __init__(self, num_classes: int, settings: WarmSettings | None = None) -> None:
+        """Args:
+            num_classes: ``K``, the width of the problems ``Z`` (``d×K``; an integer >= 2).
+            settings: the iteration counts and refresh policy (``WarmSettings()`` when ``None``).
+        """
         super().__init__()
         k = as_size("num_classes", num_classes, 2)
         eye = torch.eye(k, dtype=torch.float64)
