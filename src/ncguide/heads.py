@@ -325,7 +325,7 @@ class NearestETFHead(Head):
         accepted = self.means.accepted  # finite and non-empty (all ranks): a device flag, no host read
         norm = torch.linalg.vector_norm(A)
         Hbar = A / (norm + (norm == 0))  # H̄ = A/‖A‖_F, and 0 (not NaN) when A = 0
-        U = self.solve(Hbar, accepted)
+        U = self.solve(Hbar)
         # rejected batch: keep U_prev. Float64 features solve in float64: the anchor keeps that precision.
         self.U = torch.where(accepted, U.detach(), self.U.to(U.dtype))  # rebound, not copied into (means.py)
         self._count_update(accepted)
@@ -370,10 +370,11 @@ class NearestETFHead(Head):
         self._frozen = bool(self.frozen) or due
         self.frozen.fill_(self._frozen)
 
-    def solve(self, Hbar: torch.Tensor, accepted: torch.Tensor | None = None) -> torch.Tensor:
-        """``U*`` for the normalised means ``H̄`` (``d×K``), anchored at the stored ``U_prev``. ``accepted``
-        (a device bool, for the warm solver): ``False`` keeps the warm solver's state as it was."""
+    def solve(self, Hbar: torch.Tensor) -> torch.Tensor:
+        """``U*`` for the normalised means ``H̄`` (``d×K``), anchored at the stored ``U_prev``. The warm solver
+        keeps its state as it was when the running means rejected the latest batch (``means.accepted``)."""
         if self.warm is not None:
+            accepted = self.means.accepted if self.training else None
             dtype = self.solve_dtype or torch.promote_types(Hbar.dtype, torch.float32)
             with torch.set_grad_enabled(self.implicit_grad and torch.is_grad_enabled()):
                 Hbar = Hbar.to(dtype) if self.implicit_grad else Hbar.detach().to(dtype)
