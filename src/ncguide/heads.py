@@ -177,15 +177,15 @@ class Head(nn.Module):
                 f"(any: int64, int32, uint8, ...; not bool or floating point); got dtype {targets.dtype}, "
                 f"shape {tuple(targets.shape)}"
             )
-        in_range = ((targets >= 0) & (targets < self.num_classes)).all()
         if torch.compiler.is_compiling():  # in the graph, no host read: fails when the graph runs
+            in_range = ((targets >= 0) & (targets < self.num_classes)).all()
             torch._assert_async(in_range, f"targets must be class indices in [0, {self.num_classes})")
             return
         if targets.device.type != "cpu":
             if self._device_targets_checked:
                 return
             self._device_targets_checked = True
-        if targets.numel() and not bool(in_range):
+        if targets.numel() and not bool(((targets >= 0) & (targets < self.num_classes)).all()):
             raise ValueError(
                 f"targets must be class indices in [0, {self.num_classes}); got values in "
                 f"[{int(targets.min())}, {int(targets.max())}] (remap the labels or set num_classes)"
