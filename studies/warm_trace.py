@@ -8,9 +8,10 @@ Trains ``nearest-etf`` with ``solver=warm`` through ``ncguide.experiments.train`
 ``ncguide compare ... --set solver=warm``: the head is built as ``train`` builds it, and a forward hook on
 ``head.warm`` only reads). Per solver call the hook records, to ``trace.jsonl`` next to the run's logs:
 ``step``, ``epoch`` (the training epoch it belongs to), ``refresh`` (an exact refresh), ``fallback`` (a warm
-step whose certificate ``η`` exceeded ``hard_tol``, so the head kept ``U_prev``), ``eta`` (the step's
-certificate ``max|UᵀU − I|``; 0 on refreshes), ``err`` (``max|U − polar(Z)|`` of the ``U`` the head used
-against a float64 SVD polar factor of the same ``Z``), ``cond`` (σ_max/σ_min of ``Z``), ``drift``
+step whose certificate ``η`` exceeded ``hard_tol`` and that was not solved again: its ``U`` used up to
+``accept_tol``, else ``U_prev``; on the CPU such a step is solved again at once and shows as a refresh),
+``eta`` (the step's certificate ``max|UᵀU − I|``; 0 on refreshes), ``err`` (``max|U − polar(Z)|`` of the
+``U`` the head used against a float64 SVD polar factor of the same ``Z``), ``cond`` (σ_max/σ_min of ``Z``), ``drift``
 (``‖S − S_prev‖_F/‖S‖_F`` with ``S = ZᵀZ``, from the previous solver call; the route's own drift test uses
 it at refreshes, with ``drift_max``) and the refresh interval of the policy. Prints per seed: the largest
 ``err``, ``eta`` and ``drift`` on warm steps that did not fall back, and every fallback step.

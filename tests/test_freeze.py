@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import ncguide.heads as heads
 from ncguide.etf import canonical_stiefel
 from ncguide.heads import FixedETFHead, NearestETFHead, build_head, head_options
+from tolerances import sum_tol
 
 D, K, N = 10, 4, 24
 
@@ -98,14 +99,17 @@ def test_frozen_gradient_is_a_fixed_etf_heads(monkeypatch):
     W = math.sqrt(K / (K - 1)) * M @ U.T
     ref = h @ W.T - W @ h.mean(0)
     F.cross_entropy(ref, y).backward()
-    torch.testing.assert_close(logits, ref.detach(), rtol=0, atol=1e-12)
-    torch.testing.assert_close(grad, ref_x.grad, rtol=0, atol=1e-12)
+    # products and norms of length <= D + K, a chain of about 4 of them: |logits| <= 2τ, and relative to the gradient
+    tol_logits = sum_tol(4 * (D + K), scale=2 * tau)
+    tol_grad = sum_tol(4 * (D + K), scale=float(ref_x.grad.abs().max()))
+    torch.testing.assert_close(logits, ref.detach(), rtol=0, atol=tol_logits)
+    torch.testing.assert_close(grad, ref_x.grad, rtol=0, atol=tol_grad)
 
     fixed = FixedETFHead(D, K).double()
     fixed.fixed_weight.copy_(W)
     f_logits, f_grad = step(fixed, x, y)
-    torch.testing.assert_close(logits, f_logits, rtol=0, atol=1e-12)
-    torch.testing.assert_close(grad, f_grad, rtol=0, atol=1e-12)
+    torch.testing.assert_close(logits, f_logits, rtol=0, atol=tol_logits)
+    torch.testing.assert_close(grad, f_grad, rtol=0, atol=tol_grad)
 
 
 def test_eval_after_the_freeze_uses_the_frozen_u_and_the_running_global_mean():
@@ -185,10 +189,12 @@ def test_options_repr_and_validation():
             NearestETFHead(D, K, freeze_after=bad)
 
 
-def test_counting_and_freezing_read_nothing_from_the_device(monkeypatch):
-    """The update count and the freeze decision live on the host: no step, before or after the freeze, reads
-    a device value (the solve replaced by a stand-in; check_finite=False, as CUDA runs by default; the input
-    checks skipped, as their label-range check reads CPU targets at every call, CUDA ones at the first only)."""
+def test_counting_and_freezing_read_the_device_once_at_the_freeze(monkeypatch):
+    """The update count is added on the device; the freeze decision reads it once, at the step where the host's
+    count of calls reaches ``freeze_after`` (a batch rejected on the device is not counted, so the host count is
+    only an upper bound). No other step, before or after the freeze, reads a device value (the solve replaced by a
+    stand-in; check_finite=False, as CUDA runs by default; the input checks skipped, as their label-range check
+    reads CPU targets at every call, CUDA ones at the first only)."""
     import sys
     from pathlib import Path
 
@@ -199,8 +205,8 @@ def test_counting_and_freezing_read_nothing_from_the_device(monkeypatch):
     monkeypatch.setattr(heads.Head, "_check_inputs", lambda *a: None)
     head = NearestETFHead(D, K, freeze_after=2)
     head.check_finite = False
-    for x, y in batches(4):
+    for i, (x, y) in enumerate(batches(4)):
         with HostReads() as reads:
             step(head, x, y)
-        assert reads.seen == []
+        assert reads.seen == (["_local_scalar_dense.default"] if i == 1 else []), i
     assert head.is_frozen and int(head.updates) == 4

@@ -14,6 +14,7 @@ Multiplying by ``M`` only subtracts a mean over the class axis, so this module n
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 
@@ -31,9 +32,8 @@ __all__ = [
 def centering_matrix(
     num_classes: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
 ) -> torch.Tensor:
-    """``M = I_K - 11ᵀ/K`` (symmetric, idempotent, ``M1 = 0``)."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    """``M = I_K - 11ᵀ/K`` (symmetric, idempotent, ``M1 = 0``) for ``num_classes`` ``K``, of ``dtype`` on ``device``."""
+    num_classes = as_size("num_classes", num_classes, 1)
     eye = torch.eye(num_classes, dtype=dtype, device=device)
     return eye - 1.0 / num_classes
 
@@ -49,7 +49,8 @@ def canonical_stiefel(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The fixed anchor ``U_0``: the first ``K`` columns of ``I_d`` (shape ``d×K``)."""
+    """The fixed anchor ``U_0``: the first ``K`` columns of ``I_d`` (shape ``d×K``; ``d = feature_dim``,
+    ``K = num_classes``), of ``dtype`` on ``device``."""
     _check_dims(feature_dim, num_classes)
     return torch.eye(feature_dim, num_classes, dtype=dtype, device=device)
 
@@ -61,8 +62,9 @@ def random_stiefel(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """A Haar-distributed point of ``St(d, K)``: QR of a Gaussian matrix with the signs of
-    ``diag(R)`` folded into ``Q`` (Mezzadri 2007), so the distribution is exactly uniform."""
+    """A Haar-distributed point of ``St(d, K)`` (``d = feature_dim``, ``K = num_classes``): QR of a Gaussian matrix
+    (drawn in float64 from ``generator``) with the signs of ``diag(R)`` folded into ``Q`` (Mezzadri 2007), so the
+    distribution is exactly uniform; returned as ``dtype`` on ``device``."""
     _check_dims(feature_dim, num_classes)
     g = torch.randn(feature_dim, num_classes, generator=generator, dtype=torch.float64)
     q, r = torch.linalg.qr(g)
@@ -89,7 +91,8 @@ def simplex_etf(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """A ``K×d`` simplex ETF: canonical (axis-aligned ``U_0``) or randomly rotated (Haar ``U``)."""
+    """A ``K×d`` simplex ETF (``d = feature_dim``, ``K = num_classes``): canonical (axis-aligned ``U_0``), or with
+    ``random=True`` randomly rotated (a Haar ``U`` drawn from ``generator``); of ``dtype`` on ``device``."""
     if random:
         U = random_stiefel(feature_dim, num_classes, generator=generator, dtype=dtype, device=device)
     else:
@@ -104,7 +107,20 @@ def etf_gram_error(W: torch.Tensor) -> torch.Tensor:
     return torch.linalg.matrix_norm(W @ W.transpose(-1, -2) - target)
 
 
+def as_size(name: str, value, minimum: int) -> int:
+    """``value`` as a Python ``int`` if it is an integer (``int``, NumPy or 0-dim integer tensor, not ``bool``)
+    of at least ``minimum``; else one ``ValueError`` naming ``name``. Sizes are never rounded: ``4.0`` is refused."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        value = value.item()
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
+    return int(value)
+
+
 def _check_dims(feature_dim: int, num_classes: int) -> None:
+    feature_dim, num_classes = as_size("feature_dim", feature_dim, 1), as_size("num_classes", num_classes, 1)
     if num_classes < 2:
         raise ValueError(f"a simplex ETF needs K >= 2 classes; got K={num_classes}")
     if feature_dim < num_classes:

@@ -48,7 +48,8 @@ def _find_module(model: nn.Module, layer_name: str) -> nn.Module:
 def capture(
     model: nn.Module, layer_name: str, which: str = "output", detach: bool = True
 ) -> Iterator[list[torch.Tensor]]:
-    """Record the output (or first input) of ``model.<layer_name>`` on every forward call.
+    """Record the output (``which="output"``) or first input (``which="input"``) of ``model.<layer_name>`` on
+    every forward call.
 
     Yields a list that gets one tensor per call of the layer (tuple outputs: their first element);
     the hook is removed on exit. ``detach=False`` keeps the autograd graph.
@@ -114,7 +115,9 @@ def iter_features(
     flatten: bool = True,
     eval_mode: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-    """Yield ``(features, labels)`` per batch (labels None when the batches carry none).
+    """Yield ``(features, labels)`` per batch (labels None when the batches carry none): the output
+    (``which="output"``) or first input (``which="input"``) of ``model.<layer_name>`` (a dotted name, as in
+    ``model.named_modules()``).
 
     ``inputs``: a tensor (split into ``batch_size`` rows) or an iterable of tensors or
     ``(inputs, labels, ...)`` tuples. Runs under ``torch.no_grad()``, in eval mode unless
@@ -166,7 +169,8 @@ def extract_features(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """All features of ``inputs`` at ``model.<layer_name>``, concatenated: ``(N, d)``.
 
-    Arguments as ``iter_features``; ``out_device`` (e.g. ``"cpu"``) collects them elsewhere.
+    Arguments as ``iter_features``: ``which`` (``"output"`` or ``"input"``), ``batch_size``, ``device``,
+    ``flatten``, ``eval_mode``; ``out_device`` (e.g. ``"cpu"``) collects them elsewhere.
     ``return_labels=True`` also returns the concatenated labels (the batches must carry them).
     For splits too large for memory feed ``iter_features`` to ``nc_metrics_streaming`` instead.
     """

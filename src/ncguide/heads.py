@@ -18,14 +18,26 @@ features are cast up, so the solve never runs in bfloat16/float16.
 - ``FixedETFHead``: the same with a fixed ``U_0`` (random Haar rotation by default).
 - ``StandardHead``: learnable ``Linear(d, K)``; rows renormalised to unit norm by ``after_step()``.
 
-Non-finite training batches: the ETF heads fold a batch into their running means (and store its
-``U*``) only if its batch mean ``μ_B`` (all-reduced under DDP, so every rank decides alike) is finite,
-so NaN/inf features never enter their state — a NaN in one sample rejects the whole batch. On CPU (or
-with ``head.check_finite = True``) they then raise ``NonFiniteFeaturesError`` (a ``ValueError``) with
-the state exactly as before the call. On other devices the default does not read the flag on the host
-(that would add a sync per step): the state is kept by ``torch.where`` on the device and the logits
-are NaN, which the training loop's own loss check reports. ``StandardHead`` keeps no running state
-and does not check (NaN rows give NaN logits).
+Non-finite and empty training batches: the ETF heads fold a batch into their running means (and store
+its ``U*``, and count it as an update) only if its batch mean ``μ_B`` (all-reduced under DDP, so every
+rank decides alike) is finite and the batch is not empty on every rank, so NaN/inf features never enter
+their state — a NaN in one sample rejects the whole batch — and an empty batch changes nothing. On CPU
+(or with ``head.check_finite = True``) a non-finite batch then raises ``NonFiniteFeaturesError`` (a
+``ValueError``) with the state exactly as before the call. On other devices the default does not read
+the flag on the host (that would add a sync per step): every buffer (the warm solver's and the update
+count included) is kept by ``torch.where`` on the device and the logits are NaN, which the training
+loop's own loss check reports. ``StandardHead`` keeps no running state and does not check (NaN rows
+give NaN logits).
+
+``torch.compile``: every head compiles to one graph, with no recompile across training steps, for the
+solvers ``auto``, ``polar``, ``polar-gram`` and ``polar-ns`` (``tests/test_compile.py``). Inside a graph
+nothing is read on the host: the label range is checked by ``torch._assert_async`` (a ``RuntimeError`` when
+the graph runs), a non-finite batch is rejected on the device without raising (as ``check_finite=False``),
+and a Gram-route problem too ill-conditioned for ``eigh`` keeps ``U_prev`` (solve.py). Two cases are not
+one graph: ``solver="warm"`` runs its solver eagerly between two graphs (its refresh policy is host-side
+Python), and a pending ``freeze_after`` breaks the graph once per step (the host decides when to freeze) and
+recompiles once, at the freeze. The heads update their buffers by assigning new tensors, not in place
+(``means.py`` says why).
 """
 
 from __future__ import annotations
@@ -37,9 +49,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .etf import canonical_stiefel, etf_weight, random_stiefel
+from .etf import as_size, canonical_stiefel, etf_weight, random_stiefel
 from .means import RunningClassMeans, RunningMean
-from .solve import SOLVERS, nearest_etf, polar_target
+from .solve import SOLVERS, nearest_etf, ns_schedule, polar_target
 from .warm_polar import WarmPolarSolver
 
 __all__ = [
@@ -59,7 +71,8 @@ class Head(nn.Module):
     ``transform``, the current ``weight`` (``K×d``) and eval-mode ``bias`` (``K``), ``after_step``.
 
     Label range check: every call for CPU targets; on other devices only on the first call (it needs
-    a host sync), after which an out-of-range label fails inside the kernels instead.
+    a host sync), after which an out-of-range label fails inside the kernels instead; under
+    ``torch.compile`` on the device, in the graph (``torch._assert_async``: a ``RuntimeError``).
 
     ``check_finite`` (attribute, ETF heads): raise on a non-finite training batch — ``None`` (default):
     on CPU only; ``True``: on every device (one host sync per step on CUDA); ``False``: never. The
@@ -72,14 +85,17 @@ class Head(nn.Module):
     def __init__(
         self, feature_dim: int, num_classes: int, temperature: float = 5.0, normalize_features: bool = True
     ) -> None:
+        """Args:
+            feature_dim: ``d``, the width of the features the backbone gives (an integer >= 1).
+            num_classes: ``K``, the number of classes (an integer >= 2).
+            temperature: ``τ`` in ``h̃ = τ h/‖h‖`` (finite, > 0).
+            normalize_features: ``False``: the classifier sees the raw features (``h̃ = h``).
+        """
         super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"a classifier head needs num_classes >= 2; got {num_classes}")
-        if feature_dim < 1:
-            raise ValueError(f"feature_dim must be >= 1; got {feature_dim}")
+        self.feature_dim = as_size("feature_dim", feature_dim, 1)
+        self.num_classes = as_size("num_classes", num_classes, 2)  # a classifier needs two classes
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a finite positive number; got {temperature}")
-        self.feature_dim, self.num_classes = int(feature_dim), int(num_classes)
         self.temperature, self.normalize_features = float(temperature), normalize_features
         self._device_targets_checked = False
 
@@ -102,7 +118,7 @@ class Head(nn.Module):
         ``NonFiniteFeaturesError`` when false and the check is on (``check_finite``; a host read)."""
         finite = torch.isfinite(mu).all()
         check = mu.device.type == "cpu" if self.check_finite is None else self.check_finite
-        if check and not bool(finite):
+        if check and not torch.compiler.is_compiling() and not bool(finite):
             raise NonFiniteFeaturesError(
                 f"{type(self).__name__}: the training batch's features contain NaN or inf; the batch was "
                 "rejected and the head's state is unchanged (check the backbone's inputs, or lower the learning rate)"
@@ -110,7 +126,11 @@ class Head(nn.Module):
         return finite
 
     def forward(self, features: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits ``(N, K)`` of ``features`` (``(N, d)``, floating point) in float32 or wider; ``targets``: the
+        class indices ``(N,)``, of any integer dtype, needed in training mode by ``NearestETFHead``."""
         self._check_inputs(features, targets)
+        if targets is not None and targets.dtype not in (torch.int64, torch.int32):
+            targets = targets.long()  # index_add takes int64/int32 indices
         with torch.autocast(device_type=features.device.type, enabled=False):
             return self._logits(self.transform(features), targets)
 
@@ -130,6 +150,10 @@ class Head(nn.Module):
     def after_step(self) -> None:
         """Call after every ``optimizer.step()`` (no-op except for ``StandardHead``)."""
 
+    def solver_stats(self) -> dict[str, int]:
+        """Counters of the head's solver, for logs: ``{}`` unless it keeps some (``NearestETFHead(solver="warm")``)."""
+        return {}
+
     def _check_inputs(self, features: torch.Tensor, targets: torch.Tensor | None) -> None:
         if features.dim() != 2 or features.shape[1] != self.feature_dim:
             raise ValueError(
@@ -146,11 +170,17 @@ class Head(nn.Module):
                     "call head(features, targets), or head.eval() for inference"
                 )
             return
-        if targets.shape != features.shape[:1] or targets.dtype not in (torch.int64, torch.int32):
+        integer = not (targets.dtype == torch.bool or targets.dtype.is_floating_point or targets.dtype.is_complex)
+        if targets.shape != features.shape[:1] or not integer:
             raise ValueError(
-                f"targets must be an integer (int64) tensor of shape ({features.shape[0]},) of class "
-                f"indices; got dtype {targets.dtype}, shape {tuple(targets.shape)}"
+                f"targets must be a tensor of class indices of shape ({features.shape[0]},) and an integer dtype "
+                f"(any: int64, int32, uint8, ...; not bool or floating point); got dtype {targets.dtype}, "
+                f"shape {tuple(targets.shape)}"
             )
+        if torch.compiler.is_compiling():  # in the graph, no host read: fails when the graph runs
+            in_range = ((targets >= 0) & (targets < self.num_classes)).all()
+            torch._assert_async(in_range, f"targets must be class indices in [0, {self.num_classes})")
+            return
         if targets.device.type != "cpu":
             if self._device_targets_checked:
                 return
@@ -189,14 +219,18 @@ class NearestETFHead(Head):
     on CUDA the default solvers do one (cuSOLVER reports its status to the host; see BENCHMARKS.md §2),
     ``solver="polar-ns"`` none (matrix products only; a CUDA test checks the whole step).
 
-    ``freeze_after = n`` (``None``: never): the first ``n`` training updates (training-mode forwards that
-    return, i.e. optimiser steps; a batch rejected with ``NonFiniteFeaturesError`` does not count, one
-    rejected on the device without raising does) run as above; from then on ``U`` is frozen — no
-    solve, no class-mean update — and the head is a fixed ETF at its own ``U``: ``logits = W h̃ - W μ_B``
-    with ``W = sqrt(K/(K-1)) M Uᵀ`` constant, and only the running global mean ``μ_G`` (the eval bias) keeps
-    running, as in ``FixedETFHead``. ``n = 0``: frozen at ``U_0``. The count (``updates``) and the flag
-    (``frozen``, which stays set once set) are buffers, so ``load_state_dict`` resumes across the freeze;
-    both are also kept on the host (no sync per step). Every DDP rank counts alike.
+    ``freeze_after = n`` (``None``: never): the first ``n`` training updates (training-mode forwards of
+    accepted batches, i.e. optimiser steps; a rejected non-finite batch and an empty batch do not count,
+    whether or not the rejection raised) run as above; from then on ``U`` is frozen — no solve, no
+    class-mean update — and the head is a fixed ETF at its own ``U``: ``logits = W h̃ - W μ_B`` with
+    ``W = sqrt(K/(K-1)) M Uᵀ`` constant, and only the running global mean ``μ_G`` (the eval bias) keeps
+    running, as in ``FixedETFHead``. ``n = 0``: frozen at ``U_0``. The count (``updates``, added on the
+    device) and the flag (``frozen``, which stays set once set) are buffers, so ``load_state_dict`` resumes
+    across the freeze. The host counts calls, an upper bound of ``updates``; the device count is read only
+    when that bound reaches ``n`` (one sync, at the freeze). Every DDP rank counts alike.
+
+    ``state_dict()`` holds the whole state; ``U`` is float32, or float64 once a float64 solve has run (float64
+    features or ``solve_dtype``), and ``load_state_dict`` keeps the precision it was saved in.
     """
 
     needs_targets = True
@@ -217,7 +251,31 @@ class NearestETFHead(Head):
         sync_distributed: bool = True,
         freeze_after: int | None = None,
     ) -> None:
+        """Args:
+            feature_dim: ``d``, the width of the features (an integer >= ``num_classes``).
+            num_classes: ``K``, the number of classes (an integer >= 2).
+            temperature: ``τ`` in ``h̃ = τ h/‖h‖`` (5, as in the paper).
+            delta: ``δ >= 0``, the weight of the proximal term ``(δ/2)‖U - U_prev‖²`` that keeps consecutive
+                solutions close (1e-3, as in the paper; ``solver="warm"`` needs ``δ > 0``).
+            solver: how the inner problem is solved, one of ``SOLVERS``: ``"auto"`` (the float64 Gram route
+                for float32 work, else the SVD), ``"polar"``, ``"polar-gram"``, ``"polar-ns"`` (matrix products
+                only, no host sync), ``"warm"`` (each step from the last; ``warm_polar.py``), ``"riemannian"``
+                (the paper's iterative solver). docs/maths.md §7.
+            implicit_grad: backpropagate through the solve (the implicit gradient); ``False`` is the ablation
+                that treats ``U*`` as a constant.
+            mean_schedule: the step size of the running class means, ``"paper"`` (``α_t = max(2/(t+1),
+                α_min)``), ``"cumulative"`` (the plain sample-weighted mean) or ``"ema"`` (``means.py``).
+            alpha_min: the floor of the ``"paper"`` schedule's step size (in ``[0, 1]``).
+            solve_dtype: the dtype of the solve, ``torch.float32`` or ``torch.float64``; ``None``: float32, or
+                the features' dtype if wider.
+            ema_alpha: the fixed step size of the ``"ema"`` schedule (in ``(0, 1]``).
+            sync_distributed: under ``torch.distributed``, all-reduce the class statistics over ranks so that
+                every rank holds the same means and ``U`` (``False``: each rank uses its own batch only).
+            freeze_after: ``None``, or the number of training updates after which ``U`` is frozen (an integer
+                >= 0; the class docstring).
+        """
         super().__init__(feature_dim, num_classes, temperature)
+        feature_dim, num_classes = self.feature_dim, self.num_classes
         _check_etf_dims(feature_dim, num_classes)
         if freeze_after is not None and not (
             isinstance(freeze_after, int) and not isinstance(freeze_after, bool) and freeze_after >= 0
@@ -240,6 +298,8 @@ class NearestETFHead(Head):
         )
         self.register_buffer("U", canonical_stiefel(feature_dim, num_classes, dtype=solve_dtype or torch.float32))
         self.warm = WarmPolarSolver(num_classes) if solver == "warm" else None
+        if solver == "polar-ns":
+            ns_schedule(delta)  # built now, not while torch.compile traces the first step (a recompile at the next)
         self.freeze_after = freeze_after
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
         self.register_buffer("frozen", torch.tensor(freeze_after == 0))
@@ -257,38 +317,53 @@ class NearestETFHead(Head):
         if self._frozen:  # a fixed ETF at the stored U; μ_G keeps running for the eval bias
             mu = self.means.update_global(h)
             self._reject_non_finite(mu)
-            self._count_update()
+            self._count_update(self.means.accepted)
             W = etf_weight(self.U).to(h.dtype)
             return h @ W.T - W @ mu
-        A, mu = self.means.update(h, targets)  # a non-finite batch leaves the means as they were
-        finite = self._reject_non_finite(mu)
+        A, mu = self.means.update(h, targets)  # a non-finite or empty batch leaves the means as they were
+        self._reject_non_finite(mu)
+        accepted = self.means.accepted  # finite and non-empty (all ranks): a device flag, no host read
         norm = torch.linalg.vector_norm(A)
         Hbar = A / (norm + (norm == 0))  # H̄ = A/‖A‖_F, and 0 (not NaN) when A = 0
         U = self.solve(Hbar)
-        with torch.no_grad():
-            U_next = torch.where(finite, U.detach(), self.U.to(U.dtype))  # rejected batch: keep U_prev
-            if U.dtype == self.U.dtype:
-                self.U.copy_(U_next)
-            else:  # float64 features solve in float64: keep the anchor at that precision
-                self.U = U_next.clone()
-        self._count_update()
+        # rejected batch: keep U_prev. Float64 features solve in float64: the anchor keeps that precision.
+        self.U = torch.where(accepted, U.detach(), self.U.to(U.dtype))  # rebound, not copied into (means.py)
+        self._count_update(accepted)
         W = etf_weight(U).to(h.dtype)
         return h @ W.T - W @ mu
 
-    def _count_update(self) -> None:
-        """One more training update (host count, written to the buffer without a sync); freeze when due."""
+    def _count_update(self, accepted: torch.Tensor) -> None:
+        """Count an accepted batch in ``updates`` (a device-side add, no sync); freeze when due.
+
+        With ``freeze_after`` pending, the host copy ``_updates`` counts every call, so it is an upper bound of
+        ``updates`` (a batch rejected on the device without raising is not seen on the host). Only when that
+        bound reaches ``freeze_after`` is the true count read (one sync), so rejected and empty batches never
+        move the freeze point.
+        """
+        self.updates = self.updates + accepted.to(self.updates.dtype)
+        if not self._frozen and self.freeze_after is not None:
+            self._count_on_host()
+
+    @torch.compiler.disable  # host-side Python state: under torch.compile one graph break, not a recompile per step
+    def _count_on_host(self) -> None:
         self._updates += 1
-        self.updates.fill_(self._updates)
-        if not self._frozen and self.freeze_after is not None and self._updates >= self.freeze_after:
-            self._frozen = True
-            self.frozen.fill_(True)
+        if self._updates >= self.freeze_after:
+            self._updates = int(self.updates)
+            if self._updates >= self.freeze_after:
+                self._frozen = True
+                self.frozen.fill_(True)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """Read ``updates``/``frozen`` back to the host (one sync per load). A state saved before they
-        existed counts its non-empty batches (``means.steps[K]``) as updates and is not frozen."""
+        existed counts its non-empty batches (``means.steps[K]``) as updates and is not frozen. ``U`` keeps the
+        precision it was saved in (float32, or float64 after a float64 solve), as the head itself keeps it."""
         if prefix + "updates" not in state_dict and prefix + "means.steps" in state_dict:
             state_dict[prefix + "updates"] = state_dict[prefix + "means.steps"][-1].clone()
             state_dict.setdefault(prefix + "frozen", torch.tensor(False))
+        saved_U = state_dict.get(prefix + "U")
+        if isinstance(saved_U, torch.Tensor) and saved_U.dtype in (torch.float32, torch.float64) \
+                and saved_U.dtype != self.U.dtype and saved_U.shape == self.U.shape:
+            self.U = torch.empty_like(self.U, dtype=saved_U.dtype)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._updates = int(self.updates)
         due = self.freeze_after is not None and self._updates >= self.freeze_after
@@ -296,17 +371,28 @@ class NearestETFHead(Head):
         self.frozen.fill_(self._frozen)
 
     def solve(self, Hbar: torch.Tensor) -> torch.Tensor:
-        """``U*`` for the normalised means ``H̄`` (``d×K``), anchored at the stored ``U_prev``."""
+        """``U*`` for the normalised means ``H̄`` (``d×K``), anchored at the stored ``U_prev``. The warm solver
+        keeps its state as it was when the running means rejected the latest batch (``means.accepted``)."""
         if self.warm is not None:
+            accepted = self.means.accepted if self.training else None
             dtype = self.solve_dtype or torch.promote_types(Hbar.dtype, torch.float32)
             with torch.set_grad_enabled(self.implicit_grad and torch.is_grad_enabled()):
                 Hbar = Hbar.to(dtype) if self.implicit_grad else Hbar.detach().to(dtype)
-                return self.warm(polar_target(Hbar, self.U.to(dtype), self.delta), self.U)
+                return self.warm(polar_target(Hbar, self.U.to(dtype), self.delta), self.U, accepted)
         kw = dict(solver=self.solver, dtype=self.solve_dtype, check_finite=False)
         if self.implicit_grad:
             return nearest_etf(Hbar, self.U, self.delta, **kw)
         with torch.no_grad():
             return nearest_etf(Hbar.detach(), self.U, self.delta, **kw)
+
+    def solver_stats(self) -> dict[str, int]:
+        """With ``solver="warm"``: ``warm_refreshes``, the exact solves so far, and ``warm_fallbacks``, the steps
+        whose answer missed the certificate's ``hard_tol`` and was used as it was or replaced by the previous
+        ``U`` (none on the CPU, which solves such a step again exactly; ``ncguide.warm_polar``). Reads two
+        device counters (one sync); ``{}`` for the other solvers."""
+        if self.warm is None:
+            return {}
+        return {"warm_refreshes": int(self.warm.refreshes), "warm_fallbacks": int(self.warm.fallbacks)}
 
     @property
     def weight(self) -> torch.Tensor:
@@ -344,7 +430,21 @@ class FixedETFHead(Head):
         ema_alpha: float = 0.1,
         sync_distributed: bool = True,
     ) -> None:
+        """Args:
+            feature_dim: ``d``, the width of the features (an integer >= ``num_classes``).
+            num_classes: ``K``, the number of classes (an integer >= 2).
+            temperature: ``τ`` in ``h̃ = τ h/‖h‖``.
+            rotation: ``"random"`` (a Haar-random ``U_0`` drawn from ``seed``) or ``"canonical"`` (the first
+                ``K`` columns of ``I_d``).
+            seed: the seed of the random rotation.
+            mean_schedule: the step size of the running global mean (eval bias): ``"paper"``,
+                ``"cumulative"`` or ``"ema"`` (``means.py``).
+            alpha_min: the floor of the ``"paper"`` schedule's step size.
+            ema_alpha: the fixed step size of the ``"ema"`` schedule.
+            sync_distributed: under ``torch.distributed``, all-reduce the batch means over ranks.
+        """
         super().__init__(feature_dim, num_classes, temperature)
+        feature_dim, num_classes = self.feature_dim, self.num_classes
         _check_etf_dims(feature_dim, num_classes)
         if rotation == "random":
             U0 = random_stiefel(feature_dim, num_classes, generator=torch.Generator().manual_seed(seed))
@@ -400,9 +500,17 @@ class StandardHead(Head):
         normalize_features: bool = True,
         bias: bool = True,
     ) -> None:
+        """Args:
+            feature_dim: ``d``, the width of the features (an integer >= 1).
+            num_classes: ``K``, the number of classes (an integer >= 2).
+            temperature: ``τ`` in ``h̃ = τ h/‖h‖`` (unused with ``normalize_features=False``).
+            normalize_weights: renormalise the rows of ``W`` to unit norm (at construction and by ``after_step``).
+            normalize_features: feed ``h̃ = τ h/‖h‖`` (``True``) or the raw features to the linear layer.
+            bias: learn a bias ``b`` (``False``: none, ``bias`` reads zeros).
+        """
         super().__init__(feature_dim, num_classes, temperature, normalize_features)
         self.normalize_weights = normalize_weights
-        self.linear = nn.Linear(feature_dim, num_classes, bias=bias)
+        self.linear = nn.Linear(self.feature_dim, self.num_classes, bias=bias)
         self.after_step()
 
     def _logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -450,7 +558,8 @@ def head_options(method: str) -> set[str]:
 
 
 def build_head(method: str, feature_dim: int, num_classes: int, **kwargs) -> Head:
-    """The head for a method name in ``METHODS``; ``kwargs`` go to its constructor."""
+    """The head for a method name in ``METHODS``, for ``feature_dim`` (``d``) features and ``num_classes`` (``K``)
+    classes; ``kwargs`` go to its constructor (``head_options(method)`` lists them)."""
     allowed = head_options(method)
     cls, fixed = _REGISTRY[method]
     unknown = sorted(set(kwargs) - allowed)

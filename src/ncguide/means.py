@@ -37,10 +37,12 @@ of parameter gradients over ranks then yields the gradient of the mean loss.
 A running estimate of the global feature mean (same schedule, with ``t`` = training steps) is kept
 for the evaluation-mode bias ``b = -W μ_G``.
 
-**Non-finite batches.** A batch is folded in only if its (all-reduced) batch mean ``μ_B`` is finite,
-i.e. no rank's features hold NaN or inf (a non-finite entry anywhere makes its column of the summed
+**Non-finite and empty batches.** A batch is folded in only if its (all-reduced) batch mean ``μ_B`` is
+finite, i.e. no rank's features hold NaN or inf (a non-finite entry anywhere makes its column of the summed
 features non-finite). Otherwise every buffer keeps its value (``torch.where`` on the device, no host
-sync) and the batch is not counted; raising is the caller's choice (the heads raise on CPU).
+sync) and the batch is not counted; raising is the caller's choice (the heads raise on CPU). A batch with
+no samples on any rank changes nothing either (``α = 0``). After each update ``accepted`` holds whether the
+batch was folded in (finite and non-empty), as a device bool, for the caller's own selects.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from .etf import as_size
 
 __all__ = ["SCHEDULES", "mean_alpha", "batch_class_sums", "fill_unseen", "RunningMean", "RunningClassMeans"]
 
@@ -62,9 +66,10 @@ def mean_alpha(
     alpha_min: float = 1e-4,
     ema_alpha: float = 0.1,
 ) -> torch.Tensor:
-    """Step size ``α`` per entry: ``steps`` = updates so far including this one, ``batch_count`` =
-    samples in this batch, ``total_count`` = samples so far including this batch. ``α = 0`` where
-    ``batch_count == 0`` (nothing to update); ``α = 1`` at the first update."""
+    """Step size ``α`` per entry of the ``schedule`` (``"paper"``: ``max(2/(t+1), alpha_min)``,
+    ``"cumulative"``, ``"ema"``: ``ema_alpha``; module docstring): ``steps`` = updates so far including this one,
+    ``batch_count`` = samples in this batch, ``total_count`` = samples so far including this batch. ``α = 0``
+    where ``batch_count == 0`` (nothing to update); ``α = 1`` at the first update."""
     t = steps.to(total_count.dtype)
     if schedule == "paper":
         alpha = (2.0 / (t + 1.0)).clamp_min(alpha_min)
@@ -105,8 +110,8 @@ def _all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 def batch_class_sums(
     features: torch.Tensor, targets: torch.Tensor, num_classes: int, sync: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-class sums ``S`` (``K×d``, differentiable) and counts ``n`` (``K``) of ``features``
-    (``N×d``) by ``targets`` (``N``), all-reduced over ranks when ``sync`` and distributed.
+    """Per-class sums ``S`` (``K×d``, ``K = num_classes``, differentiable) and counts ``n`` (``K``) of
+    ``features`` (``N×d``) by ``targets`` (``N``), all-reduced over ranks when ``sync`` and distributed.
     Vectorised with ``index_add`` (no loop over classes, no host sync)."""
     n, d = features.shape
     ones = torch.ones(n, 1, dtype=features.dtype, device=features.device)
@@ -117,30 +122,32 @@ def batch_class_sums(
     return sums[:, :d], sums[:, d].detach()
 
 
-@torch.no_grad()
-def _count_batch(steps, counts, n, schedule: str, alpha_min: float, ema_alpha: float) -> torch.Tensor:
-    """Count a batch with ``n`` samples per entry into ``steps``/``counts`` (in place); return its α."""
-    n = n.to(counts.dtype)
-    steps.add_((n > 0).to(steps.dtype))
-    counts.add_(n)
-    return mean_alpha(schedule, steps, n, counts, alpha_min, ema_alpha)
+def _count_batch(steps, counts, n, schedule: str, alpha_min: float, ema_alpha: float):
+    """``steps``/``counts`` after a batch with ``n`` samples per entry, and the batch's α.
+
+    New tensors, which the modules assign to their buffers: no buffer is updated in place. Under
+    ``torch.compile`` (torch 2.13) in-place updates of buffers have been lost (a 0-dim count), and the
+    compiled backward may recompute α from the step counters after their update (pytorch/pytorch PR 197039),
+    which gave wrong gradients; functional updates avoid both, with the same values."""
+    n = n.detach().to(counts.dtype)
+    steps, counts = steps + (n > 0).to(steps.dtype), counts + n
+    return steps, counts, mean_alpha(schedule, steps, n, counts, alpha_min, ema_alpha)
 
 
-def _fold_batch_mean(features, mean, steps, counts, schedule: str, alpha_min: float, ema_alpha: float,
-                     sync: bool) -> torch.Tensor:
-    """``μ_B`` of ``features`` (all ranks when ``sync``), folded into the buffers ``mean``/``steps``/``counts``
-    in place (detached; kept as they are when ``μ_B`` is not finite). Returns ``μ_B`` with gradient."""
+def _fold_batch_mean(features, mean, steps, counts, schedule: str, alpha_min: float, ema_alpha: float, sync: bool):
+    """``μ_B`` of ``features`` (all ranks when ``sync``) folded into the running ``mean``/``steps``/``counts``
+    (kept as they are when ``μ_B`` is not finite). Returns ``μ_B`` with gradient, whether the batch was folded
+    in (a device flag: finite and non-empty), and the new ``mean``, ``steps``, ``counts`` (detached)."""
     stacked = torch.cat([features.sum(0), features.new_full((1,), features.shape[0])])
     if sync:
         stacked = _all_reduce_sum(stacked)
     mu = stacked[:-1] / stacked[-1].detach().clamp_min(1.0)
     finite = torch.isfinite(mu).all()
     n = stacked[-1].detach() * finite  # a non-finite batch counts as empty: α = 0
-    alpha = _count_batch(steps, counts, n, schedule, alpha_min, ema_alpha)
-    with torch.no_grad():
-        prev = mean.to(mu.dtype)
-        mean.copy_(torch.where(finite, prev + alpha.to(mu.dtype) * (mu - prev), prev))
-    return mu
+    steps, counts, alpha = _count_batch(steps, counts, n, schedule, alpha_min, ema_alpha)
+    prev = mean.to(mu.dtype)
+    new = torch.where(finite, prev + alpha.to(mu.dtype) * (mu.detach() - prev), prev)
+    return mu, n > 0, new.to(mean.dtype, copy=True), steps, counts
 
 
 class RunningMean(nn.Module):
@@ -152,19 +159,30 @@ class RunningMean(nn.Module):
         self, feature_dim: int, schedule: str = "paper", alpha_min: float = 1e-4, ema_alpha: float = 0.1,
         sync: bool = True,
     ) -> None:
+        """Args:
+            feature_dim: ``d`` (an integer >= 1).
+            schedule: ``"paper"``, ``"cumulative"`` or ``"ema"`` (module docstring).
+            alpha_min: the floor of the ``"paper"`` step size (in ``[0, 1]``).
+            ema_alpha: the fixed ``"ema"`` step size (in ``(0, 1]``).
+            sync: all-reduce the batch over ``torch.distributed`` ranks.
+        """
         super().__init__()
+        feature_dim = as_size("feature_dim", feature_dim, 1)
         _check_schedule(schedule, alpha_min, ema_alpha)
         self.feature_dim, self.schedule, self.alpha_min, self.ema_alpha = feature_dim, schedule, alpha_min, ema_alpha
         self.sync = sync
         self.register_buffer("mean", torch.zeros(feature_dim))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.accepted: torch.Tensor | None = None
 
     def update(self, features: torch.Tensor) -> torch.Tensor:
         """Training step: returns ``μ_B`` (``d``, with gradient; over all ranks when distributed) and
-        folds it into the running mean (no gradient, no host sync)."""
-        return _fold_batch_mean(features, self.mean, self.step, self.count, self.schedule, self.alpha_min,
-                                self.ema_alpha, self.sync)
+        folds it into the running mean (no gradient, no host sync). ``accepted`` then holds whether the
+        batch was folded in (a device bool: finite and non-empty over all ranks)."""
+        mu, self.accepted, self.mean, self.step, self.count = _fold_batch_mean(
+            features, self.mean, self.step, self.count, self.schedule, self.alpha_min, self.ema_alpha, self.sync)
+        return mu
 
 
 class RunningClassMeans(nn.Module):
@@ -185,7 +203,16 @@ class RunningClassMeans(nn.Module):
         ema_alpha: float = 0.1,
         sync: bool = True,
     ) -> None:
+        """Args:
+            feature_dim: ``d`` (an integer >= 1).
+            num_classes: ``K`` (an integer >= 1).
+            schedule: ``"paper"``, ``"cumulative"`` or ``"ema"`` (module docstring).
+            alpha_min: the floor of the ``"paper"`` step size (in ``[0, 1]``).
+            ema_alpha: the fixed ``"ema"`` step size (in ``(0, 1]``).
+            sync: all-reduce the class sums and counts over ``torch.distributed`` ranks.
+        """
         super().__init__()
+        feature_dim, num_classes = as_size("feature_dim", feature_dim, 1), as_size("num_classes", num_classes, 1)
         _check_schedule(schedule, alpha_min, ema_alpha)
         self.feature_dim, self.num_classes = feature_dim, num_classes
         self.schedule, self.alpha_min, self.ema_alpha, self.sync = schedule, alpha_min, ema_alpha, sync
@@ -193,13 +220,16 @@ class RunningClassMeans(nn.Module):
         self.register_buffer("global_mean", torch.zeros(feature_dim))
         self.register_buffer("steps", torch.zeros(num_classes + 1, dtype=torch.long))
         self.register_buffer("counts", torch.zeros(num_classes + 1, dtype=torch.float64))
+        self.accepted: torch.Tensor | None = None  # the latest training batch was folded in (set by update)
 
     def update(self, features: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One training batch: ``features`` ``h̃`` (``N×d``), ``targets`` (``N``, in ``[0, K)``).
 
         Returns ``(A_t, μ_B)``: the estimate with unseen classes filled (``d×K``, gradient through
         ``α B_t``) and the batch mean (``d``, with gradient). Updates the running state (detached);
-        a batch with non-finite ``μ_B`` leaves it unchanged and returns the previous estimate as ``A_t``.
+        a batch with non-finite ``μ_B`` leaves it unchanged and returns the previous estimate as ``A_t``,
+        and so does an empty one. ``accepted`` then holds whether the batch was folded in (a device bool:
+        finite and non-empty over all ranks; no host sync).
         """
         k = self.num_classes
         sums, counts = batch_class_sums(features, targets, k, self.sync)  # K×d, K
@@ -208,21 +238,25 @@ class RunningClassMeans(nn.Module):
         finite = torch.isfinite(mu).all()
         batch = torch.cat([sums / counts.clamp_min(1.0).unsqueeze(1) - mu, mu.unsqueeze(0)]).T  # [B_t | μ_B]
         n = torch.cat([counts, total]).detach() * finite  # a non-finite batch counts as empty: α = 0
-        alpha = _count_batch(self.steps, self.counts, n, self.schedule, self.alpha_min, self.ema_alpha)
+        self.accepted = n[k] > 0
+        self.steps, self.counts, alpha = _count_batch(self.steps, self.counts, n, self.schedule, self.alpha_min,
+                                                      self.ema_alpha)  # new tensors: see _count_batch
         prev = torch.cat([self.means, self.global_mean.unsqueeze(1)], 1).to(features.dtype)
         new = prev + alpha.to(features.dtype) * (batch - prev)  # (1-α) prev.detach() + α batch; α=0: absent
         new = torch.where(finite, new, prev)  # 0·NaN is NaN: keep the previous state exactly
-        with torch.no_grad():
-            self.means.copy_(new[:, :k])
-            self.global_mean.copy_(new[:, k])
+        self.means = new[:, :k].detach().to(self.means.dtype, copy=True)
+        self.global_mean = new[:, k].detach().to(self.global_mean.dtype, copy=True)
         return fill_unseen(new[:, :k], self.steps[:k] > 0), mu
 
     def update_global(self, features: torch.Tensor) -> torch.Tensor:
         """A training batch that updates ``μ_G`` only (a frozen ``NearestETFHead``): returns ``μ_B`` (``d``, with
         gradient) as :meth:`RunningMean.update` does; ``A`` and the class counts are left as they are."""
         k = self.num_classes
-        return _fold_batch_mean(features, self.global_mean, self.steps[k:], self.counts[k:], self.schedule,
-                                self.alpha_min, self.ema_alpha, self.sync)
+        mu, self.accepted, self.global_mean, step, count = _fold_batch_mean(
+            features, self.global_mean, self.steps[k:], self.counts[k:], self.schedule, self.alpha_min,
+            self.ema_alpha, self.sync)
+        self.steps, self.counts = torch.cat([self.steps[:k], step]), torch.cat([self.counts[:k], count])
+        return mu
 
     @property
     def class_steps(self) -> torch.Tensor:

@@ -91,7 +91,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.distributed as dist
 
-from .etf import centering_matrix
+from .etf import as_size, centering_matrix
 
 __all__ = ["nc_metrics", "nc_metrics_streaming", "NCAccumulator"]
 
@@ -107,9 +107,7 @@ def _check_num_classes(num_classes: int, weight: torch.Tensor | None) -> int:
         if weight is None:
             raise ValueError("num_classes is unknown: pass num_classes or the classifier weight (K×d)")
         num_classes = weight.shape[0]
-    if num_classes < 2:
-        raise ValueError(f"NC metrics need K >= 2 classes; got num_classes={num_classes}")
-    return int(num_classes)
+    return as_size("num_classes", num_classes, 2)  # NC metrics need K >= 2 classes
 
 
 def _check_batch(features: torch.Tensor, labels: torch.Tensor, k: int, d: int | None) -> None:
@@ -416,10 +414,18 @@ class NCAccumulator:
         keep_margins: bool = True,
         distributed: bool | None = None,
     ) -> None:
+        """Args:
+            num_classes: ``K`` (an integer >= 2).
+            feature_dim: ``d`` (an integer >= 1).
+            device: where the float64 sums live; ``None``: the first batch's device.
+            raw_scatter: also accumulate ``Σ hhᵀ`` in pass 1, so that ``compute(W, b)`` works without a second
+                pass (``Σ_W`` from the raw second moment).
+            keep_margins: keep the ``N`` per-sample cosine margins of pass 2 (for ``sorted_margins``).
+            distributed: all-reduce over ``torch.distributed`` ranks in ``compute``; ``None``: when a process
+                group with more than one rank is initialised.
+        """
         self.num_classes = _check_num_classes(num_classes, None)
-        if feature_dim < 1:
-            raise ValueError(f"feature_dim must be >= 1; got {feature_dim}")
-        self.feature_dim = int(feature_dim)
+        self.feature_dim = as_size("feature_dim", feature_dim, 1)
         self.device = None if device is None else torch.device(device)
         self.raw_scatter = raw_scatter
         self.keep_margins = keep_margins
@@ -586,8 +592,11 @@ def nc_metrics_streaming(
 
     ``make_batches()`` must return a fresh iterable of ``(features h̃ (B, d), labels (B,))`` over the
     same samples each call (pass 1: class means; pass 2: ``Σ_W``, NC4, accuracy, cosine margins).
+    ``weight`` (``K×d``) and ``bias`` (``K``, or ``None``) are the classifier, as in ``nc_metrics``.
     ``num_classes``/``feature_dim`` default to ``weight.shape``; the sums live on ``device``
-    (default: the weight's). Under ``torch.distributed`` each rank passes its own shard (possibly
+    (default: the weight's). ``rtol``: the relative threshold below which eigenvalues of ``Σ_B`` count as
+    zero in its pseudo-inverse (``None``: ``nc_metrics``'s default). ``distributed``: as in
+    ``NCAccumulator``. Under ``torch.distributed`` each rank passes its own shard (possibly
     empty); all ranks get the same result.
     Returns the dict of ``nc_metrics`` (and the sorted margins with ``return_margins``).
     """

@@ -130,7 +130,8 @@ def gram_scale(S: torch.Tensor) -> torch.Tensor:
 
 
 def polar_iteration(Z: torch.Tensor, steps: Steps) -> tuple[torch.Tensor, torch.Tensor]:
-    """Iteration (1). Returns ``U ≈ polar(Z)`` and the scale ``s`` (``X_0 = Z/s``)."""
+    """Iteration (1) on ``Z`` (``(..., d, K)``) with the polynomials ``steps`` (``polynomial_schedule``). Returns
+    ``U ≈ polar(Z)`` and the scale ``s`` (``X_0 = Z/s``)."""
     S = Z.transpose(-1, -2) @ Z
     s = gram_scale(S)
     X, S = Z / s, S / (s * s)
@@ -169,7 +170,8 @@ def lyapunov_and_inverse(
 def polar_iteration_backward(
     U: torch.Tensor, Z: torch.Tensor, s: torch.Tensor, G: torch.Tensor, steps: Steps
 ) -> torch.Tensor:
-    """Equation (2): ``∂L/∂Z = U (Ω - UᵀG P⁻¹) + G P⁻¹`` for ``U = polar(Z)``."""
+    """Equation (2): ``∂L/∂Z = U (Ω - UᵀG P⁻¹) + G P⁻¹`` for ``U = polar(Z)``, ``G = ∂L/∂U``; ``s`` and ``steps``
+    are the scale and the polynomials of the forward ``polar_iteration``."""
     P = _sym(U.transpose(-1, -2) @ Z)
     W = U.transpose(-1, -2) @ G
     omega, P_inv = lyapunov_and_inverse(P, W - W.transpose(-1, -2), s, steps)

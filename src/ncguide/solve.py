@@ -25,6 +25,10 @@ Gram matrix ``ZᵀZ = B Σ² Bᵀ`` in float64 (``A = Z B Σ⁻¹``, ``U* = Z B 
 number (``σ_min ≈ δ/2``) is harmless in float64, and a small symmetric eigensolver can be cheaper than a
 tall SVD, notably on GPUs. The result is cast back to the compute dtype.
 
+Under ``torch.compile`` the Gram route cannot read its conditioning check on the host without breaking the
+graph: there a matrix with ``σ_min/σ_max <= GRAM_MIN_RATIO`` keeps ``U_prev`` instead of the SVD (as
+``polar-ns`` does below its design bound; with ``δ >= 1e-3`` this needs means that cancel the anchor, ``d ≈ K``).
+
 ``solver="riemannian"`` solves (1) iteratively with trust regions on the Stiefel manifold
 (pymanopt, an optional extra), warm-started from ``U_prev`` as in the paper; its gradient is the
 same implicit derivative (3) at the exact optimum (from the SVD of ``Z``), which is the derivative at
@@ -73,7 +77,8 @@ NS_MIN_LOWER = 1e-8  # polar-ns: below this design bound (δ < 1e-6) the SVD is 
 def inner_objective(
     U: torch.Tensor, H: torch.Tensor, U_prev: torch.Tensor | None = None, delta: float = 1e-3
 ) -> torch.Tensor:
-    """Objective (1) for ``U, H`` of shape ``(..., d, K)``; returns shape ``(...)``."""
+    """Objective (1) for ``U, H`` of shape ``(..., d, K)``, anchor ``U_prev`` (``None``: ``U_0``) and proximal
+    weight ``delta``; returns shape ``(...)``."""
     k = H.shape[-1]
     if U_prev is None:
         U_prev = canonical_stiefel(H.shape[-2], k, dtype=H.dtype, device=H.device)
@@ -100,26 +105,34 @@ class GramPolarFactor(torch.autograd.Function):
     """``polar(Z)`` via ``eigh(ZᵀZ)`` in float64; same backward (3) as :class:`PolarFactor`.
 
     Its error is about ``1e-16·cond(Z)²``. When some ``σ_min/σ_max < GRAM_MIN_RATIO`` (error above
-    ~1e-8, e.g. ``δ = 0``, where ``Z1 = 0``), the batch falls back to the thin SVD.
+    ~1e-8, e.g. ``δ = 0``, where ``Z1 = 0``), the batch falls back to the thin SVD (a host read).
+    ``apply(Z, False)`` (``verify=False``) reads nothing: it returns ``(U, ok)``, ``ok`` (per matrix, on the
+    device) false where the ratio is too small, and leaves the fallback to the caller (``nearest_etf`` under
+    ``torch.compile``).
     """
 
     @staticmethod
-    def forward(ctx, Z: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, Z: torch.Tensor, verify: bool = True):  # type: ignore[override]
         Z64 = Z.double()
         S, B = gram_singular(Z64)
-        if bool((S[..., 0] <= GRAM_MIN_RATIO * S[..., -1]).any()):
+        ok = ~(S[..., 0] <= GRAM_MIN_RATIO * S[..., -1])  # NaN (a rejected batch's) is not a fallback
+        if verify and not bool(ok.all()):
             return _svd_polar(ctx, Z)
+        S = S.clamp_min(torch.finfo(S.dtype).tiny)  # finite where not ok (that U is not used)
         A = (Z64 @ B) / S.unsqueeze(-2)
         Bh = B.transpose(-1, -2)
         U = A @ Bh
         ctx.save_for_backward(A.to(Z.dtype), S.to(Z.dtype), Bh.to(Z.dtype))
-        return U.to(Z.dtype)
+        if verify:
+            return U.to(Z.dtype)
+        ctx.mark_non_differentiable(ok)
+        return U.to(Z.dtype), ok
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, G: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, G: torch.Tensor, *_) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         A, S, Bh = ctx.saved_tensors
-        return _polar_backward(A, S, Bh, G)
+        return _polar_backward(A, S, Bh, G), None
 
 
 class IterativePolarFactor(torch.autograd.Function):
@@ -241,19 +254,30 @@ def nearest_etf(
         if solver == "polar":
             return PolarFactor.apply(Z)
         if solver == "polar-gram":
-            return GramPolarFactor.apply(Z)
+            if not torch.compiler.is_compiling():
+                return GramPolarFactor.apply(Z)
+            U, ok = GramPolarFactor.apply(Z, False)  # no host read inside a graph: as polar-ns, keep U_prev
+            return torch.where(ok[..., None, None], U, U_prev)
         if solver == "polar-ns":
-            lower = min(0.01 * delta, 0.01)
-            if lower < NS_MIN_LOWER:  # δ = 0: Z1 = 0, Z is singular; tiny δ: too many steps
+            steps = ns_schedule(delta)
+            if steps is None:  # δ = 0: Z1 = 0, Z is singular; tiny δ: too many steps
                 return PolarFactor.apply(Z)
-            steps = polynomial_schedule(lower, 16 * torch.finfo(torch.float64).eps)
             U, converged = IterativePolarFactor.apply(Z, steps, check_finite)
             return torch.where(converged[..., None, None], U, U_prev)  # rare: Z near-singular (see above)
         return _RiemannianNearestETF.apply(Z, Hc.detach(), U_prev.detach(), delta, max_iterations)
 
 
+def ns_schedule(delta: float):
+    """The polynomial schedule ``solver="polar-ns"`` uses at ``delta``: designed for singular values of
+    ``Z/‖ZᵀZ‖_F^{1/2}`` down to ``min(δ/100, 0.01)``; ``None`` below ``NS_MIN_LOWER`` (the SVD is used). Cached:
+    the heads build it at construction, so that ``torch.compile`` never traces the building."""
+    lower = min(0.01 * delta, 0.01)
+    return None if lower < NS_MIN_LOWER else polynomial_schedule(lower, 16 * torch.finfo(torch.float64).eps)
+
+
 def polar_target(H: torch.Tensor, U_prev: torch.Tensor, delta: float) -> torch.Tensor:
-    """``Z = H M / sqrt(K-1) + (δ/2) U_prev`` of (2), whose polar factor solves (1); ``U_prev`` broadcasts."""
+    """``Z = H M / sqrt(K-1) + (δ/2) U_prev`` of (2) (``δ = delta``), whose polar factor solves (1); ``U_prev``
+    broadcasts."""
     return center_classes(H) / math.sqrt(H.shape[-1] - 1) + (0.5 * delta) * U_prev
 
 
@@ -311,7 +335,8 @@ def riemannian_nearest_etf(
     min_gradient_norm: float = 1e-12,
 ) -> torch.Tensor:
     """Solve (1) for one ``d×K`` problem with pymanopt's Riemannian trust regions (float64, CPU),
-    warm-started at ``U_prev`` — the paper's solver. Exact Euclidean gradient and Hessian:
+    warm-started at ``U_prev`` — the paper's solver; ``delta`` is ``δ``, and it stops after ``max_iterations``
+    or when the Riemannian gradient norm falls below ``min_gradient_norm``. Exact Euclidean gradient and Hessian:
 
         ∇f(U) = -2c H M + 2c² U M + δ (U - U_prev),   ∇²f(U)[V] = 2c² V M + δ V,   c = 1/sqrt(K-1).
     """

@@ -24,7 +24,7 @@ diagonal of ``X``, ``E_ij = R_ij / (x_ii + x_jj)`` — good while ``V`` is close
 forces ``U = polar(Z)`` (``T = P Q`` is then orthogonal with positive eigenvalues, so ``T = I``), and to
 first order ``‖U − polar(Z)‖ ≲ η``: the certificate measures the error of the answer, not of a proxy.
 
-**Policy** (host side; a regular step reads nothing back from the device):
+**Policy** (host side; on a GPU a regular step reads nothing back from the device):
 - A *refresh* (exact: ``eigh`` of ``S`` in float64, like the Gram route, one host synchronisation)
   runs at the first step; when the previous step's ``η`` exceeded ``soft_tol`` (read one step late,
   through a non-blocking copy); when ``interval`` steps have passed since the last refresh; and
@@ -34,10 +34,15 @@ first order ``‖U − polar(Z)‖ ≲ η``: the certificate measures the error 
   ``soft_tol`` (up to ``max_interval``) and halves after a miss; a miss also halves the drift
   threshold (restored, doubling, by clean intervals), so a fast-moving problem stays on exact solves.
 - The first ``cold_steps`` calls are all exact (the running means move fastest there: ``α_t = 2/(t+1)``).
-- A regular step whose own ``η`` exceeds ``hard_tol`` counts in ``fallbacks`` and the next step refreshes;
-  its ``U`` (error ≈ ``η``) is still used up to ``accept_tol``, beyond which it keeps ``U_prev`` (a
-  device-side select, no sync). In the convergence-parity runs (studies/results/warm-parity) such steps
-  came only in the first epoch, before ``cold_steps`` existed.
+- A regular step whose own ``η`` exceeds ``hard_tol`` (a *miss*, e.g. after a sudden jump of the means):
+  - on the CPU (``refresh_on_miss=None``, the default, or ``True``), where reading ``η`` costs nothing, the
+    same step is solved again exactly (a refresh, counted in ``refreshes``): the answer is exact;
+  - on other devices (or ``refresh_on_miss=False``) the step is not waited for: it counts in ``fallbacks``,
+    its ``U`` (error ≈ ``η``) is used up to ``accept_tol``, beyond which it keeps ``U_prev`` (a device-side
+    select, no sync; ``U_prev`` can be far from the answer: 0.36 max-abs after a jump at ``K = 100``), and
+    the next step refreshes. ``fallbacks`` thus counts the steps whose answer was not within ``hard_tol``.
+    In the convergence-parity runs (studies/results/warm-parity) misses came only in the first epoch,
+    before ``cold_steps`` existed.
 
 **Backward** of a regular step (the implicit derivative, as in :mod:`ncguide.polar_iteration`):
 ``∂L/∂Z = U (Ω − W P⁻¹) + G P⁻¹`` with ``W = UᵀG`` and ``P Ω + Ω P = W − Wᵀ``, the Lyapunov equation
@@ -56,6 +61,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .etf import as_size
 from .polar_iteration import _sym
 from .solve import GRAM_MIN_RATIO, _polar_backward, gram_singular
 
@@ -64,7 +70,21 @@ __all__ = ["WarmSettings", "WarmPolarSolver", "warm_polar", "lyapunov_cg"]
 
 @dataclass(frozen=True)
 class WarmSettings:
-    """Iteration counts and the refresh policy of the warm route (see the module docstring)."""
+    """Iteration counts and the refresh policy of the warm route (see the module docstring).
+
+    - newton: Newton steps for the square root ``X² = S̃`` per regular step.
+    - inverse: Newton steps for the inverse ``Y = X⁻¹``.
+    - cg: conjugate-gradient iterations per Lyapunov solve of the forward.
+    - backward_cg: conjugate-gradient iterations of the backward's Lyapunov solve.
+    - soft_tol: a step whose certificate ``η`` exceeds it makes the next step a refresh.
+    - hard_tol: a step whose ``η`` exceeds it is a miss (solved again on the CPU, else a counted fallback).
+    - accept_tol: a fallback's own ``U`` is used up to this ``η``; beyond, ``U_prev``.
+    - drift_max: refreshes continue while ``‖S − S_prev‖_F/‖S‖_F`` between them exceeds it.
+    - cold_steps: the first calls, all exact.
+    - first_interval: steps between refreshes at the start; doubled after each clean interval.
+    - max_interval: the longest interval between refreshes.
+    - refresh_on_miss: solve a missed step again exactly at once (``None``: on the CPU only).
+    """
 
     newton: int = 3
     inverse: int = 2
@@ -77,6 +97,7 @@ class WarmSettings:
     cold_steps: int = 64
     first_interval: int = 4
     max_interval: int = 256
+    refresh_on_miss: bool | None = None  # None: on the CPU only
 
     def __post_init__(self) -> None:
         for name in ("newton", "inverse", "cg", "backward_cg", "first_interval", "max_interval"):
@@ -95,11 +116,14 @@ class WarmSettings:
             raise ValueError(f"WarmSettings.cold_steps must be an integer >= 0; got {self.cold_steps!r}")
         if not self.drift_max > 0:
             raise ValueError(f"drift_max must be > 0; got {self.drift_max}")
+        if self.refresh_on_miss not in (None, True, False):
+            raise ValueError(f"WarmSettings.refresh_on_miss must be None, True or False; got {self.refresh_on_miss!r}")
 
 
 def lyapunov_cg(X: torch.Tensor, R: torch.Tensor, iterations: int, antisymmetric: bool = False) -> torch.Tensor:
     """Approximate ``E`` with ``X E + E X = R`` (``X`` symmetric positive definite, ``R`` symmetric, or
-    antisymmetric with ``antisymmetric=True``) by preconditioned conjugate gradients from ``E = 0``.
+    antisymmetric with ``antisymmetric=True``) by ``iterations`` preconditioned conjugate-gradient steps from
+    ``E = 0``.
 
     Preconditioner: the exact solution for ``diag(X)``, ``R_ij / (x_ii + x_jj)``. Fixed iteration count,
     scalars kept on the device: no host read. Cost: one ``K×K×K`` product per iteration.
@@ -199,7 +223,8 @@ def warm_polar(
     Z: torch.Tensor, V: torch.Tensor, X: torch.Tensor, Y: torch.Tensor, settings: WarmSettings = WarmSettings()
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """One regular step, functional: ``Z`` (``d×K``) and the state ``V, X, Y`` (``K×K``, float64) →
-    ``U ≈ polar(Z)`` (dtype of ``Z``, differentiable w.r.t. ``Z``), the new ``X, Y`` and ``η``. Stateless,
+    ``U ≈ polar(Z)`` (dtype of ``Z``, differentiable w.r.t. ``Z``), the new ``X, Y`` and ``η``; ``settings``
+    give the iteration counts (``WarmSettings``). Stateless,
     so ``gradcheck`` applies; :class:`WarmPolarSolver` adds the state and the refresh policy."""
     return _WarmPolar.apply(Z, V, X, Y, settings)
 
@@ -217,8 +242,12 @@ class WarmPolarSolver(nn.Module):
     _STATE = ("V", "X", "Y", "eta")  # float64 whatever ``module.float()`` / ``.half()`` ask for
 
     def __init__(self, num_classes: int, settings: WarmSettings | None = None) -> None:
+        """Args:
+            num_classes: ``K``, the width of the problems ``Z`` (``d×K``; an integer >= 2).
+            settings: the iteration counts and refresh policy (``WarmSettings()`` when ``None``).
+        """
         super().__init__()
-        k = int(num_classes)
+        k = as_size("num_classes", num_classes, 2)
         eye = torch.eye(k, dtype=torch.float64)
         self.register_buffer("V", eye.clone())
         self.register_buffer("X", eye.clone())
@@ -267,9 +296,28 @@ class WarmPolarSolver(nn.Module):
         self._eta_host = None  # a pending certificate is read from the loaded ``eta`` buffer
 
     # ---- one step -------------------------------------------------------------------------------------
-    def forward(self, Z: torch.Tensor, U_prev: torch.Tensor) -> torch.Tensor:
+    @torch.compiler.disable  # the refresh policy is host-side Python: torch.compile runs the solver eagerly
+    def forward(self, Z: torch.Tensor, U_prev: torch.Tensor, accept: torch.Tensor | None = None) -> torch.Tensor:
+        """``U ≈ polar(Z)`` (``d×K``, differentiable w.r.t. ``Z``); ``U_prev`` is the fallback of a failed step.
+
+        ``accept`` (a 0-dim device bool, e.g. "this batch was finite"): where ``False``, every buffer (``V, X, Y,
+        eta`` and the counters) is put back as it was by device-side selects, without a host read; the host-side
+        refresh schedule still counts the call.
+        """
         if Z.dim() != 2:
             raise ValueError(f"the warm route solves one d×K problem at a time; got Z of shape {tuple(Z.shape)}")
+        if accept is None:
+            return self._step(Z, U_prev)
+        before = {name: buf.clone() for name, buf in self.named_buffers(recurse=False)}
+        U = self._step(Z, U_prev)
+        with torch.no_grad():  # rebound, not copied into: the step's backward may have saved V
+            for name, old in before.items():
+                setattr(self, name, torch.where(accept, getattr(self, name), old))
+        if self._eta_host is not None:
+            self._post_eta()  # the late certificate is that of the state kept
+        return U
+
+    def _step(self, Z: torch.Tensor, U_prev: torch.Tensor) -> torch.Tensor:
         pol, s = self._policy, self.settings
         missed = pol["pending"] and not (self._late_eta() <= s.soft_tol)  # NaN counts as a miss
         pol["pending"] = False
@@ -277,9 +325,8 @@ class WarmPolarSolver(nn.Module):
         self.steps += 1
         if not pol["ready"] or pol["cold"] or pol["calls"] <= s.cold_steps:
             return self._refresh(Z)
-        if missed:  # shorter intervals, and stay exact until the problem moves more slowly than now
-            pol["interval"] = max(1, pol["interval"] // 2)
-            pol["drift_max"] = max(pol["drift_max"] / 2, s.drift_max / 64)  # floor: a way back to warm
+        if missed:
+            self._shorten()
             return self._refresh(Z)
         if pol["since"] >= pol["interval"]:  # a clean interval: every warm step met soft_tol
             pol["interval"] = min(s.max_interval, 2 * pol["interval"])
@@ -288,6 +335,9 @@ class WarmPolarSolver(nn.Module):
         self.last_refreshed = False
         U, X, Y, eta = warm_polar(Z, self.V, self.X, self.Y, s)
         ok, usable = eta <= s.hard_tol, eta <= s.accept_tol
+        if self.refreshes_on_miss(Z.device) and not bool(ok):  # a host read: free on the CPU
+            self._shorten()
+            return self._refresh(Z)  # the same step, solved exactly
         with torch.no_grad():
             self.X.copy_(X)
             self.Y.copy_(Y)
@@ -297,6 +347,18 @@ class WarmPolarSolver(nn.Module):
         pol["since"] += 1
         pol["pending"] = True
         return torch.where(usable, U, U_prev.to(U.dtype))  # error ≈ η: better than U_prev up to accept_tol
+
+    def refreshes_on_miss(self, device: torch.device) -> bool:
+        """Whether a step whose certificate misses ``hard_tol`` is solved again exactly at once (``settings.
+        refresh_on_miss``; by default on the CPU, where reading ``η`` costs nothing)."""
+        on = self.settings.refresh_on_miss
+        return device.type == "cpu" if on is None else on
+
+    def _shorten(self) -> None:
+        """After a miss: shorter intervals, and stay exact until the problem moves more slowly than now."""
+        pol, s = self._policy, self.settings
+        pol["interval"] = max(1, pol["interval"] // 2)
+        pol["drift_max"] = max(pol["drift_max"] / 2, s.drift_max / 64)  # floor: a way back to warm
 
     def _refresh(self, Z: torch.Tensor) -> torch.Tensor:
         pol = self._policy

@@ -44,6 +44,41 @@ def _make_files(d: Path) -> None:
         "list.json": "[1, 2]",
         "afile": "",
         "garbage.npz": "not a zip file",
+        # integers are never truncated: a number that is not an integer is refused for an integer field
+        "float-epochs.yaml": "epochs: 2.7e0\n",
+        "float-batch.yaml": "batch_size: 3.0\n",
+        "float-milestones.yaml": "step_milestones: [1.5]\n",
+        "hex.yaml": "epochs: 0x10\n",
+        "bool-int.yaml": "nesterov: 1\n",
+        "text-method.yaml": "method: 5\n",
+        # integers beyond what torch holds
+        "huge-seed.yaml": "seed: 99999999999999999999\n",
+        "huge-epochs.yaml": "epochs: 99999999999999999999\n",
+        # a key given twice
+        "dup.yaml": "lr: 0.1\nepochs: 2\nlr: 0.2\n",
+        "dup-nested.yaml": "model_kwargs: {widths: [8], widths: [16]}\n",
+        "dup-grid.yaml": "methods: [standard]\ngrid:\n  lr: [0.1, 0.2]\n  lr: [0.3]\n",
+        "dup-variant.yaml": "methods: [v]\nvariants:\n  v: {method: standard}\n  v: {method: fixed-etf}\n",
+        "dup.json": '{"lr": 0.1, "lr": 0.2}',
+        # head_kwargs would shadow a top-level field
+        "shadow.yaml": "method: nearest-etf\nhead_kwargs: {temperature: 3}\n",
+        "shadow-variant.yaml": "methods: [v]\nvariants: {v: {method: nearest-etf, head_kwargs: {delta: 0.5}}}\n",
+        # a grid over a key the method ignores
+        "ignored-grid.yaml": "methods: [standard]\ngrid: {solver: [polar, polar-gram]}\n",
+        # compare keys of the wrong type
+        "methods5.yaml": "methods: 5\n",
+        "seeds-float.yaml": "seeds: 1.5\n",
+        "seeds-map.yaml": "seeds: {a: 1}\n",
+        "seeds-bool.yaml": "seeds: [true]\n",
+        "seeds-huge.yaml": "seeds: [0, 99999999999999999999]\n",
+        "grid5.yaml": "methods: [standard]\ngrid: 5\n",
+        "variants5.yaml": "variants: 5\n",
+        "report-epochs-map.yaml": "methods: [standard]\nreport_epochs: {a: 1}\n",
+        "report-epochs-late.yaml": "methods: [standard]\nepochs: 2\nreport_epochs: [1, 5]\n",
+        "threshold-list.yaml": "methods: [standard]\ntrain_acc_threshold: [0.9]\n",
+        "selection-bool.yaml": "methods: [standard]\ngrid: {lr: [0.1, 0.2]}\nselection_seeds: true\n",
+        # ranges that state the true rule
+        "classes1.yaml": "dataset: ufm\nmodel: ufm\nnum_classes: 1\n",
     }
     for name, content in text.items():
         (d / name).write_text(content)
@@ -62,6 +97,12 @@ def _make_files(d: Path) -> None:
     _npz(d / "flat.npz", x_train=np.zeros(20, dtype=np.float32))
     _npz(d / "shapes.npz", x_test=np.zeros((8, 7), dtype=np.float32))
     _npz(d / "classes20.npz", y_train=np.arange(20), y_test=np.arange(8))
+    _npz(d / "biglabel.npz", y_train=np.r_[np.arange(19) % 4, 10**9])  # would count 10**9 classes
+    # 2**64 - 1 is -1 as int64
+    _npz(d / "biglabel-u64.npz", y_train=np.append(np.arange(19, dtype=np.uint64) % 4, np.uint64(2**64 - 1)))
+    _npz(d / "biglabel-float.npz", y_train=np.r_[np.arange(19) % 4, 1e30])
+    _npz(d / "oneclass.npz", y_train=np.zeros(20, dtype=np.int64), y_test=np.arange(8) % 2)
+    _npz(d / "hugex.npz", x_train=np.full((20, 6), 1e300))  # finite in float64, inf in float32
 
 
 # (argv, substrings the one line must hold): {OUT} is the --out folder (never created), {D} the folder of files
@@ -111,10 +152,10 @@ CASES = [
     (T + ["--set", "=3"], ["--set '=3'"]),
     (T + ["--set", "lr=-1"], ["lr", "> 0"]),
     (T + ["--lr", "inf"], ["lr", "finite", "--lr"]),
-    (T + ["--epochs", "-1"], ["epochs", ">= 1", "--epochs"]),
+    (T + ["--epochs", "-1"], ["epochs", ">= 0", "--epochs"]),
     (T + ["--batch-size", "0"], ["batch_size", "--batch-size"]),
     (T + ["--set", "momentum=1.5"], ["momentum", "[0, 1)"]),
-    (T + ["--set", "step_milestones=a,b"], ["step_milestones", "list[int]"]),
+    (T + ["--set", "step_milestones=a,b"], ["step_milestones", "list of integers"]),
     (T + ["--set", "step_milestones=[0]"], ["step_milestones"]),
     (T + ["--set", "augment=bogus"], ["augment", "crop-flip"]),
     (T + ["--set", "nc1_threshold=0"], ["nc1_threshold"]),
@@ -140,12 +181,14 @@ CASES = [
     (T + ["--dataset", "ufm", "--model", "ufm", "--set", "model_kwargs.num_samples=3"], ["model_kwargs.num_samples"]),
     (T + ["--dataset", "mnist1d", "--model", "cnn1d", "--set", "augment=flip"], ["augment", "images"]),
     (T + TINY + ["--batch-size", "1"], ["batch_size", "batch norm"]),
-    (T + ["--method", "standard", "--set", "head_kwargs.temperature=hot"], ["head_kwargs", "standard"]),
+    (T + ["--method", "standard", "--set", "head_kwargs.sync_distributed=false"],
+     ["head_kwargs.sync_distributed", "standard"]),
     # compare: a later method's requirements are checked before the first run trains
-    (C + TINY + ["--methods", "standard,nearest-etf", "--set", "model_kwargs.widths=[8]"],
+    (C + TINY[:4] + ["--methods", "standard,nearest-etf", "--set", "model_kwargs.widths=[8]"],
      ["nearest-etf", "feature_dim", "8 < 10"]),
-    (C + TINY + ["--methods", "standard,nearest-etf", "--set", "head_kwargs.delta=0.5"],
-     ["head_kwargs.delta", "standard"]),
+    (C + TINY + ["--methods", "fixed-etf,standard", "--set", "head_kwargs.sync_distributed=false"],
+     ["head_kwargs.sync_distributed", "standard"]),
+    (T + ["--method", "fixed-etf", "--set", "head_kwargs.rotation=canonical"], ["head_kwargs.rotation", "fixed_etf"]),
     (C + ["--methods", "standard,nope"], ["nope", "--methods"]),
     (C + ["--methods", "standard,standard"], ["twice"]),
     (C + ["--seeds", "0"], ["seeds", "--seeds"]),
@@ -165,7 +208,113 @@ CASES = [
     (T + ["--config", "{D}/value.yaml"], ["epochs", "'abc'", "{D}/value.yaml"]),
     (T + ["--config", "{D}/range.yaml"], ["lr", "{D}/range.yaml"]),
     (T + ["--config", "{D}/kwargs.yaml"], ["model_kwargs.widths", "{D}/kwargs.yaml"]),
+    # integers are read strictly, by one rule at every entry point: nothing is truncated
+    (T + ["--set", "batch_size=1.5e0"], ["batch_size", "'1.5e0'", "--set batch_size=1.5e0"]),
+    (T + ["--set", "epochs=2.7e0"], ["epochs", "'2.7e0'", "integer"]),
+    (T + ["--set", "epochs=3e0"], ["epochs", "'3e0'", "integer"]),
+    (T + ["--set", "epochs=3.0"], ["epochs", "'3.0'", "integer"]),
+    (T + ["--set", "step_milestones=[2.5]"], ["step_milestones", "integers"]),
+    (T + ["--set", "nesterov=1"], ["nesterov", "true or false"]),
+    (T + ["--epochs", "2.7e0"], ["epochs", "'2.7e0'", "--epochs"]),
+    (T + ["--batch-size", "1.5e0"], ["batch_size", "'1.5e0'", "--batch-size"]),
+    (T + ["--seed", "1.5"], ["seed", "'1.5'", "--seed"]),
+    (T + ["--config", "{D}/float-epochs.yaml"], ["epochs", "2.7", "{D}/float-epochs.yaml"]),
+    (T + ["--config", "{D}/float-batch.yaml"], ["batch_size", "3.0", "{D}/float-batch.yaml"]),
+    (T + ["--config", "{D}/float-milestones.yaml"], ["step_milestones", "{D}/float-milestones.yaml"]),
+    (T + ["--config", "{D}/hex.yaml"], ["0x10", "decimal", "{D}/hex.yaml"]),
+    (T + ["--config", "{D}/bool-int.yaml"], ["nesterov", "true or false", "{D}/bool-int.yaml"]),
+    (T + ["--config", "{D}/text-method.yaml"], ["method", "text", "{D}/text-method.yaml"]),
+    (C + ["--methods", "v", "--variant", "v:method=standard,epochs=2.7e0"], ["epochs", "'2.7e0'", "variant"]),
+    (C + ["--methods", "standard", "--grid", "batch_size=1.5e0,2"], ["batch_size", "'1.5e0'", "--grid"]),
+    (C + ["--methods", "standard", "--grid", "epochs=3.0,4"], ["epochs", "'3.0'", "--grid"]),
+    (C + ["--seeds", "1.5"], ["seeds", "'1.5'", "--seeds"]),
+    (C + ["--seeds", "0,1.5"], ["seeds", "'0,1.5'", "--seeds"]),
+    (C + ["--methods", "standard", "--grid", "lr=0.1,0.2", "--selection-seeds", "1.5"], ["selection_seeds", "'1.5'"]),
+    (C + ["--methods", "standard", "--report-epochs", "1.5"], ["report_epochs", "'1.5'", "--report-epochs"]),
+    # integers beyond what torch holds: refused with the key's or flag's name, before anything is written
+    (T + ["--seed", "99999999999999999999"], ["seed", "4294967295", "--seed"]),
+    (T + ["--set", "seed=99999999999999999999"], ["seed", "4294967295", "--set seed="]),
+    (T + ["--config", "{D}/huge-seed.yaml"], ["seed", "4294967295", "{D}/huge-seed.yaml"]),
+    (T + ["--set", "seed=-1"], ["seed", "0..4294967295"]),
+    (T + ["--epochs", "99999999999999999999"], ["epochs", "too large", "--epochs"]),
+    (T + ["--config", "{D}/huge-epochs.yaml"], ["epochs", "too large", "{D}/huge-epochs.yaml"]),
+    (T + ["--set", "batch_size=99999999999999999999"], ["batch_size", "too large"]),
+    (T + ["--set", "train_per_class=99999999999999999999"], ["train_per_class", "too large"]),
+    (T + ["--set", "step_milestones=[99999999999999999999]"], ["step_milestones", "too large"]),
+    (T + ["--set", "epochs=" + "9" * 5000], ["epochs", "too large"]),
+    (C + ["--seeds", "99999999999999999999"], ["seeds", "1000", "--seeds"]),
+    (C + ["--seeds", "0,99999999999999999999"], ["seeds", "4294967295", "--seeds"]),
+    (C + ["--config", "{D}/seeds-huge.yaml"], ["seeds", "4294967295", "{D}/seeds-huge.yaml"]),
+    (C + ["--methods", "standard", "--grid", "lr=0.1,0.2", "--selection-seeds", "99999999999999999999"],
+     ["selection_seeds", "1000", "--selection-seeds"]),
+    (C + ["--methods", "standard", "--grid", "epochs=1,99999999999999999999"], ["epochs", "too large", "--grid"]),
+    (C + ["--methods", "v", "--variant", "v:method=standard,seed=1"], ["seed", "variant"]),
+    (C + ["--methods", "v", "--variant", "v:method=standard,epochs=99999999999999999999"],
+     ["epochs", "too large", "variant"]),
+    (C + ["--methods", "standard", "--report-epochs", "99999999999999999999"], ["report_epochs", "--report-epochs"]),
+    # a key given twice is refused, not "the last wins"
+    (T + ["--config", "{D}/dup.yaml"], ["'lr'", "twice", "lines 1 and 3", "{D}/dup.yaml"]),
+    (T + ["--config", "{D}/dup-nested.yaml"], ["'widths'", "twice", "{D}/dup-nested.yaml"]),
+    (T + ["--config", "{D}/dup.json"], ["'lr'", "twice", "{D}/dup.json"]),
+    (C + ["--config", "{D}/dup-grid.yaml"], ["'lr'", "twice", "{D}/dup-grid.yaml"]),
+    (C + ["--config", "{D}/dup-variant.yaml"], ["'v'", "twice", "{D}/dup-variant.yaml"]),
+    (T + ["--set", "lr=0.1", "--set", "lr=0.2"], ["--set lr", "twice"]),
+    (T + ["--set", "model_kwargs.widths=[8]", "--set", "model_kwargs.widths=[16]"], ["model_kwargs.widths", "twice"]),
+    (T + ["--set", "model_kwargs={widths: [8], widths: [16]}"], ["model_kwargs", "'widths'", "twice"]),
+    (C + ["--set", "seeds=2", "--set", "seeds=3"], ["--set seeds", "twice"]),
+    (T + ["--epochs", "1", "--epochs", "2"], ["--epochs", "twice"]),
+    (T + ["--lr=0.1", "--lr", "0.2"], ["--lr", "twice"]),
+    (T + ["--resume", "--no-resume"], ["--resume", "--no-resume", "both"]),
+    (T + ["--config", "{D}/dup.yaml", "--config", "{D}/key.yaml"], ["--config", "twice"]),
+    (C + ["--methods", "v", "--variant", "v:method=standard,lr=0.1", "--variant", "v:method=standard,lr=0.2"],
+     ["--variant v", "twice"]),
+    (C + ["--methods", "v", "--variant", "v:method=standard,lr=0.1,lr=0.2"], ["--variant", "lr twice"]),
+    (C + ["--methods", "standard", "--grid", "lr=0.1", "--grid", "lr=0.2"], ["'lr'", "twice", "--grid"]),
+    (C + ["--methods", "standard", "--grid", "lr=0.1,0.10"], ["'lr'", "twice", "--grid"]),
+    (C + ["--seeds", "1,1"], ["seeds", "repeats", "--seeds"]),
+    (C + ["--methods", "standard", "--report-epochs", "1,1"], ["report_epochs", "twice", "--report-epochs"]),
+    # head_kwargs cannot shadow a top-level field (model_kwargs.feature_dim neither, for the UFM)
+    *[(T + ["--method", "nearest-etf", "--set", f"head_kwargs.{k}={v}"], [f"head_kwargs.{k}", f"set {k}"])
+      for k, v in [("temperature", 3), ("delta", 0.5), ("solver", "polar"), ("alpha_min", 0.1), ("ema_alpha", 0.5),
+                   ("mean_schedule", "ema"), ("seed", 3), ("freeze_after", 1)]],
+    (T + ["--config", "{D}/shadow.yaml"], ["head_kwargs.temperature", "set temperature", "{D}/shadow.yaml"]),
+    (C + ["--config", "{D}/shadow-variant.yaml"], ["head_kwargs.delta", "set delta", "variant"]),
+    (T + ["--dataset", "ufm", "--model", "ufm", "--method", "standard", "--set", "model_kwargs.feature_dim=16"],
+     ["model_kwargs.feature_dim", "set feature_dim"]),
+    # a grid over a key that a method ignores would train identical points and crown a tie
+    (C + ["--methods", "standard-plain", "--grid", "temperature=1,2"], ["'temperature'", "standard-plain", "--grid"]),
+    (C + ["--methods", "standard,nearest-etf", "--grid", "delta=0.1,0.2"], ["'delta'", "'standard'", "--grid"]),
+    (C + ["--methods", "standard", "--set", "optimizer=adam", "--grid", "momentum=0.5,0.9"],
+     ["'momentum'", "optimizer='adam'"]),
+    (C + ["--methods", "standard", "--grid", "num_classes=3,4"], ["'num_classes'", "dataset='digits'"]),
+    (C + ["--methods", "nearest-etf", "--grid", "ema_alpha=0.2,0.5"], ["'ema_alpha'", "mean_schedule='paper'"]),
+    (C + ["--methods", "standard", "--grid", "lr=0.1,0.2", "--print-config", "--set", "optimizer=agd",
+          "--set", "weight_decay=0"], ["'lr'", "optimizer='agd'"]),
+    (C + ["--config", "{D}/ignored-grid.yaml"], ["'solver'", "'standard'", "{D}/ignored-grid.yaml"]),
+    # compare keys of the wrong type (a YAML file, --set)
+    (C + ["--config", "{D}/methods5.yaml"], ["methods", "list of method names", "{D}/methods5.yaml"]),
+    (C + ["--config", "{D}/seeds-float.yaml"], ["seeds", "1.5", "{D}/seeds-float.yaml"]),
+    (C + ["--config", "{D}/seeds-map.yaml"], ["seeds", "{D}/seeds-map.yaml"]),
+    (C + ["--config", "{D}/seeds-bool.yaml"], ["seeds", "True", "{D}/seeds-bool.yaml"]),
+    (C + ["--config", "{D}/grid5.yaml"], ["grid", "5", "{D}/grid5.yaml"]),
+    (C + ["--config", "{D}/variants5.yaml"], ["variants", "{D}/variants5.yaml"]),
+    (C + ["--config", "{D}/report-epochs-map.yaml"], ["report_epochs", "{D}/report-epochs-map.yaml"]),
+    (C + ["--config", "{D}/threshold-list.yaml"], ["train_acc_threshold", "{D}/threshold-list.yaml"]),
+    (C + ["--config", "{D}/selection-bool.yaml"], ["selection_seeds", "{D}/selection-bool.yaml"]),
+    # ranges that state the true rule; report epochs a run never reaches
+    (T + ["--set", "num_classes=0"], ["num_classes", ">= 2", "got 0"]),
+    (T + ["--config", "{D}/classes1.yaml"], ["num_classes", ">= 2", "{D}/classes1.yaml"]),
+    (T + ["--set", "eval_every=0"], ["eval_every", ">= 1"]),
+    (T + ["--set", "warmup_epochs=-1"], ["warmup_epochs", ">= 0"]),
+    (T + ["--set", "ema_alpha=0"], ["ema_alpha", "(0, 1]"]),
+    (C + ["--methods", "standard", "--epochs", "1", "--report-epochs", "5"],
+     ["report_epochs 5", "1 epochs", "--report-epochs"]),
+    (C + ["--config", "{D}/report-epochs-late.yaml"], ["report_epochs 5", "2 epochs", "{D}/report-epochs-late.yaml"]),
+    (C + ["--methods", "standard", "--epochs", "1", "--report-epochs", "5", "--print-config"], ["report_epochs 5"]),
     # --out
+    (["train", *TINY, "--out", ""], ["--out", "empty"]),
+    (["compare", *TINY, "--out", ""], ["--out", "empty"]),
+    (["report", ""], ["DIR", "empty"]),
     (["train", *TINY], ["--out"]),
     (["compare", *TINY], ["--out"]),
     (["train", *TINY, "--out", "{D}/afile"], ["--out", "{D}/afile", "is a file"]),
@@ -190,6 +339,11 @@ CASES = [
     (T + ["--dataset", "npz:{D}/shapes.npz"], ["{D}/shapes.npz", "shape"]),
     (T + ["--dataset", "npz:{D}/good.npz", "--model", "cnn2d"], ["cnn2d", "{D}/good.npz"]),
     (T + ["--dataset", "npz:{D}/classes20.npz", "--set", "model_kwargs.widths=[16]"], ["feature_dim", "16 < 20"]),
+    (T + ["--dataset", "npz:{D}/biglabel.npz"], ["{D}/biglabel.npz", "1000000001 classes", "20 training samples"]),
+    (T + ["--dataset", "npz:{D}/biglabel-u64.npz"], ["{D}/biglabel-u64.npz", "y_train labels", "18446744073709551615"]),
+    (T + ["--dataset", "npz:{D}/biglabel-float.npz"], ["{D}/biglabel-float.npz", "y_train labels"]),
+    (T + ["--dataset", "npz:{D}/oneclass.npz"], ["{D}/oneclass.npz", "single class", "at least 2 classes"]),
+    (T + ["--dataset", "npz:{D}/hugex.npz"], ["{D}/hugex.npz", "x_train", "float32"]),
 ]
 
 
@@ -207,6 +361,7 @@ def test_bad_input_one_line_exit_2_nothing_written(argv, expected, tmp_path, cap
     monkeypatch.setenv("NCGUIDE_SYSTEM_DATA_DIR", str(d / "nodata"))  # no system copy of fashion-mnist
     monkeypatch.setenv("NCGUIDE_CACHE", str(d / "cache"))
     monkeypatch.delenv("NCGUIDE_TRACEBACK", raising=False)
+    monkeypatch.chdir(tmp_path)  # `--out ""` would write here
     before = _tree(tmp_path)
     argv = [a.replace("{OUT}", str(out)).replace("{D}", str(d)) for a in argv]
     capsys.readouterr()
@@ -226,7 +381,7 @@ def test_bad_input_one_line_exit_2_nothing_written(argv, expected, tmp_path, cap
 
 
 def test_enough_cases():
-    assert len(CASES) >= 40
+    assert len(CASES) >= 200
 
 
 def test_disk_full_while_writing_one_line_exit_1(tmp_path, capsys, monkeypatch):

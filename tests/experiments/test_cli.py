@@ -17,6 +17,7 @@ METHODS = ["standard", "nearest-etf"]
 SEEDS = [0, 1]
 TINY = ["--dataset", "digits", "--model", "mlp", "--epochs", "2", "--set", "model_kwargs.widths=[32]",
         "--set", "device=cpu"]
+TINY_1 = [*TINY[:5], "1", *TINY[6:]]  # one epoch (a flag given twice is refused)
 RECORD_KEYS = {"epoch", "step", "wall_s", "train_loss", "train_acc", "test_acc", "nc1", "nc2_w", "nc2_h", "nc3", "nc4"}
 FIGURES = ["overview.png", "train_acc.png", "loss.png", "nc1.png", "nc2.png", "nc3.png", "nc4.png"]
 
@@ -138,7 +139,7 @@ def test_cut_log_is_left_out_of_the_report_and_restored_by_compare(compared, tmp
 
 def test_train_one_run(tmp_path, capsys):
     out = tmp_path / "one"
-    assert main(["train", *TINY, "--method", "fixed-etf", "--seed", "3", "--epochs", "1", "--out", str(out)]) == 0
+    assert main(["train", *TINY_1, "--method", "fixed-etf", "--seed", "3", "--out", str(out)]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert (cfg["method"], cfg["seed"], cfg["epochs"], cfg["dataset"]) == ("fixed-etf", 3, 1, "digits")
     lines = (out / "metrics.jsonl").read_text().splitlines()
@@ -277,10 +278,10 @@ def test_unreadable_checkpoint_one_line_exit_2(tmp_path, capsys, damage, command
     "resuming" first, no traceback."""
     out = tmp_path / "o"
     if command == "train":
-        argv = ["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]
+        argv = ["train", *TINY_1, "--method", "standard", "--out", str(out)]
         ckpt = out / "checkpoint.pt"
     else:
-        argv = ["compare", *TINY, "--methods", "standard", "--seeds", "1", "--epochs", "1", "--out", str(out)]
+        argv = ["compare", *TINY_1, "--methods", "standard", "--seeds", "1", "--out", str(out)]
         ckpt = out / "runs" / "standard" / "seed-0" / "checkpoint.pt"
     assert main(argv) == 0
     raw = ckpt.read_bytes()
@@ -297,7 +298,7 @@ def test_unreadable_checkpoint_one_line_exit_2(tmp_path, capsys, damage, command
 
 def test_config_mismatch_advice_names_the_flag(tmp_path, capsys):
     out = tmp_path / "o"
-    argv = ["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]
+    argv = ["train", *TINY_1, "--method", "standard", "--out", str(out)]
     assert main(argv) == 0
     assert main([*argv, "--lr", "0.5"]) == 2
     err = capsys.readouterr().err
@@ -306,7 +307,7 @@ def test_config_mismatch_advice_names_the_flag(tmp_path, capsys):
 
 def test_train_refuses_to_erase_results_of_another_config(tmp_path, capsys):
     out = tmp_path / "o"
-    argv = ["train", *TINY, "--method", "standard", "--epochs", "1", "--out", str(out)]
+    argv = ["train", *TINY_1, "--method", "standard", "--out", str(out)]
     assert main(argv) == 0
     (out / "checkpoint.pt").unlink()
     before = (out / "metrics.jsonl").read_text()

@@ -72,6 +72,20 @@ def tuned(tmp_path_factory):
     return out
 
 
+# DEFECT (low): --report-epochs past the end of every run is accepted, by compare (--report-epochs 5 with --epochs 1)
+# and by report, and gives a table column of "—" only. Repro: ncguide report T --report-epochs 5 (T ran 2 epochs)
+def test_report_epochs_past_every_run_is_refused(tuned, tmp_path, capsys):
+    out = tmp_path / "t"
+    shutil.copytree(tuned, out)
+    before = (out / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["report", str(out), "--report-epochs", "1,5"]) == 2
+    err = _err(capsys)
+    assert len(err) == 1 and "--report-epochs 5" in err[0] and "(2)" in err[0], err
+    assert (out / "report.md").read_text() == before  # nothing rewritten
+    assert main(["report", str(out), "--report-epochs", "1,2"]) == 0
+
+
 # DEFECT (medium): a malformed selection.json (valid JSON, wrong shape) crashes `ncguide report` with an
 # AttributeError traceback and exit 1 instead of one line and exit 2.
 # Repro: echo '[1,2]' > T/selection.json; ncguide report T   (also {"folders": 3}, {"grid": [1], ...})
@@ -191,3 +205,89 @@ def test_report_marks_unfinished_run(tuned, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     text = (out / "report.md").read_text()
     assert summary["excluded"] or "unfinished" in text.lower() or "still running" in text.lower()
+
+
+# DEFECT (medium): a grid over a key the method ignores trains identical points and crowns a tie.
+# Repro: ncguide compare <UFM> --methods standard-plain --grid temperature=1,2 --out X -> exit 0, "selected
+#        temperature=1.0" (the two points are the same run); likewise delta for standard, momentum under adam.
+@pytest.mark.parametrize("extra", [["--methods", "standard-plain", "--grid", "temperature=1,2"],
+                                   ["--methods", "standard,nearest-etf", "--grid", "delta=0.001,0.5"],
+                                   ["--methods", "standard", "--set", "optimizer=adam", "--grid", "momentum=0.5,0.9"]])
+def test_grid_over_an_ignored_key_is_refused(tmp_path, capsys, extra):
+    out = tmp_path / "o"
+    capsys.readouterr()
+    assert main(["compare", *UFM, *extra, "--selection-seeds", "1", "--seeds", "1", "--out", str(out)]) == 2
+    err = _err(capsys)
+    key = extra[-1].partition("=")[0]
+    assert len(err) == 1 and f"grid key {key!r} does not change method" in err[0] and "--grid" in err[0], err
+    assert not out.exists()
+
+
+def test_grid_over_an_ignored_key_from_python_names_the_grid():
+    from ncguide.experiments.compare import run_compare
+    from ncguide.experiments.config import ConfigError
+
+    base = {"dataset": "ufm", "model": "ufm", "num_classes": 4, "feature_dim": 8, "samples_per_class": 5}
+    with pytest.raises(ConfigError, match="'solver' does not change method 'fixed-etf'") as info:
+        run_compare(base, ["fixed-etf"], [0], "unused", grid={"solver": ["polar", "polar-gram"]}, check_only=True)
+    assert info.value.key == "grid"
+
+
+# DEFECT (low): a key set explicitly that the run ignores is accepted without a word (--set temperature=3 with
+# standard-plain trains as if it had not been given); it should be named in a warning line.
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--method", "standard-plain", "--set", "temperature=3"],
+     ["temperature is not used with method='standard-plain'", "--set temperature=3"]),
+    (["train", "--method", "standard", "--set", "optimizer=adam", "--set", "momentum=0.5"],
+     ["momentum is not used with optimizer='adam'", "--set momentum=0.5"]),
+    (["compare", "--methods", "standard,fixed-etf", "--set", "delta=0.5"],
+     ["delta is not used with method='standard'", "every run"]),
+    (["compare", "--methods", "standard,v", "--variant", "v:method=fixed-etf,solver=polar"],
+     ["variant 'v'", "solver is not used with method='fixed-etf'"]),
+])
+def test_an_ignored_key_is_named_in_one_warning(argv, words, capsys):
+    capsys.readouterr()
+    assert main([*argv, *UFM, "--print-config"]) == 0
+    err = _err(capsys)
+    assert len(err) == 1 and err[0].startswith("ncguide: warning: "), err
+    assert all(w in err[0] for w in words), err
+
+
+def test_a_key_used_by_one_method_of_a_compare_is_not_warned_about(capsys):
+    capsys.readouterr()
+    assert main(["compare", *UFM, "--methods", "standard,standard-plain", "--set", "temperature=3",
+                 "--print-config"]) == 0
+    assert _err(capsys) == []
+
+
+# DEFECT (low): a finished run's config.json that was damaged (or edited) is never repaired: a compare reuses the run,
+# a train "resumes" it, and config.json keeps saying something else than the checkpoint the run is.
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_config_json_of_a_finished_run_is_restored_from_its_checkpoint(tmp_path, capsys, command):
+    import torch
+
+    out = tmp_path / "o"
+    if command == "train":
+        argv, run = ["train", *UFM, "--method", "standard", "--out", str(out)], out
+    else:
+        argv, run = ["compare", *UFM, "--methods", "standard", "--seeds", "1", "--out", str(out)], \
+            out / "runs" / "standard" / "seed-0"
+    assert main(argv) == 0
+    saved = (run / "config.json").read_text()
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert json.loads(saved) == json.loads(json.dumps(ckpt["config"]))
+    for damage in ("garbage", "edited", "deleted"):  # each time the finished run is reused, not retrained
+        if damage == "garbage":
+            (run / "config.json").write_text('{"epochs": 2, "lr"')
+        elif damage == "edited":
+            (run / "config.json").write_text(json.dumps({**json.loads(saved), "lr": 99.0}))
+        else:
+            (run / "config.json").unlink()
+        capsys.readouterr()
+        assert main(argv) == 0
+        assert (run / "config.json").read_text() == saved, damage
+        warned = [line for line in _err(capsys) if "config.json" in line]
+        assert len(warned) == 1 and warned[0].startswith("ncguide: warning:") and "rewrote it" in warned[0], warned
+        assert not list(run.glob(".config.json.*"))  # written atomically: no temporary file left
+    capsys.readouterr()
+    assert main(argv) == 0 and not [line for line in _err(capsys) if "config.json" in line]  # intact: untouched

@@ -1,8 +1,30 @@
-"""Run configuration (``experiments/config.py``): round trip, ``key=value`` overrides, refused names."""
+"""Run configuration (``experiments/config.py``): round trip, the schema every value is read by (one rule at every
+entry point), the YAML/JSON loaders, ``head_kwargs`` shadowing, and the table of keys a run ignores."""
+
+import json
 
 import pytest
+import torch
 
-from ncguide.experiments.config import TrainConfig, apply_overrides, load_config
+from ncguide.experiments import cli
+from ncguide.experiments.build import build_run_head, head_kwargs, load_data
+from ncguide.experiments.compare import parse_grid
+from ncguide.experiments.config import (
+    INT_MAX,
+    RULES,
+    SEED_MAX,
+    USED_ONLY_WHEN,
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    field_names,
+    ignored_fields,
+    ignored_reason,
+    load_config,
+    read_value,
+)
+from ncguide.experiments.optim import build_optimizer, lr_factor
+from ncguide.heads import METHODS, head_options
 
 BASE = dict(dataset="digits", model="mlp", model_kwargs={"widths": [64, 64]}, epochs=3, batch_size=64,
             optimizer="sgd", lr=0.05, device="cpu", seed=0)
@@ -15,11 +37,12 @@ def cfg_of(**kw) -> TrainConfig:
 def test_config_round_trip_and_unknown_key():
     cfg = cfg_of(step_milestones=[2, 5])
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # as config.json stores it
     with pytest.raises(ValueError, match="unknown config key 'lrr'"):
         TrainConfig.from_dict({"lrr": 0.1})
 
 
-def test_apply_overrides_coerces_to_field_types(tmp_path):
+def test_apply_overrides_reads_values_by_field_type(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("method: standard\nepochs: 5\nmodel_kwargs: {widths: [32]}\n")
     d = apply_overrides(load_config(path), [
@@ -52,3 +75,296 @@ def test_unknown_names_are_refused_with_valid_names(key, value, match):
 def test_malformed_set_value_is_a_value_error():
     with pytest.raises(ValueError, match="bad value"):
         apply_overrides({}, ["model_kwargs.width=[1,"])
+
+
+# ---------------------------------------------------------------------------------------------- the schema
+
+
+def test_every_field_has_a_rule_and_the_ignore_table_names_fields():
+    """Adding a TrainConfig field takes its line in RULES; the table of ignored keys speaks of fields only."""
+    assert list(RULES) == field_names()
+    for name, conditions in USED_ONLY_WHEN.items():
+        assert name in RULES and set(conditions) <= set(RULES), name
+    for name, rule in RULES.items():
+        if rule.choices is not None:
+            assert getattr(TrainConfig(), name) in rule.choices or getattr(TrainConfig(), name) is None, name
+    TrainConfig().validate()  # the defaults keep their own rules
+
+
+@pytest.mark.parametrize("d, key, match", [
+    # integers: never truncated, typed or text
+    ({"epochs": 2.7}, "epochs", "bad value 2.7 for config key 'epochs'.*integer"),
+    ({"epochs": 3.0}, "epochs", "integer"),
+    ({"epochs": "3e0"}, "epochs", "integer"),
+    ({"batch_size": "1.5e0"}, "batch_size", "integer"),
+    ({"epochs": True}, "epochs", "integer"),
+    ({"step_milestones": [1.5]}, "step_milestones", "list of integers"),
+    ({"step_milestones": "1,2.5"}, "step_milestones", "list of integers"),
+    ({"seed": 1.0}, "seed", "integer"),
+    # other types
+    ({"nesterov": 1}, "nesterov", "true or false"),
+    ({"nesterov": "1"}, "nesterov", "true or false"),
+    ({"lr": True}, "lr", "number"),
+    ({"lr": "fast"}, "lr", "number"),
+    ({"method": 5}, "method", "text"),
+    ({"model_kwargs": [1]}, "model_kwargs", "mapping"),
+    ({"model_kwargs": {1: 2}}, "model_kwargs", "mapping"),
+    # ranges that say the true rule
+    ({"epochs": -1}, "epochs", "epochs must be an integer >= 0; got -1"),
+    ({"num_classes": 0}, "num_classes", "num_classes must be an integer >= 2; got 0"),
+    ({"num_classes": 1}, "num_classes", ">= 2"),
+    ({"batch_size": 0}, "batch_size", "batch_size must be an integer >= 1"),
+    ({"train_per_class": 0}, "train_per_class", ">= 1 or none"),
+    ({"lr": 0}, "lr", "lr must be > 0"),
+    ({"momentum": 1}, "momentum", r"momentum must lie in \[0, 1\)"),
+    ({"ema_alpha": 0}, "ema_alpha", r"ema_alpha must lie in \(0, 1\]"),
+    ({"alpha_min": 1.5}, "alpha_min", r"alpha_min must lie in \[0, 1\]"),
+    ({"warmup_epochs": -0.5}, "warmup_epochs", "warmup_epochs must be >= 0"),
+    ({"step_milestones": [0, 2]}, "step_milestones", "step_milestones must be epochs >= 1; got 0"),
+    ({"lr": float("nan")}, "lr", "lr must be a finite number"),
+    ({"lr": 10**400}, "lr", "lr must be a finite number"),
+    ({"lr": "1e400"}, "lr", "lr must be a finite number"),
+    # integers beyond what torch holds
+    ({"seed": SEED_MAX + 1}, "seed", f"seed must be an integer in 0..{SEED_MAX}; got {SEED_MAX + 1}"),
+    ({"seed": -1}, "seed", "seed must be an integer in 0"),
+    ({"seed": "99999999999999999999"}, "seed", "seed must be an integer in 0"),
+    ({"epochs": INT_MAX + 1}, "epochs", "too large: integers stop at 9223372036854775807"),
+    ({"step_milestones": [INT_MAX + 1]}, "step_milestones", "too large"),
+    ({"epochs": "9" * 5000}, "epochs", "too large"),
+    # between fields
+    ({"warmup_epochs": 5, "epochs": 3}, "warmup_epochs", r"warmup_epochs must lie in \[0, epochs=3\]"),
+    ({"nesterov": True, "optimizer": "adam"}, "nesterov", "nesterov=True needs optimizer='sgd'"),
+    ({"freeze_after": 1, "method": "standard"}, "freeze_after", "nearest-etf and nearest-etf-nograd only"),
+    ({"dataset": "ufm", "model": "ufm", "model_kwargs": {"feature_dim": 16}}, "model_kwargs.feature_dim",
+     "set feature_dim, not model_kwargs.feature_dim"),
+])
+def test_from_dict_refuses_with_a_config_error_naming_the_key(d, key, match):
+    with pytest.raises(ConfigError, match=match) as info:
+        cfg_of(**d)
+    assert info.value.key == key
+    assert len(str(info.value).splitlines()) == 1 and len(str(info.value)) < 300
+
+
+def test_head_kwargs_cannot_shadow_a_top_level_field():
+    """Every field that build.head_kwargs passes to a head is refused inside head_kwargs, with the top-level key."""
+    cfg = cfg_of(method="nearest-etf", freeze_after=1)
+    passed = set(head_kwargs(cfg, steps_per_epoch=1)) | set(head_kwargs(cfg_of(method="fixed-etf"), 1))
+    shadowing = passed & set(field_names())
+    assert {"temperature", "delta", "solver", "alpha_min", "ema_alpha", "mean_schedule", "seed",
+            "freeze_after"} <= shadowing
+    for name in sorted(shadowing):
+        value = getattr(cfg, name)
+        with pytest.raises(ConfigError, match=f"set {name}.*not head_kwargs.{name}") as info:
+            cfg_of(method="nearest-etf", head_kwargs={name: value})
+        assert info.value.key == f"head_kwargs.{name}"
+    kept = {"sync_distributed": False}  # a head option that is not a field
+    assert cfg_of(method="fixed-etf", head_kwargs=kept).head_kwargs == kept
+
+
+def test_validate_checks_types_of_a_config_built_directly():
+    """``TrainConfig(...)`` skips from_dict: validate() (which train() calls) refuses what from_dict would."""
+    for bad, key in [(dict(epochs=2.7), "epochs"), (dict(epochs="3"), "epochs"), (dict(step_milestones=[1.5]),
+                     "step_milestones"), (dict(nesterov="yes"), "nesterov"), (dict(seed=2**40), "seed")]:
+        with pytest.raises(ConfigError) as info:
+            TrainConfig(**bad).validate()
+        assert info.value.key == key
+    assert TrainConfig(step_milestones=(2, 3)).step_milestones == [2, 3]  # a tuple is copied into a list
+
+
+def test_integers_by_text_are_decimal_and_exact():
+    assert read_value("epochs", "010") == 10 and read_value("epochs", "+3") == 3 and read_value("epochs", " 7 ") == 7
+    assert read_value("seed", str(SEED_MAX)) == SEED_MAX and read_value("epochs", str(INT_MAX)) == INT_MAX
+    assert read_value("lr", 1) == 1.0 and isinstance(read_value("lr", 1), float)
+    assert read_value("freeze_after", "none") is None and read_value("augment", "") is None
+    for text in ("0x10", "1_000", "3.", "٣"):  # ٣: an Arabic-Indic 3, which int() would read
+        with pytest.raises(ConfigError):
+            read_value("epochs", text)
+
+
+REFUSED = "refused"
+# (key, text, what every entry point makes of it)
+SAME_RULE = [
+    ("epochs", "3", 3), ("epochs", "010", 10), ("epochs", "3e0", REFUSED), ("epochs", "2.7e0", REFUSED),
+    ("epochs", "3.0", REFUSED), ("epochs", "-1", REFUSED), ("epochs", "99999999999999999999", REFUSED),
+    ("batch_size", "1.5e0", REFUSED), ("batch_size", "64", 64), ("lr", "1e-3", 1e-3), ("lr", "0.5", 0.5),
+    ("lr", "1", 1.0), ("lr", "0", REFUSED), ("lr", "inf", REFUSED), ("lr", "1e400", REFUSED),
+    ("nesterov", "yes", True), ("nesterov", "false", False), ("nesterov", "1", REFUSED),
+    ("train_per_class", "none", None), ("train_per_class", "null", None), ("train_per_class", "5", 5),
+    ("freeze_after", "1.5", 1.5), ("seed", "4294967295", SEED_MAX), ("seed", "4294967296", REFUSED),
+    ("temperature", "10", 10.0), ("momentum", "1", REFUSED), ("solver", "polar", "polar"), ("solver", "bogus", REFUSED),
+]
+
+
+def _outcomes(key: str, text: str, tmp_path) -> dict[str, object]:
+    """What each entry point makes of ``key: text``: the value, or ``"refused"``."""
+    def outcome(read):
+        try:
+            return read()
+        except ValueError:
+            return REFUSED
+
+    yaml_file = tmp_path / f"{key}.yaml"
+    yaml_file.write_text(f"{key}: {text}\n")
+    out = {
+        "read_value": outcome(lambda: read_value(key, text)),
+        "--set": outcome(lambda: getattr(TrainConfig.from_dict(apply_overrides(BASE, [f"{key}={text}"])), key)),
+        "yaml": outcome(lambda: getattr(TrainConfig.from_dict({**BASE, **load_config(yaml_file)}), key)),
+        "from_dict": outcome(lambda: getattr(TrainConfig.from_dict({**BASE, key: text}), key)),  # a variant's text
+    }
+    if key not in ("seed",):  # a grid may not vary the seed
+        out["--grid"] = outcome(lambda: parse_grid([f"{key}={text}"])[key][0])
+    flag = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "seed": "--seed"}.get(key)
+    if flag:
+        args = cli.build_parser().parse_args(["train", flag, text, "--out", "x"])
+        out[flag] = outcome(lambda: getattr(TrainConfig.from_dict({**BASE, **cli.resolve_config(
+            args, {"method": None, "seed": args.seed})[0]}), key))
+    return out
+
+
+@pytest.mark.parametrize("key, text, expected", SAME_RULE, ids=[f"{k}={t}" for k, t, _ in SAME_RULE])
+def test_one_rule_at_every_entry_point(key, text, expected, tmp_path):
+    """YAML file, --set, a flag, --grid, a variant's text and from_dict read a value alike: the same value or
+    all refuse (the grid reads values before checking relations between fields)."""
+    outcomes = _outcomes(key, text, tmp_path)
+    assert all(o == expected and type(o) is type(expected) for o in outcomes.values()), outcomes
+
+
+# ---------------------------------------------------------------------------------------------- the loaders
+
+
+@pytest.mark.parametrize("text, where", [
+    ("lr: 0.1\nepochs: 2\nlr: 0.2\n", "lines 1 and 3"),
+    ("model_kwargs:\n  widths: [8]\n  widths: [16]\n", "lines 2 and 3"),
+    ("model_kwargs: {widths: [8], widths: [16]}\n", "line 1"),
+    ("variants:\n  v: {method: standard}\n  v: {method: fixed-etf}\n", "lines 2 and 3"),
+])
+def test_yaml_refuses_a_key_given_twice(tmp_path, text, where):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f"given twice \\({where}\\); keep one") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_yaml_merge_keys_may_override_and_json_refuses_duplicates(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text("base: &b {lr: 0.1, epochs: 2}\nrun:\n  <<: *b\n  lr: 0.2\n")
+    assert load_config(path)["run"] == {"lr": 0.2, "epochs": 2}  # YAML's merge: explicit keys win, no duplicate
+    path = tmp_path / "c.json"
+    path.write_text('{"lr": 0.1, "model_kwargs": {"widths": [8], "widths": [9]}}')
+    with pytest.raises(ValueError, match="'widths' is given twice"):
+        load_config(path)
+
+
+def test_yaml_numbers_are_read_as_written(tmp_path):
+    """Integers in decimal only (YAML 1.1 reads 010 as 8 and 1:30 as 90), 1e-3 as a number (YAML 1.2)."""
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 010\nlr: 1e-3\ngamma: 1.0e3\ndelta: .5\nseed: +7\nnum_classes: -0\n")
+    assert load_config(path) == {"epochs": 10, "lr": 1e-3, "gamma": 1000.0, "delta": 0.5, "seed": 7, "num_classes": 0}
+    for text in ("epochs: 0x10\n", "epochs: 1_000\n", "epochs: 1:30\n"):
+        path.write_text(text)
+        with pytest.raises(ValueError, match="decimal"):
+            load_config(path)
+    path.write_text("epochs: 0o17\n")  # text to YAML 1.1, and so refused by the schema
+    with pytest.raises(ConfigError, match="'0o17'.*integer"):
+        TrainConfig.from_dict(load_config(path))
+
+
+# ---------------------------------------------------------------------------------------------- ignored keys
+
+
+def test_ignored_fields_examples():
+    assert {"delta", "solver", "freeze_after", "mean_schedule", "ema_alpha", "num_classes", "samples_per_class",
+            "feature_dim", "agd_gain", "step_milestones", "gamma", "num_workers"} <= ignored_fields(cfg_of(
+                method="standard"))
+    assert "temperature" in ignored_fields(cfg_of(method="standard-plain"))
+    assert "temperature" not in ignored_fields(cfg_of(method="standard"))
+    assert {"momentum", "nesterov"} <= ignored_fields(cfg_of(optimizer="adam"))
+    assert "lr" in ignored_fields(cfg_of(optimizer="agd", weight_decay=0))
+    ufm = cfg_of(dataset="ufm", model="ufm", model_kwargs={})
+    assert not {"num_classes", "samples_per_class", "feature_dim"} & ignored_fields(ufm)
+    assert "test_per_class" in ignored_fields(ufm)
+    assert "samples_per_class" in ignored_fields(cfg_of(dataset="ufm", model="ufm", model_kwargs={}, train_per_class=5))
+    assert ignored_reason(cfg_of(optimizer="adam"), "momentum") == "momentum is not used with optimizer='adam'"
+
+
+def test_ignored_head_fields_agree_with_the_heads_options():
+    """A head field the table says a method uses is one its head takes (build.head_kwargs passes it); the method
+    fields the heads take only for some methods are used exactly by those."""
+    takes = set().union(*(head_options(m) for m in METHODS))
+    head_fields = {name for name, when in USED_ONLY_WHEN.items() if "method" in when} & takes  # by the same name
+    assert {"temperature", "delta", "solver", "mean_schedule", "alpha_min", "ema_alpha", "freeze_after"} <= head_fields
+    for method in METHODS:
+        options = head_options(method)
+        for name in head_fields:
+            cfg = cfg_of(method=method, mean_schedule="paper" if name != "ema_alpha" else "ema")
+            used = name not in ignored_fields(cfg)
+            if used:
+                assert name in options, (method, name)
+            elif name != "temperature":  # standard-plain's head takes a temperature it never applies
+                assert name not in options, (method, name)
+
+
+def _head_outputs(cfg: TrainConfig) -> list[torch.Tensor]:
+    """Training logits of five batches, then the eval-mode weight and bias, of cfg's head on fixed features."""
+    torch.manual_seed(0)
+    head = build_run_head(cfg, 16, 4, steps_per_epoch=5)
+    g = torch.Generator().manual_seed(1)
+    outs = []
+    for _ in range(5):
+        h, y = torch.randn(12, 16, generator=g), torch.arange(12) % 4
+        outs.append(head(h, y).detach())
+    head.eval()
+    return [*outs, head.weight.clone(), head.bias.clone()]
+
+
+# (field, two values, extra settings): a head field the table conditions on method and mean schedule
+HEAD_FIELDS = [("temperature", 1.0, 10.0, {}), ("delta", 1e-3, 0.5, {}), ("mean_schedule", "paper", "ema", {}),
+               ("alpha_min", 1e-4, 0.9, {"mean_schedule": "paper"}), ("alpha_min", 1e-4, 0.9, {"mean_schedule": "ema"}),
+               ("ema_alpha", 0.1, 0.9, {"mean_schedule": "ema"}), ("ema_alpha", 0.1, 0.9, {"mean_schedule": "paper"}),
+               ("fixed_etf", "random", "canonical", {})]
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("name, a, b, extra", HEAD_FIELDS, ids=[f"{n}-{e}" for n, _, _, e in HEAD_FIELDS])
+def test_a_field_is_ignored_exactly_when_it_cannot_change_the_head(method, name, a, b, extra):
+    """Oracle: the head built from two configs that differ only in ``name`` gives identical outputs over five
+    training batches and in eval mode iff ``ignored_fields`` says the run ignores ``name``."""
+    cfg_a, cfg_b = cfg_of(method=method, **extra, **{name: a}), cfg_of(method=method, **extra, **{name: b})
+    same = all(torch.equal(x, y) for x, y in zip(_head_outputs(cfg_a), _head_outputs(cfg_b)))
+    assert same == (name in ignored_fields(cfg_a)), (method, name, extra)
+
+
+def test_ignored_optimiser_schedule_and_data_fields_cannot_change_the_run():
+    """Oracles for the other rows: the optimiser's update, the schedule's factor, the data set."""
+    def steps(**kw):
+        torch.manual_seed(0)
+        w = torch.nn.Parameter(torch.randn(3))
+        opt = build_optimizer(kw.pop("name"), [("w", w)], 0.1, **kw)
+        for _ in range(3):
+            opt.zero_grad()
+            (w ** 2).sum().backward()
+            opt.step()
+        return w.detach().clone()
+
+    assert torch.equal(steps(name="adam", momentum=0.1), steps(name="adam", momentum=0.9))
+    assert "momentum" in ignored_fields(cfg_of(optimizer="adam"))
+    assert not torch.equal(steps(name="sgd", momentum=0.1), steps(name="sgd", momentum=0.9))
+    assert "momentum" not in ignored_fields(cfg_of(optimizer="sgd"))
+
+    def factors(schedule, milestones, gamma):
+        return [lr_factor(s, total_steps=20, schedule=schedule, milestones=milestones, gamma=gamma) for s in range(20)]
+
+    assert factors("cosine", [5], 0.1) == factors("cosine", [10], 0.5)
+    assert {"step_milestones", "gamma"} <= ignored_fields(cfg_of(schedule="cosine"))
+    assert factors("step", [5], 0.1) != factors("step", [10], 0.5)
+    assert not {"step_milestones", "gamma"} & ignored_fields(cfg_of(schedule="step", step_milestones=[5]))
+
+    digits = [cfg_of(num_classes=3, samples_per_class=5), cfg_of(num_classes=4, samples_per_class=7)]
+    assert torch.equal(load_data(digits[0]).y_train, load_data(digits[1]).y_train)
+    assert {"num_classes", "samples_per_class"} <= ignored_fields(digits[0])
+    ufm = dict(dataset="ufm", model="ufm", model_kwargs={})
+    assert len(load_data(cfg_of(**ufm, num_classes=3)).y_train) != len(load_data(cfg_of(**ufm, num_classes=4)).y_train)
+    fixed = [cfg_of(**ufm, train_per_class=5, samples_per_class=s) for s in (7, 9)]
+    assert torch.equal(load_data(fixed[0]).y_train, load_data(fixed[1]).y_train)
+    assert "samples_per_class" in ignored_fields(fixed[0])

@@ -270,7 +270,8 @@ TINY = ["--dataset", "ufm", "--model", "ufm", "--set", "num_classes=4", "--set",
 
 
 @pytest.mark.parametrize("flags,says", [
-    (["--jobs", "0"], "jobs must be a whole number >= 1; got '0' (from --jobs)"),
+    (["--jobs", "0"], "jobs must be a whole number >= 1; got 0 (from --jobs)"),
+    (["--jobs", "2.0"], "bad value '2.0' for config key 'jobs'"),
     (["--no-wait"], "it needs --launcher slurm"),
     (["--slurm-time", "10"], "add --launcher slurm"),
     (["--launcher", "slurm"], "needs --slurm-time"),

@@ -114,7 +114,7 @@ def test_canonical_fixed_etf_is_the_papers_formula(d, K):
 
 @pytest.mark.parametrize("kw, key", [
     ({"fixed_etf": "axis"}, "fixed_etf"),
-    ({"head_kwargs": {"rotation": "canonical"}}, "head_kwargs"),
+    ({"head_kwargs": {"rotation": "canonical"}}, "head_kwargs.rotation"),
     ({"bias_free": True, "model_kwargs": {"bias": True}}, "model_kwargs.bias"),
     ({"bias_free": True, "method": "standard", "head_kwargs": {"bias": True}}, "head_kwargs.bias"),
 ])

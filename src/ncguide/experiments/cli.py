@@ -129,7 +129,29 @@ class _Parser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
-        return super().parse_args(args, namespace)
+        parsed = super().parse_args(args, namespace)
+        self._refuse_repeated_flags()
+        return parsed
+
+    def _refuse_repeated_flags(self) -> None:
+        """A flag that takes one value given twice (``--epochs 3 --epochs 5``) is a mistake, not "the last wins";
+        only the repeatable ones (``--set``, ``--grid``, ``--variant``, ``--logger``) are given more than once."""
+        sub = self._subcommands()
+        parser = next((sub[a] for a in self._argv if a in sub), self)
+        by_flag = {o: a for a in parser._actions for o in a.option_strings
+                   if not isinstance(a, (argparse._AppendAction, argparse._HelpAction))}
+        seen: dict[int, str] = {}
+        for arg in self._argv:
+            if arg == "--":
+                break
+            action = by_flag.get(arg.partition("=")[0]) if arg.startswith("--") else None
+            if action is None:
+                continue
+            if id(action) in seen:
+                flags = sorted({seen[id(action)].partition("=")[0], arg.partition("=")[0]})
+                self.error(f"{' and '.join(flags)} {'are both given' if len(flags) > 1 else 'is given twice'}; "
+                           "give it once")
+            seen[id(action)] = arg
 
     def error(self, message: str):
         hint = ""
@@ -174,9 +196,9 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", metavar="NAME", help=_names([*(n for n in DATASETS if n != "npz"), "npz:PATH"]))
     g.add_argument("--model", metavar="NAME",
                    help=_names(MODELS) + " (cnn: cnn1d for (L,) or (C, L) inputs, else cnn2d)")
-    g.add_argument("--epochs", type=int, metavar="N", help="training epochs")
-    g.add_argument("--batch-size", type=int, metavar="B", help="batch size")
-    g.add_argument("--lr", type=float, metavar="LR", help="learning rate")
+    g.add_argument("--epochs", metavar="N", help="training epochs (an integer >= 0)")
+    g.add_argument("--batch-size", metavar="B", help="batch size (an integer >= 1)")
+    g.add_argument("--lr", metavar="LR", help="learning rate (a number > 0)")
     g.add_argument("--device", choices=DEVICES, help="where to train (default: auto)")
     g.add_argument("--data-dir", metavar="DIR",
                    help="folder of external data sets (default $NCGUIDE_CACHE or ~/.cache/ncguide)")
@@ -253,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "--epochs 30 --seed 0 --out out/one",
     )
     t.add_argument("--method", metavar="M", help=_names(METHODS))
-    t.add_argument("--seed", type=int, metavar="S", help="random seed")
+    t.add_argument("--seed", metavar="S", help="random seed (an integer in 0..2**32 - 1)")
     t.add_argument("--out", metavar="DIR", help="output directory of the run (required)")
     _add_run_flags(t)
 
@@ -392,13 +414,19 @@ def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) ->
 
     Compare settings are the keys ``methods`` and ``seeds`` (YAML top level, ``--methods``/``--seeds``,
     ``--set methods=a,b``); they are not TrainConfig fields."""
-    from .config import apply_overrides
+    from .config import ConfigError, apply_overrides, read_value
 
     d = _load_yaml(args.config) if args.config else {}
     compare = {k: d.pop(k) for k in _COMPARE_KEYS if k in d}
     flags = {field: getattr(args, dest) for dest, field in _COMMON_FLAGS.items()}
     flags.update(extra_flags or {})
-    d.update({k: v for k, v in flags.items() if v is not None})
+    d.update({k: read_value(k, v) for k, v in flags.items() if v is not None})  # by the schema, as --set and files
+    given: dict[str, str] = {}
+    for item in args.overrides:
+        key = item.partition("=")[0].strip()
+        if key in given and key:
+            raise ConfigError(key, f"--set {key} is given twice (--set {given[key]} and --set {item}); give it once")
+        given[key] = item
     compare.update({k: getattr(args, k) for k in _COMPARE_KEYS
                     if k not in ("grid", "variants") and getattr(args, k, None) is not None})
     if getattr(args, "grid", None) is not None:  # --grid items replace the file's grid as a whole
@@ -419,14 +447,23 @@ def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) ->
 
 def _parse_variant_flags(items: list[str]) -> dict[str, dict]:
     """``["name:method=m,key=v"]`` → ``{"name": {"method": "m", "key": "v"}}`` (values typed later)."""
-    out = {}
+    from .config import ConfigError
+
+    out: dict[str, dict] = {}
     for item in items:
         name, colon, rest = item.partition(":")
         pairs = [p.partition("=") for p in rest.split(",") if p.strip()]
         if not colon or not name.strip() or not pairs or any(not eq or not k.strip() for k, eq, _ in pairs):
             raise ValueError(f"bad --variant {item!r}; write NAME:method=M,KEY=V,..., e.g. "
                              "--variant nearest-etf-freeze:method=nearest-etf,freeze_after=3")
-        out[name.strip()] = {k.strip(): v.strip() for k, _, v in pairs}
+        if name.strip() in out:
+            raise ConfigError("variants", f"--variant {name.strip()} is given twice; give each variant once")
+        spec: dict[str, str] = {}
+        for k, _, v in pairs:
+            if k.strip() in spec:
+                raise ConfigError("variants", f"--variant {item!r} sets {k.strip()} twice; give each key once")
+            spec[k.strip()] = v.strip()
+        out[name.strip()] = spec
     return out
 
 
@@ -438,6 +475,8 @@ def _check_out(out: str | None) -> Path:
     fails and leaves them empty); ``ValueError`` for a file or a folder that cannot be created or written."""
     if out is None:
         raise ValueError("the output directory is missing; add --out DIR")
+    if not out.strip():  # Path("") is the current directory: a run would be written among the user's files
+        raise ValueError(f"--out {out!r} is empty; give the output directory, e.g. --out out/run")
     path = Path(out)
     missing = [p for p in (path, *path.parents) if not p.exists()]
     try:
@@ -472,11 +511,13 @@ def _cmd_train(args) -> int:
     d, _ = resolve_config(args, {"method": args.method, "seed": args.seed})  # methods/seeds of a compare
     cfg = TrainConfig.from_dict(d)
     if args.print_config:
+        _warn_ignored(cfg, set(d), args)
         return _print_config(cfg.to_dict())
-    if args.out is None:
-        raise ValueError("the output directory is missing; add --out DIR")
+    if args.out is None or not args.out.strip():
+        _check_out(args.out)  # its one-line error
     check_buildable(cfg)  # before creating --out: a mistake leaves nothing behind
     out = _check_out(args.out)
+    _warn_ignored(cfg, set(d), args)
     print(f"ncguide: training {cfg.method} on {cfg.dataset} ({cfg.model}), seed {cfg.seed} -> {out}", flush=True)
     record = train(cfg, out, resume=args.resume)
     figures = plot_figures({cfg.method: {cfg.seed: read_jsonl(out / METRICS)}}, out)  # a compare's, one run
@@ -484,6 +525,16 @@ def _cmd_train(args) -> int:
     print(f"logs: {out / 'metrics.jsonl'}  config: {out / 'config.json'}  checkpoint: {out / 'checkpoint.pt'}")
     print(f"figures: {', '.join(str(out / f) for f in figures[:1])} and {len(figures) - 1} more in {out}")
     return 0
+
+
+def _warn_ignored(cfg, given: set[str], args: argparse.Namespace) -> None:
+    """One warning line per key the user set (file, flag, ``--set``) that this run ignores."""
+    from .config import ignored_fields, ignored_reason
+
+    for key in sorted(ignored_fields(cfg) & given):
+        source = _source(args, key)
+        warnings.warn(f"{ignored_reason(cfg, key)}: the value you set is ignored{f' ({source})' if source else ''}",
+                      stacklevel=2)
 
 
 def _print_config(d: dict) -> int:
@@ -533,17 +584,19 @@ def _cmd_compare(args) -> int:
         settings = run_compare(d, methods, seeds, "unused", check_only=True, **options)
         cfg = with_defaults(d)  # checked by run_compare for every method
         return _print_config({**settings, **{k: v for k, v in cfg.items() if k not in ("method", "seed")}})
-    if args.out is None:
-        raise ValueError("the output directory is missing; add --out DIR")
+    if args.out is None or not args.out.strip():
+        _check_out(args.out)  # its one-line error
     # run_compare checks every run (every grid point and variant) before it trains any
     run_compare(d, methods, seeds, _check_out(args.out), resume=args.resume, **options)
     return 0
 
 
 def _cmd_report(args) -> int:
-    from .report import check_report_epochs, report_thresholds, summary_table, write_report
+    from .report import check_report_epochs, report_thresholds, run_configs, summary_table, write_report
 
     out = Path(args.dir)
+    if not args.dir.strip():
+        raise ValueError("DIR is empty; give the --out directory of `ncguide compare`")
     if not out.is_dir():
         raise ValueError(f"{args.dir!r} is not a directory; give the --out directory of `ncguide compare`")
     thresholds = report_thresholds(out)
@@ -551,7 +604,12 @@ def _cmd_report(args) -> int:
         thresholds["train_acc"] = (">=", args.train_acc_threshold)
     if args.nc1_threshold is not None:
         thresholds["nc1"] = ("<=", args.nc1_threshold)
-    summary = write_report(out, thresholds, check_report_epochs(args.report_epochs), focus=args.focus)
+    report_epochs = check_report_epochs(args.report_epochs)
+    last = max((c["epochs"] for c in run_configs(out) if isinstance(c.get("epochs"), int)), default=None)
+    if report_epochs and last is not None and report_epochs[-1] > last:  # a column of "—" for every run
+        raise ValueError(f"--report-epochs {report_epochs[-1]} is past the last epoch of every run ({last}); choose "
+                         f"epochs in 0..{last}")
+    summary = write_report(out, thresholds, report_epochs, focus=args.focus)
     for x in summary["excluded"]:
         print(f"ncguide: warning: {x['run']} left out of the report: {x['why']}", file=sys.stderr)
     print(summary_table(summary))
@@ -643,7 +701,8 @@ def _run(args: argparse.Namespace) -> int:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if isinstance(e, ConfigError):
             source = _source(args, e.key)
-            if source and (not args.config or args.config not in msg):
+            named = source and any(w.startswith("--") and w in msg for w in source.split()[1:2])  # said already
+            if source and not named and (not args.config or args.config not in msg):
                 msg = f"{msg} ({source})"
         notes = getattr(e, "__notes__", None)  # e.g. where in training it happened
         return _error(f"{msg} ({'; '.join(notes)})" if notes else msg)

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +61,18 @@ from pathlib import Path
 from ..heads import METHODS
 from .build import check_all_buildable
 from .checkpoint import CHECKPOINT, RUNTIME_FIELDS, config_diff, load_checkpoint
-from .config import ConfigError, TrainConfig, apply_overrides, field_names, with_defaults
+from .config import (
+    SEED_MAX,
+    ConfigError,
+    Rule,
+    TrainConfig,
+    field_names,
+    ignored_fields,
+    ignored_reason,
+    read_integer,
+    read_value,
+    with_defaults,
+)
 from .files import atomic_write_text, read_jsonl
 from .launch import LaunchConfig, Run, drive, make_launcher, parse_launch
 from .locks import rank0_folder_lock
@@ -106,31 +118,29 @@ DEFAULT_SELECTION_SEEDS = 2
 SELECTION_SEED_BASE = 1000  # selection seed i is 1000 + i: disjoint from the usual report seeds 0..N-1
 _NOT_GRID = {"method", "seed"} | RUNTIME_FIELDS  # keys a grid may not vary
 _SEEDS_HELP = "give a count N (seeds 0..N-1) or a list like 0,1,2"
+MAX_SEEDS = 1000  # seeds per comparison (a count beyond it is a typo, and would exhaust memory listing them)
 
 
 def parse_seeds(seeds: int | str | Iterable[int], base: int = 0, what: str = "seeds") -> list[int]:
-    """``3`` or ``"3"`` → ``[base, base+1, base+2]``; ``"0,4"`` or ``[0, 4]`` → ``[0, 4]``."""
+    """``3`` or ``"3"`` → ``[base, base+1, base+2]``; ``"0,4"`` or ``[0, 4]`` → ``[0, 4]``. Read by the rule of the
+    config's integers: a count in 1..``MAX_SEEDS``, or distinct seeds in 0..2**32 - 1 (the ``seed`` field's range)."""
     bad = f"bad {what} {seeds!r}; " + _SEEDS_HELP.replace("0..N-1", f"{base}..{base}+N-1")
-    if isinstance(seeds, str):
-        s = seeds.strip()
+    if isinstance(seeds, str) and "," in seeds:
+        seeds = seeds.split(",")
+    if isinstance(seeds, (list, tuple)):
         try:
-            seeds = [int(x) for x in s.split(",")] if "," in s else int(s)
-        except ValueError:
-            raise ValueError(bad) from None
-    if isinstance(seeds, bool):
-        raise ValueError(bad)
-    if isinstance(seeds, int):
-        if seeds < 1:
-            raise ValueError(f"{what} must be a count >= 1 (got {seeds}); e.g. {what}: 3 runs seeds {base}, "
-                             f"{base + 1}, {base + 2}")
-        return list(range(base, base + seeds))
+            out = [read_integer(what, s, Rule(lo=0, hi=SEED_MAX, words=f"seeds in 0..{SEED_MAX}")) for s in seeds]
+        except ConfigError as e:
+            raise (ValueError(bad) if str(e).startswith("bad value") else e) from None
+        if not out or len(set(out)) != len(out):
+            raise ValueError(f"{what} must be a non-empty list without repeats (got {out})")
+        return out
     try:
-        out = [int(s) for s in seeds]
-    except (TypeError, ValueError):
-        raise ValueError(bad) from None
-    if not out or len(set(out)) != len(out):
-        raise ValueError(f"{what} must be a non-empty list without repeats (got {out})")
-    return out
+        count = read_integer(what, seeds, Rule(lo=1, hi=MAX_SEEDS, words=f"a count >= 1 (at most {MAX_SEEDS}) or a "
+                                                                          "list of seeds"))
+    except ConfigError as e:
+        raise (ValueError(bad) if str(e).startswith("bad value") else e) from None
+    return list(range(base, base + count))
 
 
 def parse_variants(variants: Mapping[str, Mapping] | None) -> dict[str, dict]:
@@ -164,6 +174,9 @@ def parse_methods(methods: str | Iterable[str], variants: Mapping[str, Mapping] 
     """``"standard,nearest-etf"`` or a list → a list of distinct method (or variant) names."""
     if isinstance(methods, str):
         methods = [m.strip() for m in methods.split(",") if m.strip()]
+    if not isinstance(methods, (list, tuple)) or not all(isinstance(m, str) for m in methods):
+        raise ValueError(f"methods must be a list of method names, e.g. [standard, nearest-etf] (or the text "
+                         f"standard,nearest-etf); got {methods!r}")
     methods = list(methods)
     known = [*METHODS, *(variants or {})]
     unknown = [m for m in methods if m not in known]
@@ -183,6 +196,9 @@ def parse_grid(grid: Mapping[str, object] | Iterable[str] | None) -> dict[str, l
         grid = [grid]
     if isinstance(grid, Mapping):
         items = list(grid.items())
+    elif not isinstance(grid, (list, tuple)):
+        raise ValueError(f"grid must map keys to values, e.g. {{lr: [0.001, 0.01]}}, or be --grid items KEY=V1,V2; "
+                         f"got {grid!r}")
     else:
         items = []
         for item in grid:
@@ -204,7 +220,10 @@ def parse_grid(grid: Mapping[str, object] | Iterable[str] | None) -> dict[str, l
         for v in values:
             if isinstance(v, (dict, list, tuple)):
                 raise ValueError(f"grid values must be single values; got {v!r} for {key!r}")
-            typed.append(apply_overrides({}, [f"{key}={_yaml_text(v)}"])[key])
+            try:
+                typed.append(read_value(key, v))  # the schema's rule, as for --set and files
+            except ConfigError as e:  # named as the grid's, so the command says where it came from
+                raise ConfigError("grid", str(e)) from None
         if not typed:
             raise ValueError(f"grid key {key!r} has no values")
         names = [_value_text(v) for v in typed]
@@ -277,6 +296,7 @@ def run_compare(
     Bad settings raise :class:`ncguide.experiments.config.ConfigError` (a ``ValueError``) naming the key.
     """
     base_dict = base.to_dict() if isinstance(base, TrainConfig) else dict(base)
+    given = set() if isinstance(base, TrainConfig) else set(base_dict) - {"method", "seed"}  # set by the caller
     base_dict.pop("method", None)
     base_dict.pop("seed", None)
     variants = _keyed("variants", parse_variants, variants)
@@ -324,14 +344,20 @@ def run_compare(
     candidates = {m: {point_name(p): p for p in points} for m in methods}
     # the report runs could use any point: check them all now, including what only a build would reject
     # (K > d for ETF heads, model vs data, head options), so no run trains before a later one fails
-    check_all_buildable(config(m, p, seeds[0]) for m in methods for p in points)
+    planned = {(m, point_name(p)): config(m, p, seeds[0]) for m in methods for p in points}
+    _check_grid_keys_used(planned, grid)
+    _check_report_epochs_reached(planned, report_epochs)
+    check_all_buildable(planned.values())
     if metric_epoch(selection_metric) is not None and len(points) > 1:
         _check_metric_epoch(selection_metric, [r.cfg for r in selection])
-    planned = {r.path: r.cfg for r in selection}
-    planned.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
-    launcher = make_launcher(parse_launch(launch), planned, out_dir=Path(out_dir).absolute(), resume=resume,
+    notes = _ignored_settings(given, variants, planned)
+    runs = {r.path: r.cfg for r in selection}  # every run folder the comparison may train: where the launcher looks
+    runs.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
+    launcher = make_launcher(parse_launch(launch), runs, out_dir=Path(out_dir).absolute(), resume=resume,
                              progress=progress, log=log, train_fn=lambda *a, **k: train(*a, **k))
     if check_only:
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
         return {"methods": methods, "seeds": seeds, **({"grid": grid, "selection_seeds": sel_seeds} if grid else {}),
                 **({"variants": {k: _typed(config(k, points[0], seeds[0]), v) for k, v in variants.items()
                                  if k in methods}} if variants else {}),
@@ -342,8 +368,8 @@ def run_compare(
     rule = _Rule(selection_metric, extend_edges, focus)
     with rank0_folder_lock(out_dir):  # creates out_dir
         return _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs,
-                               train_acc_threshold, base_dict, config, selection, candidates, planned, launcher,
-                               resume, log, report, rule)
+                               train_acc_threshold, base_dict, config, selection, candidates, runs, launcher,
+                               resume, log, report, rule, notes)
 
 
 @dataclass(frozen=True)
@@ -356,9 +382,12 @@ class _Rule:
 
 
 def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs, threshold,
-                    base_dict, config, selection, candidates, planned, launcher, resume, log, report, rule) -> dict:
+                    base_dict, config, selection, candidates, runs, launcher, resume, log, report, rule,
+                    notes) -> dict:
     """run_compare's work once its arguments are checked, under ``out_dir``'s lock."""
-    _check_existing_runs(out_dir, planned, base_dict, grid, variants, resume)
+    _check_existing_runs(out_dir, runs, base_dict, grid, variants, resume)
+    for note in notes:  # every check has passed: no warning comes before an error
+        warnings.warn(note, stacklevel=3)
     _write_compare_config(out_dir, base_dict, methods, seeds, grid, sel_seeds, variants, report_epochs, threshold,
                           rule)
 
@@ -500,13 +529,14 @@ def _check_metric_epoch(metric: str, configs: list[TrainConfig]) -> None:
 
 
 def _parse_rounds(n) -> int:
-    """``extend_edges``: a whole number >= 0."""
-    if isinstance(n, str) and n.strip().isdigit():
-        n = int(n)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"extend_edges must be a whole number >= 0 (how many times a grid may grow beyond an edge); "
-                         f"got {n!r}")
-    return n
+    """``extend_edges``: a whole number >= 0 (read by the rule of the config's integers)."""
+    rule = Rule(lo=0, words="a whole number >= 0 (how many times a grid may grow beyond an edge)")
+    try:
+        return read_integer("extend_edges", n, rule)
+    except ConfigError as e:
+        if str(e).startswith("bad value"):
+            raise ConfigError("extend_edges", f"extend_edges must be {rule.words}; got {n!r}") from None
+        raise
 
 
 def _parse_focus(focus, methods: list[str]) -> str:
@@ -519,6 +549,45 @@ def _parse_focus(focus, methods: list[str]) -> str:
 
 # ----------------------------------------------------------------------------------------------------
 # helpers
+
+
+def _check_grid_keys_used(planned: dict[tuple[str, str], TrainConfig], grid: dict) -> None:
+    """ConfigError for a grid key that a method ignores: its points would be identical runs, and the selection
+    would crown one of them by a tie."""
+    for (method, _), cfg in planned.items():
+        unused = sorted(ignored_fields(cfg) & set(grid))
+        if unused:
+            raise ConfigError("grid", f"grid key {unused[0]!r} does not change method {method!r} "
+                                      f"({ignored_reason(cfg, unused[0])}): its grid points would be identical runs; "
+                                      f"drop {unused[0]} from the grid or {method} from the methods")
+
+
+def _check_report_epochs_reached(planned: dict[tuple[str, str], TrainConfig], report_epochs: list[int] | None) -> None:
+    """ConfigError for an epoch of the report's table that a run of the comparison never reaches."""
+    if not report_epochs:
+        return
+    (method, point), cfg = min(planned.items(), key=lambda item: item[1].epochs)
+    if report_epochs[-1] > cfg.epochs:
+        where = f"method {method!r}{f' at {point}' if point else ''}"
+        raise ConfigError("report_epochs", f"report_epochs {report_epochs[-1]} is past the end of the runs of {where} "
+                                           f"({cfg.epochs} epochs); choose epochs in 0..{cfg.epochs}")
+
+
+def _ignored_settings(given: set[str], variants: dict, planned: dict[tuple[str, str], TrainConfig]) -> list[str]:
+    """Warnings: a base key no run of the comparison uses, a variant's key its method ignores."""
+    notes = []
+    configs = list(planned.values())
+    unused = set.intersection(*(ignored_fields(c) for c in configs)) & given if configs else set()
+    for key in sorted(unused):
+        notes.append(f"{ignored_reason(configs[0], key)}: the value you set is ignored by every run of this "
+                     "comparison")
+    for (method, _), cfg in planned.items():
+        spec = variants.get(method, {})
+        for key in sorted(ignored_fields(cfg) & set(spec) - unused):
+            note = f"variant {method!r}: {ignored_reason(cfg, key)}: the value it sets is ignored"
+            if note not in notes:
+                notes.append(note)
+    return notes
 
 
 def _typed(cfg: TrainConfig, spec: dict) -> dict:
@@ -663,7 +732,3 @@ def _value_text(v: object) -> str:
     if v is None:
         return "none"
     return repr(v) if isinstance(v, float) else str(v)
-
-
-def _yaml_text(v: object) -> str:
-    return _value_text(v) if not isinstance(v, str) else v

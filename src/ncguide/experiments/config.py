@@ -1,20 +1,44 @@
-"""Run configuration: one dataclass with every knob of a training run, and its I/O.
+"""Run configuration: one dataclass with every knob of a training run, the schema its values are read
+by, and its I/O.
 
     cfg = TrainConfig.from_dict(apply_overrides(load_config("demo"), ["lr=0.1"]))
 
-``from_dict`` rejects unknown keys; ``validate()`` (called by ``from_dict`` and by ``train``)
-checks names and ranges and raises :class:`ConfigError` (a ``ValueError`` carrying the offending
-``key``) with a one-line message listing the valid choices. Overrides are ``key=value`` strings;
-``value`` is coerced to the field's type (``none``/``null`` for optional fields, ``a,b,c`` or ``[a, b]``
-for lists, JSON/YAML for dicts), and ``model_kwargs.width=0.5`` sets one entry of a dict field.
+**One schema, one rule wherever a value enters** (a YAML/JSON file, ``--set``, a flag, ``--variant``,
+``--grid``, ``TrainConfig.from_dict``): each field's type is its annotation below, its range or choices
+are in ``RULES``, and :func:`read_value` reads every value by them. A value is either typed (YAML, JSON,
+Python) or text (the command line; quoted YAML), read by the same grammar:
+
+- integer: a Python ``int`` or the text of one in decimal digits (``30``, ``-1``). Nothing is truncated:
+  ``2.7``, ``3.0``, ``"3e0"`` and ``True`` are refused (write ``3``);
+- number: an ``int`` or ``float``, or its text (``0.1``, ``1e-3``); finite;
+- true/false: a ``bool`` or ``true/false/yes/no/on/off``; none: ``None`` or ``none/null/~`` or empty text;
+- text: a ``str`` (a number for a text field is refused); a list of integers: a list, ``1,2`` or ``[1, 2]``;
+  a mapping: a dict with string keys, or its YAML text ``{a: 1}``;
+
+then checked against its range (``epochs >= 0``, ``num_classes >= 2``, every integer at most 2**63 - 1,
+the largest torch holds; ``seed`` in 0..2**32 - 1). Files are read by a YAML loader that refuses a key
+given twice, reads integers in decimal only (YAML 1.1 would read ``010`` as 8 and ``1:30`` as 90) and
+``1e-3`` as a number (YAML 1.2). ``from_dict`` rejects unknown keys; ``validate()`` (called by
+``from_dict`` and by ``train``) checks the types and ranges of a built config and the rules between
+fields, and raises :class:`ConfigError` (a ``ValueError`` carrying the offending ``key``) with a one-line
+message that states the rule.
+
+**Keys a run ignores.** ``USED_ONLY_WHEN`` says, in one table, which fields a run uses only under some
+method, data set, optimiser or schedule (``delta`` only for the nearest-ETF heads, ``momentum`` only for
+sgd, ``num_classes`` only for ``ufm``, ...); :func:`ignored_fields` gives those a config ignores. A grid
+over such a key is refused (``compare``), a key set explicitly but ignored is warned about (``ncguide``).
+``head_kwargs`` cannot hold a top-level field (``head_kwargs.temperature`` would override ``temperature``
+behind the saved config's back).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,12 +50,15 @@ from ..solve import SOLVERS
 from .optim import OPTIMIZERS, SCHEDULES
 
 __all__ = ["ConfigError", "TrainConfig", "load_config", "apply_overrides", "with_defaults", "field_names", "DEVICES",
-           "AMP"]
+           "AMP", "RULES", "Rule", "USED_ONLY_WHEN", "read_value", "read_integer", "ignored_fields", "ignored_reason",
+           "INT_MAX", "SEED_MAX"]
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
 AUGMENTATIONS = ("crop-flip", "flip")  # data.loader.AUGMENTATIONS (not imported: it would load the data package)
 FIXED_ETF = ("random", "canonical")  # heads.FixedETFHead's rotations
+INT_MAX = 2**63 - 1  # the largest integer torch (int64) holds: every integer field stops here
+SEED_MAX = 2**32 - 1  # numpy's global generator takes seeds below 2**32: distinct seeds stay distinct everywhere
 
 
 class ConfigError(ValueError):
@@ -109,19 +136,22 @@ class TrainConfig:
     loggers: list[str] = field(default_factory=lambda: ["jsonl"])  # + csv, tensorboard, wandb (loggers.py)
 
     # ------------------------------------------------------------------------------------------
-    def __post_init__(self) -> None:
-        self.model_kwargs = dict(self.model_kwargs or {})
-        self.head_kwargs = dict(self.head_kwargs or {})
-        self.step_milestones = [int(m) for m in self.step_milestones or []]
+    def __post_init__(self) -> None:  # copies, so that a config never shares a caller's dict or list
+        if isinstance(self.model_kwargs, dict) or self.model_kwargs is None:
+            self.model_kwargs = dict(self.model_kwargs or {})
+        if isinstance(self.head_kwargs, dict) or self.head_kwargs is None:
+            self.head_kwargs = dict(self.head_kwargs or {})
+        if isinstance(self.step_milestones, (list, tuple)) or self.step_milestones is None:
+            self.step_milestones = list(self.step_milestones or [])
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Config from a (partial) dict; ValueError for an unknown key or an invalid value."""
-        unknown = sorted(set(d) - set(field_names()))
+        """Config from a (partial) dict, each value read by :func:`read_value`; :class:`ConfigError` for an
+        unknown key or a bad value."""
+        unknown = [k for k in d if k not in _hints()]
         if unknown:
             raise _unknown_key(unknown[0])
-        hints = _hints()
-        cfg = cls(**{k: _coerce(k, v, hints[k]) for k, v in d.items()})
+        cfg = cls(**{k: read_value(k, v) for k, v in d.items()})
         cfg.validate()
         return cfg
 
@@ -129,61 +159,35 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def validate(self, check_registries: bool = True) -> None:
-        """Check names and ranges (``check_registries``: also dataset/model names against the registries);
-        :class:`ConfigError` naming the first bad field."""
-        for f in dataclasses.fields(self):  # NaN/inf would pass the range checks below (or fail them oddly)
-            value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ConfigError(f.name, f"{f.name} must be a finite number; got {value}")
-        _one_of("method", self.method, METHODS)
-        _one_of("optimizer", self.optimizer, OPTIMIZERS)
-        _one_of("schedule", self.schedule, SCHEDULES)
-        _one_of("device", self.device, DEVICES)
-        _one_of("amp", self.amp, AMP)
-        _one_of("mean_schedule", self.mean_schedule, MEAN_SCHEDULES)
-        _one_of("solver", self.solver, SOLVERS)
-        if self.augment is not None:
-            _one_of("augment", self.augment, AUGMENTATIONS)
-        for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "check_every", "num_classes",
-                     "samples_per_class", "feature_dim"):
-            if getattr(self, name) < 1 and not (name == "epochs" and self.epochs == 0):
-                _bad(name, f"{name} must be >= 1; got {getattr(self, name)}")
-        if self.num_classes < 2:
-            _bad("num_classes", f"num_classes must be >= 2; got {self.num_classes}")
-        for name in ("lr", "agd_gain", "temperature", "nc1_threshold"):
-            if not getattr(self, name) > 0:
-                _bad(name, f"{name} must be > 0; got {getattr(self, name)}")
-        for name in ("weight_decay", "delta", "gamma"):
-            if getattr(self, name) < 0:
-                _bad(name, f"{name} must be >= 0; got {getattr(self, name)}")
-        for name in ("momentum", "label_smoothing"):
-            if not 0 <= getattr(self, name) < 1:
-                _bad(name, f"{name} must lie in [0, 1); got {getattr(self, name)}")
+        """Check every field's type and range (typed values only: no text here) and the rules between fields
+        (``check_registries``: also dataset/model names against the registries); :class:`ConfigError` naming
+        the first bad field."""
+        for f in dataclasses.fields(self):
+            _read(f.name, getattr(self, f.name), text=False)
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             _bad("nesterov", "nesterov=True needs optimizer='sgd' with momentum > 0")
         if self.optimizer == "agd" and self.weight_decay != 0:
             _bad("weight_decay", f"optimizer 'agd' takes no weight decay (got weight_decay={self.weight_decay}); "
                                  "set weight_decay=0")
-        if self.warmup_epochs < 0 or (self.epochs and self.warmup_epochs > self.epochs):
+        if self.epochs and self.warmup_epochs > self.epochs:
             _bad("warmup_epochs", f"warmup_epochs must lie in [0, epochs={self.epochs}]; got {self.warmup_epochs}")
-        if any(m < 1 for m in self.step_milestones):
-            _bad("step_milestones", f"step_milestones must be epochs >= 1; got {self.step_milestones}")
-        if self.num_workers < 0:
-            _bad("num_workers", f"num_workers must be >= 0; got {self.num_workers}")
-        if not 0 <= self.alpha_min <= 1:
-            _bad("alpha_min", f"alpha_min must lie in [0, 1]; got {self.alpha_min}")
-        if not 0 < self.ema_alpha <= 1:
-            _bad("ema_alpha", f"ema_alpha must lie in (0, 1]; got {self.ema_alpha}")
-        for name in ("train_per_class", "test_per_class"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                _bad(name, f"{name} must be >= 1 or None; got {getattr(self, name)}")
-        self._validate_freeze_after()
-        _one_of("fixed_etf", self.fixed_etf, FIXED_ETF)
-        if "rotation" in self.head_kwargs:
-            _bad("head_kwargs", "set fixed_etf (random or canonical), not head_kwargs.rotation")
+        for name in self.head_kwargs:  # the head gets the field's value from build.head_kwargs, then head_kwargs'
+            if name in _hints():
+                unit = " (in epochs)" if name == "freeze_after" else ""
+                _bad(f"head_kwargs.{name}", f"set {name}{unit}, not head_kwargs.{name}: head_kwargs.{name} would "
+                                            f"override {name}={getattr(self, name)!r} while the saved config still "
+                                            f"says {name}={getattr(self, name)!r}")
+        if "rotation" in self.head_kwargs:  # fixed-etf's rotation is the field fixed_etf
+            _bad("head_kwargs.rotation", "set fixed_etf (random or canonical), not head_kwargs.rotation")
+        if self.model == "ufm" and "feature_dim" in self.model_kwargs:  # the UFM's width is the field feature_dim
+            _bad("model_kwargs.feature_dim", "set feature_dim, not model_kwargs.feature_dim: for model 'ufm' the "
+                                             f"field feature_dim={self.feature_dim} sizes the features")
         for name in ("model_kwargs", "head_kwargs"):
             if self.bias_free and getattr(self, name).get("bias") is True:
                 _bad(f"{name}.bias", f"bias_free=true removes every bias; drop {name}.bias=true or set bias_free=false")
+        if self.freeze_after is not None and self.method not in _NEAREST:
+            _bad("freeze_after", f"freeze_after applies to nearest-etf and nearest-etf-nograd only; method "
+                                 f"{self.method!r} has no U to freeze (set freeze_after=none)")
         if check_registries:
             from .data import DATASETS
             from .models import MODELS
@@ -196,16 +200,293 @@ class TrainConfig:
                                 "npz:data/mine.npz")
             _one_of("model", self.model.lower(), tuple(MODELS))
 
-    def _validate_freeze_after(self) -> None:
-        if "freeze_after" in self.head_kwargs:
-            _bad("head_kwargs", "set freeze_after (in epochs), not head_kwargs.freeze_after")
-        if self.freeze_after is None:
-            return
-        if isinstance(self.freeze_after, bool) or not self.freeze_after >= 0:
-            _bad("freeze_after", f"freeze_after must be None or a number of epochs >= 0; got {self.freeze_after!r}")
-        if self.method not in ("nearest-etf", "nearest-etf-nograd"):
-            _bad("freeze_after", f"freeze_after applies to nearest-etf and nearest-etf-nograd only; method "
-                             f"{self.method!r} has no U to freeze (set freeze_after=none)")
+
+# ------------------------------------------------------------------------------------------------ schema
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a field accepts beyond its annotated type: ``choices``, or a range ``lo``..``hi`` (``lo_open`` /
+    ``hi_open``: that end excluded; for a list field, the range of each item). ``words``: the rule in words
+    when the generic ones would not say it (e.g. "a number of epochs >= 0")."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    choices: tuple[str, ...] | None = None
+    words: str | None = None
+
+
+ANY = Rule()
+
+
+def one_of(*choices: str) -> Rule:
+    return Rule(choices=choices)
+
+
+def at_least(lo: float, words: str | None = None) -> Rule:
+    return Rule(lo=lo, words=words)
+
+
+def above(lo: float) -> Rule:
+    return Rule(lo=lo, lo_open=True)
+
+
+# every TrainConfig field, in its order, one line each (a new field needs its line: tests/experiments/test_config.py)
+RULES: dict[str, Rule] = {
+    "method": one_of(*METHODS),
+    "dataset": ANY,  # a registry name or npz:PATH (validate)
+    "model": ANY,  # a registry name (validate)
+    "model_kwargs": ANY,  # names and types checked against the builder (build.check_buildable)
+    "head_kwargs": ANY,  # no top-level field (validate); names checked against the head (build.check_buildable)
+    "data_dir": ANY,
+    "train_per_class": at_least(1),
+    "test_per_class": at_least(1),
+    "num_classes": at_least(2),
+    "samples_per_class": at_least(1),
+    "feature_dim": at_least(1),
+    "epochs": at_least(0),
+    "batch_size": at_least(1),
+    "optimizer": one_of(*OPTIMIZERS),
+    "lr": above(0),
+    "momentum": Rule(lo=0, hi=1, hi_open=True),
+    "nesterov": ANY,
+    "weight_decay": at_least(0),
+    "agd_gain": above(0),
+    "schedule": one_of(*SCHEDULES),
+    "warmup_epochs": at_least(0),
+    "step_milestones": at_least(1, "epochs >= 1"),
+    "gamma": at_least(0),
+    "label_smoothing": Rule(lo=0, hi=1, hi_open=True),
+    "temperature": above(0),
+    "delta": at_least(0),
+    "alpha_min": Rule(lo=0, hi=1),
+    "ema_alpha": Rule(lo=0, hi=1, lo_open=True),
+    "mean_schedule": one_of(*MEAN_SCHEDULES),
+    "solver": one_of(*SOLVERS),
+    "freeze_after": at_least(0, "None or a number of epochs >= 0"),
+    "bias_free": ANY,
+    "fixed_etf": one_of(*FIXED_ETF),
+    "stratified": ANY,
+    "augment": one_of(*AUGMENTATIONS),
+    "eval_every": at_least(1),
+    "eval_batch_size": at_least(1),
+    "num_workers": at_least(0),
+    "seed": Rule(lo=0, hi=SEED_MAX),
+    "device": one_of(*DEVICES),
+    "amp": one_of(*AMP),
+    "compile": ANY,
+    "deterministic": ANY,
+    "check_every": at_least(1),
+    "nc1_threshold": above(0),
+    "loggers": ANY,  # names checked by loggers.check_loggers (it imports their packages)
+}
+
+
+@dataclass(frozen=True)
+class When:
+    """A condition on another field: its value is one of ``values`` (or, ``negate``, none of them)."""
+
+    values: tuple
+    negate: bool = False
+
+    def holds(self, value: Any) -> bool:
+        return (value in self.values) != self.negate
+
+
+_NEAREST = ("nearest-etf", "nearest-etf-nograd")
+_MEANS = ("fixed-etf", *_NEAREST)  # the heads that keep running means (fixed-etf: the global mean of its eval bias)
+_SCALED = tuple(m for m in METHODS if m != "standard-plain")  # the heads that scale features by temperature
+
+# The fields a run uses only under some settings (every condition must hold); any other field every run uses.
+USED_ONLY_WHEN: dict[str, dict[str, When]] = {
+    "temperature": {"method": When(_SCALED)},
+    "delta": {"method": When(_NEAREST)},
+    "solver": {"method": When(_NEAREST)},
+    "mean_schedule": {"method": When(_MEANS)},
+    "alpha_min": {"method": When(_MEANS), "mean_schedule": When(("paper",))},
+    "ema_alpha": {"method": When(_MEANS), "mean_schedule": When(("ema",))},
+    "freeze_after": {"method": When(_NEAREST)},
+    "fixed_etf": {"method": When(("fixed-etf",))},
+    "lr": {"optimizer": When(("agd",), negate=True)},  # agd's rate is agd_gain
+    "agd_gain": {"optimizer": When(("agd",))},
+    "momentum": {"optimizer": When(("sgd",))},
+    "nesterov": {"optimizer": When(("sgd",))},
+    "step_milestones": {"schedule": When(("step",))},
+    "gamma": {"schedule": When(("step",))},
+    "num_classes": {"dataset": When(("ufm",))},
+    "samples_per_class": {"dataset": When(("ufm",)), "train_per_class": When((None,))},  # else train_per_class
+    "feature_dim": {"model": When(("ufm",))},
+    "test_per_class": {"dataset": When(("ufm",), negate=True)},  # the UFM has no test split
+    "num_workers": {"dataset": When(("imagenet",))},  # loader processes for file-backed data only
+}
+
+
+def ignored_fields(cfg: TrainConfig) -> set[str]:
+    """The fields whose value cannot change the run ``cfg`` (``USED_ONLY_WHEN``), e.g. ``{"delta", "solver",
+    ...}`` for ``method="standard"``."""
+    return {name for name, when in USED_ONLY_WHEN.items()
+            if not all(w.holds(getattr(cfg, other)) for other, w in when.items())}
+
+
+def ignored_reason(cfg: TrainConfig, name: str) -> str:
+    """Why ``cfg`` ignores field ``name``, e.g. ``"momentum is not used with optimizer='adam'"``."""
+    for other, w in USED_ONLY_WHEN.get(name, {}).items():
+        if not w.holds(getattr(cfg, other)):
+            return f"{name} is not used with {other}={getattr(cfg, other)!r}"
+    return f"{name} is used by every run"
+
+
+def read_value(key: str, value: Any) -> Any:
+    """``value`` (typed, or text from the command line) for field ``key``, read by the schema (module docstring)
+    and checked against ``RULES[key]``; :class:`ConfigError` naming the key otherwise."""
+    if key not in _hints():
+        raise _unknown_key(key)
+    return _read(key, value, text=True)
+
+
+def read_integer(key: str, value: Any, rule: Rule) -> int:
+    """An integer outside ``TrainConfig`` (a count of seeds, an epoch of the report) by the same rule as the
+    integer fields: a typed ``int`` or decimal text, within ``rule``; :class:`ConfigError` naming ``key``."""
+    return _check(key, _scalar(key, value, int, text=True, optional=False), rule)
+
+
+def _read(key: str, value: Any, text: bool) -> Any:
+    """``read_value``; ``text=False`` (``validate``): a value of the field's own type only, no text to read."""
+    tp, rule = _hints()[key], RULES[key]
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    if optional:
+        if value is None or (text and isinstance(value, str) and value.strip().lower() in ("", "none", "null", "~")):
+            return None
+        tp = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(tp) or tp
+    if origin is list:
+        items = _list_items(key, value) if text else value
+        if not isinstance(items, list):
+            raise _type_error(key, value, tp, optional)
+        (item_tp,) = typing.get_args(tp)
+        return [_check(key, _scalar(key, v, item_tp, text, optional=False, shown=value), rule, item=True)
+                for v in items]
+    if origin is dict:
+        if text and isinstance(value, str):
+            value = _parse_text(value, key) if value.strip() else {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise _type_error(key, value, tp, optional)
+        return dict(value)
+    return _check(key, _scalar(key, value, origin, text, optional), rule, optional)
+
+
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_TRUE, _FALSE = ("true", "yes", "on"), ("false", "no", "off")  # YAML's words for true and false
+
+
+def _scalar(key: str, value: Any, tp: type, text: bool, optional: bool, shown: Any = None) -> Any:
+    """One value of type ``tp`` (int, float, bool, str), typed or (``text``) from its text."""
+    is_text = text and isinstance(value, str)
+    if tp is str:
+        if isinstance(value, str):
+            return value
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+        if is_text and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if is_text and _INT_TEXT.fullmatch(value.strip()):
+            try:
+                return int(value.strip())
+            except ValueError:  # more digits than Python converts: far beyond any range
+                raise ConfigError(key, f"{key} = {_shown(value.strip())} is too large: integers stop at "
+                                       f"{INT_MAX} (2**63 - 1)") from None
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = value
+        else:
+            number = None
+            if is_text:
+                try:
+                    number = float(value.strip())
+                except ValueError:
+                    pass
+        if number is not None:
+            try:
+                number = float(number)
+            except OverflowError:  # an int beyond the float range
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(key, f"{key} must be a finite number; got {_shown(value)}")
+            return number
+    raise _type_error(key, value if shown is None else shown, list[tp] if shown is not None else tp, optional)
+
+
+def _check(key: str, value: Any, rule: Rule, optional: bool = False, item: bool = False) -> Any:
+    """``value`` if it keeps ``rule`` (choices, range; integers at most ``INT_MAX``), else ConfigError."""
+    if value is None:
+        return value
+    if rule.choices is not None and value not in rule.choices:
+        raise ConfigError(key, f"unknown {key} {value!r} (valid: {', '.join(rule.choices)})")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    lo_ok = rule.lo is None or (value > rule.lo if rule.lo_open else value >= rule.lo)
+    hi = rule.hi if rule.hi is not None else (INT_MAX if isinstance(value, int) else None)
+    hi_ok = hi is None or (value < hi if rule.hi_open else value <= hi)
+    if lo_ok and hi_ok:
+        return value
+    if isinstance(value, int) and value > INT_MAX and rule.hi is None:
+        raise ConfigError(key, f"{key} = {_shown(value)} is too large: integers stop at {INT_MAX} (2**63 - 1)")
+    words = _words(rule, isinstance(value, int), optional, item)
+    raise ConfigError(key, f"{key} must {'' if words.startswith('lie in') else 'be '}{words}; got {_shown(value)}")
+
+
+def _words(rule: Rule, integer: bool, optional: bool, item: bool) -> str:
+    """The rule in words: ``an integer >= 0``, ``> 0``, ``lie in [0, 1)``, ``an integer in 0..4294967295``."""
+    if rule.words:
+        return rule.words
+    if rule.lo is not None and rule.hi is not None:
+        if integer:
+            text = f"an integer in {rule.lo}..{rule.hi}"
+        else:
+            text = f"lie in {'(' if rule.lo_open else '['}{rule.lo:g}, {rule.hi:g}{')' if rule.hi_open else ']'}"
+    else:
+        text = f"{'>' if rule.lo_open else '>='} {rule.lo:g}" if rule.lo is not None else f"<= {rule.hi:g}"
+        text = f"an integer {text}" if integer else text
+    if item:
+        text = f"a list of {text.replace('an integer', 'integers')}"
+    return f"{text} or none" if optional else text
+
+
+def _list_items(key: str, value: Any) -> Any:
+    """The items of a list given as a list, ``1,2`` or ``[1, 2]``."""
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            return _parse_text(stripped, key)
+        return [v.strip() for v in stripped.split(",") if v.strip()]
+    return value
+
+
+def _type_error(key: str, value: Any, tp: Any, optional: bool) -> ConfigError:
+    names = {int: "an integer written in digits, like 3, not 3.0 or 3e0", float: "a number", bool: "true or false",
+             str: "text", dict: "a mapping of names to values", list[int]: "a list of integers, e.g. [2, 5]",
+             list[str]: "a list of names, e.g. [jsonl, csv]"}
+    what = names.get(tp, names.get(typing.get_origin(tp), str(tp)))
+    return ConfigError(key, f"bad value {_shown(value)} for config key {key!r} (expected {what}"
+                            f"{' or none' if optional else ''})")
+
+
+def _shown(value: Any) -> str:
+    """``repr(value)``, cut to 40 characters (a number of 5000 digits is not shown whole)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# ---------------------------------------------------------------------------------------------- files
 
 
 def with_defaults(saved: dict[str, Any]) -> dict[str, Any]:
@@ -222,8 +503,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     """Read a YAML (or ``.json``) config file into a dict (keys are checked later, by ``from_dict``). ``path``
     may also name a config shipped with the package (``"demo"``, ``"paper/ufm-k10"``: ``shipped_configs.py``).
 
-    ``ValueError`` naming the file for one that is missing, not UTF-8 text, malformed, or not a mapping of
-    names to values."""
+    ``ValueError`` naming the file for one that is missing, not UTF-8 text, malformed, not a mapping of
+    names to values, or that gives a key twice (at any depth)."""
     from .shipped_configs import find_config
 
     path = find_config(path)
@@ -235,19 +516,23 @@ def load_config(path: str | Path) -> dict[str, Any]:
                          "save it as UTF-8") from None
     if str(path).endswith(".json"):
         try:
-            d = json.loads(text)
+            d = json.loads(text, object_pairs_hook=_json_mapping)
         except json.JSONDecodeError as e:
             raise ValueError(f"malformed JSON in {path} at line {e.lineno}, column {e.colno}: {e.msg}; "
                              "fix the syntax of that line") from None
+        except _DuplicateKey as e:
+            raise ValueError(f"config file {path}: {e}") from None
     else:
         import yaml
 
         try:
-            d = yaml.safe_load(text)
+            d = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            if isinstance(e, _yaml_refusal()):
+                raise ValueError(f"config file {path}{where}: {problem}") from None
             raise ValueError(f"malformed YAML in {path}{where}: {problem}; fix the syntax of that line") from None
     if d is None:
         return {}
@@ -260,10 +545,11 @@ def load_config(path: str | Path) -> dict[str, Any]:
 
 
 def apply_overrides(d: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Return a copy of ``d`` with ``key=value`` overrides applied (``value`` coerced to the field type;
-    ``field.key=value`` sets an entry of a dict field, its value parsed as YAML)."""
+    """Return a copy of ``d`` with ``key=value`` overrides applied (``value`` read by :func:`read_value`;
+    ``field.key=value`` sets an entry of a dict field, its value parsed as YAML). A key given twice is refused."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
     hints = _hints()
+    given: dict[str, str] = {}
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()
@@ -272,20 +558,25 @@ def apply_overrides(d: dict[str, Any], overrides: list[str] | tuple[str, ...]) -
         top, dot, sub = key.partition(".")
         if top not in hints:
             raise _unknown_key(top)
+        name = f"{top}.{sub.strip()}" if dot else top
+        if name in given:
+            raise ConfigError(name, f"{name} is set twice ({given[name]!r} and {item!r}); give each key once")
+        given[name] = item
         if dot:
-            if hints[top] is not dict:
+            if typing.get_origin(hints[top]) is not dict and hints[top] is not dict:
                 raise ConfigError(top, f"bad override {item!r}: {top!r} is not a dict field")
             if not sub.strip():
                 raise ConfigError(top, f"bad override {item!r}: name the entry, e.g. {top}.NAME=VALUE")
-            out[top] = {**dict(out.get(top) or {}), sub.strip(): _parse_scalar(value, key)}
+            out[top] = {**dict(out.get(top) or {}), sub.strip(): _parse_text(value, key)}
         else:
-            out[top] = _coerce(top, value, hints[top])
+            out[top] = read_value(top, value)
     return out
 
 
 # ---------------------------------------------------------------------------------------- helpers
 
 
+@functools.cache
 def _hints() -> dict[str, Any]:
     return typing.get_type_hints(TrainConfig)
 
@@ -305,71 +596,81 @@ def _unknown_key(key: str) -> ConfigError:
     return ConfigError(key, f"unknown config key {key!r} ({hint}valid: {', '.join(field_names())})")
 
 
-def _parse_scalar(text: str, key: str = "") -> Any:
-    """A value typed on the command line: YAML if available (``1e-3``, ``[1, 2]``, ``{a: 1}``), else JSON."""
+def _parse_text(text: str, key: str = "") -> Any:
+    """A value typed on the command line, read as YAML by the same loader as files (``1e-3``, ``[1, 2]``,
+    ``{a: 1}``; a key twice refused)."""
+    import yaml
+
     try:
-        import yaml
-    except ImportError:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError:
-            return text
-    try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_yaml_loader())  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         where = f" for config key {key!r}" if key else ""
-        raise ConfigError(key, f"bad value {text!r}{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+        problem = getattr(e, "problem", None) if isinstance(e, _yaml_refusal()) else None
+        why = problem or f"not valid YAML ({str(e).splitlines()[0]})"
+        raise ConfigError(key, f"bad value {text!r}{where}: {why}") from None
 
 
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Coerce ``value`` (a string from the command line, or a parsed YAML value) to type ``tp``."""
-    args = typing.get_args(tp)
-    if type(None) in args:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "")):
-            return None
-        tp = next(a for a in args if a is not type(None))
-    origin = typing.get_origin(tp) or tp
-    try:
-        if origin is bool:
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if origin is int:
-            if isinstance(value, float) and not value.is_integer() or isinstance(value, bool):
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if origin is float:
-            if isinstance(value, bool):
-                raise ValueError
-            return float(value)
-        if origin is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-        if origin is list:
-            if isinstance(value, str):
-                value = value.strip().strip("[]")
-                value = [v for v in (s.strip() for s in value.split(",")) if v]
-            if not isinstance(value, (list, tuple)):
-                raise ValueError
-            (item_tp,) = typing.get_args(tp) or (str,)
-            return [_coerce(key, v, item_tp) for v in value]
-        if origin is dict:
-            if isinstance(value, str):
-                value = _parse_scalar(value, key) if value.strip() else {}
-            if value is None:
-                return {}
-            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-                raise ValueError
-            return dict(value)
-    except (TypeError, ValueError, OverflowError):
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _json_mapping(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for k, v in pairs:
+        if k in out:
+            raise _DuplicateKey(f"key {k!r} is given twice in one mapping; keep one")
+        out[k] = v
+    return out
+
+
+@functools.cache
+def _yaml_refusal() -> type:
+    """The error our YAML loader raises for what it refuses (not a syntax error)."""
+    import yaml
+
+    class YAMLRefusal(yaml.MarkedYAMLError):
         pass
-    else:
-        return value
-    name = tp.__name__ if isinstance(tp, type) else str(tp)  # list[int], not list
-    raise ConfigError(key, f"bad value {value!r} for config key {key!r} (expected {name})")
+
+    return YAMLRefusal
+
+
+@functools.cache
+def _yaml_loader() -> type:
+    """``yaml.SafeLoader`` that refuses a key given twice in a mapping, reads integers in decimal only (YAML 1.1
+    reads ``010`` as 8, ``0x10`` as 16, ``1:30`` as 90: refused unless plain digits) and ``1e-3`` as a number."""
+    import yaml
+
+    refusal = _yaml_refusal()
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base`` merges: its keys may be overridden
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.get(key)
+                    except TypeError:  # an unhashable key: the base class says so
+                        continue
+                    if first is not None:
+                        line = key_node.start_mark.line + 1
+                        where = f"lines {first} and {line}" if first != line else f"line {line}"
+                        raise refusal(None, None, f"key {key!r} is given twice ({where}); keep one",
+                                      key_node.start_mark)
+                    seen[key] = key_node.start_mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    def decimal_int(loader, node):
+        text = loader.construct_scalar(node)
+        if not _INT_TEXT.fullmatch(text):
+            raise refusal(None, None, f"{text} is not an integer in decimal digits; write it as one (YAML 1.1 would "
+                                      "read it in another base)", node.start_mark)
+        return int(text)
+
+    Loader.add_constructor("tag:yaml.org,2002:int", decimal_int)
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                 re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                 list("-+0123456789."))
+    return Loader

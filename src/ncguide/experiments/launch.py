@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .checkpoint import CHECKPOINT, load_checkpoint
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, Rule, TrainConfig, read_integer
 from .files import atomic_write_text, last_record
 from .report import DIVERGED, short_record
 from .runlog import METRICS, finished_record
@@ -189,19 +189,12 @@ def parse_launch(settings: LaunchConfig | Mapping | None) -> LaunchConfig:
 
 
 def whole_number(settings: Mapping, key: str, minimum: int) -> int | None:
-    """A whole number >= ``minimum`` (an int, or its text from ``--set``); None when not given."""
+    """``settings[key]``, a whole number >= ``minimum`` read as the config's integers are (``config.read_integer``:
+    an int or its digits from ``--set``); None when not given."""
     value = settings.get(key)
     if value is None:
         return None
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        n = int(str(value).strip()) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        n = None
-    if n is None or n < minimum:
-        raise ConfigError(key, f"{key} must be a whole number >= {minimum}; got {value!r}")
-    return n
+    return read_integer(key, value, Rule(lo=minimum, words=f"a whole number >= {minimum}"))
 
 
 def _flag(settings: Mapping, key: str) -> bool | None:

@@ -257,21 +257,29 @@ def run_configs(out_dir: str | Path) -> list[dict]:
 
 
 def check_report_epochs(report_epochs) -> list[int] | None:
-    """``"50,200"`` or ``[50, 200]`` → ``[50, 200]`` (epochs >= 0); None stays None (the default)."""
+    """``"50,200"``, ``[50, 200]`` or ``50`` → ``[50, 200]`` (epochs >= 0, each once, read by the rule of the config's
+    integers: no ``2.5``, no ``5e1``); None stays None (the default)."""
+    from .config import ConfigError, Rule, read_integer
+
     if report_epochs is None:
         return None
+    bad = f"bad report_epochs {report_epochs!r}; give whole epochs like 50,200"
     if isinstance(report_epochs, str):
         report_epochs = [e.strip() for e in report_epochs.split(",") if e.strip()]
+    elif isinstance(report_epochs, int) and not isinstance(report_epochs, bool):
+        report_epochs = [report_epochs]
+    if not isinstance(report_epochs, (list, tuple)):
+        raise ValueError(bad)
     try:
-        if isinstance(report_epochs, (bool, int, float)) or any(
-                isinstance(e, (bool, float)) or (isinstance(e, str) and not e.isdigit()) for e in report_epochs):
-            raise ValueError
-        epochs = [int(e) for e in report_epochs]
-    except (TypeError, ValueError):
-        raise ValueError(f"bad report_epochs {report_epochs!r}; give whole epochs like 50,200") from None
-    if not epochs or any(e < 0 for e in epochs):
+        epochs = [read_integer("report_epochs", e, Rule(lo=0, words="whole epochs >= 0")) for e in report_epochs]
+    except ConfigError as e:
+        raise ValueError(bad if str(e).startswith("bad value") else str(e)) from None
+    if not epochs:
         raise ValueError(f"report_epochs must be whole epochs >= 0; got {report_epochs!r}")
-    return sorted(set(epochs))
+    twice = sorted({e for e in epochs if epochs.count(e) > 1})
+    if twice:
+        raise ValueError(f"report_epochs lists epoch {twice[0]} twice; give each epoch once")
+    return sorted(epochs)
 
 
 def default_thresholds(configs: list[dict] | None = None) -> dict[str, tuple[str, float]]:

@@ -30,12 +30,14 @@ from pathlib import Path
 
 from .checkpoint import CHECKPOINT, ResumeError, load_checkpoint
 from .config import with_defaults
-from .files import atomic_write, truncate
+from .files import atomic_write, atomic_write_text, truncate
 from .locks import rank0_folder_lock
 
-__all__ = ["METRICS", "log_state", "restore_log", "finished_record", "expected_epochs", "check_run_log"]
+__all__ = ["METRICS", "CONFIG", "log_state", "restore_log", "restore_config", "finished_record", "expected_epochs",
+           "check_run_log"]
 
 METRICS = "metrics.jsonl"
+CONFIG = "config.json"  # a copy of the checkpoint's config, for people (the run's identity is the checkpoint's)
 
 _RESTORE = "resuming the run (the same train or compare command) rewrites it from the checkpoint"
 
@@ -114,12 +116,31 @@ def _restore_by_size(path: Path, data: bytes, size: int) -> list[str]:
     return lines
 
 
+def restore_config(run_dir: str | os.PathLike, ckpt: dict, write: bool = True) -> None:
+    """Make ``config.json`` hold the checkpoint's config again when it is missing, unreadable or altered: rewritten
+    atomically, with a warning (``write=False``: nothing is written, as on ranks other than 0)."""
+    path = Path(run_dir) / CONFIG
+    saved = json.loads(json.dumps(ckpt["config"]))
+    try:
+        if json.loads(path.read_text(encoding="utf-8")) == saved:
+            return
+    except (OSError, ValueError):
+        pass
+    if write:
+        atomic_write_text(path, json.dumps(saved, indent=2) + "\n")
+        warnings.warn(f"{path} did not hold the run's config; rewrote it from {path.parent / CHECKPOINT}",
+                      stacklevel=2)
+
+
 def finished_record(run_dir: str | os.PathLike) -> dict:
-    """The last record of the finished run in ``run_dir``, after :func:`restore_log` (under the folder's lock)."""
+    """The last record of the finished run in ``run_dir``, after :func:`restore_log` and :func:`restore_config`
+    (under the folder's lock)."""
     run_dir = Path(run_dir)
     rank0 = int(os.environ.get("RANK", "0")) == 0
     with rank0_folder_lock(run_dir):
-        lines = restore_log(run_dir, load_checkpoint(run_dir / CHECKPOINT), write=rank0)
+        ckpt = load_checkpoint(run_dir / CHECKPOINT)
+        lines = restore_log(run_dir, ckpt, write=rank0)
+        restore_config(run_dir, ckpt, write=rank0)
     return json.loads(lines[-1]) if lines else {}
 
 

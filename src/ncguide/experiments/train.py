@@ -20,9 +20,11 @@ Outputs in ``out_dir`` (only rank 0 writes):
   (optimiser steps taken), ``wall_s`` (cumulative training seconds, evaluation and checkpointing
   excluded, carried over a resume), ``lr`` (of the latest step; at epoch 0 that of the first step),
   then the record of ``evaluate.evaluate``: ``train_loss, train_acc, test_loss, test_acc`` and the NC
-  metrics of the training split (docs/metrics.md). The UFM has no test set: ``test_loss`` and
-  ``test_acc`` are ``null``. Non-finite values are written as ``NaN``/``Infinity`` (Python's ``json``
-  reads them back). Each line is fsynced when written (``runlog.py`` says what the log guarantees).
+  metrics of the training split (docs/metrics.md); with ``solver: warm``, the solver's counters
+  ``warm_refreshes`` and ``warm_fallbacks`` (a run with fallbacks ends with a warning). The UFM has no
+  test set: ``test_loss`` and ``test_acc`` are ``null``. Non-finite values are written as
+  ``NaN``/``Infinity`` (Python's ``json`` reads them back). Each line is fsynced when written
+  (``runlog.py`` says what the log guarantees).
 - ``metrics.csv``, TensorBoard event files, a W&B run: the same records, for the loggers ``cfg.loggers``
   asks for (``loggers.py``); on resume they are rewritten from the restored ``metrics.jsonl``.
 - ``checkpoint.pt`` (``checkpoint.py``): after every epoch, atomically; ``finished`` marks a
@@ -122,7 +124,7 @@ from .locks import RunLockedError, folder_lock
 from .loggers import RunLoggers, check_loggers, open_loggers
 from .optim import agd_init_, build_optimizer, lr_factor, set_lr
 from .progress import PROGRESS_MODES, Progress
-from .runlog import METRICS, log_state, restore_log
+from .runlog import METRICS, log_state, restore_config, restore_log
 
 __all__ = ["METRICS", "NonFiniteLossError", "RunState", "train", "train_one_epoch"]
 
@@ -201,6 +203,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         _check_same_data(ckpt, cfg, out / CHECKPOINT)
         log_lines = restore_log(out, ckpt, write=where.rank == 0)  # the log as the checkpoint counted it
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
+            restore_config(out, ckpt, write=where.rank == 0)
             with open_loggers(cfg, out, log_lines, write=where.rank == 0):  # their outputs agree with the log
                 pass
             return json.loads(log_lines[-1]) if log_lines else last_record(out / METRICS)
@@ -244,7 +247,17 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
                 interrupt.raise_if_set()
     if where.world > 1:
         dist.barrier()
+    _warn_about_fallbacks(run)
     return run.last or last_record(out / METRICS)
+
+
+def _warn_about_fallbacks(run: RunState) -> None:
+    """One warning at the end of a run whose warm solver fell back (``heads.NearestETFHead.solver_stats``)."""
+    fallbacks = run.last.get("warm_fallbacks") if run.last else None
+    if fallbacks and run.where.rank == 0:
+        warnings.warn(f"solver='warm' fell back on {fallbacks} of {run.step} training steps: their U missed the "
+                      "certificate's tolerance (used as it was, or the previous step's U); see warm_fallbacks in "
+                      f"{run.out / METRICS}, or use solver='auto'", stacklevel=3)
 
 
 def train_one_epoch(run: RunState, watch: _NonFiniteWatch, show: Progress, interrupt: _InterruptFlag) -> torch.Tensor:
@@ -438,6 +451,7 @@ def _log_evaluation(run: RunState) -> dict:
             f"from 1): {reason}; stopping. The last good checkpoint is {run.out / CHECKPOINT} (lower the learning "
             "rate, or check the data)"
         ) from e
+    rec.update(run.head.solver_stats())  # solver="warm": warm_refreshes, warm_fallbacks (heads.py)
     run.last = rec
     run.log.append(json.dumps(rec))
     if run.where.rank == 0:

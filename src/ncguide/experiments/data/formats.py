@@ -133,15 +133,22 @@ def read_stl10(images: str | os.PathLike, labels: str | os.PathLike) -> tuple[np
 
 
 def _int_labels(y: np.ndarray, key: str, path: Path) -> np.ndarray:
+    """``y`` as int64 labels; the range is checked in ``y``'s own dtype first, so that no label wraps around
+    in the cast (a ``uint64`` 2**64 - 1 or a float 1e30 would become a negative or arbitrary int64)."""
     if y.ndim != 1:
         raise ValueError(f"{path}: {key} must be 1-D integer labels, got shape {y.shape}")
-    if np.issubdtype(y.dtype, np.integer):
-        return y.astype(np.int64)
-    if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
-        return y.astype(np.int64)
-    raise ValueError(
-        f"{path}: {key} must hold integer class labels 0..K-1, got dtype {y.dtype} with non-integers"
-    )
+    whole = np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+    if not (np.issubdtype(y.dtype, np.integer) or whole):
+        raise ValueError(
+            f"{path}: {key} must hold integer class labels 0..K-1, got dtype {y.dtype} with non-integers"
+        )
+    if len(y) and (y.max() > _MAX_LABEL or y.min() < -_MAX_LABEL):  # the range itself is checked against K later
+        raise ValueError(f"{path}: {key} labels must lie in 0..K-1, found {y.min()}..{y.max()}; relabel the classes "
+                         "0..K-1")
+    return y.astype(np.int64)
+
+
+_MAX_LABEL = 2**53  # every float64 integer up to here is exact; a class label beyond it is no class count anyway
 
 
 def read_npz(path: str | os.PathLike, num_classes: int | None = None) -> dict[str, np.ndarray]:
@@ -174,16 +181,26 @@ def read_npz(path: str | os.PathLike, num_classes: int | None = None) -> dict[st
             raise ValueError(f"{path}: x_{split} must be real numbers, got dtype {x.dtype}")
         if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
             raise ValueError(f"{path}: x_{split} holds {int((~np.isfinite(x)).sum())} NaN or infinite values")
+        if np.issubdtype(x.dtype, np.floating) and x.size and np.abs(x).max() > np.finfo(np.float32).max:
+            raise ValueError(f"{path}: x_{split} overflows float32 (|x| > 3.4e38), the precision of training; "
+                             "rescale your data")
         out[f"x_{split}"], out[f"y_{split}"] = x, _int_labels(y, f"y_{split}", path)
     if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
         raise ValueError(
             f"{path}: train samples have shape {out['x_train'].shape[1:]} but test samples {out['x_test'].shape[1:]}"
         )
     k = int(out["y_train"].max()) + 1 if num_classes is None else num_classes
+    if k < 2:
+        raise ValueError(f"{path}: y_train holds a single class (label {int(out['y_train'].max())}); a classifier "
+                         "needs at least 2 classes, labelled 0..K-1")
     for split in ("train", "test"):
         y = out[f"y_{split}"]
         if y.min() < 0 or y.max() >= k:
             raise ValueError(f"{path}: y_{split} labels must lie in 0..{k - 1}, found {y.min()}..{y.max()}")
+    n = len(out["y_train"])
+    if k > n:  # before counting: np.bincount would allocate k counters (a label of 10**9 would exhaust memory)
+        raise ValueError(f"{path}: y_train's largest label {k - 1} means {k} classes, but there are only {n} training "
+                         "samples, so some classes have none; relabel to 0..K-1 without gaps")
     empty = np.flatnonzero(np.bincount(out["y_train"], minlength=k) == 0)
     if len(empty):
         raise ValueError(
