@@ -11,8 +11,9 @@ compare): a mistake prints one line ``ncguide: error: ...`` naming the key or fl
 came from) and exits with status 2, leaving no output folder behind (set the environment variable
 ``NCGUIDE_TRACEBACK=1`` to see the traceback instead). A diverged run (non-finite loss) exits with 1, and so
 does a run whose files cannot be written (disk full, quota, read-only file system: one line naming the
-file; re-running the same command resumes from the last checkpoint); Ctrl-C exits with 130. Warnings
-are one line ``ncguide: warning: ...``.
+file; re-running the same command resumes from the last checkpoint), and so does a compare whose runs in
+child processes or Slurm jobs failed (one line naming each failed run and its log; ``launch.RunsFailedError``);
+Ctrl-C exits with 130. Warnings are one line ``ncguide: warning: ...``.
 """
 
 from __future__ import annotations
@@ -31,9 +32,12 @@ __all__ = ["main", "build_parser", "resolve_config"]
 # flag dest -> TrainConfig field
 _COMMON_FLAGS = {"dataset": "dataset", "model": "model", "epochs": "epochs", "batch_size": "batch_size",
                  "lr": "lr", "device": "device", "data_dir": "data_dir", "loggers": "loggers"}
-# YAML/--set keys read by `compare`, not TrainConfig fields
+# YAML/--set keys read by `compare`, not TrainConfig fields (the launch keys: where the runs train)
+_LAUNCH_KEYS = ("launcher", "jobs", "gpus_per_run", "runs_per_gpu", "threads_per_run", "wait", "slurm_partition",
+                "slurm_time", "slurm_account", "slurm_gpus_per_run", "slurm_cpus_per_run", "slurm_mem",
+                "slurm_array_parallelism", "slurm_setup", "slurm_extra")
 _COMPARE_KEYS = ("methods", "seeds", "grid", "selection_seeds", "variants", "report_epochs", "train_acc_threshold",
-                 "selection_metric", "extend_edges", "focus")
+                 "selection_metric", "extend_edges", "focus", *_LAUNCH_KEYS)
 
 _DESCRIPTION = """\
 Guiding neural collapse: train classifiers whose head is the simplex ETF nearest to the
@@ -68,7 +72,8 @@ Train one model with one classifier head (method). Writes, in --out:
   metrics.csv, TensorBoard event files, a W&B run: with --logger csv / tensorboard / wandb"""
 
 _COMPARE_DESCRIPTION = """\
-Train every method for every seed, one run after another, into OUT/runs/<method>/seed-<s>/,
+Train every method for every seed (one run after another, or several at once: see below)
+into OUT/runs/<method>/seed-<s>/,
 then write OUT/summary.json, OUT/report.md and the figures OUT/*.png; OUT/config.yaml holds
 the resolved comparison. Re-running on the same OUT reuses finished runs and resumes
 interrupted ones. Besides TrainConfig fields, a config file may list `methods:` (a list)
@@ -89,7 +94,17 @@ default nearest-etf) against the best other method, with a bootstrap 95% interva
 permutation-test p-value.
 A YAML `variants:` mapping names methods with their own settings, e.g.
   variants: {nearest-etf-freeze: {method: nearest-etf, freeze_after: 5}}
-and `report_epochs: [50, 200]` picks the epochs of the training-accuracy table."""
+and `report_epochs: [50, 200]` picks the epochs of the training-accuracy table.
+
+Many runs at once: --jobs N trains up to N runs at once, each in its own process (CPU: the
+cores split between them; CUDA: disjoint GPUs, --gpus-per-run G through torchrun, or
+--runs-per-gpu M runs sharing a GPU); each method's report seeds start as soon as its own
+winner is known. --launcher slurm submits the runs as Slurm job arrays (needs
+`pip install 'ncguide[slurm]'`; --slurm-time is required); --no-wait returns after
+submitting, and the same command later collects what finished. A failed run is named with
+its log (RUN/launch.log) while the others go on; rerunning retries only unfinished runs.
+The same keys in YAML: jobs, gpus_per_run, runs_per_gpu, threads_per_run, launcher, wait,
+slurm_partition, slurm_time, ..., slurm_setup (a list), slurm_extra (a mapping)."""
 
 _REPORT_DESCRIPTION = """\
 Read DIR/runs/<method>/seed-<s>/metrics.jsonl and (re)write DIR/summary.json, DIR/report.md
@@ -198,6 +213,40 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
 
 
+def _add_launch_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("where the runs train (YAML: the same names with underscores)")
+    g.add_argument("--jobs", metavar="N", help="train up to N runs at once, each in its own process (default 1: "
+                                               "one after another in this process)")
+    g.add_argument("--gpus-per-run", dest="gpus_per_run", metavar="G",
+                   help="GPUs of each run on CUDA (default 1; G > 1 runs it through torchrun)")
+    g.add_argument("--runs-per-gpu", dest="runs_per_gpu", metavar="M",
+                   help="let M small runs share one GPU (default 1)")
+    g.add_argument("--threads-per-run", dest="threads_per_run", metavar="T",
+                   help="CPU threads of each run (default: the cores split between the runs at once; Slurm: "
+                        "--slurm-cpus-per-run)")
+    g.add_argument("--launcher", choices=("local", "slurm"), default=None,
+                   help="local processes (default) or Slurm job arrays through submitit")
+    g.add_argument("--wait", action=argparse.BooleanOptionalAction, default=None,
+                   help="Slurm: wait for the jobs and write the report (default); --no-wait submits and returns")
+    s = p.add_argument_group("Slurm (with --launcher slurm)")
+    s.add_argument("--slurm-partition", dest="slurm_partition", metavar="NAME", help="partition of the jobs")
+    s.add_argument("--slurm-time", dest="slurm_time", metavar="TIME",
+                   help="time limit of each run's job (required): minutes, H:MM:SS or D-HH:MM:SS; a run that hits it "
+                        "is requeued and resumes from its checkpoint")
+    s.add_argument("--slurm-account", dest="slurm_account", metavar="NAME", help="account to charge")
+    s.add_argument("--slurm-gpus-per-run", dest="slurm_gpus_per_run", metavar="G",
+                   help="GPUs of each run's job (G > 1: torchrun in the job)")
+    s.add_argument("--slurm-cpus-per-run", dest="slurm_cpus_per_run", metavar="C",
+                   help="CPUs of each run's job (its thread count)")
+    s.add_argument("--slurm-mem", dest="slurm_mem", metavar="SIZE", help="memory of each run's job, e.g. 32G")
+    s.add_argument("--slurm-array-parallelism", dest="slurm_array_parallelism", metavar="N",
+                   help="at most N jobs of an array at once")
+    s.add_argument("--slurm-setup", dest="slurm_setup", action="append", default=None, metavar="CMD",
+                   help="shell line run before each job (module load ..., source venv/bin/activate); repeatable")
+    s.add_argument("--slurm-extra", dest="slurm_extra", action="append", default=None, metavar="KEY=V",
+                   help="any other sbatch option, passed through (e.g. qos=high, constraint=a100); repeatable")
+
+
 def _config_epilog() -> str:
     """The configuration epilog, with the valid names of the choice fields read from their registries."""
     from ..heads import METHODS
@@ -261,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a named method with its own settings, e.g. nearest-etf-freeze:method=nearest-etf,"
                         "freeze_after=3; list NAME in --methods; repeatable")
     c.add_argument("--out", metavar="DIR", help="output directory of the comparison (required)")
+    _add_launch_flags(c)
     _add_run_flags(c)
 
     r = sub.add_parser("report", formatter_class=fmt, help="(re)write figures and tables from a compare's logs",
@@ -342,7 +392,8 @@ def _source(args: argparse.Namespace, key: str) -> str | None:
             return f"from --set {item}"
     dests = {field: dest for dest, field in _COMMON_FLAGS.items()}
     dest = dests.get(top, top)
-    repeated = {"variants": "--variant", "grid": "--grid", "loggers": "--logger"}  # flags given once per item
+    repeated = {"variants": "--variant", "grid": "--grid", "loggers": "--logger", "slurm_setup": "--slurm-setup",
+                "slurm_extra": "--slurm-extra"}  # flags given once per item
     if top in repeated and getattr(args, dest, None):
         return f"from {repeated[top]}"
     if getattr(args, dest, None) is not None and isinstance(getattr(args, dest), (str, int, float)):
@@ -521,7 +572,8 @@ def _cmd_compare(args) -> int:
     methods = parsed("methods", parse_methods, compare.get("methods", DEFAULT_METHODS), variants)
     seeds = parsed("seeds", parse_seeds, compare.get("seeds", DEFAULT_SEEDS))
     options = dict(grid=compare.get("grid"), variants=variants, report_epochs=compare.get("report_epochs"),
-                   selection_seeds=compare.get("selection_seeds", DEFAULT_SELECTION_SEEDS))
+                   selection_seeds=compare.get("selection_seeds", DEFAULT_SELECTION_SEEDS),
+                   launch={k: compare[k] for k in _LAUNCH_KEYS if k in compare})
     options.update({k: compare[k] for k in ("selection_metric", "extend_edges", "focus") if k in compare})
     if compare.get("train_acc_threshold") is not None:
         try:
@@ -594,8 +646,8 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}  # the ru
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ncguide``; returns the exit status (0 ok, 1 diverged or files not writable, 2 usage or
-    config error, 130 interrupted)."""
+    """Entry point of ``ncguide``; returns the exit status (0 ok, 1 diverged, files not writable or runs failed,
+    2 usage or config error, 130 interrupted)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -657,9 +709,12 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError as e:
         return _error(f"{e}; install the missing package (pip install 'ncguide[experiments]' has them all)")
     except RuntimeError as e:
+        from .launch import LaunchError
         from .train import NonFiniteLossError
 
         if isinstance(e, NonFiniteLossError) and not os.environ.get("NCGUIDE_TRACEBACK"):
             print(f"ncguide: training diverged: {e}", file=sys.stderr)
             return 1
+        if isinstance(e, LaunchError) and not os.environ.get("NCGUIDE_TRACEBACK"):
+            return _error(str(e), 1)
         raise

@@ -29,8 +29,13 @@ Methods are names of ``ncguide.heads.METHODS`` or *variants*: ``{"nearest-etf-fr
 Files in ``out_dir``: ``runs/`` (each run's ``metrics.jsonl``, ``config.json``, ``checkpoint.pt``, written by
 :func:`ncguide.experiments.train.train`), ``config.yaml`` (the resolved comparison; ``ncguide compare --config
 out/config.yaml --out out`` repeats it), ``selection.json`` (with a grid) and the report (``summary.json``,
-``report.md``, ``*.png``). Runs go one after the other in this process. Re-running on the same ``out_dir``
-reuses finished runs and resumes unfinished ones; it may add methods, seeds or grid values.
+``report.md``, ``*.png``). Re-running on the same ``out_dir`` reuses finished runs and resumes unfinished ones;
+it may add methods, seeds or grid values.
+
+Where the runs train is the launcher's business (``launch.py``; ``launch=``): one after the other in this
+process (the default), up to N at once in child processes (``{"jobs": N}``), or as Slurm jobs (``{"launcher":
+"slurm", ...}``, ``slurm.py``). Each method is a pipeline: its selection runs, its winner, its report runs,
+which start as soon as its own winner is known. The results do not depend on the launcher.
 
 A run's identity is the config saved in its checkpoint (``config.json`` is only a copy for people, and a
 run's data file — ``npz:`` — is fingerprinted in the checkpoint too): before anything trains, every run
@@ -48,9 +53,8 @@ from __future__ import annotations
 
 import json
 import math
-import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,19 +74,18 @@ from .config import (
     with_defaults,
 )
 from .files import atomic_write_text, read_jsonl
+from .launch import LaunchConfig, Run, drive, make_launcher, parse_launch
 from .locks import rank0_folder_lock
-from .loggers import check_loggers
 from .report import (
     DEFAULT_TRAIN_ACC_THRESHOLD,
     DIVERGED,
     SELECTION,
     check_report_epochs,
     selection_metric_label,
-    short_record,
     summary_table,
     write_report,
 )
-from .runlog import METRICS, finished_record
+from .runlog import METRICS
 from .selection import (
     DEFAULT_SELECTION_METRIC,
     extend_axis,
@@ -91,7 +94,7 @@ from .selection import (
     select_point,
     winner_edges,
 )
-from .train import NonFiniteLossError, train
+from .train import train
 from .verdict import resolve_focus
 
 __all__ = [
@@ -245,14 +248,6 @@ def run_dir(out_dir: str | Path, method: str, seed: int, point: Mapping[str, obj
     return (base / point_name(point) if point else base) / f"seed-{seed}"
 
 
-@dataclass(frozen=True)
-class _Run:
-    phase: str  # "selection" or "report"
-    method: str
-    point: dict  # grid values ({} without a grid)
-    seed: int
-    cfg: TrainConfig
-    path: Path
 
 
 def run_compare(
@@ -274,6 +269,7 @@ def run_compare(
     log: Callable[[str], None] = print,
     report: bool = True,
     check_only: bool = False,
+    launch: LaunchConfig | Mapping | None = None,
 ) -> dict:
     """Train every method × seed of ``base`` into ``out_dir/runs/`` (see the module docstring), then write
     the report.
@@ -293,6 +289,10 @@ def run_compare(
     resumed when ``resume``; ``resume=False`` retrains everything. ``log`` gets one line per run. Returns the
     report summary (:func:`ncguide.experiments.report.summarize`), or ``{}`` when ``report=False``.
     ``check_only``: check everything as above, train nothing, and return the resolved comparison settings.
+    ``launch``: where the runs train (``launch.parse_launch``: ``{"jobs": 2}``, ``{"launcher": "slurm",
+    "slurm_time": "2:00:00", ...}``); the default trains them one after another in this process. Runs that
+    fail in child processes or Slurm jobs raise ``launch.RunsFailedError`` once the others are done; without
+    waiting for Slurm (``"wait": False``) the return value is ``{}`` until every run has finished.
     Bad settings raise :class:`ncguide.experiments.config.ConfigError` (a ``ValueError``) naming the key.
     """
     base_dict = base.to_dict() if isinstance(base, TrainConfig) else dict(base)
@@ -338,8 +338,9 @@ def run_compare(
 
     # every run's config is checked before anything trains; seed-major order within each phase, so an
     # interrupted comparison has every method at the first seeds
-    selection = [_Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p))
-                 for s in sel_seeds for p in (points if len(points) > 1 else []) for m in methods]
+    grid_points = [(s, p, m) for s in sel_seeds for p in (points if len(points) > 1 else []) for m in methods]
+    selection = [Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p), order=(0, 0, i),
+                     tag=_tag("selection", i, len(grid_points), m, p, s)) for i, (s, p, m) in enumerate(grid_points)]
     candidates = {m: {point_name(p): p for p in points} for m in methods}
     # the report runs could use any point: check them all now, including what only a build would reject
     # (K > d for ETF heads, model vs data, head options), so no run trains before a later one fails
@@ -350,6 +351,10 @@ def run_compare(
     if metric_epoch(selection_metric) is not None and len(points) > 1:
         _check_metric_epoch(selection_metric, [r.cfg for r in selection])
     notes = _ignored_settings(given, variants, planned)
+    runs = {r.path: r.cfg for r in selection}  # every run folder the comparison may train: where the launcher looks
+    runs.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
+    launcher = make_launcher(parse_launch(launch), runs, out_dir=Path(out_dir).absolute(), resume=resume,
+                             progress=progress, log=log, train_fn=lambda *a, **k: train(*a, **k))
     if check_only:
         for note in notes:
             warnings.warn(note, stacklevel=2)
@@ -363,8 +368,8 @@ def run_compare(
     rule = _Rule(selection_metric, extend_edges, focus)
     with rank0_folder_lock(out_dir):  # creates out_dir
         return _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs,
-                               train_acc_threshold, base_dict, config, selection, candidates, resume, progress,
-                               log, report, rule, notes)
+                               train_acc_threshold, base_dict, config, selection, candidates, runs, launcher,
+                               resume, log, report, rule, notes)
 
 
 @dataclass(frozen=True)
@@ -377,36 +382,45 @@ class _Rule:
 
 
 def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, report_epochs, threshold,
-                    base_dict, config, selection, candidates, resume, progress, log, report, rule, notes) -> dict:
+                    base_dict, config, selection, candidates, runs, launcher, resume, log, report, rule,
+                    notes) -> dict:
     """run_compare's work once its arguments are checked, under ``out_dir``'s lock."""
-    planned = {r.path: r.cfg for r in selection}
-    planned.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
-    _check_existing_runs(out_dir, planned, base_dict, grid, variants, resume)
+    _check_existing_runs(out_dir, runs, base_dict, grid, variants, resume)
     for note in notes:  # every check has passed: no warning comes before an error
         warnings.warn(note, stacklevel=3)
     _write_compare_config(out_dir, base_dict, methods, seeds, grid, sel_seeds, variants, report_epochs, threshold,
                           rule)
 
-    if selection:
-        _run_all(selection, resume, progress, log)
-    winners = {m: points[0] for m in methods}
-    if len(points) > 1:
-        winners = _tune(out_dir, methods, seeds, grid, sel_seeds, candidates, config, threshold, rule, resume,
-                        progress, log)
-    elif grid:
+    winners: dict[str, dict] = {m: points[0] for m in methods}
+    tuned: dict[str, dict] = {}  # method -> how its selection went (_tune_method)
+    if not grid:
+        (out_dir / SELECTION).unlink(missing_ok=True)
+    elif len(points) == 1:  # nothing to select; with more points selection.json is written once all are selected
         atomic_write_text(out_dir / SELECTION, json.dumps({
             "primary": None, "selection_metric": rule.metric, "grid": grid, "selection_seeds": [],
             "report_seeds": seeds, "selected": {m: points[0] for m in methods},
             "folders": {m: point_name(points[0]) for m in methods},
             "edge": {m: winner_edges(grid, points[0]) for m in methods}, "tuning": {}}, indent=2) + "\n")
-    else:
-        (out_dir / SELECTION).unlink(missing_ok=True)
 
-    final = [_Run("report", m, winners[m], s, config(m, winners[m], s), run_dir(out_dir, m, s, winners[m]))
-             for s in seeds for m in methods]
-    _run_all(final, resume, progress, log)
+    def pipeline(m: str) -> Iterator[list[Run]]:
+        """One method's stages: its selection runs, its winner (more selection runs while its grid grows
+        beyond an edge), then its report runs at the winner."""
+        mine = [r for r in selection if r.method == m]
+        if mine:
+            yield mine
+            tuned[m] = yield from _tune_method(out_dir, m, methods.index(m), grid, sel_seeds, candidates[m], config,
+                                               threshold, rule, log)
+            winners[m] = tuned[m]["winner"]
+            if len(tuned) == len(methods):
+                _write_tuning(out_dir, methods, seeds, grid, sel_seeds, threshold, rule, tuned)
+        p, k = winners[m], methods.index(m)  # report runs in seed-major order over all methods
+        yield [Run("report", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p), order=(1, 0, i * len(methods) + k),
+                   tag=_tag("report", i * len(methods) + k, len(seeds) * len(methods), m, p, s))
+               for i, s in enumerate(seeds)]
 
-    if not report:
+    with launcher:
+        pending = drive({m: pipeline(m) for m in methods}, launcher, resume=resume, out_dir=out_dir, log=log)
+    if pending or not report:
         return {}
     summary = write_report(out_dir, report_epochs=report_epochs, focus=rule.focus)
     for x in summary["excluded"]:
@@ -422,65 +436,73 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
 # selection on the grid, extended beyond its edges (the rule itself: selection.py)
 
 
-def _tune(out_dir: Path, methods: list[str], seeds: list[int], grid: dict, sel_seeds: list[int],
-          candidates: dict[str, dict[str, dict]], config, threshold: float, rule: _Rule, resume: bool,
-          progress: str, log: Callable[[str], None]) -> dict[str, dict]:
-    """Select each method's grid point on the selection seeds; up to ``rule.extend_edges`` times, extend the
-    grid of each method whose winner sits at an edge one step beyond it (selection.extend_axis), run the new
-    points on the selection seeds and reselect. Writes ``selection.json``; returns the winners."""
-    grids = {m: {k: list(v) for k, v in grid.items()} for m in methods}
+def _tune_method(out_dir: Path, m: str, k: int, grid: dict, sel_seeds: list[int], candidates: dict[str, dict],
+                 config, threshold: float, rule: _Rule, log: Callable[[str], None]) -> Iterator[list[Run]]:
+    """Method ``m``'s selection (its selection runs are done): pick its grid point on the selection seeds; up to
+    ``rule.extend_edges`` times, while the winner sits at an edge, grow ``m``'s grid one step beyond it
+    (selection.extend_axis), yield the new points' runs on the selection seeds and reselect. ``k``: the
+    method's place in the comparison (run order). Returns ``{"winner", "rows", "edges", "grid",
+    "extensions", "refused"}`` (``candidates`` grows with the grid)."""
+    grid_m = {key: list(v) for key, v in grid.items()}
     extensions: list[dict] = []
     refused: dict[tuple, dict] = {}
     for rnd in range(rule.extend_edges + 1):
-        winners, tuning, edges = {}, {}, {}
-        for m in methods:
-            by_point = {name: {s: _selection_log(run_dir(out_dir, m, s, p)) for s in sel_seeds}
-                        for name, p in candidates[m].items()}
-            winner, tuning[m] = select_point(by_point, threshold, rule.metric)
-            winners[m] = candidates[m][winner]
-            edges[m] = winner_edges(grids[m], winners[m])
+        by_point = {name: {s: _selection_log(run_dir(out_dir, m, s, p)) for s in sel_seeds}
+                    for name, p in candidates.items()}
+        winner, rows = select_point(by_point, threshold, rule.metric)
+        edges = winner_edges(grid_m, candidates[winner])
         if rnd == rule.extend_edges:
             break
-        new: dict[str, list[dict]] = {}
-        for m in methods:
-            for key, side in edges[m].items():
-                if side is None:
-                    continue
-                value, how = extend_axis(grids[m][key], side)
-                wider, why = {}, how
-                if value is not None:
-                    wider = {**grids[m], key: [value, *grids[m][key]] if side == "low" else [*grids[m][key], value]}
-                    wider, why = _typed_extension(m, key, wider, candidates[m], config, sel_seeds)
-                if why is not None:
-                    refused[(m, key, side)] = {"method": m, "key": key, "side": side, "value": value, "why": why}
-                    log(f"not extending {m}'s {key} beyond its {side} edge: {why}")
-                    continue
-                value = wider[key][0 if side == "low" else -1]  # as the grid types it
-                grids[m] = wider
-                extensions.append({"round": rnd + 1, "method": m, "key": key, "side": side, "value": value,
-                                   "step": how})
-                log(f"extending {m}'s {key} beyond its {side} edge: {value} ({how})")
-            new[m] = [p for p in _grid_points(grids[m]) if point_name(p) not in candidates[m]]
-            candidates[m] = {point_name(p): p for p in _grid_points(grids[m])}
-        runs = [_Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p))
-                for s in sel_seeds for m in methods for p in new[m]]
-        if not runs:
+        for key, side in edges.items():
+            if side is None:
+                continue
+            value, how = extend_axis(grid_m[key], side)
+            wider, why = {}, how
+            if value is not None:
+                wider = {**grid_m, key: [value, *grid_m[key]] if side == "low" else [*grid_m[key], value]}
+                wider, why = _typed_extension(m, key, wider, candidates, config, sel_seeds)
+            if why is not None:
+                refused.setdefault((key, side), {"method": m, "key": key, "side": side, "value": value, "why": why,
+                                                 "_round": rnd + 1})
+                log(f"not extending {m}'s {key} beyond its {side} edge: {why}")
+                continue
+            value = wider[key][0 if side == "low" else -1]  # as the grid types it
+            grid_m = wider
+            extensions.append({"round": rnd + 1, "method": m, "key": key, "side": side, "value": value, "step": how})
+            log(f"extending {m}'s {key} beyond its {side} edge: {value} ({how})")
+        new = [p for p in _grid_points(grid_m) if point_name(p) not in candidates]
+        candidates.update({point_name(p): p for p in new})
+        if not new:
             break
-        _run_all(runs, resume, progress, log)
-    for m in methods:
-        row = next(r for r in tuning[m] if r["rank"] == 1)
-        value = "never" if row["value"] is None else f"{row['value']:g}"
-        at = ", ".join(f"{k} {e}" for k, e in edges[m].items() if e)
-        log(f"selected for {m}: {point_name(winners[m])} (median {selection_metric_label(rule.metric, threshold)}: "
-            f"{value}){f' at the grid edge ({at})' if at else ''}")
+        pairs = [(s, p) for s in sel_seeds for p in new]
+        yield [Run("selection", m, p, s, config(m, p, s), run_dir(out_dir, m, s, p), order=(0, rnd + 1, i, k),
+                   tag=_tag(f"selection round {rnd + 2},", i, len(pairs), m, p, s)) for i, (s, p) in enumerate(pairs)]
+    row = next(r for r in rows if r["rank"] == 1)
+    value = "never" if row["value"] is None else f"{row['value']:g}"
+    at = ", ".join(f"{key} {e}" for key, e in edges.items() if e)
+    log(f"selected for {m}: {winner} (median {selection_metric_label(rule.metric, threshold)}: {value})"
+        f"{f' at the grid edge ({at})' if at else ''}")
+    return {"winner": candidates[winner], "rows": rows, "edges": edges, "grid": grid_m, "extensions": extensions,
+            "refused": list(refused.values())}
+
+
+def _write_tuning(out_dir: Path, methods: list[str], seeds: list[int], grid: dict, sel_seeds: list[int],
+                  threshold: float, rule: _Rule, tuned: dict[str, dict]) -> None:
+    """``selection.json`` once every method has its winner (``_tune_method``), in the comparison's method
+    order whatever order the methods finished in."""
+    rank = {m: i for i, m in enumerate(methods)}
+    extensions = sorted((e for m in methods for e in tuned[m]["extensions"]),
+                        key=lambda e: (e["round"], rank[e["method"]]))
+    refused = sorted((r for m in methods for r in tuned[m]["refused"]), key=lambda r: (r["_round"], rank[r["method"]]))
     atomic_write_text(out_dir / SELECTION, json.dumps({
         "primary": {"key": "train_acc", "op": ">=", "value": threshold}, "selection_metric": rule.metric,
-        "grid": grid, "grids": grids, "extend_edges": rule.extend_edges,
+        "grid": grid, "grids": {m: tuned[m]["grid"] for m in methods}, "extend_edges": rule.extend_edges,
         "selection_seeds": sel_seeds, "report_seeds": seeds,
-        "selected": {m: winners[m] for m in methods}, "folders": {m: point_name(winners[m]) for m in methods},
-        "edge": edges, "extensions": extensions, "not_extended": list(refused.values()),
-        "tuning": tuning}, indent=2) + "\n")
-    return winners
+        "selected": {m: tuned[m]["winner"] for m in methods},
+        "folders": {m: point_name(tuned[m]["winner"]) for m in methods},
+        "edge": {m: tuned[m]["edges"] for m in methods}, "extensions": extensions,
+        "not_extended": [{k: v for k, v in r.items() if k != "_round"} for r in refused],
+        "tuning": {m: tuned[m]["rows"] for m in methods}}, indent=2) + "\n")
 
 
 def _typed_extension(method: str, key: str, wider: dict, candidates: dict, config,
@@ -584,33 +606,10 @@ def _keyed(key: str, parse, *args):
         raise ConfigError(key, str(e)) from None
 
 
-def _run_all(runs: list[_Run], resume: bool, progress: str, log: Callable[[str], None]) -> None:
-    """Train (or reuse, or resume) each run. A run that diverges (non-finite loss) does not stop the
-    comparison: ``DIVERGED`` in its folder records why (its log stops at the last good evaluation); it never
-    reaches a threshold in the selection and the report lists it. Reruns reuse that outcome."""
-    n = len(runs)
-    for i, r in enumerate(runs, 1):
-        where = f" {point_name(r.point)}" if r.point else ""
-        tag = f"[{r.phase} {i}/{n}] {r.method}{where} seed {r.seed}"
-        ckpt = _read_checkpoint(r.path) if resume else None
-        if ckpt is not None and ckpt.get("finished"):
-            log(f"{tag}: reused finished run in {r.path} ({short_record(finished_record(r.path))})")
-            if check_loggers(r.cfg.loggers):  # write what the loggers asked for now hold (from the run's log)
-                train(r.cfg, r.path, resume=True, progress="none")
-            continue
-        if ckpt is not None and (r.path / DIVERGED).is_file():
-            log(f"{tag}: reused diverged run in {r.path} ({(r.path / DIVERGED).read_text().strip()})")
-            continue
-        log(f"{tag}: {'resuming' if ckpt is not None else 'training'} in {r.path}")
-        (r.path / DIVERGED).unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        try:
-            record = train(r.cfg, r.path, resume=resume, progress=progress)
-        except NonFiniteLossError as e:
-            atomic_write_text(r.path / DIVERGED, str(e).splitlines()[0] + "\n")
-            log(f"{tag}: diverged after {time.perf_counter() - t0:.1f} s ({str(e).splitlines()[0]})")
-            continue
-        log(f"{tag}: done in {time.perf_counter() - t0:.1f} s ({short_record(record or {})})")
+def _tag(phase: str, index: int, total: int, method: str, point: dict, seed: int) -> str:
+    """``[selection 3/12] standard lr=0.1 seed 1000``: a run in log lines."""
+    where = f" {point_name(point)}" if point else ""
+    return f"[{phase} {index + 1}/{total}] {method}{where} seed {seed}"
 
 
 def _selection_log(path: Path) -> list[dict]:
@@ -628,15 +627,21 @@ def _grid_points(grid: dict[str, list]) -> list[dict]:
     return points
 
 
-def _read_checkpoint(path: Path) -> dict | None:
-    return load_checkpoint(path / CHECKPOINT) if (path / CHECKPOINT).is_file() else None
-
-
 def _run_folders(out_dir: Path) -> list[Path]:
-    """Every ``runs/<method>/seed-<s>`` and ``runs/<method>/<point>/seed-<s>`` folder that holds run files."""
+    """Every ``runs/<method>/seed-<s>`` and ``runs/<method>/<point>/seed-<s>`` folder that holds results: a
+    checkpoint, or a log with records. A run that failed before its first checkpoint (e.g. a child process
+    killed while loading data) left nothing to keep or to identify, and is trained afresh."""
     found = [*out_dir.glob("runs/*/seed-*"), *out_dir.glob("runs/*/*/seed-*")]
-    files = (CHECKPOINT, METRICS, "config.json")
-    return sorted(p for p in found if p.is_dir() and any((p / f).exists() for f in files))
+    return sorted(p for p in found if p.is_dir() and ((p / CHECKPOINT).exists() or _has_records(p / METRICS)))
+
+
+def _has_records(path: Path) -> bool:
+    try:
+        return bool(path.read_text(errors="replace").strip())
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # unreadable: judged (and refused) as a folder with results
 
 
 def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], base: dict, grid: dict, variants: dict,
