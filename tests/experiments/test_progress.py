@@ -69,6 +69,9 @@ def test_a_run_prints_its_settings_and_records_its_machine_at_each_start(tmp_pat
     assert capsys.readouterr().out == ""
     (tmp_path / MACHINE).write_text("{not json")  # damaged: read as not recorded
     assert read_starts(tmp_path) is None
+    (tmp_path / MACHINE).write_text(json.dumps({"starts": starts * 3}))  # as an earlier run left it
+    train(cfg, tmp_path, resume=False, progress="none", model=build_probe(cfg))  # from scratch: a new record
+    assert [s["epoch"] for s in read_starts(tmp_path)] == [0]
 
 
 def test_the_pool_tells_its_children_how_many_train_at_once(monkeypatch):

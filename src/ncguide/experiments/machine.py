@@ -2,8 +2,8 @@
 
 Wall-clock seconds depend on the machine, on the number of torch threads and on whatever else ran beside
 the run; a report that prints seconds says where they were measured. ``train`` appends an entry each time
-it starts or resumes training (rank 0; a finished run that is only reused adds none), rewriting the file
-atomically::
+it starts or resumes training (rank 0; a run trained from scratch starts the list afresh, a finished run that
+is only reused adds nothing), rewriting the file atomically::
 
     {"starts": [{"started": "2026-11-27 10:00:00 +0000", "epoch": 0, "hostname": "node1",
                  "cpu": "Intel(R) Xeon(R) ...", "logical_cores": 16, "usable_cores": 2, "torch_threads": 2,
@@ -77,11 +77,11 @@ def machine_info(device: torch.device, world_size: int = 1) -> dict:
             "slurm_job": os.environ.get("SLURM_JOB_ID")}
 
 
-def record_start(out: Path, device: torch.device, world_size: int, epoch: int) -> dict:
-    """Append this start to ``out/machine.json`` (atomically; an unreadable file is started afresh) and return
-    the entry."""
+def record_start(out: Path, device: torch.device, world_size: int, epoch: int, fresh: bool = False) -> dict:
+    """Append this start to ``out/machine.json`` (atomically; an unreadable file is started afresh; ``fresh``:
+    a run trained from scratch, whose earlier entries described results it replaces) and return the entry."""
     entry = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "epoch": epoch, **machine_info(device, world_size)}
-    starts = read_starts(out) or []
+    starts = [] if fresh else read_starts(out) or []
     atomic_write_text(out / MACHINE, json.dumps({"starts": [*starts, entry]}, indent=2) + "\n")
     return entry
 

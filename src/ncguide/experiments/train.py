@@ -230,7 +230,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         del ckpt
     if where.rank == 0:
         atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
-        record_start(out, where.device, where.world, run.epoch)  # machine.json: where this start trains
+        record_start(out, where.device, where.world, run.epoch, fresh)  # machine.json: where this start trains
     run.net = _wrap_for_training(run.model, cfg, where)
 
     watch = _NonFiniteWatch(run)
