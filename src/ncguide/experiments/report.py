@@ -686,10 +686,12 @@ def _draw(ax, runs, styles, panel: tuple[str, str, str]) -> bool:
             pos = low[low > 0]
             ax.set_yscale("symlog", linthresh=float(pos.min()) if pos.size else 1e-3)
     elif scale in ("zoom", "full"):
-        from matplotlib.ticker import PercentFormatter
+        from matplotlib.ticker import FuncFormatter, PercentFormatter
 
         ax.set_ylim(accuracy_zoom(curves) if scale == "zoom" else (0.0, 1.02))
-        ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+        percent = PercentFormatter(1.0)
+        percent.set_axis(ax.yaxis)  # its decimals follow the axis's range
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, i: "" if y > 1 + 1e-9 else percent(y, i)))  # no 101%
     ax.grid(alpha=0.3, which="both")
     return True
 
