@@ -27,10 +27,14 @@ def quiet(*_):
     pass
 
 
+WALL_CLOCK = {"wall_s", "seconds_per_epoch", "machines"}  # seconds, and where and how they were measured
+
+
 def without_wall_clock(x):
-    """``x`` with every ``wall_s`` entry dropped (seconds differ between any two runs)."""
+    """``x`` with every wall-clock entry dropped (seconds differ between any two runs; the threads and runs at
+    once of summary.json's ``machines`` differ between launchers)."""
     if isinstance(x, dict):
-        return {k: without_wall_clock(v) for k, v in x.items() if k != "wall_s"}
+        return {k: without_wall_clock(v) for k, v in x.items() if k not in WALL_CLOCK}
     if isinstance(x, list):
         return [without_wall_clock(v) for v in x]
     return x

@@ -26,6 +26,7 @@ from launch_helpers import (
 from ncguide.experiments import launch as launch_mod
 from ncguide.experiments.checkpoint import load_checkpoint
 from ncguide.experiments.compare import run_compare
+from ncguide.experiments.machine import read_starts
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +52,11 @@ def test_jobs_2_gives_the_results_of_jobs_1(tmp_path, monkeypatch):
                for d in (out, one_by_one)]
         assert why[0] == why[1] and why[0].startswith("non-finite")
     assert any(" 2 running" in x for x in lines), lines  # two runs did train at once
+    assert any(x.startswith("runs: ") and "; ETA ~ " in x for x in lines), lines
+    at_once = {d: {s["concurrent_runs"] for p in d.glob("runs/**/machine.json") for s in read_starts(p.parent)}
+               for d in (out, one_by_one)}
+    assert at_once == {out: {2}, one_by_one: {1}}  # what each run recorded, and the report says
+    assert "up to 2 runs trained at once" in (out / "report.md").read_text()
     assert all((p / "launch.log").is_file() for p in out.glob("runs/*/*/seed-*"))  # each child's output
 
 

@@ -1,12 +1,23 @@
-"""report.py on synthetic logs: statistics over seeds, time to threshold, files written, valid PNGs."""
+"""report.py on synthetic logs: statistics over seeds, time to threshold, tables, machines, files written, figures."""
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
 
-from ncguide.experiments.report import FIGURES, load_runs, summarize, summary_table, write_report
+from ncguide.experiments import report as report_mod
+from ncguide.experiments.machine import MACHINE
+from ncguide.experiments.report import (
+    FIGURES,
+    WALL_CLOCK_CAVEAT,
+    accuracy_zoom,
+    load_runs,
+    summarize,
+    summary_table,
+    write_report,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -160,3 +171,219 @@ def test_all_runs_left_out_is_an_error(tmp_path):
     p.write_text(p.read_text()[:-40])
     with pytest.raises(ValueError, match="no complete run logs .* all 1 left out, e.g. runs/standard/seed-0: the log"):
         load_runs(tmp_path, [])
+
+
+# ----------------------------------------------------------------------------------------------------
+# tables: one range notation, none too wide
+
+
+def _tables(md: str) -> list[list[list[str]]]:
+    """The markdown tables of ``md``: each a list of rows (header first, separator dropped) of cells."""
+    tables, current = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= {"-"} for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+RANGE = re.compile(r"(?P<mid>[^\s\[\]]+) \[(?P<lo>[^\s\[\]–]+)–(?P<hi>[^\s\[\]–]+)\]")
+
+
+@pytest.fixture
+def no_figures(monkeypatch):
+    monkeypatch.setattr(report_mod, "plot_figures", lambda runs, out: [])  # the tables are what these check
+
+
+def test_every_table_writes_ranges_one_way(out, no_figures):
+    """Every cell that gives a spread over seeds is ``median [min–max]``: no ``[a, b]``, no other bracket."""
+    write_report(out)
+    md = (out / "report.md").read_text()
+    tables = _tables(md)
+    assert len(tables) == 4  # the paper's, the summary, neural collapse, wall-clock time
+    ranged = 0
+    for table in tables:
+        for row in table[1:]:
+            for cell in row:
+                if "[" in cell or "]" in cell:
+                    assert RANGE.fullmatch(cell), cell
+                    ranged += 1
+    assert ranged == len(SPEC) * (2 + 2 + 5 + 4)  # accuracies at 2 epochs, final accuracies, NC, seconds
+    assert not re.search(r"\[[^\]]*, [^\]]*\]", "\n".join(ln for ln in md.splitlines() if ln.startswith("|")))
+    assert "[min, max]" not in md and md.count("median [min–max]") >= 3
+
+
+def test_no_table_is_wider_than_eight_columns(out, no_figures):
+    write_report(out)
+    for table in _tables((out / "report.md").read_text()):
+        assert len({len(row) for row in table}) == 1  # well-formed
+        assert len(table[0]) <= 8, table[0]
+
+
+def test_headline_nc_and_time_tables_hold_their_values(out, no_figures):
+    """Each table's cells against the known oracle of the synthetic logs (SPEC)."""
+    s = write_report(out)
+    paper, headline, nc, time = _tables((out / "report.md").read_text())
+    assert headline[0][:4] == ["method", "seeds", "train acc", "test acc"]
+    assert headline[0][4:] == ["epochs to train_acc ≥ 99% (first hit)", "epochs to train_acc ≥ 99% (sustained)"]
+    std = {row[0]: row for row in headline}["`standard`"]
+    assert std[1:] == ["3", "99.50% [99.50%–99.50%]", "81.00% [80.00%–82.00%]", "4 (3/3)", "4 (3/3)"]
+    assert nc[0][:6] == ["method", "NC1", "NC2 W", "NC2 H", "NC3", "NC4"]
+    row = {r[0]: r for r in nc}["`standard`"]
+    scales = [scale for _, _, scale in SPEC["standard"]]  # nc2_w = 0.1·scale, nc2_h = 0.2·scale
+    w, h = [f"{np.median(scales) * f:.3g} [{min(scales) * f:.3g}–{max(scales) * f:.3g}]" for f in (0.1, 0.2)]
+    assert row[2:4] == [w, h]
+    assert nc[0][6:] == ["epochs to nc1 ≤ 0.05 (first hit)", "epochs to nc1 ≤ 0.05 (sustained)"]
+    assert row[6] == "4 (2/3)"  # nc1 first hit at epochs 2, never, 4
+    # seconds: wall_s = 2·epoch, so 2 s per epoch; the first hit of train_acc at epochs 3, 5, 4
+    t = {r[0]: r for r in time}
+    assert t["`standard`"][2:5] == ["12 [12–12]", "2 [2–2]", "8 [6–10]"]
+    assert t["`nearest-etf`"][4] == "∞ [4–∞]"  # one of two seeds never reached it: the median is infinite
+    assert s["methods"]["standard"]["seconds_per_epoch"]["median"] == pytest.approx(2.0)
+    assert paper[0] == ["method", "seeds", "train acc @ epoch 3", "train acc @ epoch 6"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# where the seconds were measured
+
+
+def _machine(run_dir, *starts):
+    (run_dir / MACHINE).write_text(json.dumps({"starts": list(starts)}))
+
+
+def _start(host="a", threads=1, concurrent=1, torch_version="2.13.0", epoch=0):
+    return {"started": "2026-01-01 00:00:00 +0000", "epoch": epoch, "hostname": host, "cpu": f"CPU of {host}",
+            "logical_cores": 8, "usable_cores": 8, "torch_threads": threads, "device": "cpu", "gpu": None,
+            "world_size": 1, "torch": torch_version, "ncguide": "0.1.0", "python": "3.12",
+            "concurrent_runs": concurrent, "slurm_job": None}
+
+
+def test_old_folders_say_machine_not_recorded(out, no_figures):
+    s = write_report(out)
+    assert s["machines"]["machines"] == [] and len(s["machines"]["not_recorded"]) == 5
+    md = (out / "report.md").read_text()
+    wall = md[md.index("## Wall-clock time"):md.index("## Figures")]
+    assert "Machine: not recorded" in wall
+    assert wall.index(WALL_CLOCK_CAVEAT) < wall.index("| method |")  # the caveat comes before the seconds
+
+
+def test_one_machine_one_line_and_no_warning(out, no_figures):
+    for folder in out.glob("runs/*/seed-*"):
+        _machine(folder, _start())
+    s = write_report(out)
+    assert [m["runs"] for m in s["machines"]["machines"]] == [5]
+    md = (out / "report.md").read_text()
+    assert md.count("- Machine `a`: CPU of a (8 logical cores), no GPU; torch 2.13.0, ncguide 0.1.0; 1 torch "
+                    "thread per run; 5 runs.") == 1
+    assert "Mind when comparing seconds" not in md and "not recorded" not in md
+
+
+def test_mixed_machines_threads_concurrency_and_moves_are_said(out, no_figures):
+    runs = sorted(out.glob("runs/*/seed-*"))
+    _machine(runs[0], _start("a", 1))
+    _machine(runs[1], _start("a", 2, concurrent=2))
+    _machine(runs[2], _start("b", 1))
+    _machine(runs[3], _start("a", 1), _start("b", 1, epoch=3))  # resumed on machine b
+    s = write_report(out)  # runs[4]: no machine.json
+    seen = {m["hostname"]: m for m in s["machines"]["machines"]}
+    assert seen["a"]["runs"] == 3 and seen["a"]["threads"] == [1, 2] and seen["a"]["concurrent_runs"] == [1, 2]
+    assert seen["b"]["runs"] == 2
+    rel = [r.relative_to(out).as_posix() for r in runs]
+    assert s["machines"]["moved"] == [rel[3]] and s["machines"]["not_recorded"] == [rel[4]]
+    md = (out / "report.md").read_text()
+    assert md.count("- Machine `") == 2
+    note = next(line for line in md.splitlines() if line.startswith("**Mind when comparing seconds**"))
+    for said in ("2 different machines", "different torch thread counts (1, 2)", "up to 2 runs trained at once",
+                 f"1 run resumed on another machine set-up than the one it started on (e.g. `{rel[3]}`)",
+                 f"machine not recorded for 1 run (e.g. `{rel[4]}`"):
+        assert said in note, said
+
+
+def test_another_torch_version_is_another_line(out, no_figures):
+    runs = sorted(out.glob("runs/*/seed-*"))
+    for i, folder in enumerate(runs):
+        _machine(folder, _start(torch_version="2.13.0" if i else "2.12.1"))
+    assert len(write_report(out)["machines"]["machines"]) == 2
+
+
+# ----------------------------------------------------------------------------------------------------
+# figures
+
+
+def _runs_of(curves: dict[str, list[dict]], seeds=(0, 1)) -> dict:
+    """{method: {seed: records}} with the same records for every seed."""
+    return {m: {s: recs for s in seeds} for m, recs in curves.items()}
+
+
+def test_accuracy_zoom_against_hand_numbers():
+    ep = np.arange(11.0)
+    med = np.array([0.1, 0.5, 0.93, 0.94, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95])
+    lo, hi = med - 0.01, np.minimum(med + 0.01, 1.0)
+    other = (ep, med + 0.01, lo + 0.01, np.minimum(hi + 0.01, 1.0))
+    # after the first epochs (epoch >= 1, 10% of 10): lowest median 0.5; highest value 0.97
+    low, top = accuracy_zoom([(ep, med, lo, hi), other])
+    pad = 0.05 * (0.97 - 0.5)
+    assert (low, top) == pytest.approx((0.5 - pad, 0.97 + pad))
+    low, top = accuracy_zoom([(ep, med, lo, hi)], skip_fraction=0.2)  # from epoch 2: 0.93
+    pad = 0.05 * (0.96 - 0.93)
+    assert (low, top) == pytest.approx((0.93 - max(pad, 0.002), 0.96 + max(pad, 0.002)))
+    flat = np.ones(3)
+    assert accuracy_zoom([(np.arange(3.0), flat, flat, flat)]) == pytest.approx((0.998, 1.002))
+
+
+def test_accuracy_panels_zoom_to_the_data_and_keep_the_full_range():
+    recs = {m: [{"epoch": e, "test_acc": 0.1 if e == 0 else 0.93 + 0.003 * e + 0.01 * i} for e in range(11)]
+            for i, m in enumerate(["standard", "nearest-etf"])}
+    fig = report_mod.figure(_runs_of(recs), "test_acc.png")
+    full, zoom = fig.axes[:2]
+    assert full.get_ylim() == pytest.approx((0.0, 1.02))
+    lo, hi = zoom.get_ylim()
+    assert 0.9 < lo < 0.933 and 0.97 < hi <= 1.0  # 0.933..0.97 after epoch 1
+    assert "zoom" in zoom.get_title()
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_nc2_panels_show_h_and_w_each_on_its_own_scale():
+    """The ETF heads' W sits at ~1e-8: on one axis it would squash the H curves (~1e-2) into a flat line."""
+    recs = {"standard": [{"epoch": e, "nc2_w": 0.05 / (e + 1), "nc2_h": 0.03 / (e + 1)} for e in range(6)],
+            "fixed-etf": [{"epoch": e, "nc2_w": 1e-8, "nc2_h": 0.02 / (e + 1)} for e in range(6)]}
+    fig = report_mod.figure(_runs_of(recs), "nc2.png")
+    h_ax, w_ax = fig.axes[:2]
+    assert "features H" in h_ax.get_title() and "classifier W" in w_ax.get_title()
+    h_lo, h_hi = h_ax.get_ylim()
+    assert 1e-3 < h_lo <= 0.02 / 6 and h_hi >= 0.03  # H fills its panel: not drawn down to 1e-8
+    w_lo, w_hi = w_ax.get_ylim()
+    assert w_lo <= 1e-8 and w_hi >= 0.05
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_six_methods_each_keep_their_own_style_and_one_legend_below():
+    methods = ["standard", "fixed-etf", "nearest-etf", "nearest-etf-nograd", "standard-plain", "nearest-etf-freeze"]
+    recs = {m: [{"epoch": e, "train_acc": 0.5 + 0.05 * e + 0.001 * i, "train_loss": 1.0 / (e + 1 + i),
+                 "nc1": 1.0 / (e + 1), "nc2_w": 0.1, "nc2_h": 0.2, "nc3": 0.3, "nc4": 0.1} for e in range(8)]
+            for i, m in enumerate(methods)}
+    fig = report_mod.figure(_runs_of(recs), "overview.png")
+    assert all(ax.get_legend() is None for ax in fig.axes)  # no legend over the curves
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == methods
+    for ax in fig.axes:
+        styles = [(line.get_color(), line.get_linestyle()) for line in ax.get_lines()]
+        if styles:
+            assert len(styles) == 6 and len(set(styles)) == 6
+    # a method keeps its style in a figure of fewer methods
+    one = report_mod.figure(_runs_of({"nearest-etf": recs["nearest-etf"]}), "loss.png")
+    line = one.axes[0].get_lines()[0]
+    ref = next(x for x in fig.axes[2].get_lines() if x.get_label() == "nearest-etf")
+    assert (line.get_color(), line.get_linestyle()) == (ref.get_color(), ref.get_linestyle())
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    plt.close(one)

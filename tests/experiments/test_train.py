@@ -285,7 +285,8 @@ def test_a_given_head_is_the_one_trained(tmp_path):
 
 def test_table_progress_prints_one_line_per_epoch(tmp_path, capsys):
     train(cfg_of(epochs=2, eval_every=2), tmp_path, progress="table")
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    settings, *lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.strip()]
+    assert settings.startswith("settings (differing from the defaults") and " epochs=2 " in settings
     assert lines[0].split() == ["epoch", "train_loss", "train_acc", "test_acc", "nc1", "time_s"]
     assert [ln.split()[0] for ln in lines[1:]] == ["0", "1", "2"]
     assert lines[2].split()[3:5] == ["-", "-"]  # epoch 1: no evaluation

@@ -28,6 +28,7 @@ the thread count), ``launch.log`` (the child's output, appended per attempt) and
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import json
@@ -47,6 +48,8 @@ from typing import TYPE_CHECKING
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .config import ConfigError, Rule, TrainConfig, read_integer
 from .files import atomic_write_text, last_record
+from .machine import CONCURRENT_ENV
+from .progress import CompareProgress
 from .report import DIVERGED, short_record
 from .runlog import METRICS, finished_record
 
@@ -88,11 +91,12 @@ class Run:
 @dataclass(frozen=True)
 class Outcome:
     """How a run ended: ``finished``, ``diverged`` (a result: ``DIVERGED`` says why) or ``failed`` (``why``,
-    and the log files to read)."""
+    and the log files to read); ``seconds`` it took, as the launcher measured it (None: not measured)."""
 
     status: str
     why: str = ""
     logs: tuple[Path, ...] = ()
+    seconds: float | None = None
 
 
 class LaunchError(RuntimeError):
@@ -281,9 +285,13 @@ def child_command(run_dir: Path, gpus: int = 1) -> list[str]:
     return [sys.executable, *run]
 
 
-def child_env(threads: int, gpus: tuple[str, ...] | None = None) -> dict[str, str]:
+def child_env(threads: int, gpus: tuple[str, ...] | None = None, concurrent: int | None = None) -> dict[str, str]:
+    """The child's environment: its threads, its GPUs, and (``concurrent``) how many runs train at once beside it
+    on this machine, which the run records in ``machine.json``."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1",
            "NCGUIDE_LAUNCH_PARENT": str(os.getpid())}
+    if concurrent is not None:
+        env[CONCURRENT_ENV] = str(concurrent)
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     return env
@@ -358,24 +366,26 @@ def last_line(path: Path) -> str:
 
 
 def drive(pipelines: Mapping[str, Iterator[list[Run]]], launcher, *, resume: bool, out_dir: Path,
-          log: Callable[[str], None] = print) -> int:
+          log: Callable[[str], None] = print, expected: Mapping[str, int] | None = None) -> int:
     """Run every pipeline to its end over ``launcher``; return how many runs are still pending (not 0 only
     for a launcher that does not wait: ``--no-wait``).
 
     A pipeline yields the runs of one stage; it is resumed once all of them are done (finished or
     diverged: its code then reads their logs) and stopped for good when one of them fails. Finished and
-    diverged runs are reused when ``resume`` (they are not given to the launcher). Raises
+    diverged runs are reused when ``resume`` (they are not given to the launcher). Each time runs end, one
+    line says how many of the comparison's runs are done and estimates the time left
+    (``progress.CompareProgress``; ``expected``: the runs each pipeline will yield at least). Raises
     :class:`RunsFailedError` at the end when runs failed."""
     owner: dict[Path, str] = {}
     pending: dict[str, set[Path]] = {}  # pipeline -> runs of its current stage not done yet
     blocked: set[str] = set()
     failed: list[tuple[Run, Outcome]] = []
-    done = {"finished": 0, "failed": 0}
+    progress = CompareProgress(expected, getattr(launcher, "at_once", 1))
 
     def advance(name: str) -> list[Run]:
         while (batch := next(pipelines[name], None)) is not None:
             todo = [r for r in batch if not (resume and _reused(r, log))]
-            done["finished"] += len(batch) - len(todo)
+            progress.stage(name, [(r.path, r.point) for r in todo], len(batch) - len(todo))
             if todo:
                 pending[name] = {r.path for r in todo}
                 owner.update({r.path: name for r in todo})
@@ -393,7 +403,7 @@ def drive(pipelines: Mapping[str, Iterator[list[Run]]], launcher, *, resume: boo
             new = []
             for run, outcome in ended:
                 name = owner.pop(run.path)
-                done["failed" if outcome.status == "failed" else "finished"] += 1
+                progress.ended(run.path, outcome.status, outcome.seconds, name)
                 if outcome.status == "failed":
                     failed.append((run, outcome))
                     blocked.add(name)
@@ -403,9 +413,7 @@ def drive(pipelines: Mapping[str, Iterator[list[Run]]], launcher, *, resume: boo
                     if name not in blocked:
                         new += advance(name)
             launcher.submit(sorted(new, key=lambda r: r.order))  # also lets a pool fill the slots just freed
-            if launcher.shows_status:
-                queued, running = launcher.counts()
-                log(f"runs: {queued} queued, {running} running, {done['finished']} finished, {done['failed']} failed")
+            log(progress.line(*launcher.counts()) if launcher.shows_status else progress.line())
     finally:
         for gen in pipelines.values():
             gen.close()
@@ -460,6 +468,7 @@ class InProcess:
     its exceptions propagate, except divergence (``DIVERGED``)."""
 
     shows_status = False
+    at_once = 1  # runs at most at once
 
     def __init__(self, train_fn: Callable, *, resume: bool, progress: str, log: Callable[[str], None],
                  threads: int | None = None):
@@ -493,10 +502,12 @@ class InProcess:
                 record = self.train_fn(r.cfg, r.path, resume=self.resume, progress=self.progress)
         except NonFiniteLossError as e:
             line = record_divergence(r.path, e)
-            self.log(f"{r.tag}: diverged after {time.perf_counter() - t0:.1f} s ({line})")
-            return [(r, Outcome("diverged", line))]
-        self.log(f"{r.tag}: done in {time.perf_counter() - t0:.1f} s ({short_record(record or {})})")
-        return [(r, Outcome("finished", short_record(record or {})))]
+            seconds = time.perf_counter() - t0
+            self.log(f"{r.tag}: diverged after {seconds:.1f} s ({line})")
+            return [(r, Outcome("diverged", line, seconds=seconds))]
+        seconds = time.perf_counter() - t0
+        self.log(f"{r.tag}: done in {seconds:.1f} s ({short_record(record or {})})")
+        return [(r, Outcome("finished", short_record(record or {}), seconds=seconds))]
 
 
 @contextmanager
@@ -521,6 +532,7 @@ class LocalPool:
     def __init__(self, slots: list[Slot], *, resume: bool, log: Callable[[str], None], gpus_per_run: int = 1,
                  grace_s: float = 60.0, poll_s: float = 0.1):
         self.slots, self.resume, self.log, self.gpus_per_run = slots, resume, log, gpus_per_run
+        self.at_once = len(slots)  # runs at most at once
         self.grace_s, self.poll_s = grace_s, poll_s
         self.queue = _Queue()
         self.running: dict[int, tuple[Run, subprocess.Popen, float]] = {}  # slot index -> run, child, start
@@ -575,7 +587,7 @@ class LocalPool:
                 resuming = self.resume and (run.path / CHECKPOINT).is_file()
                 write_spec(run, self.resume, slot.threads)
                 (run.path / DIVERGED).unlink(missing_ok=True)
-                p = start_child(run.path, self.gpus_per_run, child_env(slot.threads, slot.gpus))
+                p = start_child(run.path, self.gpus_per_run, child_env(slot.threads, slot.gpus, self.at_once))
                 self.running[index] = (run, p, time.perf_counter())
                 self.log(f"{run.tag}: {'resuming' if resuming else 'training'} in {run.path} ({slot.describe()}; "
                          f"log {run.path / LAUNCH_LOG})")
@@ -585,7 +597,7 @@ class LocalPool:
         if outcome is not None:
             verb = "done" if outcome.status == "finished" else "diverged"
             self.log(f"{run.tag}: {verb} in {seconds:.1f} s ({outcome.why})")
-            return outcome
+            return dataclasses.replace(outcome, seconds=seconds)
         why = _exit_text(code) if code else "exited without finishing"
         tail = last_line(run.path / LAUNCH_LOG)
         outcome = Outcome("failed", f"{why}: {tail}" if tail else why, (run.path / LAUNCH_LOG,))

@@ -4,23 +4,33 @@
 Conventions (also written into ``report.md``):
 
 - *Final* values are those of the last record of each run (its last evaluation). For every method we
-  give the median, min and max over seeds. The median of an even number of seeds is the mean of the
-  middle two (``numpy.median``).
+  give the median, min and max over seeds, written ``median [min–max]`` in every table. The median of an
+  even number of seeds is the mean of the middle two (``numpy.median``).
+- Tables, none wider than about eight columns: the paper's (training accuracy at fixed epochs), the
+  summary (final accuracies, epochs to the training-accuracy threshold), neural collapse (NC1–NC4, NC2 of
+  W and of H, epochs to the NC1 threshold) and wall-clock time (seconds per run, per epoch and to each
+  threshold).
 - *Time to threshold*: the first evaluation at which a run's metric reaches the threshold
   (``train_acc >= 0.99`` and ``nc1 <= nc1_threshold`` by default, ``nc1_threshold`` from the runs'
   ``config.json``). We report the epoch and the cumulative training seconds ``wall_s`` of that
-  evaluation, so the resolution is the evaluation interval. A run that never reaches a threshold counts
+  evaluation, so the resolution is the evaluation interval. Seconds carry a caveat (``WALL_CLOCK_CAVEAT``)
+  and the machines they were measured on (each run's ``machine.json``, ``machine.py``: one line per
+  machine, and a note when runs trained on several machines, with several thread counts, several at
+  once, or moved between machines; "not recorded" for folders written before it existed; ``summary.json``'s
+  ``machines``). A run that never reaches a threshold counts
   as *not reached*: its time is ``inf``; medians and maxima are then taken with ``inf`` included (so the
   median is finite only when more than half of the seeds reached it). ``summary.json`` stores ``inf`` as
   ``null`` together with ``reached``/``total``; tables print an unreached median as ``>E`` (``E`` = the
-  most epochs any seed ran) and unreached seconds as ``—``. Beside this *first hit*, the *sustained*
+  most epochs any seed ran) and an unreached seed's seconds as ``∞``. Beside this *first hit*, the *sustained*
   epoch: the first evaluation from which the run stays at the threshold to its last evaluation (a run
   that ends below it, or diverged, never reached it for good).
 - *Verdict* (``verdict.py``): the focus method (``nearest-etf`` by default) against the other method with
   the fewest median sustained epochs: their ratio and the final test-accuracy difference, each with a
   bootstrap 95% interval over seeds and a permutation-test p-value; the report's first lines.
-- Curves: the median over seeds at each evaluated epoch, with a min–max band; one colour per method,
-  the same in every figure. Loss and NC metrics use a log scale (symlog near zero when a curve touches 0).
+- Curves: the median over seeds at each evaluated epoch, with a min–max band; one colour and dash pattern
+  per method, the same in every figure, and one legend below the panels. Loss and NC metrics use a log
+  scale (symlog near zero when a curve touches 0), NC2 of H and of W a panel each (the ETF heads' W sits
+  near 1e-8). Accuracy is drawn on 0–100% and zoomed to the data (:func:`accuracy_zoom`).
 - Runs whose log lost or cut records (``runlog.check_run_log``: judged against the run's checkpoint, or
   against its ``config.json`` when the checkpoint was deleted) are left out; ``summary.json``
   (``excluded``: ``[{"run", "why"}]``) and ``report.md`` name them and say why.
@@ -36,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 from .files import atomic_write_text, read_jsonl
+from .machine import machine_lines, read_starts, summarize_machines
 from .runlog import check_run_log
 from .verdict import build_verdict, resolve_focus, verdict_lines
 
@@ -57,40 +68,52 @@ __all__ = [
     "report_thresholds",
     "summarize",
     "summary_table",
+    "nc_table",
+    "time_table",
     "paper_table",
     "tuning_table",
     "short_record",
+    "accuracy_zoom",
+    "figure",
     "plot_figures",
+    "WALL_CLOCK_CAVEAT",
     "write_report",
 ]
 
 DEFAULT_TRAIN_ACC_THRESHOLD = 0.99
 _NC1_THRESHOLD_FALLBACK = 0.1  # used only when no run has a config.json with nc1_threshold
 
-# Stable output file names: figure file -> (title, [(metric key, label)], log scale?).
-FIGURES: dict[str, tuple[str, list[tuple[str, str]], bool]] = {
-    "train_acc.png": ("Training accuracy", [("train_acc", "train accuracy")], False),
-    "test_acc.png": ("Test accuracy", [("test_acc", "test accuracy")], False),
-    "loss.png": ("Training loss", [("train_loss", "train loss")], True),
-    "nc1.png": ("NC1: within-class variability tr(Σ_W Σ_B⁺)/K", [("nc1", "NC1")], True),
-    "nc2.png": ("NC2: distance to a simplex ETF", [("nc2_w", "NC2 (W)"), ("nc2_h", "NC2 (H)")], True),
-    "nc3.png": ("NC3: self-duality ‖WHᵀ/‖WHᵀ‖ − M/√(K−1)‖", [("nc3", "NC3")], True),
-    "nc4.png": ("NC4: disagreement with nearest class mean", [("nc4", "NC4")], True),
+# Stable output file names -> their panels: (title, metric key, y scale). Scales: "log" (symlog when a curve
+# touches 0), "zoom" (accuracy from just below the lowest median after the first epochs: accuracy_zoom),
+# "full" (accuracy on 0–1). Each NC2 gets its own panel: the ETF heads' W sits at ~1e-8, far below any H.
+_LOSS = ("Training loss", "train_loss", "log")
+_NC = {"nc1": ("NC1: within-class variability tr(Σ_W Σ_B⁺)/K", "nc1", "log"),
+       "nc2_h": ("NC2 of the features H: distance to a simplex ETF", "nc2_h", "log"),
+       "nc2_w": ("NC2 of the classifier W: distance to a simplex ETF", "nc2_w", "log"),
+       "nc3": ("NC3: self-duality ‖WHᵀ/‖WHᵀ‖ − M/√(K−1)‖", "nc3", "log"),
+       "nc4": ("NC4: disagreement with nearest class mean", "nc4", "log")}
+FIGURES: dict[str, list[tuple[str, str, str]]] = {
+    "train_acc.png": [("Training accuracy", "train_acc", "full"), ("Training accuracy (zoomed)", "train_acc", "zoom")],
+    "test_acc.png": [("Test accuracy", "test_acc", "full"), ("Test accuracy (zoomed)", "test_acc", "zoom")],
+    "loss.png": [_LOSS],
+    "nc1.png": [_NC["nc1"]],
+    "nc2.png": [_NC["nc2_h"], _NC["nc2_w"]],
+    "nc3.png": [_NC["nc3"]],
+    "nc4.png": [_NC["nc4"]],
 }
+_OVERVIEW_PANELS = [FIGURES["train_acc.png"][1], FIGURES["test_acc.png"][1], _LOSS, *_NC.values()]
 OVERVIEW = "overview.png"
 DIVERGED = "DIVERGED"  # in a run folder of a compare: that run stopped on a non-finite loss (the reason inside)
 SELECTION = "selection.json"  # written by a compare with a grid: the tuning table and each method's winner
+WALL_CLOCK_CAVEAT = (
+    "**Seconds are not a speed benchmark.** They are wall-clock training time, measured while other work may have "
+    "run on the same machine (other runs of this comparison, other programs), with whatever threads each run had. "
+    "Compare methods by epochs; to compare their speed, time them on quiet cores with `benchmarks/overhead.py`.")
 
-# Columns of the summary table: (metric key, header, is an accuracy).
-_TABLE_METRICS = [
-    ("train_acc", "train acc", True),
-    ("test_acc", "test acc", True),
-    ("nc1", "NC1", False),
-    ("nc2_w", "NC2 W", False),
-    ("nc2_h", "NC2 H", False),
-    ("nc3", "NC3", False),
-    ("nc4", "NC4", False),
-]
+# Columns of the tables of final values: (metric key, header, is an accuracy).
+_HEADLINE_METRICS = [("train_acc", "train acc", True), ("test_acc", "test acc", True)]
+_NC_METRICS = [("nc1", "NC1", False), ("nc2_w", "NC2 W", False), ("nc2_h", "NC2 H", False), ("nc3", "NC3", False),
+               ("nc4", "NC4", False)]
 
 # Paper's methods first, in a fixed order, so colours never change between figures or reports.
 _METHOD_ORDER = ["standard", "fixed-etf", "nearest-etf", "nearest-etf-nograd", "standard-plain"]
@@ -367,10 +390,11 @@ def summarize(
     at ``report_epochs`` (default :func:`default_report_epochs`).
 
     Returns ``{"thresholds": {key: {"op", "value"}}, "report_epochs": [E, ...], "methods": {method: {"seeds",
-    "epochs", "wall_s", "final": {metric: {median, min, max, n}}, "at_epoch": {"E": {"train_acc": {median,
-    min, max, n, per_seed}}}, "reach": {key: {"op", "value", "reached", "total", "epoch": {median, min,
-    max, per_seed}, "wall_s": {...}}}, "sustained": {key: the same}}}}`` (unreached → ``None``; an epoch a
-    seed did not evaluate is left out of its statistics). ``reach`` counts the first evaluation at the
+    "epochs", "wall_s", "seconds_per_epoch", "final": {metric: {median, min, max, n}}, "at_epoch": {"E":
+    {"train_acc": {median, min, max, n, per_seed}}}, "reach": {key: {"op", "value", "reached", "total",
+    "epoch": {median, min, max, per_seed}, "wall_s": {...}}}, "sustained": {key: the same}}}}`` (unreached →
+    ``None``; an epoch a seed did not evaluate is left out of its statistics). ``seconds_per_epoch``: each
+    seed's final ``wall_s`` over its final epoch. ``reach`` counts the first evaluation at the
     threshold, ``sustained`` the first from which the run stays there to its end (:func:`sustained_reach`);
     seeds listed in ``diverged`` (``{method: [seed, ...]}``) never reach it for good."""
     thresholds = thresholds or default_thresholds()
@@ -401,6 +425,8 @@ def summarize(
             "seeds": list(by_seed),
             "epochs": _stats(f.get("epoch") for f in finals.values()),
             "wall_s": _stats(f.get("wall_s") for f in finals.values()),
+            "seconds_per_epoch": _stats(_num(f.get("wall_s")) / _num(f.get("epoch")) for f in finals.values()
+                                        if _num(f.get("epoch")) > 0),
             "final": final,
             "at_epoch": at_epoch,
             "reach": reach,
@@ -432,10 +458,13 @@ def _fmt(x, acc: bool) -> str:
     return f"{100 * x:.2f}%" if acc else f"{x:.3g}"
 
 
-def _fmt_stat(st: dict | None, acc: bool) -> str:
+def _fmt_range(st: dict | None, acc: bool, unbounded: str = "—") -> str:
+    """``median [min–max]`` over seeds, the one range notation of every table (the paper's form); a bound that
+    is None (a seed that never reached a threshold: infinitely late) prints as ``unbounded``."""
     if not st or st.get("n", 0) == 0:
         return "—"
-    return f"{_fmt(st['median'], acc)} [{_fmt(st['min'], acc)}, {_fmt(st['max'], acc)}]"
+    mid, lo, hi = (unbounded if st[k] is None else _fmt(st[k], acc) for k in ("median", "min", "max"))
+    return f"{mid} [{lo}–{hi}]"
 
 
 def _threshold_label(key: str, op: str, value: float) -> str:
@@ -451,60 +480,82 @@ def short_record(record: dict) -> str:
     return ", ".join(parts)
 
 
-def summary_table(summary: dict) -> str:
-    """Markdown table: one row per method, final metrics as ``median [min, max]`` over seeds, then the
-    median epochs (``reached/total``) and seconds to each threshold."""
-    methods = summary["methods"]
-    metrics = [(k, h, a) for k, h, a in _TABLE_METRICS if any(k in m["final"] for m in methods.values())]
-    head = ["method", "seeds"] + [h for _, h, _ in metrics]
-    for key, t in summary["thresholds"].items():
-        head += _reach_heads(_threshold_label(key, t["op"], t["value"]))
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method, m in methods.items():
-        row = [f"`{method}`", str(len(m["seeds"]))]
-        row += [_fmt_stat(m["final"].get(k), a) for k, _, a in metrics]
-        for key in summary["thresholds"]:
-            row += _reach_cells(m, key)
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _final_columns(summary: dict, columns: list[tuple[str, str, bool]]) -> list[tuple[str, str, bool]]:
+    """The columns of ``columns`` that some method has a final value of."""
+    return [c for c in columns if any(c[0] in m["final"] for m in summary["methods"].values())]
+
+
+def summary_table(summary: dict) -> str:
+    """The headline, one row per method: seeds, final training and test accuracy as ``median [min–max]`` over
+    seeds, and the median epochs to the training-accuracy threshold, first hit and sustained
+    (``reached/total``). The NC metrics are in :func:`nc_table`, the seconds in :func:`time_table`."""
+    metrics = _final_columns(summary, _HEADLINE_METRICS)
+    t = summary["thresholds"].get("train_acc")
+    head = ["method", "seeds"] + [h for _, h, _ in metrics]
+    if t:
+        head += _reach_heads(_threshold_label("train_acc", t["op"], t["value"]))
+    rows = []
+    for method, m in summary["methods"].items():
+        row = [f"`{method}`", str(len(m["seeds"]))] + [_fmt_range(m["final"].get(k), a) for k, _, a in metrics]
+        rows.append(row + (_reach_cells(m, "train_acc") if t else []))
+    return _markdown(head, rows)
+
+
+def nc_table(summary: dict) -> str:
+    """Neural collapse at the end of training, one row per method: NC1–NC4 and NC2 of W and of H as ``median
+    [min–max]`` over seeds, then the median epochs to every threshold other than training accuracy (NC1's)."""
+    metrics = _final_columns(summary, _NC_METRICS)
+    keys = [k for k in summary["thresholds"] if k != "train_acc"]
+    head = ["method"] + [h for _, h, _ in metrics]
+    for key in keys:
+        t = summary["thresholds"][key]
+        head += _reach_heads(_threshold_label(key, t["op"], t["value"]))
+    rows = []
+    for method, m in summary["methods"].items():
+        row = [f"`{method}`"] + [_fmt_range(m["final"].get(k), a) for k, _, a in metrics]
+        rows.append(row + [c for key in keys for c in _reach_cells(m, key)])
+    return _markdown(head, rows)
+
+
+def time_table(summary: dict) -> str:
+    """Wall-clock training seconds (evaluation excluded), one row per method, ``median [min–max]`` over seeds:
+    the whole run, per epoch, and to the first hit of each threshold (a seed that never reached it: ``∞``)."""
+    keys = list(summary["thresholds"])
+    head = ["method", "seeds", "training s", "s per epoch"]
+    for key in keys:
+        t = summary["thresholds"][key]
+        head.append(f"s to {_threshold_label(key, t['op'], t['value'])} (first hit)")
+    rows = []
+    for method, m in summary["methods"].items():
+        row = [f"`{method}`", str(len(m["seeds"])), _fmt_range(m.get("wall_s"), False),
+               _fmt_range(m.get("seconds_per_epoch"), False)]
+        rows.append(row + [_fmt_range(m["reach"][key]["wall_s"], False, "∞") for key in keys])
+    return _markdown(head, rows)
 
 
 def _reach_heads(label: str) -> list[str]:
-    return [f"epochs to {label} (first hit)", f"epochs to {label} (sustained)", f"seconds to {label} (first hit)"]
+    return [f"epochs to {label} (first hit)", f"epochs to {label} (sustained)"]
 
 
 def _reach_cells(m: dict, key: str) -> list[str]:
-    """First-hit epochs, sustained epochs (summaries written before it existed: —) and first-hit seconds."""
+    """First-hit and sustained epochs (summaries written before the sustained epoch existed: —)."""
     r, kept = m["reach"][key], m.get("sustained", {}).get(key)
-    sec = r["wall_s"]["median"]
-    return [_reach_cell(r, m["epochs"]["max"]), "—" if kept is None else _reach_cell(kept, m["epochs"]["max"]),
-            "—" if sec is None else f"{sec:.3g}"]
-
-
-def _fmt_range(st: dict | None, acc: bool) -> str:
-    """``median [min–max]`` (the paper's form)."""
-    if not st or st.get("n", 0) == 0:
-        return "—"
-    return f"{_fmt(st['median'], acc)} [{_fmt(st['min'], acc)}–{_fmt(st['max'], acc)}]"
+    return [_reach_cell(r, m["epochs"]["max"]), "—" if kept is None else _reach_cell(kept, m["epochs"]["max"])]
 
 
 def paper_table(summary: dict) -> str:
-    """The paper's table: training accuracy at ``report_epochs`` as ``median [min–max]`` over seeds, then
-    epochs and training seconds to the training-accuracy threshold."""
-    methods = summary["methods"]
+    """The paper's table: training accuracy at ``report_epochs`` as ``median [min–max]`` over seeds."""
     epochs = summary.get("report_epochs", [])
-    t = summary["thresholds"].get("train_acc")
     head = ["method", "seeds"] + [f"train acc @ epoch {e}" for e in epochs]
-    if t:
-        head += _reach_heads(_threshold_label("train_acc", t["op"], t["value"]))
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for method, m in methods.items():
-        row = [f"`{method}`", str(len(m["seeds"]))]
-        row += [_fmt_range(m.get("at_epoch", {}).get(str(e), {}).get("train_acc"), True) for e in epochs]
-        if t:
-            row += _reach_cells(m, "train_acc")
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines)
+    rows = [[f"`{method}`", str(len(m["seeds"]))]
+            + [_fmt_range(m.get("at_epoch", {}).get(str(e), {}).get("train_acc"), True) for e in epochs]
+            for method, m in summary["methods"].items()]
+    return _markdown(head, rows)
 
 
 def _reach_cell(r: dict, max_epoch) -> str:
@@ -571,10 +622,12 @@ def tuning_table(selection: dict) -> str:
 # figures
 
 
-def _colours(methods: list[str]) -> dict[str, str]:
-    """Fixed colour per method: the paper's methods keep their colour whatever subset is plotted."""
+def _styles(methods: list[str]) -> dict[str, tuple[str, str]]:
+    """Fixed colour and line style per method: the paper's methods keep theirs whatever subset is plotted, and
+    two methods never share both (ten colours × four dash patterns, so curves stay apart in print too)."""
     ordered = _METHOD_ORDER + sorted(m for m in methods if m not in _METHOD_ORDER)
-    return {m: f"C{ordered.index(m) % 10}" for m in methods}
+    dashes = ["-", "--", "-.", ":"]
+    return {m: (f"C{ordered.index(m) % 10}", dashes[ordered.index(m) % 4]) for m in methods}
 
 
 def _curve(by_seed: dict[int, list[dict]], key: str):
@@ -593,61 +646,108 @@ def _curve(by_seed: dict[int, list[dict]], key: str):
         np.array([v.max() for v in vals])
 
 
-def _draw(ax, runs, colours, series, log: bool, title: str) -> bool:
-    drawn, lows = False, []
-    styles = ["-", "--", ":", "-."]
+def accuracy_zoom(curves: list[tuple], skip_fraction: float = 0.1) -> tuple[float, float]:
+    """The y range of a zoomed accuracy panel: from just below the lowest median after the first epochs (those
+    past ``skip_fraction`` of the last epoch, and past epoch 0) to the highest value, at most 1, each with a
+    margin of 5% of the range (at least 0.2 points)."""
+    last = max(float(c[0].max()) for c in curves)
+    after = [c[1][(c[0] > 0) & (c[0] >= skip_fraction * last)] for c in curves]
+    after = [a for a in after if a.size] or [c[1] for c in curves]
+    low = float(min(a.min() for a in after))
+    top = min(1.0, max(float(np.nanmax(c[3])) for c in curves))
+    top = max(top, low)
+    pad = max(0.05 * (top - low), 0.002)
+    return max(0.0, low - pad), top + pad
+
+
+def _draw(ax, runs, styles, panel: tuple[str, str, str]) -> bool:
+    """One panel (title, metric key, scale): a median line and a min–max band per method; False when no method
+    has the metric."""
+    title, key, scale = panel
+    curves = []
     for method, by_seed in runs.items():
-        for i, (key, label) in enumerate(series):
-            c = _curve(by_seed, key)
-            if c is None:
-                continue
-            ep, med, lo, hi = c
-            name = method if len(series) == 1 else f"{method} {label}"
-            ax.plot(ep, med, styles[i % 4], color=colours[method], label=name, lw=1.6)
-            ax.fill_between(ep, lo, hi, color=colours[method], alpha=0.2, lw=0)
-            lows.append(lo)
-            drawn = True
+        c = _curve(by_seed, key)
+        if c is None:
+            continue
+        ep, med, lo, hi = c
+        colour, dash = styles[method]
+        ax.plot(ep, med, dash, color=colour, label=method, lw=1.6)
+        ax.fill_between(ep, lo, hi, color=colour, alpha=0.15, lw=0)
+        curves.append(c)
     ax.set_title(title, fontsize=10)
     ax.set_xlabel("epoch")
-    if drawn and log:
-        low = np.concatenate(lows)
+    if not curves:
+        return False
+    if scale == "log":
+        low = np.concatenate([c[2] for c in curves])
         if np.all(low > 0):
             ax.set_yscale("log")
         else:
             pos = low[low > 0]
             ax.set_yscale("symlog", linthresh=float(pos.min()) if pos.size else 1e-3)
-    if drawn:
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3, which="both")
-    return drawn
+    elif scale in ("zoom", "full"):
+        from matplotlib.ticker import FuncFormatter, PercentFormatter
+
+        ax.set_ylim(accuracy_zoom(curves) if scale == "zoom" else (0.0, 1.02))
+        percent = PercentFormatter(1.0)
+        percent.set_axis(ax.yaxis)  # its decimals follow the axis's range
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, i: "" if y > 1 + 1e-9 else percent(y, i)))  # no 101%
+    ax.grid(alpha=0.3, which="both")
+    return True
 
 
-def plot_figures(runs: dict[str, dict[int, list[dict]]], out_dir: str | Path) -> list[str]:
-    """Write one PNG per entry of ``FIGURES`` (those with data) and ``overview.png``; returns file names."""
+def _legend(fig, axes, n: int) -> None:
+    """One legend for the whole figure, below its panels, so that no curve is hidden behind it."""
+    handles, labels = next(((h, lab) for ax in axes for h, lab in [ax.get_legend_handles_labels()] if lab), ([], []))
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), n), fontsize=8, frameon=False)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    out_dir = Path(out_dir)
-    colours = _colours(list(runs))
-    written = []
-    for fname, (title, series, log) in FIGURES.items():
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        if _draw(ax, runs, colours, series, log, title):
-            fig.tight_layout()
-            fig.savefig(out_dir / fname, dpi=110)
-            written.append(fname)
+    return plt
+
+
+def figure(runs: dict[str, dict[int, list[dict]]], name: str):
+    """The matplotlib figure of ``name`` (a key of ``FIGURES``, or ``overview.png``), None when none of its
+    panels has data. The caller saves and closes it."""
+    plt = _pyplot()
+    styles = _styles(list(runs))
+    if name == OVERVIEW:
+        fig, axes = plt.subplots(2, 4, figsize=(18, 8.6))
+        drawn = [_draw(ax, runs, styles, p) for ax, p in zip(axes.flat, _OVERVIEW_PANELS)]
+        for ax, ok in zip(axes.flat, drawn):
+            if not ok:
+                ax.set_axis_off()
+        _legend(fig, axes.flat, 6)
+        fig.tight_layout(rect=(0, 0.05, 1, 1))
+        return fig
+    panels = FIGURES[name]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), squeeze=False)
+    if not any([_draw(ax, runs, styles, p) for ax, p in zip(axes.flat, panels)]):
         plt.close(fig)
-    fig, axes = plt.subplots(2, 4, figsize=(18, 8))
-    for ax, (title, series, log) in zip(axes.flat, FIGURES.values()):
-        if not _draw(ax, runs, colours, series, log, title):
-            ax.set_axis_off()
-    axes.flat[-1].set_axis_off()
-    fig.tight_layout()
-    fig.savefig(out_dir / OVERVIEW, dpi=90)
-    plt.close(fig)
-    return [OVERVIEW] + written
+        return None
+    _legend(fig, axes.flat, 3 * len(panels))
+    fig.tight_layout(rect=(0, 0.1 if len(runs) > 3 * len(panels) else 0.07, 1, 1))
+    return fig
+
+
+def plot_figures(runs: dict[str, dict[int, list[dict]]], out_dir: str | Path) -> list[str]:
+    """Write one PNG per entry of ``FIGURES`` (those with data) and ``overview.png``; returns file names."""
+    plt = _pyplot()
+    out_dir = Path(out_dir)
+    written = []
+    for name in [OVERVIEW, *FIGURES]:
+        fig = figure(runs, name)
+        if fig is not None:
+            fig.savefig(out_dir / name, dpi=90 if name == OVERVIEW else 110)
+            plt.close(fig)
+            written.append(name)
+    return written
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -793,11 +893,14 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
     selection = read_selection(out_dir)
     if report_epochs is None:
         report_epochs = check_report_epochs(_compare_setting(out_dir, "report_epochs"))
+    folders = run_folders(out_dir)
     diverged = {m: [s for s, folder in by_seed.items() if (folder / DIVERGED).is_file()]
-                for m, by_seed in run_folders(out_dir).items()}
+                for m, by_seed in folders.items()}
     summary = summarize(runs, thresholds or report_thresholds(out_dir), report_epochs, diverged)
     summary["excluded"] = excluded
     summary["diverged"] = {m: seeds for m, seeds in diverged.items() if seeds}
+    summary["machines"] = summarize_machines({folders[m][s].relative_to(out_dir).as_posix(): read_starts(folders[m][s])
+                                              for m, by_seed in runs.items() for s in by_seed})
     if selection is not None:
         summary["selected"] = selection.get("selected", {})
         summary["tuning"] = selection.get("tuning", {})
@@ -822,8 +925,7 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
         paper_table(summary),
         "",
         f"As in the paper: training accuracy at epochs {epochs}, median [min–max] over seeds (— where a seed did "
-        "not evaluate that epoch), beside the epochs to the training-accuracy threshold (first hit and "
-        "sustained, below) and the training seconds to its first hit.",
+        "not evaluate that epoch). The epochs to the training-accuracy threshold are in the summary below.",
         "",
         "## Summary",
         "",
@@ -833,20 +935,38 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
            f"{'; '.join(f'`{m}` seeds {s}' for m, s in summary['diverged'].items())}.", ""]
           if summary["diverged"] else []),
         *_excluded_lines(excluded),
-        "Final values are those of each run's last evaluation (training-set NC metrics on the features the "
-        "classifier sees), as median [min, max] over seeds.",
+        "Final values are those of each run's last evaluation, as median [min–max] over seeds.",
         "",
         f"Thresholds: {reach}. *Epochs to (first hit)* gives the median first evaluated epoch at which a seed "
         "reached the threshold and, in brackets, how many seeds reached it; *(sustained)* the median first "
         "evaluated epoch from which a seed stays at the threshold to the end of its run (a seed that ends "
         "below it, or diverged, never reached it for good). A seed that never reached it counts as "
         "infinitely late, so `>E` means the median seed did not reach it within the E epochs run. "
-        "*Seconds to* is the median cumulative training time (evaluation excluded) at the first hit. "
         "Exact numbers, including per-seed values, are in `summary.json`.",
+        "",
+        "## Neural collapse",
+        "",
+        nc_table(summary),
+        "",
+        "Training-set NC metrics of the last evaluation, on the features the classifier sees, median [min–max] "
+        "over seeds; the epochs to the NC thresholds count as above.",
+        "",
+        "## Wall-clock time",
+        "",
+        WALL_CLOCK_CAVEAT,
+        "",
+        *machine_lines(summary["machines"]),
+        "",
+        time_table(summary),
+        "",
+        "Training seconds exclude evaluation, median [min–max] over seeds; *s to (first hit)* is the training time "
+        "at the first evaluation at the threshold (`∞`: a seed that never reached it).",
         "",
         "## Figures",
         "",
-        "Median over seeds (line) and min–max over seeds (band).",
+        "Median over seeds (line) and min–max over seeds (band). Accuracy is drawn twice: on 0–100% and zoomed "
+        "from just below the lowest median after the first epochs; NC2 of the features H and of the classifier W "
+        "have a panel each.",
         "",
     ]
     md += [f"![{f.removesuffix('.png')}]({f})\n" for f in figures]

@@ -269,6 +269,7 @@ class SlurmLauncher:
     """Runs as job arrays on Slurm (see the module docstring)."""
 
     shows_status = True
+    at_once = None  # jobs wait in Slurm's queue: no time estimate
 
     def __init__(self, cfg: SlurmConfig, *, out_dir: Path, resume: bool, threads: int, wait: bool,
                  log: Callable[[str], None], poll_s: float | None = None):

@@ -12,6 +12,9 @@ saves. One step (``h`` = backbone features, ``ℓ`` = cross-entropy with ``label
     loss = mean_i ℓ(head(model(x_i), y_i), y_i)            (bf16 autocast on the backbone if amp="bf16")
     loss.backward(); optimizer.step(); head.after_step()
 
+At its start (or resume) a run prints one line of the settings that differ from ``TrainConfig``'s
+defaults, leaving out the fields it ignores (``config.ignored_fields``; ``progress.settings_line``).
+
 Outputs in ``out_dir`` (only rank 0 writes):
 
 - ``config.json``: ``cfg.to_dict()``.
@@ -29,6 +32,8 @@ Outputs in ``out_dir`` (only rank 0 writes):
   asks for (``loggers.py``); on resume they are rewritten from the restored ``metrics.jsonl``.
 - ``checkpoint.pt`` (``checkpoint.py``): after every epoch, atomically; ``finished`` marks a
   completed run (``is_finished``). It keeps a copy of the log's lines.
+- ``machine.json`` (``machine.py``): one entry per start or resume (host, CPU, GPU, torch threads, versions,
+  runs trained at once), so that a report can say where its seconds were measured.
 - ``.lock``: a run holds its folder's lock from start to end (``locks.py``); a second ``train`` into the
   same folder raises ``locks.RunLockedError`` (a ``ValueError``) naming the holder. Under torchrun, rank 0
   holds it and all ranks stop if it cannot.
@@ -122,8 +127,9 @@ from .evaluate import evaluate
 from .files import append_line, atomic_write_text, last_record
 from .locks import RunLockedError, folder_lock
 from .loggers import RunLoggers, check_loggers, open_loggers
+from .machine import record_start
 from .optim import agd_init_, build_optimizer, lr_factor, set_lr
-from .progress import PROGRESS_MODES, Progress
+from .progress import PROGRESS_MODES, Progress, settings_line
 from .runlog import METRICS, log_state, restore_config, restore_log
 
 __all__ = ["METRICS", "NonFiniteLossError", "RunState", "train", "train_one_epoch"]
@@ -224,12 +230,14 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         del ckpt
     if where.rank == 0:
         atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        record_start(out, where.device, where.world, run.epoch, fresh)  # machine.json: where this start trains
     run.net = _wrap_for_training(run.model, cfg, where)
 
     watch = _NonFiniteWatch(run)
     with _InterruptFlag(enabled=where.world == 1) as interrupt, \
             Progress(progress if where.rank == 0 else "none", cfg.epochs, len(run.loader)) as show, \
             open_loggers(cfg, out, run.log, write=where.rank == 0) as run.loggers:  # from the restored log
+        show.note(settings_line(cfg))
         if fresh:
             show.record(_log_evaluation(run))
             _save(run, finished=cfg.epochs == 0)
