@@ -41,6 +41,22 @@ def _compare(out, **kw):
     return run_compare(BASE, out_dir=out, **kw)
 
 
+def _strict_json_files(out: Path) -> int:
+    """Parse every ``*.json`` file and every line of every ``*.jsonl`` log under ``out`` as strict JSON (the NaN and
+    Infinity tokens that Python's ``json`` writes by default raise); returns how many files were read."""
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    files = sorted([*out.rglob("*.json"), *out.rglob("*.jsonl")])
+    for path in files:
+        text = path.read_text()
+        for part in (text.splitlines() if path.suffix == ".jsonl" else [text]):
+            if part.strip():
+                json.loads(part, parse_constant=refuse)
+    return len(files)
+
+
 def _rec(epoch, acc, loss):
     return {"epoch": epoch, "train_acc": acc, "train_loss": loss}
 
@@ -197,6 +213,10 @@ def test_diverged_grid_point_ranks_last_and_does_not_stop_the_comparison(tmp_pat
     assert sel["folders"]["standard"] == "lr=1.0"
     assert [r["rank"] for r in sel["tuning"]["standard"]] == [1, 2]
     assert summary["methods"]["standard"]["seeds"] == [0]
+    # every JSON file and log line is strict JSON: a diverged point's medians are null, not Infinity or NaN
+    assert _strict_json_files(out) >= 6  # two runs' config.json and metrics.jsonl, selection.json, summary.json
+    diverged_row = next(r for r in sel["tuning"]["standard"] if r["point"] == "lr=1e+38")
+    assert diverged_row["final_train_acc"] is None and diverged_row["final_train_loss"] is None
     # a rerun reuses the diverged outcome instead of training it again
     logs = []
     run_compare(BASE, ["standard"], [0], out, grid={"lr": [1.0, 1e38]}, selection_seeds=1, progress="none",

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from .checkpoint import CHECKPOINT, ResumeError, load_checkpoint
 from .config import with_defaults
-from .files import atomic_write, atomic_write_text, truncate
+from .files import atomic_write, atomic_write_text, json_text, truncate
 from .locks import rank0_folder_lock
 
 __all__ = ["METRICS", "CONFIG", "log_state", "restore_log", "restore_config", "finished_record", "expected_epochs",
@@ -127,7 +127,7 @@ def restore_config(run_dir: str | os.PathLike, ckpt: dict, write: bool = True) -
     except (OSError, ValueError):
         pass
     if write:
-        atomic_write_text(path, json.dumps(saved, indent=2) + "\n")
+        atomic_write_text(path, json_text(saved, indent=2) + "\n")
         warnings.warn(f"{path} did not hold the run's config; rewrote it from {path.parent / CHECKPOINT}",
                       stacklevel=2)
 

@@ -22,8 +22,8 @@ Outputs in ``out_dir`` (only rank 0 writes):
   then the record of ``evaluate.evaluate``: ``train_loss, train_acc, test_loss, test_acc`` and the NC
   metrics of the training split (docs/metrics.md); with ``solver: warm``, the solver's counters
   ``warm_refreshes`` and ``warm_fallbacks`` (a run with fallbacks ends with a warning). The UFM has no
-  test set: ``test_loss`` and ``test_acc`` are ``null``. Non-finite values are written as
-  ``NaN``/``Infinity`` (Python's ``json`` reads them back). Each line is fsynced when written
+  test set: ``test_loss`` and ``test_acc`` are ``null``. Each line is strict JSON (``files.json_text``): a
+  non-finite value (NaN, inf) is written as ``null`` too. Each line is fsynced when written
   (``runlog.py`` says what the log guarantees).
 - ``metrics.csv``, TensorBoard event files, a W&B run: the same records, for the loggers ``cfg.loggers``
   asks for (``loggers.py``); on resume they are rewritten from the restored ``metrics.jsonl``.
@@ -119,7 +119,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import Placement
 from .evaluate import evaluate
-from .files import append_line, atomic_write_text, last_record
+from .files import append_line, atomic_write_text, json_text, last_record
 from .locks import RunLockedError, folder_lock
 from .loggers import RunLoggers, check_loggers, open_loggers
 from .optim import agd_init_, build_optimizer, lr_factor, set_lr
@@ -223,7 +223,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         _restore(run, ckpt, log_lines)
         del ckpt
     if where.rank == 0:
-        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(out / "config.json", json_text(cfg.to_dict(), indent=2) + "\n")
     run.net = _wrap_for_training(run.model, cfg, where)
 
     watch = _NonFiniteWatch(run)
@@ -453,7 +453,7 @@ def _log_evaluation(run: RunState) -> dict:
         ) from e
     rec.update(run.head.solver_stats())  # solver="warm": warm_refreshes, warm_fallbacks (heads.py)
     run.last = rec
-    run.log.append(json.dumps(rec))
+    run.log.append(json_text(rec))
     if run.where.rank == 0:
         append_line(run.out / METRICS, run.log[-1])  # fsynced: on disk before the checkpoint that counts it
         if run.loggers is not None:
