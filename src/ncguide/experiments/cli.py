@@ -13,7 +13,8 @@ came from) and exits with status 2, leaving no output folder behind (set the env
 does a run whose files cannot be written (disk full, quota, read-only file system: one line naming the
 file; re-running the same command resumes from the last checkpoint), and so does a compare whose runs in
 child processes or Slurm jobs failed (one line naming each failed run and its log; ``launch.RunsFailedError``);
-Ctrl-C exits with 130. Warnings are one line ``ncguide: warning: ...``.
+Ctrl-C exits with 130, and so does SIGTERM for ``train`` and ``compare`` (a scheduler's kill: the run saves a
+checkpoint at its current step first, as for Ctrl-C). Warnings are one line ``ncguide: warning: ...``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ import difflib
 import errno
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["main", "build_parser", "resolve_config"]
@@ -668,9 +673,27 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+@contextmanager
+def _sigterm_as_ctrl_c(enabled: bool) -> Iterator[None]:
+    """``train`` and ``compare``: a SIGTERM (a scheduler's kill, ``kill PID``) stops like Ctrl-C — the run in this
+    process checkpoints at its current step, runs in child processes are stopped, exit 130 — as it does for
+    the children themselves (``run_one``)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from .run_one import sigterm_as_ctrl_c
+
+    previous = signal.signal(signal.SIGTERM, sigterm_as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
-        return _COMMANDS[args.command](args)
+        with _sigterm_as_ctrl_c(args.command in ("train", "compare")):
+            return _COMMANDS[args.command](args)
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stdout = open(os.devnull, "w")  # silences the flush at exit
         return 1

@@ -85,7 +85,7 @@ from .report import (
     summary_table,
     write_report,
 )
-from .runlog import METRICS
+from .runlog import METRICS, log_has_results
 from .selection import (
     DEFAULT_SELECTION_METRIC,
     extend_axis,
@@ -646,19 +646,11 @@ def _grid_points(grid: dict[str, list]) -> list[dict]:
 
 def _run_folders(out_dir: Path) -> list[Path]:
     """Every ``runs/<method>/seed-<s>`` and ``runs/<method>/<point>/seed-<s>`` folder that holds results: a
-    checkpoint, or a log with records. A run that failed before its first checkpoint (e.g. a child process
-    killed while loading data) left nothing to keep or to identify, and is trained afresh."""
+    checkpoint, or a log with records after epoch 0 (``runlog.log_has_results``). A run stopped before its first
+    checkpoint (killed while loading data or during the evaluation before training) left nothing to keep or
+    to identify, and is trained afresh."""
     found = [*out_dir.glob("runs/*/seed-*"), *out_dir.glob("runs/*/*/seed-*")]
-    return sorted(p for p in found if p.is_dir() and ((p / CHECKPOINT).exists() or _has_records(p / METRICS)))
-
-
-def _has_records(path: Path) -> bool:
-    try:
-        return bool(path.read_text(errors="replace").strip())
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True  # unreadable: judged (and refused) as a folder with results
+    return sorted(p for p in found if p.is_dir() and ((p / CHECKPOINT).exists() or log_has_results(p / METRICS)))
 
 
 def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], base: dict, grid: dict, variants: dict,
@@ -676,8 +668,9 @@ def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], base: 
         if cfg is not None and not resume:
             continue  # retrained from scratch
         if not (folder / CHECKPOINT).is_file():
-            raise ValueError(f"{folder} holds run files but no {CHECKPOINT}, so what run it is cannot be "
-                             f"established; delete that folder (or pass --no-resume to retrain it), or {advice}")
+            raise ValueError(f"{folder} holds results (records after epoch 0 in {METRICS}) but no {CHECKPOINT}, so "
+                             "what run it is cannot be established; delete that folder (or pass --no-resume to "
+                             f"retrain it), or {advice}")
         ckpt = load_checkpoint(folder / CHECKPOINT)
         saved = with_defaults(ckpt["config"])
         wanted = cfg.to_dict() if cfg is not None else _expected_config(out_dir, folder, saved, base, grid,

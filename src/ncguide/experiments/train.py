@@ -124,7 +124,7 @@ from .locks import RunLockedError, folder_lock
 from .loggers import RunLoggers, check_loggers, open_loggers
 from .optim import agd_init_, build_optimizer, lr_factor, set_lr
 from .progress import PROGRESS_MODES, Progress
-from .runlog import METRICS, log_state, restore_config, restore_log
+from .runlog import METRICS, log_has_results, log_state, restore_config, restore_log
 
 __all__ = ["METRICS", "NonFiniteLossError", "RunState", "train", "train_one_epoch"]
 
@@ -376,14 +376,12 @@ def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> Ru
 
 
 def _refuse_to_overwrite(out: Path, cfg: TrainConfig) -> None:
-    """No checkpoint, but ``metrics.jsonl`` holds records: starting fresh would erase them. Allowed only when
-    ``config.json`` shows the same config (retraining reproduces them); otherwise ``ResumeError``."""
+    """No checkpoint, but ``metrics.jsonl`` holds results (``runlog.log_has_results``: records after epoch 0):
+    starting fresh would erase them. Allowed only when ``config.json`` shows the same config (retraining
+    reproduces them); otherwise ``ResumeError``. A log of a run killed before its first checkpoint (at most
+    the epoch-0 record) holds no results: trained afresh."""
     metrics = out / METRICS
-    try:
-        has_records = metrics.is_file() and bool(metrics.read_text(errors="replace").strip())
-    except OSError:
-        has_records = True
-    if not has_records:
+    if not log_has_results(metrics):
         return
     try:
         saved = json.loads((out / "config.json").read_text())
