@@ -513,8 +513,9 @@ def _cmd_train(args) -> int:
         if key.partition(".")[0] in _COMPARE_KEYS:
             raise ConfigError(key, f"{key} is a key of `ncguide compare`; `ncguide train` trains one method with one "
                                    "seed: use --method and --seed (or run ncguide compare)")
-    d, _ = resolve_config(args, {"method": args.method, "seed": args.seed})  # methods/seeds of a compare
+    d, compare = resolve_config(args, {"method": args.method, "seed": args.seed})  # methods/seeds of a compare
     cfg = TrainConfig.from_dict(d)
+    _warn_variants(compare.get("variants"), cfg.method, args.config)
     if args.print_config:
         _warn_ignored(cfg, set(d), args)
         return _print_config(cfg.to_dict())
@@ -530,6 +531,25 @@ def _cmd_train(args) -> int:
     print(f"logs: {out / 'metrics.jsonl'}  config: {out / 'config.json'}  checkpoint: {out / 'checkpoint.pt'}")
     print(f"figures: {', '.join(str(out / f) for f in figures[:1])} and {len(figures) - 1} more in {out}")
     return 0
+
+
+def _warn_variants(variants, method: str, config: str | None) -> None:
+    """``ncguide train``: one warning when the config file's ``variants:`` (read by ``compare`` only) would give the
+    trained method settings of its own, naming the ``--set`` flags that apply them."""
+    if not isinstance(variants, dict):
+        return
+    specs = {n: s for n, s in variants.items() if isinstance(s, dict) and s.get("method", n) == method}
+    if not specs:
+        return
+
+    def flags(spec: dict) -> str:
+        text = {True: "true", False: "false", None: "none"}
+        return " ".join(f"--set {k}={text.get(v, v) if not isinstance(v, (list, dict)) else v}"
+                        for k, v in spec.items() if k != "method") or "nothing"
+
+    how = "; ".join(flags(s) if n == method else f"for variant {n!r}: {flags(s)}" for n, s in specs.items())
+    warnings.warn(f"variants: in {config} applies to `ncguide compare` only; `ncguide train` trains the file's base "
+                  f"settings for {method} (to train it as the comparison does, add {how})", stacklevel=2)
 
 
 def _warn_ignored(cfg, given: set[str], args: argparse.Namespace) -> None:
