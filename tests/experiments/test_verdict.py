@@ -246,7 +246,7 @@ def test_focus_never_sustained_reads_as_slower_with_an_infinite_interval():
     assert v["ratio"] is None and v["ci95"] == [None, None] and v["focus_never"] and not v["baseline_never"]
     assert v["reading"] == "higher" and v["p_value"] == 2 / 252
     assert "the median seed of `nearest-etf` never stays at training accuracy ≥ 99%" in lines[0]
-    assert "`standard` (the fastest other method)'s does from epoch 3 (ratio ∞)" in lines[0]
+    assert "that of `standard` (the fastest other method) does from epoch 3 (ratio ∞)" in lines[0]
     assert "95% interval ∞–∞ (slower: the whole interval lies above 1)" in lines[0]
     assert "includes 1" not in lines[0] and "inf" not in lines[0]
 
@@ -258,14 +258,15 @@ def test_baseline_at_the_threshold_from_epoch_0_is_not_read_as_the_focus_never_g
     assert "never" not in lines[0]
     assert "`standard` is at training accuracy ≥ 99% from epoch 0, before any training, `nearest-etf` from epoch 3" \
         in lines[0]
-    assert "ratio ∞): the threshold is too low to compare speeds" in lines[0]
+    assert "(median seeds; `standard` is the fastest other method): ratio ∞, as any ratio to 0 epochs, so the " \
+           "threshold is too low for a ratio of epochs to measure speed" in lines[0]
 
 
 def test_baseline_never_sustained_reads_as_faster_with_ratio_0():
     v, lines = _verdict([3] * 5, [INF] * 5)
     assert v["ratio"] == 0.0 and v["baseline_never"] and not v["focus_never"] and v["reading"] == "lower"
     assert "the median seed of `nearest-etf` stays at training accuracy ≥ 99% from epoch 3" in lines[0]
-    assert "`standard` (the fastest other method)'s never does within the epochs run (ratio 0)" in lines[0]
+    assert "that of `standard` (the fastest other method) never does within the epochs run (ratio 0)" in lines[0]
     assert "0.00×" not in lines[0] and "faster: the whole interval lies below 1" in lines[0]
 
 
@@ -283,16 +284,31 @@ def test_a_finite_ratio_reads_as_before():
     assert "faster: the whole interval lies below 1" in lines[0] and "cannot reach" not in lines[0]
 
 
-def test_smallest_p_value_is_the_minimum_over_every_outcome():
-    """Over every way ``n_a`` distinct values can rank among ``n_a + n_b`` (every split as the observed one), the
-    smallest exact p-value is 2 / C(n_a + n_b, n_a)."""
-    for n_a, n_b in [(1, 1), (1, 3), (2, 2), (2, 3), (3, 3), (3, 4), (4, 4)]:
-        values = list(range(n_a + n_b))
-        smallest = min(permutation_p_value([values[i] for i in left],
-                                           [values[i] for i in range(n_a + n_b) if i not in left])[0]
-                       for left in itertools.combinations(range(n_a + n_b), n_a))
-        assert smallest == pytest.approx(smallest_p_value(n_a, n_b), rel=1e-15)
-        assert smallest_p_value(n_a, n_b) == min(1.0, 2 / math.comb(n_a + n_b, n_a))
+def _brute_smallest_p(a, b) -> float:
+    """The smallest exact p-value over every way the pooled values of ``a`` and ``b`` could fall to the two
+    methods (each split taken as the observed one), by brute force."""
+    z = list(a) + list(b)
+    return min(_brute_p([z[i] for i in left], [z[i] for i in range(len(z)) if i not in left])
+               for left in itertools.combinations(range(len(z)), len(a)))
+
+
+@pytest.mark.parametrize("n_a, n_b", [(1, 1), (1, 3), (2, 2), (2, 3), (3, 3), (3, 4), (4, 4)])
+def test_smallest_p_value_without_ties_is_two_over_the_number_of_splits(n_a, n_b):
+    a, b = [10.0 * i for i in range(n_a)], [10.0 * i + 5 for i in range(n_b)]  # distinct values
+    assert smallest_p_value(a, b) == pytest.approx(_brute_smallest_p(a, b), rel=1e-15)
+    assert smallest_p_value(a, b) == pytest.approx(min(1.0, 2 / math.comb(n_a + n_b, n_a)), rel=1e-15)
+
+
+@pytest.mark.parametrize("a, b", [([3, 4], [5, 6, 7, 5, 6]), ([4, 4, 5], [4, 6, 6]), ([3, 3, 3], [3, 3, 3, 3])])
+def test_smallest_p_value_with_ties_is_the_brute_force_minimum(a, b):
+    """Ties can break the mirror symmetry: 2 vs 5 seeds with ties in the larger group reach p = 1/21, below the
+    2/21 of distinct values, so "cannot reach p < 0.05" must be judged on the values."""
+    assert smallest_p_value(a, b) == pytest.approx(_brute_smallest_p(a, b), rel=1e-15)
+    assert permutation_p_value(a, b)[0] >= smallest_p_value(a, b)
+    if a == [3, 4]:
+        assert smallest_p_value(a, b) == pytest.approx(1 / 21) and permutation_p_value(a, b)[0] == pytest.approx(1 / 21)
+        _, lines = _verdict(a, b)
+        assert "cannot reach" not in lines[0] and "p = 0.048 (2 vs 5 seeds)" in lines[0]
 
 
 @pytest.mark.parametrize("n, interval, floor", [(1, False, 1.0), (2, False, 1 / 3), (3, True, 0.1), (4, True, None)])
@@ -310,8 +326,8 @@ def test_too_few_seeds_give_no_interval_and_say_what_p_they_can_reach(n, interva
     if floor is None:
         assert "cannot reach" not in lines[0] + lines[1]
     else:
-        words = f"these seeds cannot reach p < 0.05 (with {n} vs {n} seeds an exact two-sided test gives at least " \
-                f"2/C({2 * n}, {n}) = {floor:.2g})"
+        words = f"({n} vs {n} seeds; these seeds cannot reach p < 0.05: with these values the exact test gives at " \
+                f"least {floor:.2g})"
         assert words in lines[0] and words in lines[1]
 
 

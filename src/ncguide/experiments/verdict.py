@@ -31,9 +31,10 @@ every seed of one method beats every seed of the other can give p ≈ 0.12 (many
 values), where ranks give ``2 / 252`` — and ranks take infinite values as they come. The doubled
 distances are whole numbers (ranks are multiples of 1/2), so the comparison is exact.
 
-The smallest p-value an exact test can give with ``n_a`` vs ``n_b`` seeds is ``2 / C(n_a + n_b, n_a)``
-(:func:`smallest_p_value`: 1 for 1 vs 1, 1/3 for 2 vs 2, 0.1 for 3 vs 3, 0.029 for 4 vs 4); when it is above
-0.05 the report says that these seeds cannot reach p < 0.05, whatever the data.
+The smallest p-value the exact test can give for the pooled values, whichever seeds they came from, is
+the share of splits as extreme as the most extreme one (:func:`smallest_p_value`): ``2 / C(n_a + n_b,
+n_a)`` when no two values tie (1 for 1 vs 1, 1/3 for 2 vs 2, 0.1 for 3 vs 3, 0.029 for 4 vs 4), as low as
+``1 / C(...)`` with ties. When it is above 0.05 the report says that these seeds cannot reach p < 0.05.
 
 The baseline is the other method with the lowest median sustained epochs (ties: the lower median final
 training loss, then the report's order); variants of the focus's own method (the same ``method:``) are
@@ -189,11 +190,19 @@ def _json(x: float) -> float | None:
     return float(x) if math.isfinite(x) else None
 
 
-def smallest_p_value(n_a: int, n_b: int) -> float:
-    """The smallest two-sided p-value the exact permutation test can give with ``n_a`` vs ``n_b`` seeds: the
-    observed split and its mirror image are the two most extreme of ``C(n_a + n_b, n_a)``, so ``2 / C(n_a + n_b,
-    n_a)`` (at most 1; ties among the values only raise it)."""
-    return min(1.0, 2 / math.comb(n_a + n_b, n_a))
+def smallest_p_value(a: Sequence[float], b: Sequence[float], max_exact: int = MAX_EXACT_SPLITS) -> float:
+    """The smallest p-value :func:`permutation_p_value` can give for the pooled values of ``a`` and ``b``,
+    whichever of them fell to which method: the share of splits as extreme as the most extreme one. Without
+    ties that is ``2 / C(n_a + n_b, n_a)`` (a split and its mirror image); ties can make it ``1 / C(...)`` or
+    more. Beyond ``max_exact`` splits (a Monte Carlo p-value): ``2 / C(n_a + n_b, n_a)``, far below 0.05."""
+    n, total = len(a), len(a) + len(b)
+    splits = math.comb(total, n)
+    if splits > max_exact:
+        return 2 / splits
+    ranks = midranks(np.concatenate([np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)]))
+    left = np.array(list(itertools.combinations(range(total), n)), dtype=np.intp).reshape(splits, n)
+    values = np.abs(2 * ranks[left].sum(axis=1) - n * (total + 1))
+    return float(np.mean(values >= values.max()))
 
 
 def _comparison(a: Sequence[float], b: Sequence[float], kind: str) -> dict:
@@ -202,7 +211,7 @@ def _comparison(a: Sequence[float], b: Sequence[float], kind: str) -> dict:
     out = compare_two(a, b, kind)
     if min(len(a), len(b)) < MIN_INTERVAL_SEEDS:
         out["ci95"] = None
-    out["min_p_value"] = smallest_p_value(len(a), len(b))
+    out["min_p_value"] = smallest_p_value(a, b)
     return out
 
 
@@ -357,12 +366,10 @@ def _interval_words(ci: list | None, reading: str, n: tuple[int, int], signed: b
 
 
 def _p_words(p: float, floor: float, n: tuple[int, int]) -> str:
-    """``p = X``, and when the seeds cannot reach p < 0.05, that they cannot."""
-    words = f"p = {_p(p)}"
-    if floor > 0.05:
-        words += (f"; these seeds cannot reach p < 0.05 (with {n[0]} vs {n[1]} seeds an exact two-sided test "
-                  f"gives at least 2/C({n[0] + n[1]}, {n[0]}) = {_p(floor)})")
-    return words
+    """``p = X (n vs m seeds)``, and when the seeds cannot reach p < 0.05, that they cannot."""
+    cannot = (f"; these seeds cannot reach p < 0.05: with these values the exact test gives at least {_p(floor)}"
+              if floor > 0.05 else "")
+    return f"p = {_p(p)} ({n[0]} vs {n[1]} seeds{cannot})"
 
 
 def _speed_words(a: str, b: str, ma: float | None, mb: float | None, ratio: float | None, thr: str) -> str:
@@ -372,18 +379,18 @@ def _speed_words(a: str, b: str, ma: float | None, mb: float | None, ratio: floa
         return (f"the median seed of neither `{a}` nor {other} stays at {thr} within the epochs run (the ratio "
                 "counts as 1)")
     if ma is None:
-        return (f"the median seed of `{a}` never stays at {thr} within the epochs run; {other}'s does from epoch "
-                f"{_epochs(mb)} (ratio ∞)")
+        return (f"the median seed of `{a}` never stays at {thr} within the epochs run; that of {other} does from "
+                f"epoch {_epochs(mb)} (ratio ∞)")
     if mb is None:
-        return (f"the median seed of `{a}` stays at {thr} from epoch {_epochs(ma)}; {other}'s never does within the "
-                "epochs run (ratio 0)")
+        return (f"the median seed of `{a}` stays at {thr} from epoch {_epochs(ma)}; that of {other} never does "
+                "within the epochs run (ratio 0)")
     if ma == 0 or mb == 0:
         zero = [f"`{m}`" for m, x in ((a, ma), (b, mb)) if x == 0]
         late = "" if len(zero) == 2 else (f", `{b}` from epoch {_epochs(mb)}" if ma == 0
                                          else f", `{a}` from epoch {_epochs(ma)}")
         return (f"{' and '.join(zero)} {'are' if len(zero) == 2 else 'is'} at {thr} from epoch 0, before any "
-                f"training{late} (median seeds; `{b}` is the fastest other method, ratio {_num_text(ratio)}): the "
-                "threshold is too low to compare speeds")
+                f"training{late} (median seeds; `{b}` is the fastest other method): ratio {_num_text(ratio)}, as "
+                "any ratio to 0 epochs, so the threshold is too low for a ratio of epochs to measure speed")
     return (f"`{a}` needs **{_num_text(ratio)}×** the epochs of {other} to stay at {thr} (median {_epochs(ma)} vs "
             f"{_epochs(mb)} epochs)")
 
@@ -396,9 +403,9 @@ def verdict_lines(v: dict, edges: Mapping[str, Mapping[str, str | None]] | None 
     n = (len(v["seeds"][a]), len(v["seeds"][b]))
     words = _speed_words(a, b, v["median"][a], v["median"][b], v["ratio"], thr)
     reading = v.get("reading") or _reading(v["ci95"], 1.0, v["median"][a] is None, v["median"][b] is None)
-    floor = v.get("min_p_value", smallest_p_value(*n))
+    floor = v.get("min_p_value", 0.0)
     lines = [f"**Verdict**: {words}; {_interval_words(v['ci95'], reading, n)}, permutation "
-             f"{_p_words(v['p_value'], floor, n)} ({n[0]} vs {n[1]} seeds)."]
+             f"{_p_words(v['p_value'], floor, n)}."]
     acc = v.get("test_acc") or {}
     left = acc.get("left_out") or {}
     left_words = "; ".join(f"`{m}`: {_left_out_words(x)}" for m, x in left.items() if any(x.values()))
@@ -407,7 +414,7 @@ def verdict_lines(v: dict, edges: Mapping[str, Mapping[str, str | None]] | None 
         lines.append(f"Final test accuracy: `{a}` {acc['difference']:+.2f} points against `{b}` (median "
                      f"{acc['median'][a]:.2f}% vs {acc['median'][b]:.2f}%), "
                      f"{_interval_words(acc['ci95'], acc.get('reading', ''), na, signed=True)}, "
-                     f"{_p_words(acc['p_value'], acc.get('min_p_value', smallest_p_value(*na)), na)}"
+                     f"{_p_words(acc['p_value'], acc.get('min_p_value', 0.0), na)}"
                      f"{f' (left out: {left_words})' if left_words else ''}.")
     else:
         lines.append(f"Final test accuracy: not compared: {acc.get('why', 'not available')}.")
