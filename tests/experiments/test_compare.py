@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from ncguide.experiments import compare as compare_mod
+from ncguide.experiments import report as report_mod
+from ncguide.experiments.checkpoint import ResumeError
 from ncguide.experiments.cli import main
 from ncguide.experiments.compare import (
     parse_grid,
@@ -20,8 +22,11 @@ from ncguide.experiments.compare import (
     run_dir,
     select_point,
 )
+from ncguide.experiments.config import TrainConfig
 from ncguide.experiments.files import read_jsonl
 from ncguide.experiments.report import DIVERGED, load_runs, summarize
+from ncguide.experiments.runlog import log_has_results
+from ncguide.experiments.train import train
 
 # a UFM small enough that a run takes well under a second
 BASE = {"dataset": "ufm", "model": "ufm", "num_classes": 4, "feature_dim": 8, "samples_per_class": 5,
@@ -39,6 +44,22 @@ def _compare(out, **kw):
     kw = {"methods": METHODS, "seeds": [0, 1], "grid": GRID, "selection_seeds": 2, "progress": "none",
           "log": _quiet, **kw}
     return run_compare(BASE, out_dir=out, **kw)
+
+
+def _strict_json_files(out: Path) -> int:
+    """Parse every ``*.json`` file and every line of every ``*.jsonl`` log under ``out`` as strict JSON (the NaN and
+    Infinity tokens that Python's ``json`` writes by default raise); returns how many files were read."""
+
+    def refuse(token):
+        raise ValueError(f"{token} is not JSON")
+
+    files = sorted([*out.rglob("*.json"), *out.rglob("*.jsonl")])
+    for path in files:
+        text = path.read_text()
+        for part in (text.splitlines() if path.suffix == ".jsonl" else [text]):
+            if part.strip():
+                json.loads(part, parse_constant=refuse)
+    return len(files)
 
 
 def _rec(epoch, acc, loss):
@@ -197,6 +218,10 @@ def test_diverged_grid_point_ranks_last_and_does_not_stop_the_comparison(tmp_pat
     assert sel["folders"]["standard"] == "lr=1.0"
     assert [r["rank"] for r in sel["tuning"]["standard"]] == [1, 2]
     assert summary["methods"]["standard"]["seeds"] == [0]
+    # every JSON file and log line is strict JSON: a diverged point's medians are null, not Infinity or NaN
+    assert _strict_json_files(out) >= 6  # two runs' config.json and metrics.jsonl, selection.json, summary.json
+    diverged_row = next(r for r in sel["tuning"]["standard"] if r["point"] == "lr=1e+38")
+    assert diverged_row["final_train_acc"] is None and diverged_row["final_train_loss"] is None
     # a rerun reuses the diverged outcome instead of training it again
     logs = []
     run_compare(BASE, ["standard"], [0], out, grid={"lr": [1.0, 1e38]}, selection_seeds=1, progress="none",
@@ -276,6 +301,46 @@ def test_run_without_checkpoint_is_refused_not_reused(plain):
     # --no-resume retrains it (and the report is whole again)
     summary = run_compare(BASE | {"lr": 1.0}, ["standard"], [0, 1], plain, resume=False, progress="none", log=_quiet)
     assert summary["methods"]["standard"]["seeds"] == [0, 1]
+
+
+def _without_wall(text: str) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "wall_s"} for line in text.splitlines()]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_retrained(plain, monkeypatch):
+    """A folder without ``checkpoint.pt`` whose log holds nothing a fresh start would not write again is trained
+    afresh by the same command (no --no-resume, which would retrain every finished run too); one with records
+    after epoch 0 stays refused. ``config.json`` may even name another config: nothing of it is kept."""
+    monkeypatch.setattr(report_mod, "plot_figures", lambda runs, out: [])  # not what this checks
+    trained = []
+    real = compare_mod.train
+    monkeypatch.setattr(compare_mod, "train", lambda cfg, path, **kw: trained.append(Path(path)) or real(cfg, path,
+                                                                                                        **kw))
+    run = plain / "runs" / "standard" / "seed-1"
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+
+    def stop_before_checkpoint(log: str) -> None:
+        (run / "checkpoint.pt").unlink()
+        (run / "metrics.jsonl").write_text(log)
+        (run / "config.json").write_text(json.dumps({**json.loads((run / "config.json").read_text()), "lr": 7.0}))
+
+    # empty (killed while loading data or evaluating before training), the epoch-0 record only (killed before
+    # the first checkpoint), the epoch-0 record and a cut line
+    for log in ("", lines[0], lines[0] + lines[1][:15]):
+        stop_before_checkpoint(log)
+        assert not log_has_results(run / "metrics.jsonl")
+        trained.clear()
+        summary = run_compare(BASE | {"lr": 1.0}, ["standard"], [0, 1], plain, progress="none", log=_quiet)
+        assert trained == [run] and summary["methods"]["standard"]["seeds"] == [0, 1]
+        assert (run / "checkpoint.pt").is_file()
+        assert _without_wall((run / "metrics.jsonl").read_text()) == _without_wall("".join(lines))
+    # a record after training is a result: refused by compare, and by train() unless config.json is the same
+    stop_before_checkpoint("".join(lines[:2]))
+    assert log_has_results(run / "metrics.jsonl")
+    with pytest.raises(ValueError, match="holds results .* but no checkpoint.pt"):
+        run_compare(BASE | {"lr": 1.0}, ["standard"], [0, 1], plain, progress="none", log=_quiet)
+    with pytest.raises(ResumeError, match="holds the results of an earlier run"):
+        train(TrainConfig.from_dict({**BASE, "lr": 1.0, "method": "standard", "seed": 1}), run, progress="none")
 
 
 def _npz(path: Path, seed: int) -> None:

@@ -108,6 +108,35 @@ def test_an_extension_beyond_the_valid_range_is_refused_and_said(tmp_path, monke
     assert "Not extended: `standard` lr (low): not a valid setting (lr must be > 0" in md
 
 
+def test_a_refusal_is_dropped_once_a_later_round_moves_the_winner_inside(tmp_path, monkeypatch, trained, one_thread):
+    """Round 1: the winner sits at lr's low edge (one step below 0.1 is -0.3: refused) and weight_decay's high one
+    (extended to 2e-4). Round 2 picks lr = 0.5 at the new weight decay: interior in lr, so the lr refusal is no
+    longer news and selection.json and the report drop it."""
+
+    def scripted(runs, threshold, metric):
+        _, rows = select_point(runs, threshold, metric)
+        point = {r["point"]: dict(kv.split("=") for kv in r["point"].split(",")) for r in rows}
+        top = max(float(p["weight_decay"]) for p in point.values())
+        want = 0.5 if top > 1e-4 else 0.1  # lr = 0.1 in round 1, 0.5 once the grid has grown
+        order = sorted(rows, key=lambda r: (-float(point[r["point"]]["weight_decay"]),
+                                            abs(float(point[r["point"]]["lr"]) - want)))
+        for rank, r in enumerate(order, 1):
+            r["rank"] = rank
+        return order[0]["point"], rows
+
+    monkeypatch.setattr(compare_mod, "select_point", scripted)
+    out = tmp_path / "out"
+    lines: list[str] = []
+    _compare(out, 1, grid={"lr": [0.1, 0.5, 0.6], "weight_decay": [0.0, 1e-4]}, log=lines.append)
+    assert any("not extending standard's lr beyond its low edge" in line for line in lines)  # round 1 said it
+    sel = json.loads((out / "selection.json").read_text())
+    assert sel["selected"] == {"standard": {"lr": 0.5, "weight_decay": 2e-4}}
+    assert sel["edge"] == {"standard": {"lr": None, "weight_decay": "high"}}
+    assert [(x["key"], x["value"]) for x in sel["extensions"]] == [("weight_decay", 2e-4)]
+    assert sel["not_extended"] == []
+    assert "Not extended" not in (out / "report.md").read_text()
+
+
 def test_extend_edges_and_selection_metric_from_the_command_line_and_yaml(tmp_path, monkeypatch, one_thread):
     monkeypatch.setattr(compare_mod, "select_point", _towards(1.0))
     out = tmp_path / "out"
@@ -117,7 +146,7 @@ def test_extend_edges_and_selection_metric_from_the_command_line_and_yaml(tmp_pa
     assert main(argv) == 0
     sel = json.loads((out / "selection.json").read_text())
     assert sel["selection_metric"] == "auc" and sel["extend_edges"] == 1
-    assert sel["grids"]["standard"]["lr"] == [0.1, 0.3, 0.9]  # ratio 3
+    assert sel["grids"]["standard"]["lr"] == [0.1, 0.3, 1.0]  # the 1-3-10 sequence goes on
     resolved = yaml.safe_load((out / "config.yaml").read_text())
     assert (resolved["selection_metric"], resolved["extend_edges"], resolved["focus"]) == ("auc", 1, "standard")
     summary = json.loads((out / "summary.json").read_text())
@@ -144,6 +173,10 @@ def test_extend_edges_and_selection_metric_from_the_command_line_and_yaml(tmp_pa
     (["--extend-edges", "two"], ["--extend-edges", "whole number"]),
     (["--focus", "fixed-etf"], ["--focus", "not a compared method"]),
     (["--set", "focus=nope"], ["--set focus=nope"]),
+    (["--selection-metric", "train_acc@²"], ["--selection-metric", "choose sustained"]),
+    (["--selection-metric", "train_acc@0"], ["--selection-metric", "epoch 0 is before any training"]),
+    (["--grid", "epochs=1,2"], ["--grid", "a grid over epochs", "train_acc@E"]),
+    (["--grid", "eval_every=1,2"], ["--grid", "a grid over eval_every", "train_acc@E"]),
 ])
 def test_bad_new_compare_keys_exit_2_with_one_line_and_nothing_written(tmp_path, capsys, extra, words):
     out = tmp_path / "o"
@@ -152,6 +185,13 @@ def test_bad_new_compare_keys_exit_2_with_one_line_and_nothing_written(tmp_path,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("ncguide: error: ") and all(w in err[0] for w in words), err
     assert not out.exists()
+
+
+def test_a_grid_over_run_lengths_is_allowed_with_the_accuracy_at_an_epoch(tmp_path, capsys):
+    argv = ["compare", *UFM, "--methods", "standard", "--grid", "epochs=1,2", "--selection-metric", "train_acc@1",
+            "--print-config"]
+    assert main(argv) == 0
+    assert "selection_metric: train_acc@1" in capsys.readouterr().out
 
 
 def test_bad_keys_in_a_config_file_name_the_file(tmp_path, capsys):

@@ -236,6 +236,25 @@ def test_cli_variant_named_after_a_method(tmp_path, capsys):
     assert shown["stratified"] is False and shown["methods"] == ["standard", "nearest-etf"]
 
 
+def test_train_with_a_config_file_of_variants_says_it_does_not_apply_them(tmp_path, capsys):
+    """``variants:`` is read by ``compare`` only: ``ncguide train`` says so in one line, with the flags that give
+    the trained method the comparison's settings; not when no variant is of the trained method."""
+    argv = ["train", "--config", "paper/ufm-k10", "--print-config"]
+    assert main([*argv, "--method", "nearest-etf"]) == 0
+    out = capsys.readouterr()
+    [line] = [x for x in out.err.splitlines() if "variants:" in x]
+    assert line == ("ncguide: warning: variants: in paper/ufm-k10 applies to `ncguide compare` only; `ncguide train` "
+                    "trains the file's base settings for nearest-etf (to train it as the comparison does, add --set "
+                    "stratified=true)")
+    assert yaml.safe_load(out.out)["stratified"] is False  # the base settings, as the line says
+    assert main([*argv, "--method", "standard"]) == 0
+    assert "variants:" not in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: digits\nmodel: mlp\nvariants: {frozen: {method: nearest-etf, freeze_after: 3}}\n")
+    assert main(["train", "--config", str(cfg), "--method", "nearest-etf", "--print-config"]) == 0
+    assert "for variant 'frozen': --set freeze_after=3)" in capsys.readouterr().err
+
+
 # -------------------------------------------------------------------------------- configs/paper
 
 PAPER_FILES = sorted(PAPER_DIR.glob("*.yaml"))
@@ -290,3 +309,13 @@ def test_every_setting_says_whose_choice_it_is(path):
     for line in path.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             assert "# paper" in line or "# ours" in line, f"{path.name}: {line!r}"
+
+
+@pytest.mark.parametrize("path", [p for p in PAPER_FILES if p.name.startswith("ufm")], ids=lambda p: p.name)
+def test_ufm_files_do_not_claim_the_code_for_what_it_lacks(path):
+    """The released code has no UFM: its optimiser, batches and epochs there are our assumption, so marked ours."""
+    marks = {line.partition(":")[0].strip(): line.partition("#")[2].strip() for line in path.read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#") and "#" in line}
+    for key in ("optimizer", "batch_size", "epochs", "variants"):
+        assert marks[key].startswith("ours") and "released code has no UFM" in marks[key], (key, marks[key])
+    assert marks["num_classes"].startswith("paper") and marks["dataset"].startswith("paper")

@@ -109,10 +109,18 @@ def test_parse_selection_metric(text, canonical):
     assert parse_selection_metric(text) == canonical
 
 
-@pytest.mark.parametrize("bad", ["fastest", "train_acc@", "train_acc@-1", "train_acc@1.5", "test_acc@3", 3, None])
+@pytest.mark.parametrize("bad", ["fastest", "train_acc@", "train_acc@-1", "train_acc@1.5", "test_acc@3", 3, None,
+                                 "train_acc@²", "train_acc@١"])  # digits that str.isdigit accepts and int() may not
 def test_parse_selection_metric_rejects(bad):
-    with pytest.raises(ValueError, match="selection_metric"):
+    with pytest.raises(ValueError, match="selection_metric") as e:
         parse_selection_metric(bad)
+    assert "choose sustained" in str(e.value)  # our message, not int()'s
+
+
+@pytest.mark.parametrize("text", ["train_acc@0", "train_acc@00"])
+def test_parse_selection_metric_refuses_epoch_0(text):
+    with pytest.raises(ValueError, match="epoch 0 is before any training"):
+        parse_selection_metric(text)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -130,34 +138,63 @@ def test_axis_edge_by_value_not_by_position():
 
 
 @pytest.mark.parametrize("values, side, expected, how", [
-    ([1e-3, 3e-3, 1e-2], "high", 1e-2 * (1e-2 / 3e-3), "ratio 3.33"),  # 1-3-10: log-spaced, the step at that end
-    ([1e-3, 3e-3, 1e-2], "low", 1e-3 / 3, "ratio 3"),
-    ([0.03, 1.0], "high", 1.0 / 0.03, "ratio 33.3"),  # two positive values: log-spaced
-    ([0.1, 0.5, 0.6], "high", 0.7, "difference 0.1"),  # ratios 5 and 1.2: linear
-    ([0.1, 0.5, 0.6], "low", -0.3, "difference 0.4"),  # beyond lr's range: the caller refuses it
-    ([0.0, 1e-4, 5e-4], "high", 9e-4, "difference 0.0004"),  # a zero: linear
+    # 1-3-10: the next term of ..., 0.1, 0.3, 1, 3, 10, 30, ... (not the end ratio 3.33)
+    ([1e-3, 3e-3, 1e-2], "high", 3e-2, "1-3-10 sequence"),
+    ([1e-3, 3e-3, 1e-2], "low", 3e-4, "1-3-10 sequence"),
+    ([1.0, 3.0, 10.0], "low", 0.3, "1-3-10 sequence"),
+    ([0.3, 1.0, 3.0, 10.0], "low", 0.1, "1-3-10 sequence"),  # the grid that one low extension makes
+    ([1, 3, 10], "high", 30, "1-3-10 sequence"),
+    ([1, 3], "high", 10, "1-3-10 sequence"),
+    # log-spaced: ratios more even than differences (3+ values), or two values a factor >= 2 apart
     ([64, 128, 256], "high", 512, "ratio 2"),
     ([64, 128, 256], "low", 32, "ratio 2"),
-    ([1, 2, 4, 5], "high", 6, "difference 1"),  # whole numbers stay whole
-    ([3, 5], "low", 1, "ratio 1.67"),  # 3 / (5/3) = 1.8, rounded away from the grid
+    ([1e-3, 1e-2, 1e-1, 0.5], "high", 2.5, "ratio 5"),  # one odd end value: its own ratio, still log-spaced
+    ([1e-3, 1e-2, 1e-1, 0.5], "low", 1e-4, "ratio 10"),
+    ([0.03, 1.0], "high", 1.0 / 0.03, "ratio 33.3"),
+    ([1, 2], "high", 4, "ratio 2"),
+    ([2, 8], "low", 1, "ratio 4"),  # 0.5: a half rounds toward the grid
+    ([4, 10], "low", 2, "ratio 2.5"),  # 1.6: the nearest whole number
+    # linear: the end difference
+    ([10, 11], "high", 12, "difference 1"),  # two values less than a factor 2 apart
+    ([10, 11], "low", 9, "difference 1"),
+    ([3, 5], "low", 1, "difference 2"),
+    ([2, 4, 6, 8], "high", 10, "difference 2"),
+    ([0.1, 0.5, 0.6], "high", 0.7, "difference 0.1"),  # ratios 5, 1.2 (spread 4.2) vs differences 0.4, 0.1 (4)
+    ([0.1, 0.5, 0.6], "low", -0.3, "difference 0.4"),  # beyond lr's range: the caller refuses it
+    ([0.0, 1e-4, 5e-4], "high", 9e-4, "difference 0.0004"),  # a zero: linear
 ])
 def test_extend_axis_by_its_own_step(values, side, expected, how):
     value, step = extend_axis(values, side)
-    assert value == pytest.approx(expected, rel=1e-5) and step == how
+    # a float is rounded to 6 significant digits: at most half a unit of the 6th, 5e-6 relative
+    assert value == pytest.approx(expected, rel=5e-6) and step == how
     assert type(value) is type(values[0])
     assert (value > max(values)) if side == "high" else (value < min(values))
     if isinstance(value, float):
         assert value == float(f"{value:.6g}")  # a readable folder name
 
 
-@pytest.mark.parametrize("values, why", [
-    (["sgd", "adam"], "not all numbers"),
-    ([True, False], "not all numbers"),
-    ([0.5], "single value"),
-    ([1.0, 1.0000001], "rounds to the edge"),
+def test_extend_axis_continues_the_one_three_sequence_round_after_round():
+    grid = [0.01, 0.03]
+    for expected in (0.1, 0.3, 1.0, 3.0):
+        value, how = extend_axis(grid, "high")
+        assert (value, how) == (expected, "1-3-10 sequence")
+        grid.append(value)
+    for expected in (3e-3, 1e-3, 3e-4):
+        value, _ = extend_axis(grid, "low")
+        assert value == expected
+        grid.insert(0, value)
+
+
+@pytest.mark.parametrize("values, side, why", [
+    (["sgd", "adam"], "high", "not all numbers"),
+    ([True, False], "high", "not all numbers"),
+    ([0.5], "high", "single value"),
+    ([1.0, 1.0000001], "high", "rounds to the edge"),
+    ([1, 2], "low", "rounds to the edge"),  # half of 1 is no whole number: refused, not 0
+    ([1, 3, 10], "low", "not a whole number above 0"),  # 0.3 on a whole-number axis
 ])
-def test_extend_axis_refuses(values, why):
-    value, reason = extend_axis(values, "high")
+def test_extend_axis_refuses(values, side, why):
+    value, reason = extend_axis(values, side)
     assert value is None and why in reason
 
 

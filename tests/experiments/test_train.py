@@ -181,6 +181,56 @@ def test_ctrl_c_on_the_last_step_of_an_epoch_resumes_without_an_extra_pass(tmp_p
     assert records(out)[-1]["step"] == 3 * spe
 
 
+UFM_ARGS = ["--dataset", "ufm", "--model", "ufm", "--set", "num_classes=4", "--set", "feature_dim=8", "--set",
+            "samples_per_class=5", "--epochs", "2", "--batch-size", "10", "--device", "cpu"]
+
+
+@pytest.mark.slow  # two processes that import torch
+@pytest.mark.parametrize("command", ["train", "compare"])
+def test_sigterm_during_the_first_evaluation_checkpoints_and_resumes(tmp_path, monkeypatch, command, one_thread):
+    """A scheduler's SIGTERM to ``ncguide train`` / ``compare`` (in-process) while the evaluation before training
+    runs: exit 130 like Ctrl-C, with a checkpoint at epoch 0 (no run folder left without one); the same command
+    then finishes it, equal to an uninterrupted run."""
+    from ncguide.experiments.cli import main
+
+    def argv(out):
+        head = ["train", "--method", "standard"] if command == "train" else ["compare", "--methods", "standard",
+                                                                             "--seeds", "1"]
+        return [*head, *UFM_ARGS, "--out", str(out)]
+
+    out, marker = tmp_path / "stopped", tmp_path / "evaluating"
+    run = out if command == "train" else out / "runs" / "standard" / "seed-0"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "cli", "--eval-sleep", "3", "--marker", str(marker), "--",
+                             *argv(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not marker.exists():  # the probe is inside the epoch-0 evaluation, sleeping 3 s per call
+        assert proc.poll() is None and time.time() < deadline, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "ncguide: interrupted" in err, err
+    ck = load_checkpoint(run / "checkpoint.pt")
+    assert (ck["epoch"], ck["step"], ck["finished"]) == (0, 0, False)
+    assert [r["epoch"] for r in records(run)] == [0]
+
+    import importlib
+
+    from train_script import Probe
+
+    from ncguide.experiments import report as report_mod
+
+    train_mod = importlib.import_module("ncguide.experiments.train")  # the same backbone (a probe) to resume
+    real = train_mod.build_backbone
+    monkeypatch.setattr(train_mod, "build_backbone", lambda cfg, ds: Probe(real(cfg, ds)))
+    monkeypatch.setattr(report_mod, "plot_figures", lambda runs, out: ["none.png"])  # not what this checks
+    assert main(argv(out)) == 0  # the same command resumes it
+    assert main(argv(tmp_path / "ref")) == 0  # uninterrupted
+    ref = tmp_path / "ref" if command == "train" else tmp_path / "ref" / "runs" / "standard" / "seed-0"
+    assert [r["epoch"] for r in records(run)] == [0, 1, 2]
+    assert without_wall(records(run)) == without_wall(records(ref))
+
+
 @pytest.mark.parametrize("method", ["standard", "nearest-etf"])
 def test_nan_features_stop_the_run_cleanly(tmp_path, method):
     cfg = cfg_of(method=method, epochs=3)

@@ -15,12 +15,15 @@ from ncguide.experiments.report import write_report
 from ncguide.experiments.verdict import (
     RESAMPLES,
     build_verdict,
+    length_caution,
     median_difference,
     median_ratio,
     midranks,
     permutation_p_value,
     ratio_of,
     resolve_focus,
+    smallest_p_value,
+    verdict_lines,
 )
 from ncguide.experiments.verdict import bootstrap_interval as interval
 
@@ -212,3 +215,168 @@ def test_report_opens_with_the_verdict_on_sustained_epochs(tmp_path, monkeypatch
     with pytest.raises(ValueError, match="focus 'fixed-etf'"):
         write_report(tmp_path, focus="fixed-etf")
     assert write_report(tmp_path, focus="standard")["verdict"]["baseline"] == "nearest-etf"
+
+
+# ----------------------------------------------------------------------------------------------------
+# the verdict in words: infinite and zero medians, too few seeds, left-out seeds
+
+
+def _strict(obj):
+    """The object as strict JSON text and back: NaN or Infinity tokens raise."""
+    from ncguide.experiments.files import json_text
+
+    def refuse(token):
+        raise ValueError(f"non-strict JSON token {token}")
+
+    return json.loads(json_text(obj), parse_constant=refuse)
+
+
+def _verdict(focus, base, acc_focus=None, acc_base=None, **extra):
+    data = _data(**{"standard": (base, acc_base or [0.9] * len(base)),
+                    "nearest-etf": (focus, acc_focus or [0.9] * len(focus))})
+    for m, more in extra.items():
+        data[m.replace("_", "-")].update(more)
+    v = build_verdict(data, "nearest-etf", 0.99)
+    assert _strict(v) == v  # strict JSON, and None (not NaN) where a value is infinite
+    return v, verdict_lines(v)
+
+
+def test_focus_never_sustained_reads_as_slower_with_an_infinite_interval():
+    v, lines = _verdict([INF] * 5, [3] * 5)
+    assert v["ratio"] is None and v["ci95"] == [None, None] and v["focus_never"] and not v["baseline_never"]
+    assert v["reading"] == "higher" and v["p_value"] == 2 / 252
+    assert "the median seed of `nearest-etf` never stays at training accuracy ≥ 99%" in lines[0]
+    assert "that of `standard` (the fastest other method) does from epoch 3 (ratio ∞)" in lines[0]
+    assert "95% interval ∞–∞ (slower: the whole interval lies above 1)" in lines[0]
+    assert "includes 1" not in lines[0] and "inf" not in lines[0]
+
+
+def test_baseline_at_the_threshold_from_epoch_0_is_not_read_as_the_focus_never_getting_there():
+    v, lines = _verdict([3, 3, 3], [0, 0, 0])
+    assert v["ratio"] is None and v["median"] == {"nearest-etf": 3.0, "standard": 0.0}
+    assert not v["focus_never"] and not v["baseline_never"]
+    assert "never" not in lines[0]
+    assert "`standard` is at training accuracy ≥ 99% from epoch 0, before any training, `nearest-etf` from epoch 3" \
+        in lines[0]
+    assert "(median seeds; `standard` is the fastest other method): ratio ∞, as any ratio to 0 epochs, so the " \
+           "threshold is too low for a ratio of epochs to measure speed" in lines[0]
+
+
+def test_baseline_never_sustained_reads_as_faster_with_ratio_0():
+    v, lines = _verdict([3] * 5, [INF] * 5)
+    assert v["ratio"] == 0.0 and v["baseline_never"] and not v["focus_never"] and v["reading"] == "lower"
+    assert "the median seed of `nearest-etf` stays at training accuracy ≥ 99% from epoch 3" in lines[0]
+    assert "that of `standard` (the fastest other method) never does within the epochs run (ratio 0)" in lines[0]
+    assert "0.00×" not in lines[0] and "faster: the whole interval lies below 1" in lines[0]
+
+
+def test_neither_sustained_says_the_runs_cannot_compare_speeds():
+    v, lines = _verdict([INF] * 4, [INF, INF, INF, 5])
+    assert v["ratio"] == 1.0 and v["focus_never"] and v["baseline_never"] and v["reading"] == "neither reached"
+    assert "the median seed of neither `nearest-etf` nor `standard`" in lines[0]
+    assert "neither method got there, so these runs cannot compare speeds" in lines[0]
+
+
+def test_a_finite_ratio_reads_as_before():
+    v, lines = _verdict([7, 8, 8, 9, 9], [10, 11, 11, 12, 13])
+    assert v["ratio"] == pytest.approx(8 / 11) and v["reading"] == "lower"
+    assert lines[0].startswith("**Verdict**: `nearest-etf` needs **0.73×** the epochs of `standard`")
+    assert "faster: the whole interval lies below 1" in lines[0] and "cannot reach" not in lines[0]
+
+
+def _brute_smallest_p(a, b) -> float:
+    """The smallest exact p-value over every way the pooled values of ``a`` and ``b`` could fall to the two
+    methods (each split taken as the observed one), by brute force."""
+    z = list(a) + list(b)
+    return min(_brute_p([z[i] for i in left], [z[i] for i in range(len(z)) if i not in left])
+               for left in itertools.combinations(range(len(z)), len(a)))
+
+
+@pytest.mark.parametrize("n_a, n_b", [(1, 1), (1, 3), (2, 2), (2, 3), (3, 3), (3, 4), (4, 4)])
+def test_smallest_p_value_without_ties_is_two_over_the_number_of_splits(n_a, n_b):
+    a, b = [10.0 * i for i in range(n_a)], [10.0 * i + 5 for i in range(n_b)]  # distinct values
+    assert smallest_p_value(a, b) == pytest.approx(_brute_smallest_p(a, b), rel=1e-15)
+    assert smallest_p_value(a, b) == pytest.approx(min(1.0, 2 / math.comb(n_a + n_b, n_a)), rel=1e-15)
+
+
+@pytest.mark.parametrize("a, b", [([3, 4], [5, 6, 7, 5, 6]), ([4, 4, 5], [4, 6, 6]), ([3, 3, 3], [3, 3, 3, 3])])
+def test_smallest_p_value_with_ties_is_the_brute_force_minimum(a, b):
+    """Ties can break the mirror symmetry: 2 vs 5 seeds with ties in the larger group reach p = 1/21, below the
+    2/21 of distinct values, so "cannot reach p < 0.05" must be judged on the values."""
+    assert smallest_p_value(a, b) == pytest.approx(_brute_smallest_p(a, b), rel=1e-15)
+    assert permutation_p_value(a, b)[0] >= smallest_p_value(a, b)
+    if a == [3, 4]:
+        assert smallest_p_value(a, b) == pytest.approx(1 / 21) and permutation_p_value(a, b)[0] == pytest.approx(1 / 21)
+        _, lines = _verdict(a, b)
+        assert "cannot reach" not in lines[0] and "p = 0.048 (2 vs 5 seeds)" in lines[0]
+
+
+@pytest.mark.parametrize("n, interval, floor", [(1, False, 1.0), (2, False, 1 / 3), (3, True, 0.1), (4, True, None)])
+def test_too_few_seeds_give_no_interval_and_say_what_p_they_can_reach(n, interval, floor):
+    """Every seed of the focus faster than every seed of the baseline: with 1 or 2 seeds a method no interval; the
+    clause on p < 0.05 while 2 / C(2n, n) > 0.05 (3 vs 3: 0.1), not from 4 vs 4 (0.029)."""
+    v, lines = _verdict([3 + i for i in range(n)], [10 + i for i in range(n)],
+                        [0.8 + 0.01 * i for i in range(n)], [0.9 + 0.01 * i for i in range(n)])
+    assert (v["ci95"] is not None) == interval and v["min_p_value"] == pytest.approx(2 / math.comb(2 * n, n))
+    assert v["p_value"] == pytest.approx(v["min_p_value"])  # the most extreme split there is
+    if not interval:
+        assert v["reading"] == "too few seeds" and v["test_acc"]["ci95"] is None
+        assert f"no interval: too few seeds ({n} vs {n}; a bootstrap interval needs at least 3 per method)" in lines[0]
+        assert "whole interval" not in lines[0] and "whole interval" not in lines[1]
+    if floor is None:
+        assert "cannot reach" not in lines[0] + lines[1]
+    else:
+        words = f"({n} vs {n} seeds; these seeds cannot reach p < 0.05: with these values the exact test gives at " \
+                f"least {floor:.2g})"
+        assert words in lines[0] and words in lines[1]
+
+
+def test_the_baseline_choice_is_named_as_not_accounted_for():
+    _, lines = _verdict([7, 8, 9], [8, 9, 10])
+    assert "The baseline is the fastest other method on these same seeds, a choice the interval and p-value do not " \
+           "account for" in lines[2]
+
+
+def test_a_diverged_seed_is_left_out_of_the_test_accuracy_comparison():
+    """The diverged seed's last (pre-divergence) test accuracy is the highest of all; it must not count."""
+    focus_acc = [0.80, 0.81, 0.82, 0.99]
+    v, lines = _verdict([INF, 5, 6, 7], [5, 6, 7, 8], focus_acc, [0.85, 0.86, 0.87, 0.88],
+                        nearest_etf={"diverged": [0]})
+    acc = v["test_acc"]
+    assert acc["seeds"] == {"nearest-etf": [1, 2, 3], "standard": [0, 1, 2, 3]}
+    assert acc["median"]["nearest-etf"] == pytest.approx(100 * statistics.median(focus_acc[1:]))
+    assert acc["p_value"] == _brute_p([81, 82, 99], [85, 86, 87, 88])
+    assert acc["left_out"]["nearest-etf"] == {"diverged": [0], "no_value": []}
+    assert "(left out: `nearest-etf`: seed 0 diverged, so its last test accuracy predates the divergence)" in lines[1]
+
+
+def test_missing_test_accuracies_are_said_for_what_they_are():
+    # no test split (the UFM): null for every seed
+    v, lines = _verdict([5, 6, 7], [6, 7, 8], [None] * 3, [None] * 3)
+    assert "the data set has no test split" in v["test_acc"]["why"] and lines[1].startswith(
+        "Final test accuracy: not compared: no seed has a final test accuracy")
+    # one seed's value is not a number: left out and named, the rest compared
+    v, lines = _verdict([5, 6, 7, 8], [6, 7, 8, 9], [0.8, math.nan, 0.82, 0.83], [0.8] * 4)
+    assert v["test_acc"]["left_out"]["nearest-etf"] == {"diverged": [], "no_value": [1]}
+    assert v["test_acc"]["seeds"]["nearest-etf"] == [0, 2, 3] and "no test split" not in lines[1]
+    assert "seed 1 without a finite final test accuracy (null or NaN in the log)" in lines[1]
+    # every seed of one method diverged
+    v, lines = _verdict([INF] * 3, [6, 7, 8], [0.8] * 3, [0.8] * 3, nearest_etf={"diverged": [0, 1, 2]})
+    assert v["test_acc"]["why"].startswith("no seed of `nearest-etf` has a final test accuracy to compare (seeds "
+                                           "0, 1, 2 diverged")
+
+
+def test_report_cautions_when_runs_differ_in_length(tmp_path, monkeypatch):
+    monkeypatch.setattr(report_mod, "plot_figures", lambda runs, out: [])
+    for s in range(3):
+        _write(tmp_path, "standard", s, [0.5, 0.995, 0.996, 0.997], 0.9)
+        _write(tmp_path, "nearest-etf", s, [0.5, 0.995], 0.9)
+        for method, epochs in (("standard", 3), ("nearest-etf", 1)):
+            (tmp_path / "runs" / method / f"seed-{s}" / "config.json").write_text(
+                json.dumps({"method": method, "seed": s, "epochs": epochs, "eval_every": 1}))
+    summary = write_report(tmp_path)
+    assert summary["run_lengths"] == {"standard": [[3, 1]], "nearest-etf": [[1, 1]]}
+    md = (tmp_path / "report.md").read_text()
+    assert "Caution: the runs differ in length (`standard` 3 epochs evaluated every 1; `nearest-etf` 1 epoch " \
+           "evaluated every 1)" in md
+    assert length_caution({"standard": [[3, 1]], "nearest-etf": [[3, 1]]}) is None

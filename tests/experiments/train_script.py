@@ -2,11 +2,15 @@
 (or under torchrun).
 
     python tests/experiments/train_script.py OUT_DIR CONFIG_JSON [--sleep S --sleep-after N] [--no-resume]
+    python tests/experiments/train_script.py cli --eval-sleep S --marker FILE -- ARGS...
 
 ``Probe`` wraps the configured backbone: it counts training forward calls in ``OUT_DIR/calls.txt``,
 sleeps ``S`` seconds per training call after the first ``N`` (a window for the test to kill the
 process inside an epoch), and can return NaN features at call ``nan_at`` or send itself SIGINT at
-call ``sigint_at``. None of this changes the arithmetic of a run.
+call ``sigint_at``; with ``eval_sleep`` it creates the file ``marker`` at its first evaluation call and
+sleeps that long per evaluation call (a window inside the evaluation before training). None of this
+changes the arithmetic of a run. The ``cli`` form runs ``ncguide ARGS...`` (``cli.main``) with every
+backbone the training loop builds wrapped in such a probe.
 """
 
 from __future__ import annotations
@@ -24,17 +28,22 @@ from torch import nn
 
 
 class Probe(nn.Module):
-    def __init__(self, inner: nn.Module, out_dir=None, sleep=0.0, sleep_after=0, nan_at=None, sigint_at=None):
+    def __init__(self, inner: nn.Module, out_dir=None, sleep=0.0, sleep_after=0, nan_at=None, sigint_at=None,
+                 eval_sleep=0.0, marker=None):
         super().__init__()
         self.inner = inner
         self.feature_dim = inner.feature_dim
         self.out_dir, self.sleep, self.sleep_after = out_dir, sleep, sleep_after
         self.nan_at, self.sigint_at = nan_at, sigint_at
+        self.eval_sleep, self.marker = eval_sleep, marker
         self.calls = 0
 
     def forward(self, x):
         h = self.inner(x)
         if not self.training:
+            if self.marker is not None and not Path(self.marker).exists():
+                Path(self.marker).write_text("evaluating\n")
+            time.sleep(self.eval_sleep)
             return h
         self.calls += 1
         if self.out_dir is not None:
@@ -58,7 +67,27 @@ def build_probe(cfg, **kwargs) -> Probe:
     return Probe(build_model(cfg.model, ds.input_shape, ds.num_classes, **cfg.model_kwargs), **kwargs)
 
 
+def cli(argv: list[str]) -> int:
+    """``ncguide ARGS`` with the training loop's backbones wrapped in a ``Probe`` (``--eval-sleep``, ``--marker``)."""
+    import importlib
+
+    from ncguide.experiments.cli import main as ncguide
+
+    train_mod = importlib.import_module("ncguide.experiments.train")  # the module (the package exports a function)
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--eval-sleep", type=float, default=0.0)
+    p.add_argument("--marker", default=None)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    args = p.parse_args(argv)
+    real = train_mod.build_backbone
+    train_mod.build_backbone = lambda cfg, ds: Probe(real(cfg, ds), eval_sleep=args.eval_sleep, marker=args.marker)
+    return ncguide(args.args[1:] if args.args[:1] == ["--"] else args.args)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["cli"]:
+        sys.exit(cli(sys.argv[2:]))
     from ncguide.experiments.config import TrainConfig
     from ncguide.experiments.train import train
 

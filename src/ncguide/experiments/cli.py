@@ -13,7 +13,8 @@ came from) and exits with status 2, leaving no output folder behind (set the env
 does a run whose files cannot be written (disk full, quota, read-only file system: one line naming the
 file; re-running the same command resumes from the last checkpoint), and so does a compare whose runs in
 child processes or Slurm jobs failed (one line naming each failed run and its log; ``launch.RunsFailedError``);
-Ctrl-C exits with 130. Warnings are one line ``ncguide: warning: ...``.
+Ctrl-C exits with 130, and so does SIGTERM for ``train`` and ``compare`` (a scheduler's kill: the run saves a
+checkpoint at its current step first, as for Ctrl-C). Warnings are one line ``ncguide: warning: ...``.
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ import difflib
 import errno
 import math
 import os
+import signal
 import sys
+import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 __all__ = ["main", "build_parser", "resolve_config"]
@@ -508,8 +513,9 @@ def _cmd_train(args) -> int:
         if key.partition(".")[0] in _COMPARE_KEYS:
             raise ConfigError(key, f"{key} is a key of `ncguide compare`; `ncguide train` trains one method with one "
                                    "seed: use --method and --seed (or run ncguide compare)")
-    d, _ = resolve_config(args, {"method": args.method, "seed": args.seed})  # methods/seeds of a compare
+    d, compare = resolve_config(args, {"method": args.method, "seed": args.seed})  # methods/seeds of a compare
     cfg = TrainConfig.from_dict(d)
+    _warn_variants(compare.get("variants"), cfg.method, args.config)
     if args.print_config:
         _warn_ignored(cfg, set(d), args)
         return _print_config(cfg.to_dict())
@@ -525,6 +531,25 @@ def _cmd_train(args) -> int:
     print(f"logs: {out / 'metrics.jsonl'}  config: {out / 'config.json'}  checkpoint: {out / 'checkpoint.pt'}")
     print(f"figures: {', '.join(str(out / f) for f in figures[:1])} and {len(figures) - 1} more in {out}")
     return 0
+
+
+def _warn_variants(variants, method: str, config: str | None) -> None:
+    """``ncguide train``: one warning when the config file's ``variants:`` (read by ``compare`` only) would give the
+    trained method settings of its own, naming the ``--set`` flags that apply them."""
+    if not isinstance(variants, dict):
+        return
+    specs = {n: s for n, s in variants.items() if isinstance(s, dict) and s.get("method", n) == method}
+    if not specs:
+        return
+
+    def flags(spec: dict) -> str:
+        text = {True: "true", False: "false", None: "none"}
+        return " ".join(f"--set {k}={text.get(v, v) if not isinstance(v, (list, dict)) else v}"
+                        for k, v in spec.items() if k != "method") or "nothing"
+
+    how = "; ".join(flags(s) if n == method else f"for variant {n!r}: {flags(s)}" for n, s in specs.items())
+    warnings.warn(f"variants: in {config} applies to `ncguide compare` only; `ncguide train` trains the file's base "
+                  f"settings for {method} (to train it as the comparison does, add {how})", stacklevel=2)
 
 
 def _warn_ignored(cfg, given: set[str], args: argparse.Namespace) -> None:
@@ -668,9 +693,27 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+@contextmanager
+def _sigterm_as_ctrl_c(enabled: bool) -> Iterator[None]:
+    """``train`` and ``compare``: a SIGTERM (a scheduler's kill, ``kill PID``) stops like Ctrl-C — the run in this
+    process checkpoints at its current step, runs in child processes are stopped, exit 130 — as it does for
+    the children themselves (``run_one``)."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from .run_one import sigterm_as_ctrl_c
+
+    previous = signal.signal(signal.SIGTERM, sigterm_as_ctrl_c)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
-        return _COMMANDS[args.command](args)
+        with _sigterm_as_ctrl_c(args.command in ("train", "compare")):
+            return _COMMANDS[args.command](args)
     except BrokenPipeError:  # output piped into `head` and closed early
         sys.stdout = open(os.devnull, "w")  # silences the flush at exit
         return 1

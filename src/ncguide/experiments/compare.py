@@ -73,7 +73,7 @@ from .config import (
     read_value,
     with_defaults,
 )
-from .files import atomic_write_text, read_jsonl
+from .files import atomic_write_text, json_text, read_jsonl
 from .launch import LaunchConfig, Run, drive, make_launcher, parse_launch
 from .locks import rank0_folder_lock
 from .report import (
@@ -85,7 +85,7 @@ from .report import (
     summary_table,
     write_report,
 )
-from .runlog import METRICS
+from .runlog import METRICS, log_has_results
 from .selection import (
     DEFAULT_SELECTION_METRIC,
     extend_axis,
@@ -348,6 +348,7 @@ def run_compare(
     _check_grid_keys_used(planned, grid)
     _check_report_epochs_reached(planned, report_epochs)
     check_all_buildable(planned.values())
+    _check_run_lengths(grid, selection_metric)
     if metric_epoch(selection_metric) is not None and len(points) > 1:
         _check_metric_epoch(selection_metric, [r.cfg for r in selection])
     notes = _ignored_settings(given, variants, planned)
@@ -396,7 +397,7 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
     if not grid:
         (out_dir / SELECTION).unlink(missing_ok=True)
     elif len(points) == 1:  # nothing to select; with more points selection.json is written once all are selected
-        atomic_write_text(out_dir / SELECTION, json.dumps({
+        atomic_write_text(out_dir / SELECTION, json_text({
             "primary": None, "selection_metric": rule.metric, "grid": grid, "selection_seeds": [],
             "report_seeds": seeds, "selected": {m: points[0] for m in methods},
             "folders": {m: point_name(points[0]) for m in methods},
@@ -484,8 +485,9 @@ def _tune_method(out_dir: Path, m: str, k: int, grid: dict, sel_seeds: list[int]
     at = ", ".join(f"{key} {e}" for key, e in edges.items() if e)
     log(f"selected for {m}: {winner} (median {selection_metric_label(rule.metric, threshold)}: {value})"
         f"{f' at the grid edge ({at})' if at else ''}")
+    # a refusal is news only while the winner still sits at that edge (a later round may have moved it inside)
     return {"winner": candidates[winner], "rows": rows, "edges": edges, "grid": grid_m, "extensions": extensions,
-            "refused": list(refused.values())}
+            "refused": [r for (key, side), r in refused.items() if edges.get(key) == side]}
 
 
 def _write_tuning(out_dir: Path, methods: list[str], seeds: list[int], grid: dict, sel_seeds: list[int],
@@ -496,7 +498,7 @@ def _write_tuning(out_dir: Path, methods: list[str], seeds: list[int], grid: dic
     extensions = sorted((e for m in methods for e in tuned[m]["extensions"]),
                         key=lambda e: (e["round"], rank[e["method"]]))
     refused = sorted((r for m in methods for r in tuned[m]["refused"]), key=lambda r: (r["_round"], rank[r["method"]]))
-    atomic_write_text(out_dir / SELECTION, json.dumps({
+    atomic_write_text(out_dir / SELECTION, json_text({
         "primary": {"key": "train_acc", "op": ">=", "value": threshold}, "selection_metric": rule.metric,
         "grid": grid, "grids": {m: tuned[m]["grid"] for m in methods}, "extend_edges": rule.extend_edges,
         "selection_seeds": sel_seeds, "report_seeds": seeds,
@@ -528,6 +530,21 @@ def _check_metric_epoch(metric: str, configs: list[TrainConfig]) -> None:
             raise ConfigError("selection_metric", f"selection_metric {metric}: epoch {epoch} is not evaluated by "
                                                   f"runs of {cfg.epochs} epochs evaluated every {cfg.eval_every}; "
                                                   "pick an evaluated epoch")
+
+
+_LENGTH_KEYS = ("epochs", "eval_every")  # a grid over them compares runs of different lengths
+
+
+def _check_run_lengths(grid: dict, metric: str) -> None:
+    """ConfigError for a grid over ``epochs`` or ``eval_every`` unless the metric is ``train_acc@E``: runs of other
+    lengths follow other schedules and are evaluated at other epochs, so their sustained or first epochs and
+    mean errors do not compare; the accuracy at one epoch that every run evaluates does."""
+    varied = [k for k in _LENGTH_KEYS if len(grid.get(k, ())) > 1]
+    if varied and metric_epoch(metric) is None:
+        raise ConfigError("grid", f"a grid over {varied[0]} compares runs of different lengths, which the selection "
+                                  f"metric {metric} cannot rank fairly (a shorter run has fewer epochs to fall back, "
+                                  "and its schedule and evaluations differ); use --selection-metric train_acc@E with "
+                                  f"E evaluated by every run, or one compare per {varied[0]}")
 
 
 def _parse_rounds(n) -> int:
@@ -631,19 +648,11 @@ def _grid_points(grid: dict[str, list]) -> list[dict]:
 
 def _run_folders(out_dir: Path) -> list[Path]:
     """Every ``runs/<method>/seed-<s>`` and ``runs/<method>/<point>/seed-<s>`` folder that holds results: a
-    checkpoint, or a log with records. A run that failed before its first checkpoint (e.g. a child process
-    killed while loading data) left nothing to keep or to identify, and is trained afresh."""
+    checkpoint, or a log with records after epoch 0 (``runlog.log_has_results``). A run stopped before its first
+    checkpoint (killed while loading data or during the evaluation before training) left nothing to keep or
+    to identify, and is trained afresh."""
     found = [*out_dir.glob("runs/*/seed-*"), *out_dir.glob("runs/*/*/seed-*")]
-    return sorted(p for p in found if p.is_dir() and ((p / CHECKPOINT).exists() or _has_records(p / METRICS)))
-
-
-def _has_records(path: Path) -> bool:
-    try:
-        return bool(path.read_text(errors="replace").strip())
-    except FileNotFoundError:
-        return False
-    except OSError:
-        return True  # unreadable: judged (and refused) as a folder with results
+    return sorted(p for p in found if p.is_dir() and ((p / CHECKPOINT).exists() or log_has_results(p / METRICS)))
 
 
 def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], base: dict, grid: dict, variants: dict,
@@ -661,8 +670,9 @@ def _check_existing_runs(out_dir: Path, planned: dict[Path, TrainConfig], base: 
         if cfg is not None and not resume:
             continue  # retrained from scratch
         if not (folder / CHECKPOINT).is_file():
-            raise ValueError(f"{folder} holds run files but no {CHECKPOINT}, so what run it is cannot be "
-                             f"established; delete that folder (or pass --no-resume to retrain it), or {advice}")
+            raise ValueError(f"{folder} holds results (records after epoch 0 in {METRICS}) but no {CHECKPOINT}, so "
+                             "what run it is cannot be established; delete that folder (or pass --no-resume to "
+                             f"retrain it), or {advice}")
         ckpt = load_checkpoint(folder / CHECKPOINT)
         saved = with_defaults(ckpt["config"])
         wanted = cfg.to_dict() if cfg is not None else _expected_config(out_dir, folder, saved, base, grid,

@@ -1,18 +1,20 @@
 """Run files: atomic writes (a crash or Ctrl-C leaves the old file or the new one, never a torn one),
-durable appends (the line is on disk when :func:`append_line` returns), reading JSON-lines logs that a
-killed run may have left with a cut-off last line, and cutting a log back to the size it had at a
-checkpoint."""
+durable appends (the line is on disk when :func:`append_line` returns), strict JSON text (:func:`json_text`:
+every file and log line we write parses with any JSON parser), reading JSON-lines logs that a killed run may
+have left with a cut-off last line, and cutting a log back to the size it had at a checkpoint."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
-__all__ = ["atomic_write", "atomic_write_text", "append_line", "read_jsonl", "last_record", "truncate"]
+__all__ = ["atomic_write", "atomic_write_text", "json_text", "finite_or_none", "append_line", "read_jsonl",
+           "last_record", "truncate"]
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
@@ -61,6 +63,25 @@ class _Recording:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """``Path.write_text``, atomically (UTF-8)."""
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def finite_or_none(obj: Any) -> Any:
+    """``obj`` with every non-finite float (``nan``, ``inf``, ``-inf``) replaced by None, in dicts, lists and
+    tuples at any depth (tuples become lists, as JSON has them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_none(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = None) -> str:
+    """``obj`` as strict JSON (RFC 8259): non-finite floats become ``null`` (:func:`finite_or_none`; the
+    file's documentation says what a ``null`` stands for), never the ``NaN``/``Infinity`` tokens that
+    Python's ``json`` writes by default and other parsers refuse."""
+    return json.dumps(finite_or_none(obj), indent=indent, allow_nan=False)
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import itertools
-import json
 import os
 import signal
 import subprocess
@@ -47,7 +46,7 @@ from typing import TYPE_CHECKING
 
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .config import ConfigError, Rule, TrainConfig, read_integer
-from .files import atomic_write_text, last_record
+from .files import atomic_write_text, json_text, last_record
 from .machine import CONCURRENT_ENV
 from .progress import CompareProgress
 from .report import DIVERGED, short_record
@@ -301,7 +300,7 @@ def write_spec(run: Run, resume: bool, threads: int | None) -> None:
     """``RUN_DIR/launch.json``: what ``run_one`` trains."""
     run.path.mkdir(parents=True, exist_ok=True)
     spec = {"config": run.cfg.to_dict(), "resume": resume, "threads": threads}
-    atomic_write_text(run.path / LAUNCH_SPEC, json.dumps(spec, indent=2) + "\n")
+    atomic_write_text(run.path / LAUNCH_SPEC, json_text(spec, indent=2) + "\n")
 
 
 def start_child(run_dir: Path, gpus: int, env: dict[str, str]) -> subprocess.Popen:

@@ -28,6 +28,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .files import json_text
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; folders are not locked there
@@ -82,7 +84,7 @@ def folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Non
             info = {"pid": os.getpid(), "host": socket.gethostname(),
                     "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": " ".join(sys.argv)}
             os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(info) + "\n").encode("utf-8"), 0)
+            os.pwrite(fd, (json_text(info) + "\n").encode("utf-8"), 0)
         yield
     finally:
         if locked:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write_text
+from .files import atomic_write_text, json_text
 
 __all__ = ["MACHINE", "CONCURRENT_ENV", "IDENTITY", "cpu_model", "machine_info", "record_start", "read_starts",
            "summarize_machines", "machine_lines"]
@@ -82,7 +82,7 @@ def record_start(out: Path, device: torch.device, world_size: int, epoch: int, f
     a run trained from scratch, whose earlier entries described results it replaces) and return the entry."""
     entry = {"started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "epoch": epoch, **machine_info(device, world_size)}
     starts = [] if fresh else read_starts(out) or []
-    atomic_write_text(out / MACHINE, json.dumps({"starts": [*starts, entry]}, indent=2) + "\n")
+    atomic_write_text(out / MACHINE, json_text({"starts": [*starts, entry]}, indent=2) + "\n")
     return entry
 
 

@@ -45,10 +45,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_text, read_jsonl
+from .files import atomic_write_text, json_text, read_jsonl
 from .machine import machine_lines, read_starts, summarize_machines
 from .runlog import check_run_log
-from .verdict import build_verdict, resolve_focus, verdict_lines
+from .verdict import build_verdict, length_caution, resolve_focus, verdict_lines
 
 __all__ = [
     "FIGURES",
@@ -875,8 +875,26 @@ def _verdict(out_dir: Path, runs: dict[str, dict[int, list[dict]]], summary: dic
         finals = [recs[-1] for recs in by_seed.values()]
         data[method] = {"seeds": list(by_seed), "sustained": [math.inf if e is None else e for e in kept],
                         "test_acc": [_num(f["test_acc"]) if f.get("test_acc") is not None else None for f in finals],
-                        "train_loss": [_num(f.get("train_loss")) for f in finals]}
+                        "train_loss": [_num(f.get("train_loss")) for f in finals],
+                        "diverged": summary.get("diverged", {}).get(method, [])}
     return build_verdict(data, focus, summary["thresholds"]["train_acc"]["value"], families)
+
+
+def _run_lengths(out_dir: Path, runs: dict[str, dict[int, list[dict]]]) -> dict[str, list[list[int]]]:
+    """``{method: [[epochs, eval_every], ...]}``: the distinct lengths of the reported runs (their ``config.json``;
+    a run without one is left out)."""
+    folders = run_folders(out_dir)
+    lengths = {}
+    for method, by_seed in runs.items():
+        pairs = set()
+        for seed in by_seed:
+            try:
+                cfg = json.loads((folders[method][seed] / "config.json").read_text())
+                pairs.add((int(cfg["epochs"]), int(cfg.get("eval_every", 1))))
+            except (OSError, KeyError, TypeError, ValueError):
+                continue
+        lengths[method] = [list(x) for x in sorted(pairs)]
+    return lengths
 
 
 def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] | None = None,
@@ -908,13 +926,16 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
         summary["selection_metric"] = selection.get("selection_metric", "first")
         summary["edge"] = selection.get("edge", {})
     summary["verdict"] = _verdict(out_dir, runs, summary, focus)
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    summary["run_lengths"] = _run_lengths(out_dir, runs)  # verdict.length_caution: runs of unlike lengths
+    atomic_write_text(out_dir / "summary.json", json_text(summary, indent=2) + "\n")
     figures = plot_figures(runs, out_dir)
     t = summary["thresholds"]
     reach = "; ".join(_threshold_label(k, v["op"], v["value"]) for k, v in t.items())
     md = ["# ncguide comparison", ""]
     if summary["verdict"] is not None:
         md += [*verdict_lines(summary["verdict"], summary.get("edge")), ""]
+    if (caution := length_caution(summary["run_lengths"])) is not None:
+        md += [caution, ""]
     md += [_setup_line(configs, runs, set(selection["grid"]) if selection else set()), ""]
     if selection is not None:
         md += _selection_section(selection)

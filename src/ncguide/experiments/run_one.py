@@ -26,7 +26,7 @@ import sys
 import traceback
 from pathlib import Path
 
-__all__ = ["main"]
+__all__ = ["main", "sigterm_as_ctrl_c"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     run_dir = Path(argv[0])
-    signal.signal(signal.SIGTERM, _stop_once)
+    signal.signal(signal.SIGTERM, sigterm_as_ctrl_c)
     if hasattr(signal, "SIGUSR2"):
         signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     rank0 = int(os.environ.get("RANK", "0")) == 0
@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _stop_once(signum, frame) -> None:
-    """First SIGTERM: act as Ctrl-C (``train`` checkpoints at the current step, then stops); later ones: ignored."""
+def sigterm_as_ctrl_c(signum, frame) -> None:
+    """A SIGTERM handler: the first SIGTERM acts as Ctrl-C (a SIGINT to this process: ``train`` checkpoints at the
+    current step, then stops); later ones are ignored. Also installed by ``ncguide train`` and ``compare``."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     os.kill(os.getpid(), signal.SIGINT)
 

@@ -30,11 +30,11 @@ from pathlib import Path
 
 from .checkpoint import CHECKPOINT, ResumeError, load_checkpoint
 from .config import with_defaults
-from .files import atomic_write, atomic_write_text, truncate
+from .files import atomic_write, atomic_write_text, json_text, truncate
 from .locks import rank0_folder_lock
 
 __all__ = ["METRICS", "CONFIG", "log_state", "restore_log", "restore_config", "finished_record", "expected_epochs",
-           "check_run_log"]
+           "log_has_results", "check_run_log"]
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"  # a copy of the checkpoint's config, for people (the run's identity is the checkpoint's)
@@ -127,7 +127,7 @@ def restore_config(run_dir: str | os.PathLike, ckpt: dict, write: bool = True) -
     except (OSError, ValueError):
         pass
     if write:
-        atomic_write_text(path, json.dumps(saved, indent=2) + "\n")
+        atomic_write_text(path, json_text(saved, indent=2) + "\n")
         warnings.warn(f"{path} did not hold the run's config; rewrote it from {path.parent / CHECKPOINT}",
                       stacklevel=2)
 
@@ -147,6 +147,26 @@ def finished_record(run_dir: str | os.PathLike) -> dict:
 def expected_epochs(epochs: int, eval_every: int = 1) -> list[int]:
     """The epochs a complete run logs: 0, every ``eval_every``-th, and the last."""
     return [0] + [e for e in range(1, epochs + 1) if e % eval_every == 0 or e == epochs]
+
+
+def log_has_results(path: str | os.PathLike) -> bool:
+    """Whether a run's log holds results that a fresh start would not write again: a record after epoch 0.
+
+    A run killed before its first checkpoint leaves at most the epoch-0 record (the evaluation before any
+    training, which a fresh start writes again) and a cut line: no results, so the folder can be trained
+    afresh. Records at epoch 0 only, or none (a missing or empty log): no results. Any other record, a complete
+    line that cannot be read, or a log that cannot be read: results (kept, never overwritten)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes() if path.is_file() else b""
+    except OSError:
+        return True
+    lines, _ = _split(data)  # a cut last line is no record
+    records, bad = _records(lines)
+    if bad is not None:
+        return True
+    epochs = [r.get("epoch") for r in records]
+    return not all(isinstance(e, int) and not isinstance(e, bool) and e == 0 for e in epochs)
 
 
 def check_run_log(run_dir: str | os.PathLike) -> str | None:

@@ -8,7 +8,7 @@ Selection metrics, each a *cost* of one run's log (lower is better), ``A`` = the
 - ``first``: the first evaluated epoch with ``train_acc >= A`` (inf if none).
 - ``auc``: the mean training error ``mean_e (1 - train_acc_e)`` over every evaluated epoch (epoch 0, before
   training, included: the same for every point of one method and data set).
-- ``train_acc@E``: the training accuracy at epoch ``E`` (higher is better; its cost is the error
+- ``train_acc@E``: the training accuracy at epoch ``E >= 1`` (higher is better; its cost is the error
   ``1 - train_acc_E``; inf when epoch ``E`` was not evaluated).
 
 A diverged run (its log stands as one record with ``train_acc`` NaN and ``train_loss`` inf) costs inf under
@@ -18,10 +18,23 @@ to the earlier grid point.
 
 Edges: on a numeric grid axis (two or more values, all numbers) a winner at the smallest value is at the
 ``"low"`` edge, at the largest at the ``"high"`` one; anywhere else, or on an axis of one value or of
-non-numbers, ``None``. :func:`extend_axis` gives the value one step beyond an edge: the grid's own ratio at
-that end when its values are positive and log-spaced (successive ratios within a factor 1.25 of each other,
-e.g. 1-3-10 or 1-2-5 grids), else its own difference there; rounded to 6 significant digits (whole numbers
-stay whole, rounded away from the grid).
+non-numbers, ``None``. :func:`extend_axis` gives the value one step beyond an edge, by the first rule that
+fits the axis's sorted values:
+
+1. *1-3-10*: positive values that are successive terms of ..., 0.1, 0.3, 1, 3, 10, 30, ... (``{1, 3} ·
+   10^k``; two or more of them): the next term of that sequence (``1e-3, 3e-3, 1e-2`` → ``3e-2`` and
+   ``3e-4``);
+2. *log-spaced*: positive values, and either three or more whose successive ratios are more even than
+   their successive differences (max/min of the ratios <= max/min of the differences), or exactly two
+   of which the larger is at least twice the smaller: the ratio of the two values at that end
+   (``64, 128, 256`` → 512; ``1e-3, 1e-2, 0.1, 0.5`` → 2.5 and ``1e-4``);
+3. otherwise *linear*: the difference of the two values at that end (``10, 11`` → 12 and 9; ``0, 1e-4,
+   5e-4`` → ``9e-4``).
+
+A float is rounded to 6 significant digits (readable folder names). An axis of whole numbers stays whole:
+the nearest whole number, a half rounded toward the grid; a step that then lands on the edge value or
+inside the grid, or at 0 or below on a positive (1-3-10 or log-spaced) axis, is refused (``1, 2`` → 4,
+and nothing below 1).
 """
 
 from __future__ import annotations
@@ -44,20 +57,24 @@ __all__ = [
 
 SELECTION_METRICS = ("sustained", "first", "auc", "train_acc@E")
 DEFAULT_SELECTION_METRIC = "sustained"
-_LOG_SPACED = 1.25  # successive ratios within this factor of each other: the values are log-spaced
 _DIGITS = 6  # significant digits of an extended float value (readable folder names, no float noise)
 
 
 def parse_selection_metric(metric: str) -> str:
-    """``"sustained"``, ``"first"``, ``"auc"`` or ``"train_acc@E"`` (``E`` a whole epoch >= 0), returned in
-    canonical form; anything else is a ``ValueError`` listing the choices."""
+    """``"sustained"``, ``"first"``, ``"auc"`` or ``"train_acc@E"`` (``E`` a whole epoch >= 1 in decimal digits:
+    epoch 0 is before training), returned in canonical form; anything else is a ``ValueError`` listing the
+    choices."""
     text = str(metric).strip() if isinstance(metric, str) else None
     if text in ("sustained", "first", "auc"):
         return text
-    if text is not None and text.startswith("train_acc@") and text[len("train_acc@"):].strip().isdigit():
-        return f"train_acc@{int(text[len('train_acc@'):])}"
+    digits = text[len("train_acc@"):].strip() if text is not None and text.startswith("train_acc@") else ""
+    if digits and all(c in "0123456789" for c in digits):  # not str.isdigit: it accepts '²', which int() refuses
+        if int(digits) == 0:
+            raise ValueError(f"selection_metric {metric!r}: epoch 0 is before any training, so its accuracy says "
+                             "nothing of a grid point's training; pick an epoch >= 1 (e.g. train_acc@50)")
+        return f"train_acc@{int(digits)}"
     raise ValueError(f"unknown selection_metric {metric!r}; choose sustained (default), first, auc or train_acc@E "
-                     "(E a whole epoch, e.g. train_acc@50)")
+                     "(E a whole epoch >= 1, e.g. train_acc@50)")
 
 
 def metric_epoch(metric: str) -> int | None:
@@ -97,7 +114,8 @@ def select_point(runs: Mapping[str, Mapping[int, list[dict]]], threshold: float 
     the seeds, then the median final ``train_loss``, then grid order. Returns ``(winner, rows)``; rows (grid
     order) hold ``point``, ``value`` (the median in the metric's units, None for never), ``per_seed``,
     ``reached`` (seeds with a finite value), ``total``, ``first`` and ``sustained`` (median epochs to the
-    threshold, None for never), ``final_train_loss``, ``final_train_acc``, ``rank`` (1 = winner)."""
+    threshold, None for never), ``final_train_loss`` and ``final_train_acc`` (medians of the last records, a
+    diverged seed counting as the worst value: None when the median is one), ``rank`` (1 = winner)."""
     metric = parse_selection_metric(metric)
     rows = []
     for order, (name, by_seed) in enumerate(runs.items()):
@@ -112,8 +130,8 @@ def select_point(runs: Mapping[str, Mapping[int, list[dict]]], threshold: float 
             "point": name, "value": _value(metric, med), "per_seed": [_value(metric, c) for c in costs],
             "reached": sum(math.isfinite(c) for c in costs), "total": len(costs),
             "first": None if math.isinf(first) else first, "sustained": None if math.isinf(kept) else kept,
-            "final_train_loss": None if math.isinf(loss) else loss,
-            "final_train_acc": median_or_inf([f.get("train_acc", math.nan) for f in finals]),
+            "final_train_loss": _finite(loss),
+            "final_train_acc": _finite(-median_or_inf([-_num(f.get("train_acc")) for f in finals])),
             "_key": (med, loss, order),
         })
     if not rows:
@@ -150,31 +168,68 @@ def winner_edges(grid: Mapping[str, Sequence], point: Mapping[str, object]) -> d
 
 def extend_axis(values: Sequence, side: str) -> tuple[int | float | None, str]:
     """The value one step beyond the ``side`` (``"low"``/``"high"``) end of a numeric axis and how it was
-    stepped (``"ratio 3.33"``, ``"difference 0.1"``), or ``(None, why not)``; see the module docstring.
-    Whether the new value is a valid setting is the caller's to check."""
+    stepped (``"1-3-10 sequence"``, ``"ratio 2"``, ``"difference 0.1"``), or ``(None, why not)``; the rules
+    are in the module docstring. Whether the new value is a valid setting is the caller's to check."""
     if not all(_is_number(v) for v in values):
         return None, "its values are not all numbers"
     if len(values) < 2:
         return None, "it has a single value, so no step"
     v = sorted(values)
     end, inner = (v[-1], v[-2]) if side == "high" else (v[0], v[1])
-    ratios = [b / a for a, b in zip(v, v[1:])] if v[0] > 0 else []
-    whole = all(isinstance(x, int) for x in values)
-    if ratios and max(ratios) / min(ratios) <= _LOG_SPACED:
+    terms = [_one_three_term(x) for x in v]
+    positive = v[0] > 0
+    if positive and None not in terms and all(b == a + 1 for a, b in zip(terms, terms[1:])):
+        new, how, log = _one_three_value(terms[-1] + 1 if side == "high" else terms[0] - 1), "1-3-10 sequence", True
+    elif positive and _log_spaced(v):
         step = end / inner
-        new = end * step
-        how = f"ratio {max(step, 1 / step):.3g}"
+        new, how, log = end * step, f"ratio {max(step, 1 / step):.3g}", True
     else:
         step = end - inner
-        new = end + step
-        how = f"difference {abs(step):.3g}"
-    if whole:
-        new = math.ceil(new) if side == "high" else math.floor(new)
+        new, how, log = end + step, f"difference {abs(step):.3g}", False
+    if all(isinstance(x, int) for x in values):
+        exact = new
+        new = math.floor(new + 0.5) if side == "low" else math.ceil(new - 0.5)  # halves toward the grid
+        if log and new <= 0:
+            return None, f"one step ({how}) gives {exact:.3g}, not a whole number above 0"
     else:
         new = float(f"{new:.{_DIGITS}g}")
     if (new <= end) if side == "high" else (new >= end):
         return None, f"one step ({how}) rounds to the edge value {end!r} or inside the grid"
     return new, how
+
+
+def _log_spaced(v: list) -> bool:
+    """Sorted positive values: three or more whose successive ratios vary less than their differences, or two
+    of which the larger is at least twice the smaller."""
+    if len(v) == 2:
+        return v[1] >= 2 * v[0]
+    ratios = [b / a for a, b in zip(v, v[1:])]
+    diffs = [b - a for a, b in zip(v, v[1:])]
+    return max(ratios) / min(ratios) <= max(diffs) / min(diffs)
+
+
+def _one_three_term(x: float) -> int | None:
+    """``j`` with ``x`` the ``j``-th term of the 1-3-10 sequence (``2k`` for ``10^k``, ``2k + 1`` for ``3·10^k``,
+    to 9 significant digits), or None."""
+    if x <= 0:
+        return None
+    k = math.floor(math.log10(x))
+    for kk in (k - 1, k, k + 1):  # log10 may round across a power of ten
+        for j, m in ((2 * kk, 1), (2 * kk + 1, 3)):
+            if math.isclose(x, m * 10.0 ** kk, rel_tol=1e-9):
+                return j
+    return None
+
+
+def _one_three_value(j: int) -> float:
+    """The ``j``-th term of the 1-3-10 sequence (:func:`_one_three_term`)."""
+    k, odd = divmod(j, 2)
+    return float(f"{(3 if odd else 1) * 10.0 ** k:.{_DIGITS}g}")
+
+
+def _finite(x: float) -> float | None:
+    """A median for the tables: None when it is not finite (never reached, diverged)."""
+    return x if math.isfinite(x) else None
 
 
 def _num(x) -> float:

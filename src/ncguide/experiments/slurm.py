@@ -41,7 +41,7 @@ from pathlib import Path
 
 from .checkpoint import config_diff
 from .config import ConfigError
-from .files import atomic_write_text
+from .files import atomic_write_text, json_text
 from .launch import (
     LAUNCH_LOG,
     LAUNCH_SPEC,
@@ -326,7 +326,7 @@ class SlurmLauncher:
         for r, job in zip(runs, jobs):
             record = {"job_id": str(job.job_id), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
                       "submitted": time.strftime("%Y-%m-%d %H:%M:%S %z")}
-            atomic_write_text(r.path / SLURM_RECORD, json.dumps(record, indent=2) + "\n")
+            atomic_write_text(r.path / SLURM_RECORD, json_text(record, indent=2) + "\n")
             self.tracked[r.path] = (r, record["job_id"])
             self.states[record["job_id"]] = "PENDING"
             self.log(f"{r.tag}: submitted as Slurm job {job.job_id} (log {r.path / LAUNCH_LOG})")

@@ -25,8 +25,8 @@ Outputs in ``out_dir`` (only rank 0 writes):
   then the record of ``evaluate.evaluate``: ``train_loss, train_acc, test_loss, test_acc`` and the NC
   metrics of the training split (docs/metrics.md); with ``solver: warm``, the solver's counters
   ``warm_refreshes`` and ``warm_fallbacks`` (a run with fallbacks ends with a warning). The UFM has no
-  test set: ``test_loss`` and ``test_acc`` are ``null``. Non-finite values are written as
-  ``NaN``/``Infinity`` (Python's ``json`` reads them back). Each line is fsynced when written
+  test set: ``test_loss`` and ``test_acc`` are ``null``. Each line is strict JSON (``files.json_text``): a
+  non-finite value (NaN, inf) is written as ``null`` too. Each line is fsynced when written
   (``runlog.py`` says what the log guarantees).
 - ``metrics.csv``, TensorBoard event files, a W&B run: the same records, for the loggers ``cfg.loggers``
   asks for (``loggers.py``); on resume they are rewritten from the restored ``metrics.jsonl``.
@@ -124,13 +124,13 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import Placement
 from .evaluate import evaluate
-from .files import append_line, atomic_write_text, last_record
+from .files import append_line, atomic_write_text, json_text, last_record
 from .locks import RunLockedError, folder_lock
 from .loggers import RunLoggers, check_loggers, open_loggers
 from .machine import record_start
 from .optim import agd_init_, build_optimizer, lr_factor, set_lr
 from .progress import PROGRESS_MODES, Progress, settings_line
-from .runlog import METRICS, log_state, restore_config, restore_log
+from .runlog import METRICS, log_has_results, log_state, restore_config, restore_log
 
 __all__ = ["METRICS", "NonFiniteLossError", "RunState", "train", "train_one_epoch"]
 
@@ -229,7 +229,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         _restore(run, ckpt, log_lines)
         del ckpt
     if where.rank == 0:
-        atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(out / "config.json", json_text(cfg.to_dict(), indent=2) + "\n")
         record_start(out, where.device, where.world, run.epoch, fresh)  # machine.json: where this start trains
     run.net = _wrap_for_training(run.model, cfg, where)
 
@@ -384,14 +384,12 @@ def _build_run(cfg: TrainConfig, out: Path, where: Placement, model, head) -> Ru
 
 
 def _refuse_to_overwrite(out: Path, cfg: TrainConfig) -> None:
-    """No checkpoint, but ``metrics.jsonl`` holds records: starting fresh would erase them. Allowed only when
-    ``config.json`` shows the same config (retraining reproduces them); otherwise ``ResumeError``."""
+    """No checkpoint, but ``metrics.jsonl`` holds results (``runlog.log_has_results``: records after epoch 0):
+    starting fresh would erase them. Allowed only when ``config.json`` shows the same config (retraining
+    reproduces them); otherwise ``ResumeError``. A log of a run killed before its first checkpoint (at most
+    the epoch-0 record) holds no results: trained afresh."""
     metrics = out / METRICS
-    try:
-        has_records = metrics.is_file() and bool(metrics.read_text(errors="replace").strip())
-    except OSError:
-        has_records = True
-    if not has_records:
+    if not log_has_results(metrics):
         return
     try:
         saved = json.loads((out / "config.json").read_text())
@@ -461,7 +459,7 @@ def _log_evaluation(run: RunState) -> dict:
         ) from e
     rec.update(run.head.solver_stats())  # solver="warm": warm_refreshes, warm_fallbacks (heads.py)
     run.last = rec
-    run.log.append(json.dumps(rec))
+    run.log.append(json_text(rec))
     if run.where.rank == 0:
         append_line(run.out / METRICS, run.log[-1])  # fsynced: on disk before the checkpoint that counts it
         if run.loggers is not None:
