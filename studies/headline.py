@@ -92,7 +92,7 @@ def ratio_text(v: dict) -> str:
 def p_text(v: dict) -> str:
     """The permutation p-value, and when these seeds could not give p < 0.05, the smallest p they could."""
     floor = v.get("min_p_value", 0.0)
-    return _p(v["p_value"]) + (f" (≥ {_p(floor)} with these seeds)" if floor > 0.05 else "")
+    return _p(v["p_value"]) + (f" (these seeds allow no p below {_p(floor)})" if floor > 0.05 else "")
 
 
 READING = {"lower": "faster", "higher": "slower", "unresolved": "not resolved",
@@ -398,14 +398,20 @@ def verdict_table(settings: Sequence[Setting]) -> list[str]:
 # tables per protocol
 
 
-def _selected(summary: dict, method: str) -> str:
-    """The selected grid point of a tuned compare, and whether it lies at the grid's edge."""
+def _selected(study: Study, method: str) -> str:
+    """The selected grid point of a tuned compare, and whether it lies at the grid's edge (``summary.json``'s
+    ``edge``; for older summaries without it, the selected value against the grid of ``config.yaml``)."""
+    summary = study.summary
     point = (summary.get("selected") or {}).get(method)
     if not point:
         return "—"
     text = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in point.items())
-    edges = [e for e in ((summary.get("edge") or {}).get(method) or {}).values() if e]
-    return text + (" (at the grid's edge)" if edges else "")
+    if "edge" in summary:
+        at_edge = any(((summary["edge"] or {}).get(method) or {}).values())
+    else:
+        grid = study.config.get("grid") or {}
+        at_edge = any(k in grid and len(grid[k]) > 1 and v in (min(grid[k]), max(grid[k])) for k, v in point.items())
+    return text + (" (at the grid's edge)" if at_edge else "")
 
 
 def _epochs_cells(m: dict) -> str:
@@ -442,7 +448,7 @@ def best_table(settings: Sequence[Setting]) -> list[str]:
     for s in (s for s in settings if not s.study.partial):
         for method, m in s.study.summary["methods"].items():
             lines.append(f"| `{s.study.name}` ({_threshold(s.study.summary)}) | `{method}` | "
-                         f"{_selected(s.study.summary, method)} | {len(m['seeds'])} | {_epochs_cells(m)} | "
+                         f"{_selected(s.study, method)} | {len(m['seeds'])} | {_epochs_cells(m)} | "
                          f"{percent_cell(m['final'].get('test_acc'))} |")
     return lines
 
@@ -553,7 +559,7 @@ def tuned_table(settings: Sequence[Setting]) -> str:
             test = _test_median(summary, method)
             diff = "—" if test is None or not best else signed(100 * (test - max(best)))
             lines.append(f"| {f'`{s.study.name}` ({_threshold(summary)})' if i == 0 else ''} | `{method}` | "
-                         f"{_selected(summary, method)} | {reach_cell(m['reach']['train_acc'])} | {speed} | "
+                         f"{_selected(s.study, method)} | {reach_cell(m['reach']['train_acc'])} | {speed} | "
                          f"{reach_cell(m['reach']['nc1'])} | {percent_cell(m['final'].get('test_acc'))} | {diff} |")
     return "\n".join(lines) + "\n"
 
