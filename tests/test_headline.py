@@ -47,7 +47,7 @@ def records(first: int, dip: int | None = None, epochs: int = 6, test: float | N
 
 
 def write_compare(folder: Path, runs: dict[str, dict[int, list[dict]]], config_seeds: list[int],
-                  sustained: bool = True, readme: str | None = None) -> dict:
+                  sustained: bool = True, readme: str | None = None, **extra) -> dict:
     """A compare folder as ``ncguide compare`` leaves it in git: summary.json (with a verdict when ``sustained``,
     like today's reports; without sustained epochs and verdict, like the older ones) and config.yaml."""
     summary = summarize(runs, THRESHOLDS, [3, 6])
@@ -63,6 +63,7 @@ def write_compare(folder: Path, runs: dict[str, dict[int, list[dict]]], config_s
         for m in summary["methods"].values():
             del m["sustained"], m["at_epoch"]
         summary = {"thresholds": summary["thresholds"], "methods": summary["methods"]}
+    summary.update(extra)
     folder.mkdir(parents=True)
     (folder / "summary.json").write_text(json.dumps(summary))
     methods = "".join(f"- {m}\n" for m in runs)
@@ -97,6 +98,14 @@ def repo(tmp_path):
                    "nearest-etf": {s: records(e, test=0.88) for s, e in zip(range(5), (3, 3, 2, 5, 4))},
                    "standard-plain": {s: records(1) for s in range(5)}},
                   list(range(5)), sustained=False)
+    eight = range(8)
+    write_compare(results / "best-vs-best" / "tuned8",
+                  {"standard": {s: records(4 + s % 2, test=0.90) for s in eight},
+                   "fixed-etf": {s: records(6, test=0.91) for s in eight},
+                   "nearest-etf": {s: records(3 + s % 2, dip=5 if s == 0 else None, test=0.89 + 0.002 * s)
+                                   for s in eight}},
+                  list(eight), selected={m: {"lr": 0.01} for m in ("standard", "fixed-etf", "nearest-etf")},
+                  edge={"standard": {"lr": None}, "fixed-etf": {"lr": None}, "nearest-etf": {"lr": "high"}})
     for name, blocks in headline.BLOCKS.items():
         (tmp_path / name).write_text(marked(list(blocks)))
     return tmp_path
@@ -110,7 +119,7 @@ def verdict_rows(text: str) -> dict[str, str]:
 def test_a_partial_folder_is_listed_as_partial_never_as_a_result(repo):
     text = headline.readme_results(repo)
     rows = verdict_rows(text)
-    assert set(rows) == {"slower", "older"}
+    assert set(rows) == {"slower", "older", "tuned8"}
     assert "Partial, not a result: `studies/results/paper-protocol/half/` (4 of 6 runs finished)" in text
     assert "`studies/results/paper-protocol/stopped/` (its README.md says it is partial)" in text
     tables_text = text.split("### ")[1]
@@ -178,3 +187,23 @@ def test_a_missing_block_is_one_clear_error(repo, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1
     assert err.startswith("headline.py: error: README.md needs exactly one block 'results'")
+
+
+def test_best_against_best_shows_the_selection_its_edge_and_both_intervals(repo):
+    """8 report seeds (medians between two seeds), a winner at the grid's edge, a seed that dips below the
+    threshold after reaching it (its sustained epoch is later than its first hit), test accuracy with per-seed
+    values, so an interval and p for it too."""
+    text = headline.readme_results(repo)
+    best = text.split("### Best against best")[1]
+    row = next(line for line in best.splitlines() if line.startswith("| `tuned8` (99%) | `nearest-etf`"))
+    # sustained, seeds 0..7: 6 (seed 0 dips at epoch 5), 4, 3, 4, 3, 4, 3, 4; first hit: 3, 4, 3, 4, ...
+    assert row == ("| `tuned8` (99%) | `nearest-etf` | lr 0.01 (at the grid's edge) | 8 | 4 [3–6] | 3.5 [3–4] | "
+                   "89.7 [89.0–90.4]% |")
+    summary = json.loads((repo / "studies/results/best-vs-best/tuned8/summary.json").read_text())
+    v = summary["verdict"]
+    assert v["baseline"] == "standard" and v["ratio"] == pytest.approx(4 / 4.5)
+    verdict_row = verdict_rows(text)["tuned8"]
+    assert f"{v['ratio']:.2f}× [{v['ci95'][0]:.2f}–{v['ci95'][1]:.2f}]" in verdict_row
+    lo, hi = v["test_acc"]["ci95"]
+    assert f"{headline.signed(v['test_acc']['difference'], '{:+.2f}')} [{headline.signed(lo, '{:+.2f}')}, " \
+           f"{headline.signed(hi, '{:+.2f}')}]" in verdict_row
