@@ -50,11 +50,15 @@ GOAL_RATIO, GOAL_POINTS = 0.7, 0.5  # the project's goal: <= 0.7x the epochs, te
 
 
 def reach_cell(reach: dict, key: str = "epoch", spec: str = "{:g}") -> str:
-    """The cell of one threshold of ``summary.json``; ``— (r/n)`` when the median seed did not reach it."""
+    """The cell of one threshold of ``summary.json``; ``— (r/n)`` when the median seed did not reach it, and
+    ``never`` as the upper end when a seed did not (``max`` null)."""
     stats = reach.get(key) or {}
     if reach["reached"] * 2 <= reach["total"] or stats.get("median") is None:
         return f"— ({reach['reached']}/{reach['total']})"
-    text = cell(stats["median"], stats["min"], stats["max"], spec)
+    if stats["max"] is None:
+        text = f"{spec.format(stats['median'])} [{spec.format(stats['min'])}–never]"
+    else:
+        text = cell(stats["median"], stats["min"], stats["max"], spec)
     return text if reach["reached"] == reach["total"] else f"{text} ({reach['reached']}/{reach['total']})"
 
 
@@ -210,7 +214,8 @@ def describe(study: Study) -> str:
     dataset = str(c.get("dataset", "?"))
     names = {"ufm": "UFM", "mnist1d": "MNIST-1D", "fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10",
              "cifar100": "CIFAR-100", "stl10": "STL-10", "imagenet": "ImageNet", "digits": "digits"}
-    parts = [names.get(dataset, f"`{dataset.removeprefix('npz:')}`" if dataset.startswith("npz:") else dataset)]
+    npz = f"arrays `{Path(dataset.removeprefix('npz:')).name}`" if dataset.startswith("npz:") else dataset
+    parts = [names.get(dataset, npz)]
     if dataset == "ufm":
         parts[0] += f" K = {c.get('num_classes')}, d = {c.get('feature_dim')}, {c.get('samples_per_class')} per class"
     elif c.get("train_per_class"):
@@ -355,13 +360,17 @@ def variant_lines(rows: Sequence[Setting]) -> list[str]:
 
 
 def _point_epochs(rows: list[dict], point: str) -> float:
-    e = next((r["epochs"] for r in rows if r["point"] == point), None)
+    """The median epochs of a grid point's tuning row by the selection rule (``value``; ``epochs`` in older
+    summaries), ``inf`` when the median seed never got there or the point is missing."""
+    row = next((r for r in rows if r["point"] == point), {})
+    e = row.get("value", row.get("epochs"))
     return math.inf if e is None else e
 
 
 def per_rate_lines(rows: Sequence[Setting]) -> list[str]:
     """Where the focus beats both baselines at one grid point (median over the selection seeds)."""
-    tuned = [s for s in rows if s.study.summary.get("tuning", {}).get(FOCUS)]
+    tuned = [s for s in rows if s.study.summary.get("tuning", {}).get(FOCUS)
+             and s.study.summary.get("selection_metric", "first") in ("first", "sustained")]
     if not tuned:
         return []
     parts = []
@@ -374,8 +383,9 @@ def per_rate_lines(rows: Sequence[Setting]) -> list[str]:
             if others and mine < min(others):
                 wins.append(f"{r['point'].replace('=', ' ')} ({mine:g} vs {min(others):g})")
         parts.append(f"`{s.study.name}` " + (", ".join(wins) if wins else "at no grid point"))
-    rule = s.study.summary.get("selection_metric", "first")
-    return [f"- Per grid point (median over the selection seeds, {'first hit' if rule == 'first' else rule}), "
+    rules = {"first hit" if s.study.summary.get("selection_metric", "first") == "first" else "sustained"
+             for s in tuned}
+    return [f"- Per grid point (median over the selection seeds, {' and '.join(sorted(rules))}), "
             f"`{FOCUS}` needs fewer epochs than both baselines at: {'; '.join(parts)}."]
 
 
