@@ -42,7 +42,7 @@ def documented(obj) -> tuple[str, list[str]]:
     return obj.__doc__ or "", list(inspect.signature(obj).parameters)
 
 
-@pytest.mark.parametrize("obj", public_callables())
+@pytest.mark.parametrize("obj", list(public_callables()))
 def test_every_parameter_is_documented_where_help_shows_it(obj):
     doc, params = documented(obj)
     params = [p for p in params if p not in ("args", "kwargs")]
