@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_text, json_text, read_jsonl
+from .files import atomic_write, atomic_write_text, json_text, read_jsonl
 from .machine import machine_lines, read_starts, summarize_machines
 from .runlog import check_run_log
 from .verdict import build_verdict, length_caution, resolve_focus, verdict_lines
@@ -744,7 +744,8 @@ def plot_figures(runs: dict[str, dict[int, list[dict]]], out_dir: str | Path) ->
     for name in [OVERVIEW, *FIGURES]:
         fig = figure(runs, name)
         if fig is not None:
-            fig.savefig(out_dir / name, dpi=90 if name == OVERVIEW else 110)
+            dpi = 90 if name == OVERVIEW else 110  # atomic_write: a link planted at the name is replaced, not followed
+            atomic_write(out_dir / name, lambda f, fig=fig, dpi=dpi: fig.savefig(f, format="png", dpi=dpi))
             plt.close(fig)
             written.append(name)
     return written

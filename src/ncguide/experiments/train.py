@@ -124,7 +124,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import Placement
 from .evaluate import evaluate
-from .files import append_line, atomic_write_text, json_text, last_record
+from .files import append_line, atomic_write_text, json_text, last_record, truncate
 from .locks import RunLockedError, folder_lock
 from .loggers import RunLoggers, check_loggers, open_loggers
 from .machine import record_start
@@ -416,7 +416,7 @@ def _check_same_data(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
 def _start_fresh(run: RunState) -> None:
     if run.where.rank == 0:
         (run.out / CHECKPOINT).unlink(missing_ok=True)  # a stale (e.g. finished) checkpoint must not outlive it
-        (run.out / METRICS).write_text("")
+        truncate(run.out / METRICS, 0)  # refuses a link planted in the folder
     set_lr(run.optimizer, run.lr_factor(0))  # so the epoch-0 record shows the first step's lr
 
 
