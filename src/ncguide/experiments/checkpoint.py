@@ -89,6 +89,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     truncated or corrupt file (or one that is not a checkpoint of ours) a one-line :class:`ResumeError` naming
     it and saying what to do; a missing or unreadable-by-permission file keeps its ``OSError``."""
     path = Path(path)
+    _check_archive(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (FileNotFoundError, PermissionError, IsADirectoryError):
@@ -104,6 +105,42 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise ResumeError(f"{path} is unreadable (not an ncguide checkpoint: lacks {', '.join(missing)})",
                           UNREADABLE_ADVICE)
     return ckpt
+
+
+MAX_PICKLE_BYTES = 64 * 2**20  # a checkpoint's data.pkl holds configs, numbers and log lines; tensors are apart
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse, before anything is inflated, a zip archive that would take far more memory than its size: a
+    member larger than the whole file (``torch.save`` stores members uncompressed, so a compressed one that
+    inflates past the file is no checkpoint of ours — a "zip bomb") or a pickle above ``MAX_PICKLE_BYTES``.
+    A file that is not a zip archive is left to ``torch.load`` (which says it is damaged)."""
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, ValueError, EOFError, OSError):
+        return
+    inflated = sum(m.file_size for m in members)
+    biggest = max(members, key=lambda m: m.file_size, default=None)
+    pickles = [m for m in members if m.filename.endswith(".pkl") and m.file_size > MAX_PICKLE_BYTES]
+    if inflated > size:
+        why = (f"its members inflate to {_size(inflated)} from a {_size(size)} file ({biggest.filename}: "
+               f"{_size(biggest.file_size)}); torch.save stores them uncompressed, so it looks crafted")
+    elif pickles:
+        why = (f"its pickle {pickles[0].filename} is {_size(pickles[0].file_size)}, above the "
+               f"{_size(MAX_PICKLE_BYTES)} an ncguide checkpoint's pickle can need")
+    else:
+        return
+    raise ResumeError(f"{path} is not an ncguide checkpoint ({why}); refused without loading it", UNREADABLE_ADVICE)
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return ""
 
 
 def _refused_global(e: Exception) -> str:
@@ -137,6 +174,7 @@ def convert_checkpoint(path: str | os.PathLike, *, trust_source: bool = False) -
     if not trust_source:
         raise ValueError(f"converting {path} unpickles it, which runs any code it holds; pass trust_source=True "
                          "(--trust-source) only for a file whose source you trust")
+    _check_archive(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except (FileNotFoundError, PermissionError, IsADirectoryError):
