@@ -43,6 +43,7 @@ __all__ = [
     "CHECKPOINT_VERSION",
     "ResumeError",
     "UnsafeCheckpointError",
+    "NotACheckpointError",
     "convert_checkpoint",
     "RUNTIME_FIELDS",
     "load_checkpoint",
@@ -74,11 +75,16 @@ class ResumeError(ValueError):
         return self._advice.format(no_resume=no_resume, out=out)
 
 
-REQUIRED_KEYS = ("config", "epoch", "step", "finished", "model", "head", "optimizer", "loader", "rng")
+REQUIRED_KEYS = ("config", "epoch", "step", "wall_s", "mid_epoch", "finished", "model", "head", "optimizer", "loader",
+                 "rng")
 
 
 class UnsafeCheckpointError(ResumeError):
     """A checkpoint that a safe load (``weights_only=True``) refuses: it holds pickled Python objects."""
+
+
+class NotACheckpointError(ResumeError):
+    """A file that loads as plain data but is not what ncguide writes (its keys, their types, its config)."""
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -86,8 +92,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     from someone else's results folder never runs code from it.
 
     A file that holds more than tensors and plain containers raises :class:`UnsafeCheckpointError`; an empty,
-    truncated or corrupt file (or one that is not a checkpoint of ours) a one-line :class:`ResumeError` naming
-    it and saying what to do; a missing or unreadable-by-permission file keeps its ``OSError``."""
+    truncated or corrupt file a one-line :class:`ResumeError` naming it and saying what to do; a file that is
+    not a checkpoint of ours — a zip archive that would inflate far beyond its size (checked before loading),
+    a missing key, a key of the wrong type, a config the schema refuses — :class:`NotACheckpointError`; a
+    missing or unreadable-by-permission file keeps its ``OSError``."""
     path = Path(path)
     _check_archive(path)
     try:
@@ -100,11 +108,85 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise UnsafeCheckpointError(problem, _unsafe_advice(path)) from None
     except Exception as e:  # torch reports damage as RuntimeError, EOFError, ValueError...
         raise ResumeError(f"{path} is unreadable ({_damage(path, e)})", UNREADABLE_ADVICE) from None
-    missing = [k for k in REQUIRED_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED_KEYS)
-    if missing:
-        raise ResumeError(f"{path} is unreadable (not an ncguide checkpoint: lacks {', '.join(missing)})",
-                          UNREADABLE_ADVICE)
+    why = _structure_problem(ckpt)
+    if why is not None:
+        raise NotACheckpointError(f"{path} is unreadable (not an ncguide checkpoint: {why})", UNREADABLE_ADVICE)
     return ckpt
+
+
+def _is_int(x: Any, lo: int = 0) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= lo
+
+
+def _str_keyed(x: Any, values: type | tuple = object) -> bool:
+    return isinstance(x, dict) and all(isinstance(k, str) and isinstance(v, values) for k, v in x.items())
+
+
+def _python_rng(x: Any) -> bool:  # random.getstate(): (version, 625 ints, gauss_next)
+    return (isinstance(x, (tuple, list)) and len(x) == 3 and _is_int(x[0]) and isinstance(x[1], (tuple, list))
+            and all(_is_int(i) for i in x[1]) and (x[2] is None or isinstance(x[2], float)))
+
+
+def _numpy_rng(x: Any) -> bool:  # _plain_numpy_state's dict
+    return (isinstance(x, dict) and isinstance(x.get("name"), str) and isinstance(x.get("key"), torch.Tensor)
+            and _is_int(x.get("pos")) and _is_int(x.get("has_gauss")) and isinstance(x.get("cached_gaussian"), float))
+
+
+def _rng(x: Any) -> bool:
+    return (isinstance(x, dict) and isinstance(x.get("torch"), torch.Tensor) and x["torch"].dtype == torch.uint8
+            and _numpy_rng(x.get("numpy")) and _python_rng(x.get("python"))
+            and ("cuda" not in x or (isinstance(x["cuda"], (list, tuple))
+                                     and all(isinstance(t, torch.Tensor) for t in x["cuda"]))))
+
+
+def _state_dict(x: Any) -> bool:  # tensors by name; a module's extra state (the warm solver's policy) is a dict
+    return isinstance(x, dict) and all(isinstance(k, str) and (
+        isinstance(v, torch.Tensor) or (k.endswith("_extra_state") and isinstance(v, dict))) for k, v in x.items())
+
+
+def _optimizer(x: Any) -> bool:
+    return (isinstance(x, dict) and isinstance(x.get("state"), dict)
+            and all(isinstance(v, dict) for v in x["state"].values())
+            and isinstance(x.get("param_groups"), list) and all(_str_keyed(g) for g in x["param_groups"]))
+
+
+# what each key of a checkpoint holds: a test, and the words for it (REQUIRED_KEYS must be there; others may)
+_SHAPE: dict[str, tuple[Any, str]] = {
+    "version": (_is_int, "an integer"),
+    "config": (lambda x: _str_keyed(x), "a mapping of config fields"),
+    "epoch": (_is_int, "an integer >= 0"),
+    "step": (_is_int, "an integer >= 0"),
+    "wall_s": (lambda x: isinstance(x, (int, float)) and not isinstance(x, bool), "a number"),
+    "mid_epoch": (lambda x: isinstance(x, bool), "true or false"),
+    "finished": (lambda x: isinstance(x, bool), "true or false"),
+    "num_threads": (lambda x: _is_int(x, 1), "an integer >= 1"),
+    "model": (_state_dict, "a state dict of tensors"),
+    "head": (_state_dict, "a state dict of tensors"),
+    "optimizer": (_optimizer, "an optimizer state dict (state, param_groups)"),
+    "loader": (lambda x: _str_keyed(x) and all(_is_int(v) for v in x.values()), "a mapping of integers >= 0"),
+    "rng": (_rng, "the torch, numpy and python generator states"),
+    "metrics_lines": (lambda x: isinstance(x, list) and all(isinstance(line, str) for line in x), "a list of text"),
+    "metrics_bytes": (_is_int, "an integer >= 0"),
+    "data_fingerprint": (lambda x: x is None or isinstance(x, str), "text or none"),
+}
+
+
+def _structure_problem(ckpt: Any) -> str | None:
+    """What makes ``ckpt`` something other than a checkpoint ncguide writes (None if nothing): a missing key,
+    a key of the wrong type (``_SHAPE``), or a config that the schema refuses (``TrainConfig.from_dict``)."""
+    if not isinstance(ckpt, dict):
+        return f"holds {type(ckpt).__name__}, not a mapping"
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    for key, (test, words) in _SHAPE.items():
+        if key in ckpt and not test(ckpt[key]):
+            return f"{key} is not {words}"
+    try:
+        TrainConfig.from_dict(with_defaults(ckpt["config"]))
+    except ValueError as e:
+        return f"its config is invalid: {(str(e).strip().splitlines() or [type(e).__name__])[0]}"
+    return None
 
 
 MAX_PICKLE_BYTES = 64 * 2**20  # a checkpoint's data.pkl holds configs, numbers and log lines; tensors are apart
@@ -132,7 +214,8 @@ def _check_archive(path: Path) -> None:
                f"{_size(MAX_PICKLE_BYTES)} an ncguide checkpoint's pickle can need")
     else:
         return
-    raise ResumeError(f"{path} is not an ncguide checkpoint ({why}); refused without loading it", UNREADABLE_ADVICE)
+    raise NotACheckpointError(f"{path} is not an ncguide checkpoint ({why}); refused without loading it",
+                              UNREADABLE_ADVICE)
 
 
 def _size(n: int) -> str:

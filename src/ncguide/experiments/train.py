@@ -113,6 +113,8 @@ from .build import build_backbone, build_run_head, data_fingerprint, load_data, 
 from .checkpoint import (
     CHECKPOINT,
     CHECKPOINT_VERSION,
+    UNREADABLE_ADVICE,
+    NotACheckpointError,
     ResumeError,
     check_same_config,
     get_rng_state,
@@ -421,13 +423,26 @@ def _start_fresh(run: RunState) -> None:
 
 
 def _restore(run: RunState, ckpt: dict, log_lines: list[str]) -> None:
-    run.model.load_state_dict(ckpt["model"])
-    run.head.load_state_dict(ckpt["head"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.loader.load_state_dict(ckpt["loader"])
+    """Load the checkpoint's states (``load_checkpoint`` checked their types; states that do not fit this run's
+    model, head, optimiser or generators are one line too)."""
+    part = "model"
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        part = "head"
+        run.head.load_state_dict(ckpt["head"])
+        part = "optimizer"
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        part = "loader"
+        run.loader.load_state_dict(ckpt["loader"])
+        part = "rng"
+        set_rng_state(ckpt["rng"])
+    except (RuntimeError, KeyError, TypeError, IndexError) as e:
+        why = " ".join(str(e).split()) or type(e).__name__  # torch's message spans lines: one line, cut short
+        why = why if len(why) <= 240 else why[:237] + "..."
+        raise NotACheckpointError(f"{run.out / CHECKPOINT} is unreadable (not an ncguide checkpoint: its {part} "
+                                  f"state does not fit the run: {why})", UNREADABLE_ADVICE) from None
     run.epoch, run.step, run.wall_s, run.mid_epoch = ckpt["epoch"], ckpt["step"], ckpt["wall_s"], ckpt["mid_epoch"]
     run.log = log_lines
-    set_rng_state(ckpt["rng"])
 
 
 def _wrap_for_training(model: nn.Module, cfg: TrainConfig, where: Placement) -> nn.Module:
