@@ -81,7 +81,8 @@ def test_library_loaders_refuse_the_payload(tmp_path):
     for call in (lambda: load_checkpoint(run / CHECKPOINT), lambda: is_finished(run)):
         with pytest.raises(UnsafeCheckpointError, match="pickled Python objects") as info:
             call()
-        assert "\n" not in str(info.value) and "convert-checkpoint" in str(info.value)
+        assert "\n" not in str(info.value) and "looks crafted" in str(info.value)
+        assert "convert-checkpoint" not in str(info.value)  # converting is for 0.1 checkpoints, not this
     with pytest.raises(ValueError, match="trust_source"):
         convert_checkpoint(run / CHECKPOINT)
     assert check_run_log(run) is None  # the log is judged from config.json, as for an unreadable checkpoint
@@ -202,3 +203,30 @@ def test_a_stored_pickle_above_the_bound_is_refused(tmp_path, monkeypatch):
     assert max(m.file_size for m in zipfile.ZipFile(path).infolist() if m.filename.endswith(".pkl")) > 1000
     with pytest.raises(ResumeError, match=r"data\.pkl is 2\.\d KiB, above the 1000 bytes"):
         load_checkpoint(path)
+
+
+def test_a_crafted_global_is_named_as_such_and_never_converted(tmp_path):
+    """A file that needs a global no ncguide checkpoint holds (here io.open; os.system alike) is not
+    called an old checkpoint: no advice to convert it, and convert-checkpoint --trust-source refuses it
+    without unpickling it (the payload would create the marker)."""
+    run = tmp_path / "run"
+    train(TrainConfig.from_dict({**BASE, "epochs": 1}), run, progress="none")
+    marker = tmp_path / "pwned"
+    plant(run / CHECKPOINT, marker)
+    with pytest.raises(UnsafeCheckpointError, match=r"need io\.open.*looks crafted") as info:
+        load_checkpoint(run / CHECKPOINT)
+    assert "convert-checkpoint" not in str(info.value) and "do not convert" in str(info.value)
+    res = ncguide("convert-checkpoint", str(run / CHECKPOINT), "--trust-source", cwd=tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "not an ncguide 0.1 checkpoint" in res.stderr and "looks crafted" in res.stderr
+    assert "--no-resume" not in res.stderr and "nothing was converted" in res.stderr
+    assert not marker.exists()
+
+
+def test_converting_a_file_that_is_no_checkpoint_gives_advice_for_that_command(tmp_path):
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    res = ncguide("convert-checkpoint", str(text), "--trust-source", cwd=tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert str(text) in res.stderr and "nothing was converted" in res.stderr and "--no-resume" not in res.stderr
+    assert text.read_text() == "root:x:0:0:root:/root:/bin/bash\n"

@@ -12,9 +12,12 @@ restores lost ones (``runlog.py``; checkpoints from before ``metrics_lines`` hav
 **Untrusted files stay data.** A results folder may come from someone else, and unpickling arbitrary
 objects runs code. So a checkpoint holds tensors and plain containers only (numpy's RNG state is stored
 as a tensor and numbers, not as a numpy array) and is always read with ``torch.load(weights_only=True)``:
-a file that needs more (a checkpoint written by ncguide 0.1, or a crafted one) is refused with one line.
-:func:`convert_checkpoint` rewrites an old checkpoint in the safe format, for a file whose source you trust
-(``ncguide convert-checkpoint PATH --trust-source``).
+a file that needs more (a checkpoint written by ncguide 0.1, or a crafted one) is refused with one line,
+which tells the two apart by the object the file needs (numpy's arrays for 0.1; anything else looks
+crafted). :func:`convert_checkpoint` rewrites an old checkpoint in the safe format (``ncguide
+convert-checkpoint PATH --trust-source``), reading it with the safe loader plus numpy's array types only.
+A zip archive that would inflate far beyond its size is refused before it is read, and what loads is
+checked key by key (types, the config through the schema) before anyone uses it.
 
 A checkpoint is resumed only by the same config: fields that cannot change the results
 (``RUNTIME_FIELDS``) may differ, and a field added since the checkpoint was written counts as its
@@ -103,9 +106,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
     except pickle.UnpicklingError as e:  # weights_only met a global it does not allow
-        problem = (f"{path} holds pickled Python objects ({_refused_global(e)}), which a safe load refuses: "
-                   "unpickling can run code from the file")
-        raise UnsafeCheckpointError(problem, _unsafe_advice(path)) from None
+        name = _refused_global(e)
+        if name is None or _OLD_GLOBAL.fullmatch(name):  # what ncguide 0.1 pickled: numpy's RNG state
+            problem = (f"{path} holds pickled Python objects (it needs {name or 'objects beyond tensors'}), which a "
+                       "safe load refuses: unpickling can run code from the file")
+            raise UnsafeCheckpointError(problem, _unsafe_advice(path)) from None
+        raise UnsafeCheckpointError(_crafted(path, name), "delete it (do not convert or unpickle it) or pass "
+                                                          "{no_resume}") from None
     except Exception as e:  # torch reports damage as RuntimeError, EOFError, ValueError...
         raise ResumeError(f"{path} is unreadable ({_damage(path, e)})", UNREADABLE_ADVICE) from None
     why = _structure_problem(ckpt)
@@ -226,9 +233,31 @@ def _size(n: int) -> str:
     return ""
 
 
-def _refused_global(e: Exception) -> str:
+# The globals a checkpoint of ncguide 0.1 needs beyond tensors: numpy's RNG state array (numpy 1 and 2 names)
+_OLD_GLOBAL = re.compile(r"numpy\.(_?core\.multiarray\._reconstruct|ndarray|dtype|dtypes\.\w+DType)|_codecs\.encode")
+
+
+def _old_globals() -> list:
+    """:data:`_OLD_GLOBAL` as objects for ``torch.serialization.safe_globals`` (under both numpy module names)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import _reconstruct
+    dtypes = [getattr(np.dtypes, n) for n in dir(getattr(np, "dtypes", None)) if n.endswith("DType")]
+    return [(_reconstruct, "numpy.core.multiarray._reconstruct"), (_reconstruct, "numpy._core.multiarray._reconstruct"),
+            np.ndarray, np.dtype, *dtypes]
+
+
+def _refused_global(e: Exception) -> str | None:
+    """The global a safe load refused (``posix.system``), from torch's message; None if it names none."""
     found = re.search(r"GLOBAL ([\w.]+)", str(e))
-    return f"it needs {found.group(1)}" if found else "objects beyond tensors and plain containers"
+    return found.group(1) if found else None
+
+
+def _crafted(path: Path, name: str) -> str:
+    return (f"{path} is not an ncguide checkpoint: it holds pickled Python objects that need {name}, which no "
+            "ncguide checkpoint of any version holds (only tensors, plain containers and, from ncguide 0.1, numpy "
+            "arrays), so it looks crafted; a safe load refuses it: unpickling it could run code")
 
 
 def _damage(path: Path, e: Exception) -> str:
@@ -247,32 +276,49 @@ def _unsafe_advice(path: Path) -> str:
 UNREADABLE_ADVICE = "delete it or pass {no_resume} to start that run over"
 
 
+CONVERT_ADVICE = "nothing was converted; give the checkpoint.pt of a run that ncguide 0.1 wrote"
+
+
 def convert_checkpoint(path: str | os.PathLike, *, trust_source: bool = False) -> Path:
     """Rewrite an old (version 1) checkpoint in the safe format, in place and atomically; returns the path.
 
-    This unpickles the file with ``weights_only=False`` — it runs whatever code the file holds — so it
-    refuses unless ``trust_source=True``: call it only on files you (or ncguide 0.1) wrote. The result is
-    checked to load with :func:`load_checkpoint` before it replaces the old file."""
+    The file is read with torch's safe loader that allows, beyond tensors and plain containers, only the numpy
+    array types a 0.1 checkpoint pickled (its numpy RNG state): a file that needs anything else (``os.system``...)
+    is refused as crafted and never unpickled. ``trust_source=True`` is still required, as a confirmation that
+    the file is yours. The result is checked to load with :func:`load_checkpoint` before it replaces the file."""
     path = Path(path)
     if not trust_source:
-        raise ValueError(f"converting {path} unpickles it, which runs any code it holds; pass trust_source=True "
+        raise ValueError(f"converting {path} unpickles the numpy arrays it holds; pass trust_source=True "
                          "(--trust-source) only for a file whose source you trust")
     _check_archive(path)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(_old_globals()):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (FileNotFoundError, PermissionError, IsADirectoryError):
         raise
+    except pickle.UnpicklingError as e:
+        name = _refused_global(e) or "objects beyond tensors and numpy arrays"
+        raise UnsafeCheckpointError(_crafted(path, name).replace("not an ncguide checkpoint",
+                                                                 "not an ncguide 0.1 checkpoint", 1),
+                                    "nothing was converted; delete it (do not unpickle it)") from None
     except Exception as e:
-        raise ResumeError(f"{path} is unreadable ({_damage(path, e)})", UNREADABLE_ADVICE) from None
+        raise ResumeError(f"{path} is unreadable ({_damage(path, e)})", CONVERT_ADVICE) from None
     missing = [k for k in REQUIRED_KEYS if k not in ckpt] if isinstance(ckpt, dict) else list(REQUIRED_KEYS)
     if missing:
-        raise ResumeError(f"{path} is not an ncguide checkpoint (lacks {', '.join(missing)})", UNREADABLE_ADVICE)
-    ckpt["rng"] = {**ckpt["rng"], "numpy": _plain_numpy_state(ckpt["rng"]["numpy"])}
+        raise NotACheckpointError(f"{path} is not an ncguide checkpoint (lacks {', '.join(missing)})", CONVERT_ADVICE)
+    try:
+        ckpt["rng"] = {**ckpt["rng"], "numpy": _plain_numpy_state(ckpt["rng"]["numpy"])}
+    except (KeyError, TypeError, ValueError) as e:
+        raise NotACheckpointError(f"{path} is not an ncguide checkpoint (its rng state: {e!r})", CONVERT_ADVICE) \
+            from None
     ckpt["version"] = CHECKPOINT_VERSION
     tmp = path.with_name(path.name + ".converted")
     try:
         save_checkpoint(tmp, ckpt)
-        load_checkpoint(tmp)  # refuses anything that is still not plain data
+        try:
+            load_checkpoint(tmp)  # refuses anything that is still not plain data, or not a checkpoint of ours
+        except ResumeError as e:
+            raise NotACheckpointError(e.problem.replace(str(tmp), str(path)), CONVERT_ADVICE) from None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
