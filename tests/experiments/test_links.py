@@ -142,3 +142,16 @@ def test_train_compare_and_report_never_write_through_planted_links(tmp_path, vi
     assert not (cmp / "overview.png").is_symlink() and (cmp / "overview.png").read_bytes()[:4] == b"\x89PNG"
     assert not (cmp / "summary.json").is_symlink()
     _outside_untouched(victim)
+
+
+def test_a_linked_folder_inside_a_comparison_is_refused(tmp_path, victim, capsys, monkeypatch):
+    """A link planted as ``runs`` (or a method's folder) would put every run's files elsewhere: refused with
+    one line before anything is written there; the --out folder itself may be a link (the user named it)."""
+    monkeypatch.delenv("NCGUIDE_TRACEBACK", raising=False)
+    for planted in ("runs", "runs/standard"):
+        cmp = tmp_path / planted.replace("/", "-")
+        (cmp / planted).parent.mkdir(parents=True, exist_ok=True)
+        (cmp / planted).symlink_to(victim.parent, target_is_directory=True)
+        status, err = _run(["compare", *TINY, "--methods", "standard", "--seeds", "1", "--out", str(cmp)], capsys)
+        assert status == 2 and err.count("\n") == 1 and f"{cmp / planted} is a symbolic link" in err, err
+        _outside_untouched(victim)

@@ -22,8 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["UnsafeFileError", "open_regular", "atomic_write", "atomic_write_text", "json_text", "finite_or_none",
-           "append_line", "read_jsonl", "last_record", "truncate"]
+__all__ = ["UnsafeFileError", "open_regular", "check_no_links", "atomic_write", "atomic_write_text", "json_text",
+           "finite_or_none", "append_line", "read_jsonl", "last_record", "truncate"]
 
 
 class UnsafeFileError(ValueError):
@@ -58,6 +58,19 @@ def open_regular(path: str | os.PathLike, flags: int, mode: int = 0o644) -> int:
         os.close(fd)
         raise _refuse(path, next((what for test, what in _KINDS if test(mode_now)), "a special file"))
     return fd
+
+
+def check_no_links(root: str | os.PathLike, path: str | os.PathLike) -> Path:
+    """``path``, after checking that no folder or file from below ``root`` down to it is a symbolic link
+    (:class:`UnsafeFileError` naming the first; parts that do not exist yet are fine). ``root`` itself may be
+    one: it is the folder the user named."""
+    root, path = Path(root), Path(path)
+    here = root
+    for part in path.relative_to(root).parts:
+        here = here / part
+        if here.is_symlink():
+            raise _refuse(here, "a symbolic link")
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], object]) -> None:
