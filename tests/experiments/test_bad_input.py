@@ -103,6 +103,42 @@ def _make_files(d: Path) -> None:
     _npz(d / "biglabel-float.npz", y_train=np.r_[np.arange(19) % 4, 1e30])
     _npz(d / "oneclass.npz", y_train=np.zeros(20, dtype=np.int64), y_test=np.arange(8) % 2)
     _npz(d / "hugex.npz", x_train=np.full((20, 6), 1e300))  # finite in float64, inf in float32
+    _make_report_folders(d)
+
+
+# ---- report: a comparison's config.yaml and runs' config.json are read through the schema ------------------
+def _make_report_folders(d: Path) -> None:
+    """Folders for `ncguide report` whose config.yaml, or only run's config.json, breaks a rule."""
+    files = {
+        "report-acc/config.yaml": "train_acc_threshold: 5\n",
+        "report-epochs/config.yaml": "epochs: 3\nreport_epochs: [99999999999]\n",
+        "report-epochs-text/config.yaml": "report_epochs: [2.5]\n",
+        "report-methods/config.yaml": "methods: 5\n",
+        "report-focus/config.yaml": "focus: [a]\n",
+        "report-dup/config.yaml": "focus: a\nfocus: b\n",
+        "report-syntax/config.yaml": "methods: [a\n",
+        **{f"report-{name}/runs/standard/seed-0/{f}": text for name, cfg in [
+            ("nc1", '{"nc1_threshold": "abc"}'), ("list", "[1]"), ("huge", '{"epochs": ' + "1" + "0" * 30 + "}")]
+           for f, text in [("config.json", cfg), ("metrics.jsonl", '{"epoch": 0}\n')]},
+    }
+    for name, text in files.items():
+        (d / name).parent.mkdir(parents=True, exist_ok=True)
+        (d / name).write_text(text)
+
+
+REPORT_CASES = [
+    (["report", "{D}/report-acc"], ["{D}/report-acc/config.yaml", "train_acc_threshold", "(0, 1]", "5"]),
+    (["report", "{D}/report-epochs"], ["{D}/report-epochs/config.yaml", "report_epochs", "epochs=3", "99999999999"]),
+    (["report", "{D}/report-epochs-text"], ["{D}/report-epochs-text/config.yaml", "report_epochs", "2.5"]),
+    (["report", "{D}/report-methods"], ["{D}/report-methods/config.yaml", "methods", "list of method names"]),
+    (["report", "{D}/report-focus"], ["{D}/report-focus/config.yaml", "focus"]),
+    (["report", "{D}/report-dup"], ["{D}/report-dup/config.yaml", "'focus'", "twice"]),
+    (["report", "{D}/report-syntax"], ["{D}/report-syntax/config.yaml", "malformed YAML"]),
+    (["report", "{D}/report-nc1"], ["runs/standard/seed-0", "config.json", "nc1_threshold", "'abc'"]),
+    (["report", "{D}/report-list"], ["runs/standard/seed-0", "config.json", "not a mapping"]),
+    (["report", "{D}/report-huge"], ["runs/standard/seed-0", "config.json", "epochs", "too large"]),
+]
+# ---- end of report cases ---------------------------------------------------------------------------------
 
 
 # (argv, substrings the one line must hold): {OUT} is the --out folder (never created), {D} the folder of files
@@ -344,6 +380,7 @@ CASES = [
     (T + ["--dataset", "npz:{D}/biglabel-float.npz"], ["{D}/biglabel-float.npz", "y_train labels"]),
     (T + ["--dataset", "npz:{D}/oneclass.npz"], ["{D}/oneclass.npz", "single class", "at least 2 classes"]),
     (T + ["--dataset", "npz:{D}/hugex.npz"], ["{D}/hugex.npz", "x_train", "float32"]),
+    *REPORT_CASES,
 ]
 
 

@@ -387,3 +387,19 @@ def test_six_methods_each_keep_their_own_style_and_one_legend_below():
 
     plt.close(fig)
     plt.close(one)
+
+
+def test_setup_line_lists_only_settings_a_run_uses():
+    """The report's "Setup:" line leaves out what no reported run uses (config.ignored_fields): AGD has no
+    learning rate, a standard head no delta; a setting one run uses is shown with that run's value."""
+    from ncguide.experiments.config import TrainConfig
+
+    def cfg(**kw) -> dict:
+        return TrainConfig.from_dict({"dataset": "digits", "model": "mlp", **kw}).to_dict()
+
+    runs = {"m": {0: [], 1: []}}
+    agd = report_mod._setup_line([cfg(method="standard", optimizer="agd", weight_decay=0, lr=0.05)], runs)
+    assert "optimizer=agd" in agd and "lr=" not in agd and "delta=" not in agd and agd.endswith("seeds [0, 1].")
+    sgd = report_mod._setup_line([cfg(method="standard", lr=0.05), cfg(method="nearest-etf", delta=0.3)], runs)
+    assert "lr=0.05" in sgd and "delta=0.3" in sgd
+    assert "lr=" not in report_mod._setup_line([cfg(lr=0.05)], runs, vary={"lr"})

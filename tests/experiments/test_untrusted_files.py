@@ -20,6 +20,7 @@ import torch
 from ncguide.experiments.checkpoint import (
     CHECKPOINT,
     CHECKPOINT_VERSION,
+    ResumeError,
     UnsafeCheckpointError,
     convert_checkpoint,
     is_finished,
@@ -80,7 +81,8 @@ def test_library_loaders_refuse_the_payload(tmp_path):
     for call in (lambda: load_checkpoint(run / CHECKPOINT), lambda: is_finished(run)):
         with pytest.raises(UnsafeCheckpointError, match="pickled Python objects") as info:
             call()
-        assert "\n" not in str(info.value) and "convert-checkpoint" in str(info.value)
+        assert "\n" not in str(info.value) and "looks crafted" in str(info.value)
+        assert "convert-checkpoint" not in str(info.value)  # converting is for 0.1 checkpoints, not this
     with pytest.raises(ValueError, match="trust_source"):
         convert_checkpoint(run / CHECKPOINT)
     assert check_run_log(run) is None  # the log is judged from config.json, as for an unreadable checkpoint
@@ -148,3 +150,83 @@ def test_an_old_checkpoint_is_refused_then_converted_knowingly_and_resumes_exact
                 for line in (run / "metrics.jsonl").read_text().splitlines()]
 
     assert records(out) == records(ref)
+
+
+def _recompress(src: Path, dst: Path, grow: dict[str, int] | None = None) -> None:
+    """``src`` (a torch.save archive) rewritten with deflated members; ``grow`` pads members with zero bytes."""
+    import zipfile
+
+    with zipfile.ZipFile(src) as a, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as b:
+        for m in a.infolist():
+            data = a.read(m)
+            pad = next((n for suffix, n in (grow or {}).items() if m.filename.endswith(suffix)), 0)
+            b.writestr(m.filename, data + bytes(pad))
+
+
+def test_torch_inflates_compressed_members(tmp_path):
+    """The premise of the zip-bomb check: torch.load reads deflated members (so it would inflate a bomb)."""
+    torch.save({"x": torch.arange(5.0)}, tmp_path / "plain.pt")
+    _recompress(tmp_path / "plain.pt", tmp_path / "deflated.pt")
+    assert torch.equal(torch.load(tmp_path / "deflated.pt", weights_only=True)["x"], torch.arange(5.0))
+
+
+@pytest.mark.parametrize(("grow", "words"), [({"data/0": 64 * 2**20}, ["inflate to", "looks crafted"]),
+                                             ({"data.pkl": 65 * 2**20}, ["inflate to"])],
+                         ids=["tensor-bomb", "pickle-bomb"])
+def test_a_zip_bomb_is_refused_before_it_is_inflated(tmp_path, monkeypatch, grow, words):
+    """A small archive whose members inflate far beyond its size is refused from the zip directory alone."""
+    torch.save({"x": torch.arange(5.0)}, tmp_path / "plain.pt")
+    bomb = tmp_path / "checkpoint.pt"
+    _recompress(tmp_path / "plain.pt", bomb, grow)
+    assert bomb.stat().st_size < 2**20
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("torch.load was called")
+
+    monkeypatch.setattr(torch, "load", no_load)
+    for call in (lambda: load_checkpoint(bomb), lambda: convert_checkpoint(bomb, trust_source=True)):
+        with pytest.raises(ResumeError, match="not an ncguide checkpoint") as info:
+            call()
+        assert str(bomb) in str(info.value) and "\n" not in str(info.value)
+        assert all(w in str(info.value) for w in words)
+
+
+def test_a_stored_pickle_above_the_bound_is_refused(tmp_path, monkeypatch):
+    """Stored (uncompressed) like torch.save's, but a pickle no checkpoint of ours needs: refused unread."""
+    import zipfile
+
+    from ncguide.experiments import checkpoint
+
+    monkeypatch.setattr(checkpoint, "MAX_PICKLE_BYTES", 1000)  # the real bound is 64 MiB; a cheap file here
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"lines": ["x" * 2000]}, path)
+    assert max(m.file_size for m in zipfile.ZipFile(path).infolist() if m.filename.endswith(".pkl")) > 1000
+    with pytest.raises(ResumeError, match=r"data\.pkl is 2\.\d KiB, above the 1000 bytes"):
+        load_checkpoint(path)
+
+
+def test_a_crafted_global_is_named_as_such_and_never_converted(tmp_path):
+    """A file that needs a global no ncguide checkpoint holds (here io.open; os.system alike) is not
+    called an old checkpoint: no advice to convert it, and convert-checkpoint --trust-source refuses it
+    without unpickling it (the payload would create the marker)."""
+    run = tmp_path / "run"
+    train(TrainConfig.from_dict({**BASE, "epochs": 1}), run, progress="none")
+    marker = tmp_path / "pwned"
+    plant(run / CHECKPOINT, marker)
+    with pytest.raises(UnsafeCheckpointError, match=r"need io\.open.*looks crafted") as info:
+        load_checkpoint(run / CHECKPOINT)
+    assert "convert-checkpoint" not in str(info.value) and "do not convert" in str(info.value)
+    res = ncguide("convert-checkpoint", str(run / CHECKPOINT), "--trust-source", cwd=tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert "not an ncguide 0.1 checkpoint" in res.stderr and "looks crafted" in res.stderr
+    assert "--no-resume" not in res.stderr and "nothing was converted" in res.stderr
+    assert not marker.exists()
+
+
+def test_converting_a_file_that_is_no_checkpoint_gives_advice_for_that_command(tmp_path):
+    text = tmp_path / "passwd"
+    text.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    res = ncguide("convert-checkpoint", str(text), "--trust-source", cwd=tmp_path)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert str(text) in res.stderr and "nothing was converted" in res.stderr and "--no-resume" not in res.stderr
+    assert text.read_text() == "root:x:0:0:root:/root:/bin/bash\n"

@@ -119,8 +119,9 @@ nc2.png, nc3.png, nc4.png): median over seeds with a min-max band, per method.""
 _CONVERT_DESCRIPTION = """\
 ncguide reads checkpoints with torch.load(weights_only=True): opening a results folder from someone
 else never runs code from it. Checkpoints written by ncguide 0.1 pickled numpy's RNG state, so a safe
-load refuses them. This command unpickles each FILE (which runs any code it holds: use it only on files
-you trust), stores that state as plain data, checks the result loads safely and replaces FILE atomically."""
+load refuses them. This command reads each FILE with the safe loader plus numpy's array types (the only
+objects a 0.1 checkpoint pickled; a file that needs anything else is refused as crafted and never
+unpickled), stores that state as plain data, checks the result loads safely and replaces FILE atomically."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -336,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_CONVERT_DESCRIPTION)
     v.add_argument("files", nargs="+", metavar="FILE", help="checkpoint.pt files to convert in place")
     v.add_argument("--trust-source", dest="trust_source", action="store_true",
-                   help="required: converting unpickles the file, which runs any code it holds")
+                   help="required: confirms the files are yours (converting unpickles their numpy arrays)")
     return parser
 
 
@@ -646,8 +647,8 @@ def _cmd_convert_checkpoint(args: argparse.Namespace) -> int:
     from .checkpoint import convert_checkpoint
 
     if not args.trust_source:
-        return _error("convert-checkpoint unpickles each file, which runs any code it holds; pass --trust-source "
-                      "only for files you or ncguide 0.1 wrote")
+        return _error("convert-checkpoint unpickles the numpy arrays each file holds; pass --trust-source only for "
+                      "files you or ncguide 0.1 wrote")
     for path in args.files:
         print(f"converted {convert_checkpoint(path, trust_source=True)}")
     return 0

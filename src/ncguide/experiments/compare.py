@@ -73,7 +73,7 @@ from .config import (
     read_value,
     with_defaults,
 )
-from .files import atomic_write_text, json_text, read_jsonl
+from .files import atomic_write_text, check_no_links, json_text, read_jsonl
 from .launch import LaunchConfig, Run, drive, make_launcher, parse_launch
 from .locks import rank0_folder_lock
 from .report import (
@@ -243,9 +243,10 @@ def point_name(point: Mapping[str, object]) -> str:
 
 
 def run_dir(out_dir: str | Path, method: str, seed: int, point: Mapping[str, object] | None = None) -> Path:
-    """``out_dir/runs/<method>/seed-<seed>``, or ``out_dir/runs/<method>/<point>/seed-<seed>`` on a grid."""
+    """``out_dir/runs/<method>/seed-<seed>``, or ``out_dir/runs/<method>/<point>/seed-<seed>`` on a grid; a
+    symbolic link planted on the way (``runs``, a method's folder...) is refused (``files.UnsafeFileError``)."""
     base = Path(out_dir) / "runs" / method
-    return (base / point_name(point) if point else base) / f"seed-{seed}"
+    return check_no_links(out_dir, (base / point_name(point) if point else base) / f"seed-{seed}")
 
 
 

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING
 
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .config import ConfigError, Rule, TrainConfig, read_integer
-from .files import atomic_write_text, json_text, last_record
+from .files import atomic_write_text, json_text, last_record, open_regular
 from .machine import CONCURRENT_ENV
 from .progress import CompareProgress
 from .report import DIVERGED, short_record
@@ -307,7 +307,7 @@ def start_child(run_dir: Path, gpus: int, env: dict[str, str]) -> subprocess.Pop
     """Start the run's child in a new process group (Ctrl-C in a terminal reaches only the launcher), its
     stdout and stderr appended to ``RUN_DIR/launch.log`` after a header line."""
     command = child_command(run_dir, gpus)
-    with (run_dir / LAUNCH_LOG).open("ab") as log:
+    with os.fdopen(open_regular(run_dir / LAUNCH_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as log:
         log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n".encode())
         log.flush()
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,

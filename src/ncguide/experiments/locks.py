@@ -12,7 +12,9 @@ is emptied on release; deleting a lock file that another process may be opening 
 processes hold "the" lock). ``flock`` locks belong to an open file description, so a second ``open`` of
 the same file in the same process conflicts too. On NFS, Linux maps ``flock`` onto NFS byte-range locks
 (works between hosts); a file system without locks, and platforms without ``fcntl`` (Windows), run
-unlocked (with a warning for the former).
+unlocked (with a warning for the former). A symbolic link, FIFO or other non-regular file at
+``<folder>/.lock`` is refused with one line (``files.UnsafeFileError``): the lock file is written, and
+ncguide never writes through a link.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .files import json_text
+from .files import json_text, open_regular
 
 try:
     import fcntl
@@ -65,7 +67,7 @@ def folder_lock(folder: str | os.PathLike, enabled: bool = True) -> Iterator[Non
         return
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_regular(folder / LOCK, os.O_RDWR | os.O_CREAT)  # a link or FIFO there: UnsafeFileError
     locked = False
     try:
         try:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write_text, json_text, read_jsonl
+from .files import atomic_write, atomic_write_text, json_text, read_jsonl
 from .machine import machine_lines, read_starts, summarize_machines
 from .runlog import check_run_log
 from .verdict import build_verdict, length_caution, resolve_focus, verdict_lines
@@ -203,7 +203,8 @@ def load_runs(out_dir: str | Path, excluded: list[dict] | None = None) -> dict[s
     """Read the ``metrics.jsonl`` of every run folder of :func:`run_folders` → ``{method: {seed: [record,
     ...]}}``.
 
-    Runs with an empty log are skipped; runs whose log is incomplete (``runlog.check_run_log``) are left
+    Runs with an empty log are skipped; runs whose log is incomplete (``runlog.check_run_log``), whose
+    checkpoint is not ncguide's or whose ``config.json`` the schema refuses are left
     out and appended to ``excluded`` as ``{"run": path relative to out_dir, "why": reason}`` (a warning
     each when ``excluded`` is None). Raises ValueError when there is nothing to report."""
     runs: dict[str, dict[int, list[dict]]] = {}
@@ -219,7 +220,7 @@ def load_runs(out_dir: str | Path, excluded: list[dict] | None = None) -> dict[s
         for seed, folder in by_seed.items():
             if not any((folder / f).is_file() for f in ("metrics.jsonl", "checkpoint.pt")):
                 continue
-            why = check_run_log(folder) or _unfinished(folder)
+            why = check_run_log(folder) or _config_problem(folder) or _unfinished(folder)
             if why is not None:
                 run = folder.relative_to(out_dir).as_posix()
                 _exclude(excluded, run, why)
@@ -260,6 +261,23 @@ def _unfinished(folder: Path) -> str | None:
             "finish it")
 
 
+def _config_problem(folder: Path) -> str | None:
+    """Why a run's ``config.json`` (read for thresholds and the setup line) is unfit: the schema refuses it."""
+    from .runlog import read_saved_config
+
+    path = folder / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        read_saved_config(path)
+    except OSError as e:
+        return f"config.json is unreadable ({e.strerror})"
+    except ValueError as e:
+        return (f"{str(e).replace(str(path), 'config.json', 1)}; rerunning the same compare command rewrites it "
+                "from the run's checkpoint")
+    return None
+
+
 def _exclude(excluded: list[dict] | None, run: str, why: str) -> None:
     if excluded is None:
         warnings.warn(f"{run} left out of the report: {why}", stacklevel=3)
@@ -268,13 +286,16 @@ def _exclude(excluded: list[dict] | None, run: str, why: str) -> None:
 
 
 def run_configs(out_dir: str | Path) -> list[dict]:
-    """The ``config.json`` of every run the report covers (unreadable ones skipped)."""
+    """The ``config.json`` of every run the report covers, read through the config schema (completed with
+    today's defaults; missing, unreadable and invalid ones skipped: the report leaves those runs out)."""
+    from .runlog import read_saved_config
+
     configs = []
     for by_seed in run_folders(out_dir).values():
         for folder in by_seed.values():
             try:
-                configs.append(json.loads((folder / "config.json").read_text()))
-            except (OSError, json.JSONDecodeError):
+                configs.append(read_saved_config(folder / "config.json").to_dict())
+            except (OSError, ValueError):
                 continue
     return configs
 
@@ -744,7 +765,8 @@ def plot_figures(runs: dict[str, dict[int, list[dict]]], out_dir: str | Path) ->
     for name in [OVERVIEW, *FIGURES]:
         fig = figure(runs, name)
         if fig is not None:
-            fig.savefig(out_dir / name, dpi=90 if name == OVERVIEW else 110)
+            dpi = 90 if name == OVERVIEW else 110  # atomic_write: a link planted at the name is replaced, not followed
+            atomic_write(out_dir / name, lambda f, fig=fig, dpi=dpi: fig.savefig(f, format="png", dpi=dpi))
             plt.close(fig)
             written.append(name)
     return written
@@ -755,11 +777,20 @@ def plot_figures(runs: dict[str, dict[int, list[dict]]], out_dir: str | Path) ->
 
 
 def _setup_line(configs: list[dict], runs, vary: set[str] = frozenset()) -> str:
+    """``Setup: dataset=..., lr=...; seeds [...]``: the main settings, each from the first run that uses it; a
+    setting no run uses (``config.ignored_fields``: no lr under AGD, no delta without a nearest-ETF head) or
+    one the grid varies is left out."""
+    from .config import TrainConfig, ignored_fields
+
     if not configs:
         return ""
-    c = configs[0]
     keys = ["dataset", "model", "epochs", "batch_size", "optimizer", "lr", "temperature", "delta"]
-    parts = [f"{k}={c[k]}" for k in keys if c.get(k) is not None and k not in vary]
+    used = [(c, ignored_fields(TrainConfig.from_dict(c))) for c in configs]
+    parts = []
+    for k in keys:
+        value = next((c.get(k) for c, ignored in used if k not in ignored), None)
+        if value is not None and k not in vary:
+            parts.append(f"{k}={value}")
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
     return f"Setup: {', '.join(parts)}; seeds {seeds}."
 
@@ -768,22 +799,49 @@ def _excluded_lines(excluded: list[dict]) -> list[str]:
     """The report's note on runs left out (none when none were)."""
     if not excluded:
         return []
-    lines = [f"**Left out**: {len(excluded)} run(s) whose log is incomplete (the table has fewer seeds):", ""]
+    lines = [f"**Left out**: {len(excluded)} run(s) whose log, checkpoint or config is incomplete or invalid (the "
+             "table has fewer seeds):", ""]
     return lines + [f"- `{x['run']}`: {x['why']}" for x in excluded] + [""]
 
 
-def _compare_setting(out_dir: Path, key: str):
-    """``key`` of the comparison's ``config.yaml`` (None if it is not set or the file is unreadable)."""
+def compare_settings(out_dir: str | Path) -> dict:
+    """The comparison's ``config.yaml`` (``{}`` when there is none), with the keys the report reads checked as
+    ``compare`` checks them: ``methods`` (names), ``train_acc_threshold`` (in (0, 1]), ``report_epochs`` (whole
+    epochs, each once, none past the runs' last epoch), ``focus`` (a name) and ``variants`` (a mapping). A file
+    that is malformed or breaks a rule is a one-line ``ValueError`` naming the file and the key."""
+    from .config import load_config
+
     path = Path(out_dir) / "config.yaml"
     if not path.is_file():
-        return None
-    try:
-        import yaml
+        return {}
+    d = load_config(path)
 
-        d = yaml.safe_load(path.read_text()) or {}
-    except Exception:  # noqa: BLE001 (an unreadable config.yaml only loses this default)
-        return None
-    return d.get(key) if isinstance(d, dict) else None
+    def refuse(key: str, rule: str):
+        raise ValueError(f"{path}: {key} must be {rule}; got {d[key]!r} (fix or delete the key, or rerun the compare)")
+
+    if "methods" in d and not (isinstance(d["methods"], list) and all(isinstance(m, str) for m in d["methods"])):
+        refuse("methods", "a list of method names")
+    acc = d.get("train_acc_threshold")
+    if acc is not None and not (isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 < acc <= 1):
+        refuse("train_acc_threshold", "a number in (0, 1] (a fraction, 0.99 for 99%)")
+    for key, tp, words in (("focus", str, "a method name or none"), ("variants", dict, "a mapping of variants")):
+        if d.get(key) is not None and not isinstance(d[key], tp):
+            refuse(key, words)
+    try:
+        report_epochs = check_report_epochs(d.get("report_epochs"))
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    grid = d.get("grid") if isinstance(d.get("grid"), dict) else {}
+    grid_epochs = grid.get("epochs") if isinstance(grid.get("epochs"), list) else []
+    lengths = [e for e in [d.get("epochs"), *grid_epochs] if isinstance(e, int) and not isinstance(e, bool)]
+    if report_epochs and lengths and report_epochs[-1] > max(lengths):
+        refuse("report_epochs", f"epochs the runs reach (at most epochs={max(lengths)})")
+    return d
+
+
+def _compare_setting(out_dir: Path, key: str):
+    """``key`` of the comparison's ``config.yaml`` (:func:`compare_settings`; None if it is not set)."""
+    return compare_settings(out_dir).get(key)
 
 
 def report_thresholds(out_dir: str | Path) -> dict[str, tuple[str, float]]:

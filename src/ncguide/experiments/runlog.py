@@ -23,18 +23,19 @@ What is guaranteed:
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import warnings
 from pathlib import Path
 
-from .checkpoint import CHECKPOINT, ResumeError, load_checkpoint
-from .config import with_defaults
+from .checkpoint import CHECKPOINT, NotACheckpointError, ResumeError, load_checkpoint
+from .config import TrainConfig, with_defaults
 from .files import atomic_write, atomic_write_text, json_text, truncate
 from .locks import rank0_folder_lock
 
 __all__ = ["METRICS", "CONFIG", "log_state", "restore_log", "restore_config", "finished_record", "expected_epochs",
-           "log_has_results", "check_run_log"]
+           "read_saved_config", "log_has_results", "check_run_log"]
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"  # a copy of the checkpoint's config, for people (the run's identity is the checkpoint's)
@@ -144,9 +145,17 @@ def finished_record(run_dir: str | os.PathLike) -> dict:
     return json.loads(lines[-1]) if lines else {}
 
 
-def expected_epochs(epochs: int, eval_every: int = 1) -> list[int]:
-    """The epochs a complete run logs: 0, every ``eval_every``-th, and the last."""
-    return [0] + [e for e in range(1, epochs + 1) if e % eval_every == 0 or e == epochs]
+def expected_epochs(epochs: int, eval_every: int = 1, limit: int | None = None) -> list[int]:
+    """The epochs a complete run logs: 0, every ``eval_every``-th, and the last; only the first ``limit`` of
+    them when given (a config may schedule far more epochs than any log holds)."""
+    every = range(eval_every, epochs + 1, eval_every)
+    last = [epochs] if epochs % eval_every else []
+    return ([0, *itertools.islice(every, limit)] + last)[:limit]
+
+
+def _schedule_length(epochs: int, eval_every: int) -> int:
+    """``len(expected_epochs(epochs, eval_every))``, without building it."""
+    return 1 + epochs // eval_every + (1 if epochs % eval_every else 0)
 
 
 def log_has_results(path: str | os.PathLike) -> bool:
@@ -171,12 +180,15 @@ def log_has_results(path: str | os.PathLike) -> bool:
 
 def check_run_log(run_dir: str | os.PathLike) -> str | None:
     """Why the log of the run in ``run_dir`` is unfit for a report (records lost or cut, or a finished
-    run with records after its last; see the module docstring), or ``None`` if it is fit."""
+    run with records after its last; a checkpoint or ``config.json`` that is not ncguide's; see the module
+    docstring), or ``None`` if it is fit."""
     run_dir = Path(run_dir)
     log, ckpt, unreadable = run_dir / METRICS, None, False
     if (run_dir / CHECKPOINT).is_file():  # read before the log: a running run only appends to it
         try:
             ckpt = load_checkpoint(run_dir / CHECKPOINT)
+        except NotACheckpointError as e:  # crafted or foreign: nothing in this folder can be trusted to judge by
+            return e.problem.replace(f"{run_dir / CHECKPOINT} is unreadable (", f"{CHECKPOINT} is unreadable (", 1)
         except (OSError, ValueError):
             unreadable = True
     try:
@@ -207,26 +219,60 @@ def _check_against_checkpoint(data: bytes, ckpt: dict) -> str | None:
     return None
 
 
+def read_saved_config(path: str | os.PathLike) -> TrainConfig:
+    """A run's ``config.json`` read through the config schema (``TrainConfig.from_dict``, today's defaults for
+    fields it lacks): a one-line ``ValueError`` naming the file and the key when it is not a valid config."""
+    path = Path(path)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({str(e).splitlines()[0]})") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} holds a {type(saved).__name__}, not a mapping of config fields")
+    try:
+        return TrainConfig.from_dict(with_defaults(saved))
+    except ValueError as e:
+        raise ValueError(f"{path} is not a valid run config: {(str(e).strip().splitlines() or ['?'])[0]}") from None
+
+
 def _check_against_config(data: bytes, run_dir: Path, unreadable: bool) -> str | None:
     lines, cut = _split(data)
     records, bad = _records(lines)
     basis = f"{CHECKPOINT} {'unreadable' if unreadable else 'missing'}, judged from config.json"
-    try:
-        cfg = with_defaults(json.loads((run_dir / "config.json").read_text()))
-        expected = expected_epochs(int(cfg["epochs"]), int(cfg["eval_every"]))
-    except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError):
+    if not (run_dir / CONFIG).is_file():
         return f"line {bad} of the log is cut or unreadable" if bad is not None else None
+    try:
+        cfg = read_saved_config(run_dir / CONFIG)
+    except OSError as e:
+        return f"{CONFIG} is unreadable ({e.strerror}) and {basis.split(',')[0]}"
+    except ValueError as e:
+        return f"{str(e).replace(str(run_dir / CONFIG), CONFIG, 1)}, and {basis.split(',')[0]}"
     epochs = [r.get("epoch") for r in records]
-    if bad is None and epochs == expected:
+    total = _schedule_length(cfg.epochs, cfg.eval_every)
+    expected = expected_epochs(cfg.epochs, cfg.eval_every, limit=len(epochs) + 1)  # never more than the log needs
+    if bad is None and epochs == expected and len(epochs) == total:
         return None
-    if bad is not None and epochs == expected[: len(epochs)] and len(epochs) < len(expected):
+    prefix = epochs == expected[: len(epochs)]
+    if bad is not None and prefix and len(epochs) < total:
         return f"line {bad} of the log is cut or unreadable, after epoch {epochs[-1] if epochs else '-'} ({basis})"
     if bad is not None:
         return f"line {bad} of the log is cut or unreadable ({basis})"
-    if epochs == expected[: len(epochs)]:
+    if prefix and len(epochs) <= total:
         end = f"ends at epoch {epochs[-1]}" if epochs else "is empty"
-        return f"the log {end}{' and a cut line' if cut else ''}, of {expected[-1]} epochs ({basis})"
-    return f"the log's epochs {_short(epochs)} are not the {expected[-1]}-epoch schedule {_short(expected)} ({basis})"
+        return f"the log {end}{' and a cut line' if cut else ''}, of {cfg.epochs} epochs ({basis})"
+    return (f"the log's epochs {_short(epochs)} are not the {cfg.epochs}-epoch schedule "
+            f"{_schedule_text(cfg.epochs, cfg.eval_every, total)} ({basis})")
+
+
+def _schedule_text(epochs: int, every: int, total: int) -> str:
+    """``_short(expected_epochs(epochs, every))`` without building a long schedule."""
+    if total <= 8:
+        return _short(expected_epochs(epochs, every))
+    tail, k = ([epochs] if epochs % every else []), epochs // every
+    while len(tail) < 3:
+        tail.insert(0, k * every)
+        k -= 1
+    return f"[{', '.join(map(str, expected_epochs(epochs, every, limit=3)))}, ..., {', '.join(map(str, tail))}]"
 
 
 def _short(xs: list) -> str:

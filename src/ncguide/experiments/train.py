@@ -113,6 +113,8 @@ from .build import build_backbone, build_run_head, data_fingerprint, load_data, 
 from .checkpoint import (
     CHECKPOINT,
     CHECKPOINT_VERSION,
+    UNREADABLE_ADVICE,
+    NotACheckpointError,
     ResumeError,
     check_same_config,
     get_rng_state,
@@ -124,7 +126,7 @@ from .checkpoint import (
 from .config import TrainConfig
 from .distributed import Placement
 from .evaluate import evaluate
-from .files import append_line, atomic_write_text, json_text, last_record
+from .files import append_line, atomic_write_text, json_text, last_record, truncate
 from .locks import RunLockedError, folder_lock
 from .loggers import RunLoggers, check_loggers, open_loggers
 from .machine import record_start
@@ -416,18 +418,31 @@ def _check_same_data(ckpt: dict, cfg: TrainConfig, path: Path) -> None:
 def _start_fresh(run: RunState) -> None:
     if run.where.rank == 0:
         (run.out / CHECKPOINT).unlink(missing_ok=True)  # a stale (e.g. finished) checkpoint must not outlive it
-        (run.out / METRICS).write_text("")
+        truncate(run.out / METRICS, 0)  # refuses a link planted in the folder
     set_lr(run.optimizer, run.lr_factor(0))  # so the epoch-0 record shows the first step's lr
 
 
 def _restore(run: RunState, ckpt: dict, log_lines: list[str]) -> None:
-    run.model.load_state_dict(ckpt["model"])
-    run.head.load_state_dict(ckpt["head"])
-    run.optimizer.load_state_dict(ckpt["optimizer"])
-    run.loader.load_state_dict(ckpt["loader"])
+    """Load the checkpoint's states (``load_checkpoint`` checked their types; states that do not fit this run's
+    model, head, optimiser or generators are one line too)."""
+    part = "model"
+    try:
+        run.model.load_state_dict(ckpt["model"])
+        part = "head"
+        run.head.load_state_dict(ckpt["head"])
+        part = "optimizer"
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        part = "loader"
+        run.loader.load_state_dict(ckpt["loader"])
+        part = "rng"
+        set_rng_state(ckpt["rng"])
+    except (RuntimeError, KeyError, TypeError, IndexError) as e:
+        why = " ".join(str(e).split()) or type(e).__name__  # torch's message spans lines: one line, cut short
+        why = why if len(why) <= 240 else why[:237] + "..."
+        raise NotACheckpointError(f"{run.out / CHECKPOINT} is unreadable (not an ncguide checkpoint: its {part} "
+                                  f"state does not fit the run: {why})", UNREADABLE_ADVICE) from None
     run.epoch, run.step, run.wall_s, run.mid_epoch = ckpt["epoch"], ckpt["step"], ckpt["wall_s"], ckpt["mid_epoch"]
     run.log = log_lines
-    set_rng_state(ckpt["rng"])
 
 
 def _wrap_for_training(model: nn.Module, cfg: TrainConfig, where: Placement) -> nn.Module:
