@@ -268,6 +268,63 @@ def test_yaml_numbers_are_read_as_written(tmp_path):
     path.write_text("epochs: 0o17\n")  # text to YAML 1.1, and so refused by the schema
     with pytest.raises(ConfigError, match="'0o17'.*integer"):
         TrainConfig.from_dict(load_config(path))
+    for text in ("lr: 1:30.5\n", "lr: 1_0.5\n", "lr: !!float 1:30\n"):  # YAML 1.1: 90.5, 10.5, 90.0
+        path.write_text(text)
+        with pytest.raises(ValueError, match="not a number in decimal notation"):
+            load_config(path)
+
+
+def test_yaml_words_dates_and_other_tags(tmp_path):
+    """yes/no/on/off stay true/false (as the schema reads them from text), a date is text, and tags that would give
+    other Python types are refused."""
+    path = tmp_path / "c.yaml"
+    path.write_text("nesterov: yes\nstratified: Off\ndata_dir: 2024-01-01\nlr: .5e-1\n")
+    assert load_config(path) == {"nesterov": True, "stratified": False, "data_dir": "2024-01-01", "lr": 0.05}
+    assert read_value("nesterov", "on") is True and read_value("stratified", "NO") is False  # same words from text
+    for tag, value in [("set", "{1: null}"), ("binary", "aGk="), ("omap", "[{a: 1}]"), ("timestamp", "2024-01-01")]:
+        path.write_text(f"model_kwargs: {{widths: !!{tag} {value}}}\n")
+        with pytest.raises(ValueError, match=f"tag !!{tag} is not read"):
+            load_config(path)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a: &a {lr: 0.1}\nb: &b {epochs: 2}\nrun:\n  <<: *a\n  <<: *b\n", r"two << merge keys.*lines 4 and 5"),
+    ("model_kwargs: &r {widths: [16], me: *r}\n", r"alias \*r lies inside its own anchor &r"),
+    ("grid: &g [1, *g]\n", r"alias \*g lies inside"),
+    ("a: &a [" + ", ".join(["1"] * 50) + "]\nb: &b [" + ", ".join(["*a"] * 50) + "]\nc: [" + ", ".join(["*b"] * 50)
+     + "]\n", r"aliases expand to \d+ values \(more than 100000\)"),
+    ("a: " + "[" * 5000 + "\n", "too deeply"),
+])
+def test_yaml_refuses_aliases_that_hide_duplicates_or_recurse(tmp_path, text, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_yaml_merges_and_shared_anchors_still_load(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("a: &a {lr: 0.1}\nb: &b {epochs: 2}\nrun: {<<: [*a, *b], lr: 0.2}\nw: &w [8]\nv: [*w, *w]\n")
+    d = load_config(path)
+    assert d["run"] == {"lr": 0.2, "epochs": 2} and d["v"] == [[8], [8]]
+
+
+@pytest.mark.parametrize("suffix, text", [
+    (".yaml", "epochs: {N}\n"), (".yaml", "model_kwargs: {widths: [16, {N}]}\n"),
+    (".json", '{"epochs": {N}}'), (".json", '{"model_kwargs": {"widths": [16, {N}]}}'),
+])
+def test_integers_beyond_pythons_digit_limit_name_their_key(tmp_path, suffix, text):
+    """int() refuses more than 4300 digits with a message naming no key: the loaders name it."""
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text.replace("{N}", "9" * 5000))
+    key = "epochs" if "epochs" in text else "widths"
+    with pytest.raises(ValueError, match=f"{key}: an integer of 5000 digits is too large") as info:
+        load_config(path)
+    assert len(str(info.value)) < 300
+    with pytest.raises(ConfigError, match="an integer of 5000 digits is too large") as info:
+        apply_overrides({}, ["model_kwargs.widths=[" + "9" * 5000 + "]"])
+    assert info.value.key == "model_kwargs.widths" and len(str(info.value)) < 300
 
 
 # ---------------------------------------------------------------------------------------------- ignored keys

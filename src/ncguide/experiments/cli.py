@@ -394,7 +394,7 @@ def _source(args: argparse.Namespace, key: str) -> str | None:
     top = key.partition(".")[0]
     for item in reversed(getattr(args, "overrides", None) or []):
         if item.partition("=")[0].strip().partition(".")[0] == top:
-            return f"from --set {item}"
+            return f"from --set {item if len(item) <= 60 else item[:57] + '...'}"
     dests = {field: dest for dest, field in _COMMON_FLAGS.items()}
     dest = dests.get(top, top)
     repeated = {"variants": "--variant", "grid": "--grid", "loggers": "--logger", "slurm_setup": "--slurm-setup",
@@ -427,11 +427,15 @@ def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) ->
     flags.update(extra_flags or {})
     d.update({k: read_value(k, v) for k, v in flags.items() if v is not None})  # by the schema, as --set and files
     given: dict[str, str] = {}
+    by_flag = _keys_given_by_flags(args, extra_flags)
     for item in args.overrides:
         key = item.partition("=")[0].strip()
         if key in given and key:
             raise ConfigError(key, f"--set {key} is given twice (--set {given[key]} and --set {item}); give it once")
         given[key] = item
+        top = key.partition(".")[0]
+        if top in by_flag:  # the flag's value would be dropped without a word
+            raise ConfigError(top, f"{top} is given twice ({by_flag[top]} and --set {top}=...); give it once")
     compare.update({k: getattr(args, k) for k in _COMPARE_KEYS
                     if k not in ("grid", "variants") and getattr(args, k, None) is not None})
     if getattr(args, "grid", None) is not None:  # --grid items replace the file's grid as a whole
@@ -448,6 +452,16 @@ def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) ->
         else:
             train_sets.append(item)
     return (apply_overrides(d, train_sets) if train_sets else d), compare
+
+
+def _keys_given_by_flags(args: argparse.Namespace, extra_flags: dict | None) -> dict[str, str]:
+    """The config and compare keys the command line gives by a flag (not ``--set``): key -> the flag."""
+    flags = {"grid": "--grid", "variants": "--variant", "loggers": "--logger", "slurm_setup": "--slurm-setup",
+             "slurm_extra": "--slurm-extra"}
+    keys = {field: dest for dest, field in _COMMON_FLAGS.items()} | {k: k for k in _COMPARE_KEYS}
+    keys |= {k: k for k, v in (extra_flags or {}).items() if v is not None}
+    return {key: flags.get(key, "--" + dest.replace("_", "-")) for key, dest in keys.items()
+            if getattr(args, dest, None) is not None}
 
 
 def _parse_variant_flags(items: list[str]) -> dict[str, dict]:

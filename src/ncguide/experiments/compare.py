@@ -66,6 +66,7 @@ from .config import (
     ConfigError,
     Rule,
     TrainConfig,
+    _shown,
     field_names,
     ignored_fields,
     ignored_reason,
@@ -124,7 +125,7 @@ MAX_SEEDS = 1000  # seeds per comparison (a count beyond it is a typo, and would
 def parse_seeds(seeds: int | str | Iterable[int], base: int = 0, what: str = "seeds") -> list[int]:
     """``3`` or ``"3"`` → ``[base, base+1, base+2]``; ``"0,4"`` or ``[0, 4]`` → ``[0, 4]``. Read by the rule of the
     config's integers: a count in 1..``MAX_SEEDS``, or distinct seeds in 0..2**32 - 1 (the ``seed`` field's range)."""
-    bad = f"bad {what} {seeds!r}; " + _SEEDS_HELP.replace("0..N-1", f"{base}..{base}+N-1")
+    bad = f"bad {what} {_shown(seeds)}; " + _SEEDS_HELP.replace("0..N-1", f"{base}..{base}+N-1")
     if isinstance(seeds, str) and "," in seeds:
         seeds = seeds.split(",")
     if isinstance(seeds, (list, tuple)):
