@@ -364,6 +364,7 @@ TYPED_FILES = {
     "huge-digits-nested.yaml": f"model_kwargs: {{widths: [{_HUGE}]}}\n",
     "huge-digits.json": f'{{"epochs": {_HUGE}}}',
     "huge-digits-seeds.yaml": f"seeds: [0, {_HUGE}]\n",
+    "head-flag.yaml": "method: standard\nhead_kwargs: {normalize_features: 'sure'}\n",
 }
 CASES += [
     (T + ["--config", "{D}/sexagesimal.yaml"], ["1:30.5", "decimal", "{D}/sexagesimal.yaml"]),
@@ -388,6 +389,12 @@ CASES += [
      ["grid", "twice", "--grid", "--set grid"]),
     (C + ["--seeds", "2", "--set", "seeds=3"], ["seeds", "twice", "--seeds"]),
     (T + ["--epochs", "2", "--set", "epochs=3"], ["epochs", "twice", "--epochs"]),
+    (T + ["--method", "standard", "--set", 'head_kwargs.normalize_weights="maybe"'],
+     ["head_kwargs.normalize_weights", "true or false"]),
+    (T + ["--method", "standard", "--set", "head_kwargs.bias=1"], ["head_kwargs.bias", "true or false"]),
+    (T + ["--method", "nearest-etf", "--set", "head_kwargs.sync_distributed=none"],
+     ["head_kwargs.sync_distributed", "true or false"]),
+    (T + ["--config", "{D}/head-flag.yaml"], ["head_kwargs.normalize_features", "{D}/head-flag.yaml"]),
 ]
 
 

@@ -24,7 +24,7 @@ from ncguide.experiments.config import (
     read_value,
 )
 from ncguide.experiments.optim import build_optimizer, lr_factor
-from ncguide.heads import METHODS, head_options
+from ncguide.heads import METHODS, head_option_types, head_options
 
 BASE = dict(dataset="digits", model="mlp", model_kwargs={"widths": [64, 64]}, epochs=3, batch_size=64,
             optimizer="sgd", lr=0.05, device="cpu", seed=0)
@@ -159,6 +159,40 @@ def test_head_kwargs_cannot_shadow_a_top_level_field():
         assert info.value.key == f"head_kwargs.{name}"
     kept = {"sync_distributed": False}  # a head option that is not a field
     assert cfg_of(method="fixed-etf", head_kwargs=kept).head_kwargs == kept
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_head_kwargs_entries_are_read_by_the_heads_declared_types(method, tmp_path):
+    """Every bool option a head declares (and that is no field) is read as the bool fields are, at every entry:
+    ``off`` (YAML, --set) and the text ``"off"`` (a quoted YAML value, JSON) are false; ``"maybe"``, ``1`` and
+    ``None`` are refused naming ``head_kwargs.NAME``; a config built directly must hold a bool."""
+    flags = [n for n, tp in head_option_types(method).items() if tp is bool and n not in field_names()]
+    assert flags, method
+    for name in flags:
+        path = tmp_path / "c.yaml"
+        path.write_text(f"method: {method}\nhead_kwargs: {{{name}: 'off'}}\n")
+        entries = [load_config(path)["head_kwargs"], apply_overrides({}, [f"head_kwargs.{name}=off"])["head_kwargs"],
+                   {name: "off"}, {name: "no"}]
+        for hk in entries:
+            assert cfg_of(method=method, head_kwargs=hk).head_kwargs == {name: False}, (name, hk)
+        for bad in ("maybe", 1, 0.0, None, '"off"'):
+            with pytest.raises(ConfigError, match=f"head_kwargs.{name}.*true or false") as info:
+                cfg_of(method=method, head_kwargs={name: bad})
+            assert info.value.key == f"head_kwargs.{name}"
+        with pytest.raises(ConfigError) as info:
+            TrainConfig(method=method, head_kwargs={name: "off"}).validate()
+        assert info.value.key == f"head_kwargs.{name}"
+
+
+def test_a_head_kwargs_flag_read_as_false_trains_as_false():
+    """Oracle: ``head_kwargs.normalize_weights: "off"`` (text) builds the head ``False`` builds, not the default."""
+    weights = {}
+    for value in ("off", False, True):
+        torch.manual_seed(0)
+        cfg = cfg_of(method="standard", head_kwargs={"normalize_weights": value})
+        head = build_run_head(cfg, 16, 4)
+        weights[value] = head.weight.clone()
+    assert torch.equal(weights["off"], weights[False]) and not torch.equal(weights["off"], weights[True])
 
 
 def test_validate_checks_types_of_a_config_built_directly():

@@ -378,8 +378,34 @@ def _read(key: str, value: Any, text: bool) -> Any:
             value = _parse_text(value, key) if value.strip() else {}
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise _type_error(key, value, tp, optional)
+        if key == "head_kwargs":
+            return {name: _head_option(name, v, text) for name, v in value.items()}
         return dict(value)
     return _check(key, _scalar(key, value, origin, text, optional), rule, optional)
+
+
+def _head_option(name: str, value: Any, text: bool) -> Any:
+    """An entry of ``head_kwargs`` read by the type its head's constructor declares (``bias: bool``: ``"off"`` is
+    false or refused, never a true string), as a field of that type is; an option of no head, a top-level field
+    (``validate`` refuses both) and a type of no field (``solve_dtype``) are left to the checks that follow."""
+    tp = _head_option_types().get(name)
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    if optional:
+        if value is None or (text and isinstance(value, str) and value.strip().lower() in ("", "none", "null", "~")):
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if name in _hints() or tp not in (bool, int, float, str):
+        return value
+    return _scalar(f"head_kwargs.{name}", value, tp, text, optional)
+
+
+@functools.cache
+def _head_option_types() -> dict[str, Any]:
+    """Every head option's declared type (an option has one type in every head that takes it)."""
+    from ..heads import head_option_types
+
+    return {name: tp for method in METHODS for name, tp in head_option_types(method).items()}
 
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
