@@ -395,6 +395,12 @@ CASES += [
     (T + ["--method", "nearest-etf", "--set", "head_kwargs.sync_distributed=none"],
      ["head_kwargs.sync_distributed", "true or false"]),
     (T + ["--config", "{D}/head-flag.yaml"], ["head_kwargs.normalize_features", "{D}/head-flag.yaml"]),
+    (C + ["--methods", "standard", "--set", "device=cpu", "--grid", "amp=none,bf16"],
+     ["'amp'", "device='cpu'", "--grid"]),
+    (C + ["--methods", "standard", "--set", "schedule=step", "--grid", "gamma=0.1,0.5"],
+     ["'gamma'", "step_milestones=[]", "--grid"]),
+    (C + ["--methods", "standard", "--set", "head_kwargs.normalize_features=false", "--grid", "temperature=1,2"],
+     ["'temperature'", "not scaled", "--grid"]),
 ]
 
 

@@ -1,6 +1,7 @@
 """Run configuration (``experiments/config.py``): round trip, the schema every value is read by (one rule at every
 entry point), the YAML/JSON loaders, ``head_kwargs`` shadowing, and the table of keys a run ignores."""
 
+import contextlib
 import json
 
 import pytest
@@ -459,3 +460,35 @@ def test_ignored_optimiser_schedule_and_data_fields_cannot_change_the_run():
     fixed = [cfg_of(**ufm, train_per_class=5, samples_per_class=s) for s in (7, 9)]
     assert torch.equal(load_data(fixed[0]).y_train, load_data(fixed[1]).y_train)
     assert "samples_per_class" in ignored_fields(fixed[0])
+
+
+def test_keys_ignored_because_of_another_value_cannot_change_the_run(tmp_path):
+    """Oracles for the rows conditioned on a value: gamma without milestones (gamma**0), amp and check_every on the
+    CPU (training in float32, checking every step), temperature when the standard head does not scale features."""
+    from ncguide.experiments.train import train
+
+    def factors(gamma):
+        return [lr_factor(s, total_steps=20, schedule="step", milestones=[], gamma=gamma) for s in range(20)]
+
+    assert factors(0.1) == factors(0.5)
+    assert "gamma" in ignored_fields(cfg_of(schedule="step"))
+    assert "gamma" not in ignored_fields(cfg_of(schedule="step", step_milestones=[1]))
+    assert ignored_reason(cfg_of(schedule="step"), "gamma") == "gamma is not used with step_milestones=[]"
+
+    tiny = dict(model_kwargs={"widths": [16]}, train_per_class=5, test_per_class=2, epochs=1, batch_size=16)
+    logs = {}
+    for name, extra in [("base", {}), ("amp", {"amp": "bf16"}), ("check_every", {"check_every": 7})]:
+        cfg = cfg_of(**tiny, **extra)
+        assert set(extra) <= ignored_fields(cfg)
+        with pytest.warns(UserWarning, match="bf16") if extra.get("amp") else contextlib.nullcontext():
+            train(cfg, tmp_path / name, progress="none")
+        logs[name] = [{k: v for k, v in json.loads(line).items() if k not in ("wall_s", "time")}
+                      for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert logs["amp"] == logs["base"] and logs["check_every"] == logs["base"]
+    assert not {"amp", "check_every"} & ignored_fields(cfg_of(device="cuda"))
+    assert ignored_reason(cfg_of(amp="bf16"), "amp") == \
+        "amp is not used with device='cpu', where training runs on the CPU"
+
+    plain = dict(method="standard", head_kwargs={"normalize_features": False})
+    a, b = _head_outputs(cfg_of(**plain, temperature=1.0)), _head_outputs(cfg_of(**plain, temperature=10.0))
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and "temperature" in ignored_fields(cfg_of(**plain))

@@ -28,9 +28,10 @@ fields, and raises :class:`ConfigError` (a ``ValueError`` carrying the offending
 message that states the rule.
 
 **Keys a run ignores.** ``USED_ONLY_WHEN`` says, in one table, which fields a run uses only under some
-method, data set, optimiser or schedule (``delta`` only for the nearest-ETF heads, ``momentum`` only for
-sgd, ``num_classes`` only for ``ufm``, ...); :func:`ignored_fields` gives those a config ignores. A grid
-over such a key is refused (``compare``), a key set explicitly but ignored is warned about (``ncguide``).
+method, data set, optimiser or schedule, or another value (``delta`` only for the nearest-ETF heads,
+``momentum`` only for sgd, ``num_classes`` only for ``ufm``, ``gamma`` only with step milestones, ``amp`` not on
+the CPU, ...); :func:`ignored_fields` gives those a config ignores. A grid over such a key is refused
+(``compare``); a key set explicitly to a value other than its default, but ignored, is warned about (``ncguide``).
 ``head_kwargs`` cannot hold a top-level field (``head_kwargs.temperature`` would override ``temperature``
 behind the saved config's back).
 """
@@ -290,13 +291,25 @@ RULES: dict[str, Rule] = {
 
 @dataclass(frozen=True)
 class When:
-    """A condition on another field: its value is one of ``values`` (or, ``negate``, none of them)."""
+    """A condition on another field: its value is one of ``values`` (or, ``negate``, none of them); or, given
+    ``test``, ``test(value)`` holds (``says``: what a value that fails it means, for the warning)."""
 
-    values: tuple
+    values: tuple = ()
     negate: bool = False
+    test: typing.Callable[[Any], bool] | None = None
+    says: str = ""
 
     def holds(self, value: Any) -> bool:
-        return (value in self.values) != self.negate
+        return self.test(value) if self.test is not None else (value in self.values) != self.negate
+
+
+def _not_on_cpu(device: str) -> bool:
+    """Whether a run of ``device`` may train on CUDA: ``auto`` picks CUDA when this machine has it."""
+    if device != "auto":
+        return device != "cpu"
+    import torch
+
+    return torch.cuda.is_available()
 
 
 _NEAREST = ("nearest-etf", "nearest-etf-nograd")
@@ -305,7 +318,9 @@ _SCALED = tuple(m for m in METHODS if m != "standard-plain")  # the heads that s
 
 # The fields a run uses only under some settings (every condition must hold); any other field every run uses.
 USED_ONLY_WHEN: dict[str, dict[str, When]] = {
-    "temperature": {"method": When(_SCALED)},
+    "temperature": {"method": When(_SCALED),  # and not with head_kwargs.normalize_features=false (h~ = h)
+                    "head_kwargs": When(test=lambda hk: hk.get("normalize_features") is not False,
+                                        says="the features are not scaled")},
     "delta": {"method": When(_NEAREST)},
     "solver": {"method": When(_NEAREST)},
     "mean_schedule": {"method": When(_MEANS)},
@@ -318,7 +333,9 @@ USED_ONLY_WHEN: dict[str, dict[str, When]] = {
     "momentum": {"optimizer": When(("sgd",))},
     "nesterov": {"optimizer": When(("sgd",))},
     "step_milestones": {"schedule": When(("step",))},
-    "gamma": {"schedule": When(("step",))},
+    "gamma": {"schedule": When(("step",)), "step_milestones": When(([],), negate=True)},  # gamma^0 without milestones
+    "amp": {"device": When(test=_not_on_cpu, says="training runs on the CPU")},  # bf16 autocast is CUDA's only
+    "check_every": {"device": When(test=_not_on_cpu, says="training runs on the CPU")},  # the CPU checks every step
     "num_classes": {"dataset": When(("ufm",))},
     "samples_per_class": {"dataset": When(("ufm",)), "train_per_class": When((None,))},  # else train_per_class
     "feature_dim": {"model": When(("ufm",))},
@@ -338,7 +355,7 @@ def ignored_reason(cfg: TrainConfig, name: str) -> str:
     """Why ``cfg`` ignores field ``name``, e.g. ``"momentum is not used with optimizer='adam'"``."""
     for other, w in USED_ONLY_WHEN.get(name, {}).items():
         if not w.holds(getattr(cfg, other)):
-            return f"{name} is not used with {other}={getattr(cfg, other)!r}"
+            return f"{name} is not used with {other}={getattr(cfg, other)!r}{f', where {w.says}' if w.says else ''}"
     return f"{name} is used by every run"
 
 
