@@ -492,3 +492,25 @@ def test_keys_ignored_because_of_another_value_cannot_change_the_run(tmp_path):
     plain = dict(method="standard", head_kwargs={"normalize_features": False})
     a, b = _head_outputs(cfg_of(**plain, temperature=1.0)), _head_outputs(cfg_of(**plain, temperature=10.0))
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and "temperature" in ignored_fields(cfg_of(**plain))
+
+
+def test_rerunning_from_resolved_files_warns_only_about_keys_set_to_other_values(tmp_path, capsys):
+    """A resolved file lists every field at its value, defaults included (a run's config.json, a compare's
+    config.yaml): fed back, it warns only about an ignored key whose value differs from its default."""
+    saved = TrainConfig.from_dict({**BASE, "method": "standard"}).to_dict()  # as config.json stores it
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert cli.main(["train", "--config", str(path), "--print-config"]) == 0
+    assert "ignored" not in capsys.readouterr().err
+    path.write_text(json.dumps({**saved, "delta": 0.5, "optimizer": "adam", "momentum": 0.5}))
+    assert cli.main(["train", "--config", str(path), "--print-config"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "ignored" in line]
+    assert len(warned) == 2 and "delta" in warned[0] and "momentum" in warned[1], warned
+
+    argv = ["compare", "--dataset", "digits", "--methods", "standard", "--seeds", "1", "--set", "optimizer=adam"]
+    assert cli.main([*argv, "--print-config"]) == 0
+    resolved = tmp_path / "config.yaml"
+    resolved.write_text(capsys.readouterr().out)
+    assert cli.main(["compare", "--config", str(resolved), "--print-config"]) == 0
+    assert "ignored" not in capsys.readouterr().err

@@ -567,10 +567,11 @@ def _warn_variants(variants, method: str, config: str | None) -> None:
 
 
 def _warn_ignored(cfg, given: set[str], args: argparse.Namespace) -> None:
-    """One warning line per key the user set (file, flag, ``--set``) that this run ignores."""
-    from .config import ignored_fields, ignored_reason
+    """One warning line per key the user set (file, flag, ``--set``) to a value other than its default that this run
+    ignores (a resolved file, such as a run's config.json, lists every field at its default)."""
+    from .config import ignored_fields, ignored_reason, non_default
 
-    for key in sorted(ignored_fields(cfg) & given):
+    for key in sorted(ignored_fields(cfg) & non_default({k: getattr(cfg, k) for k in given})):
         source = _source(args, key)
         warnings.warn(f"{ignored_reason(cfg, key)}: the value you set is ignored{f' ({source})' if source else ''}",
                       stacklevel=2)

@@ -70,6 +70,7 @@ from .config import (
     field_names,
     ignored_fields,
     ignored_reason,
+    non_default,
     read_integer,
     read_value,
     with_defaults,
@@ -297,7 +298,8 @@ def run_compare(
     Bad settings raise :class:`ncguide.experiments.config.ConfigError` (a ``ValueError``) naming the key.
     """
     base_dict = base.to_dict() if isinstance(base, TrainConfig) else dict(base)
-    given = set() if isinstance(base, TrainConfig) else set(base_dict) - {"method", "seed"}  # set by the caller
+    # set by the caller, to other values than the defaults (a resolved config.yaml lists every default)
+    given = set() if isinstance(base, TrainConfig) else non_default(base_dict) - {"method", "seed"}
     base_dict.pop("method", None)
     base_dict.pop("seed", None)
     variants = _keyed("variants", parse_variants, variants)
@@ -603,7 +605,7 @@ def _ignored_settings(given: set[str], variants: dict, planned: dict[tuple[str, 
                      "comparison")
     for (method, _), cfg in planned.items():
         spec = variants.get(method, {})
-        for key in sorted(ignored_fields(cfg) & set(spec) - unused):
+        for key in sorted(ignored_fields(cfg) & non_default(spec) - unused):
             note = f"variant {method!r}: {ignored_reason(cfg, key)}: the value it sets is ignored"
             if note not in notes:
                 notes.append(note)

@@ -56,7 +56,7 @@ from .optim import OPTIMIZERS, SCHEDULES
 
 __all__ = ["ConfigError", "TrainConfig", "load_config", "apply_overrides", "with_defaults", "field_names", "DEVICES",
            "AMP", "RULES", "Rule", "USED_ONLY_WHEN", "read_value", "read_integer", "ignored_fields", "ignored_reason",
-           "INT_MAX", "SEED_MAX"]
+           "non_default", "INT_MAX", "SEED_MAX"]
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
@@ -357,6 +357,22 @@ def ignored_reason(cfg: TrainConfig, name: str) -> str:
         if not w.holds(getattr(cfg, other)):
             return f"{name} is not used with {other}={getattr(cfg, other)!r}{f', where {w.says}' if w.says else ''}"
     return f"{name} is used by every run"
+
+
+def non_default(d: dict[str, Any]) -> set[str]:
+    """The fields in ``d`` (a config dict, values typed or text) whose value differs from the field's default: the
+    keys a user set, when ``d`` is a resolved file that lists every field (``config.json``, a compare's
+    ``config.yaml``). A value the schema refuses counts as set (its error comes from elsewhere)."""
+    default, out = TrainConfig(), set()
+    for key, value in d.items():
+        if key in _hints():
+            try:
+                if read_value(key, value) == getattr(default, key):
+                    continue
+            except ConfigError:
+                pass
+            out.add(key)
+    return out
 
 
 def read_value(key: str, value: Any) -> Any:
