@@ -365,6 +365,9 @@ TYPED_FILES = {
     "huge-digits.json": f'{{"epochs": {_HUGE}}}',
     "huge-digits-seeds.yaml": f"seeds: [0, {_HUGE}]\n",
     "head-flag.yaml": "method: standard\nhead_kwargs: {normalize_features: 'sure'}\n",
+    "label0d.npz": {"y_train": np.array(3)},
+    "label0d-test.npz": {"y_test": np.array(1)},
+    "label2d.npz": {"y_train": (np.arange(20) % 4).reshape(20, 1)},
 }
 CASES += [
     (T + ["--config", "{D}/sexagesimal.yaml"], ["1:30.5", "decimal", "{D}/sexagesimal.yaml"]),
@@ -401,6 +404,9 @@ CASES += [
      ["'gamma'", "step_milestones=[]", "--grid"]),
     (C + ["--methods", "standard", "--set", "head_kwargs.normalize_features=false", "--grid", "temperature=1,2"],
      ["'temperature'", "not scaled", "--grid"]),
+    (T + ["--dataset", "npz:{D}/label0d.npz"], ["{D}/label0d.npz", "y_train", "1-D", "shape ()"]),
+    (T + ["--dataset", "npz:{D}/label0d-test.npz"], ["{D}/label0d-test.npz", "y_test", "1-D"]),
+    (T + ["--dataset", "npz:{D}/label2d.npz"], ["{D}/label2d.npz", "y_train", "1-D", "(20, 1)"]),
 ]
 
 
