@@ -310,7 +310,7 @@ def run_compare(
         raise ConfigError("selection_seeds", f"selection_seeds {sorted(set(sel_seeds) & set(seeds))} are also "
                                              "report seeds; the two sets must be disjoint (selection seeds count "
                                              "from 1000 by default)")
-    sel_seeds = sel_seeds if grid else []
+    sel_given, sel_seeds = sel_seeds, sel_seeds if grid else []
     for name, spec in variants.items():
         clash = sorted(set(spec) & set(grid))
         if clash and name in methods:
@@ -355,6 +355,10 @@ def run_compare(
     if metric_epoch(selection_metric) is not None and len(points) > 1:
         _check_metric_epoch(selection_metric, [r.cfg for r in selection])
     notes = _ignored_settings(given, variants, planned)
+    default_sel = parse_seeds(DEFAULT_SELECTION_SEEDS, SELECTION_SEED_BASE)
+    notes += _unused_options(variants, methods, grid, selection_seeds=(sel_given, default_sel),
+                             extend_edges=(extend_edges, 0),
+                             selection_metric=(selection_metric, parse_selection_metric(DEFAULT_SELECTION_METRIC)))
     runs = {r.path: r.cfg for r in selection}  # every run folder the comparison may train: where the launcher looks
     runs.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
     launcher = make_launcher(parse_launch(launch), runs, out_dir=Path(out_dir).absolute(), resume=resume,
@@ -609,6 +613,17 @@ def _ignored_settings(given: set[str], variants: dict, planned: dict[tuple[str, 
             note = f"variant {method!r}: {ignored_reason(cfg, key)}: the value it sets is ignored"
             if note not in notes:
                 notes.append(note)
+    return notes
+
+
+def _unused_options(variants: dict, methods: list[str], grid: dict, **grid_options: tuple) -> list[str]:
+    """Warnings: a variant that no listed method names (it never runs); a selection option (value, default) set to
+    another value than its default for a comparison without a grid (it has nothing to select)."""
+    notes = [f"variant {name!r} is not in methods ({', '.join(methods)}), so it does not run; list it in --methods "
+             "(or methods:) to compare it" for name in variants if name not in methods]
+    if not grid:
+        notes += [f"{key} applies to a tuned comparison only (--grid, or grid:); without a grid it is ignored"
+                  for key, (value, default) in grid_options.items() if value != default]
     return notes
 
 
