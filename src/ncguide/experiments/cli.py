@@ -61,7 +61,7 @@ Run `ncguide <command> --help` for the options of each command."""
 
 _EPILOG_CONFIG = """\
 configuration (lowest to highest precedence):
-  TrainConfig defaults < --config FILE.yaml < explicit flags < --set key=value
+  TrainConfig defaults < --config FILE.yaml < explicit flags and --set key=value (not both for one key)
   Any TrainConfig field can be set with --set, e.g. --set optimizer=adam --set temperature=10;
   one entry of a dict field with a dot: --set model_kwargs.width=0.5. Unknown keys are rejected
   with the list of valid ones; --print-config shows every field and its resolved value.
@@ -415,7 +415,8 @@ def _source(args: argparse.Namespace, key: str) -> str | None:
 
 
 def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) -> tuple[dict, dict]:
-    """(TrainConfig fields, compare settings) from defaults < ``--config`` < explicit flags < ``--set``.
+    """(TrainConfig fields, compare settings) from defaults < ``--config`` < explicit flags and ``--set`` (a key
+    given both by its flag and by ``--set`` is refused: one of the two would be dropped without a word).
 
     Compare settings are the keys ``methods`` and ``seeds`` (YAML top level, ``--methods``/``--seeds``,
     ``--set methods=a,b``); they are not TrainConfig fields."""
