@@ -11,7 +11,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ncguide.etf import canonical_stiefel, center_classes, centering_matrix, etf_gram_error
-from ncguide.heads import METHODS, FixedETFHead, NearestETFHead, NonFiniteFeaturesError, StandardHead, build_head
+from ncguide.heads import (
+    METHODS,
+    FixedETFHead,
+    NearestETFHead,
+    NonFiniteFeaturesError,
+    StandardHead,
+    build_head,
+    head_option_types,
+)
 from ncguide.means import RunningClassMeans, RunningMean
 from tolerances import orth_tol, polar_grad_rtol, polar_tol
 
@@ -699,6 +707,42 @@ def test_numpy_integer_sizes_are_accepted():
     np = pytest.importorskip("numpy")
     head = NearestETFHead(np.int64(16), np.int32(4))
     assert (head.feature_dim, head.num_classes) == (16, 4) and type(head.num_classes) is int
+
+
+# every option the heads declare as bool or float, with values that are neither, though truthy or numeric in Python
+NOT_BOOL = ["off", "no", 1, 0, 0.5, None, torch.tensor(True)]
+NOT_REAL = [True, False, "1", "0.5", None, [1.0], torch.tensor([1.0, 2.0])]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_bool_and_float_option_of_every_head_is_type_checked(method):
+    """From the constructors' signatures: each bool option refuses what is not a bool (``"off"`` is a true string,
+    ``0.5`` a true number: read by truthiness they would do the opposite of what was meant), each float option
+    refuses bools and text, with one ValueError naming the option; the implicit-gradient switch of the nearest-ETF
+    head (fixed per method by build_head) too."""
+    options = head_option_types(method)
+    checked = {n: tp for n, tp in options.items() if tp in (bool, float)}
+    assert checked, method
+    for name, tp in checked.items():
+        for bad in NOT_BOOL if tp is bool else NOT_REAL:
+            with pytest.raises(ValueError, match=f"^{name} must be") as info:
+                build_head(method, 16, 4, **{name: bad})
+            assert len(str(info.value).splitlines()) == 1
+    if method.startswith("nearest"):
+        for bad in NOT_BOOL:
+            with pytest.raises(ValueError, match="^implicit_grad must be True or False"):
+                NearestETFHead(16, 4, implicit_grad=bad)
+
+
+def test_numbers_of_numpy_and_torch_are_read_as_python_values():
+    np = pytest.importorskip("numpy")
+    head = NearestETFHead(16, 4, temperature=torch.tensor(5.0), delta=np.float32(0.5), implicit_grad=np.bool_(False),
+                          alpha_min=np.float64(0.1), sync_distributed=np.bool_(True))
+    assert (head.temperature, head.delta, head.implicit_grad, head.means.alpha_min, head.means.sync) == \
+        (5.0, 0.5, False, 0.1, True)
+    assert {type(head.temperature), type(head.delta), type(head.implicit_grad)} == {float, bool}
+    with pytest.raises(ValueError, match="^seed must be an integer"):
+        FixedETFHead(16, 4, seed=True)
 
 
 EDGE_HEADS = [(m, {}) for m in STATEFUL] + [

@@ -17,6 +17,7 @@ import math
 import numbers
 
 import torch
+from numpy import bool_ as np_bool
 
 __all__ = [
     "centering_matrix",
@@ -117,6 +118,24 @@ def as_size(name: str, value, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}; got {value}")
     return int(value)
+
+
+def as_flag(name: str, value) -> bool:
+    """``value`` if it is a ``bool`` (or NumPy's); else one ``ValueError`` naming ``name``: an option that is
+    on or off is never read by truthiness (``"off"`` and ``"no"`` are true strings, ``0.5`` a true number)."""
+    if not isinstance(value, (bool, np_bool)):
+        raise ValueError(f"{name} must be True or False; got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def as_real(name: str, value) -> float:
+    """``value`` as a ``float`` if it is a real number (``int``, ``float``, NumPy's, a 0-dim real tensor; not a
+    ``bool``, not text); else one ``ValueError`` naming ``name``. Ranges are the caller's."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_complex() and value.dtype != torch.bool:
+        value = value.item()
+    if not isinstance(value, numbers.Real) or isinstance(value, (bool, np_bool)):
+        raise ValueError(f"{name} must be a real number; got {value!r} ({type(value).__name__})")
+    return float(value)
 
 
 def _check_dims(feature_dim: int, num_classes: int) -> None:

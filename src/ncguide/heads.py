@@ -44,19 +44,20 @@ from __future__ import annotations
 
 import inspect
 import math
+import typing
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .etf import as_size, canonical_stiefel, etf_weight, random_stiefel
+from .etf import as_flag, as_real, as_size, canonical_stiefel, etf_weight, random_stiefel
 from .means import RunningClassMeans, RunningMean
 from .solve import SOLVERS, nearest_etf, ns_schedule, polar_target
 from .warm_polar import WarmPolarSolver
 
 __all__ = [
     "METHODS", "Head", "NearestETFHead", "FixedETFHead", "StandardHead", "NonFiniteFeaturesError", "build_head",
-    "head_options",
+    "head_options", "head_option_types",
 ]
 
 METHODS = ("standard", "fixed-etf", "nearest-etf", "nearest-etf-nograd", "standard-plain")
@@ -94,9 +95,10 @@ class Head(nn.Module):
         super().__init__()
         self.feature_dim = as_size("feature_dim", feature_dim, 1)
         self.num_classes = as_size("num_classes", num_classes, 2)  # a classifier needs two classes
+        temperature = as_real("temperature", temperature)
         if not (temperature > 0 and math.isfinite(temperature)):
             raise ValueError(f"temperature must be a finite positive number; got {temperature}")
-        self.temperature, self.normalize_features = float(temperature), normalize_features
+        self.temperature, self.normalize_features = temperature, as_flag("normalize_features", normalize_features)
         self._device_targets_checked = False
 
     def transform(self, features: torch.Tensor) -> torch.Tensor:
@@ -281,9 +283,10 @@ class NearestETFHead(Head):
             isinstance(freeze_after, int) and not isinstance(freeze_after, bool) and freeze_after >= 0
         ):
             raise ValueError(f"freeze_after must be None or an integer >= 0 (training updates); got {freeze_after!r}")
+        delta, implicit_grad = as_real("delta", delta), as_flag("implicit_grad", implicit_grad)
         if not (delta >= 0 and math.isfinite(delta)):
             raise ValueError(f"delta must be finite and >= 0; got {delta}")
-        if solver not in SOLVERS:
+        if not isinstance(solver, str) or solver not in SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
         if solver == "warm" and not delta > 0:
             raise ValueError(
@@ -292,10 +295,9 @@ class NearestETFHead(Head):
             )
         if solve_dtype is not None and solve_dtype not in (torch.float32, torch.float64):
             raise ValueError(f"solve_dtype must be None, torch.float32 or torch.float64; got {solve_dtype}")
-        self.delta, self.solver, self.implicit_grad, self.solve_dtype = float(delta), solver, implicit_grad, solve_dtype
-        self.means = RunningClassMeans(
-            feature_dim, num_classes, mean_schedule, alpha_min, ema_alpha, sync=sync_distributed
-        )
+        self.delta, self.solver, self.implicit_grad, self.solve_dtype = delta, solver, implicit_grad, solve_dtype
+        sync = as_flag("sync_distributed", sync_distributed)
+        self.means = RunningClassMeans(feature_dim, num_classes, mean_schedule, alpha_min, ema_alpha, sync=sync)
         self.register_buffer("U", canonical_stiefel(feature_dim, num_classes, dtype=solve_dtype or torch.float32))
         self.warm = WarmPolarSolver(num_classes) if solver == "warm" else None
         if solver == "polar-ns":
@@ -447,6 +449,7 @@ class FixedETFHead(Head):
         feature_dim, num_classes = self.feature_dim, self.num_classes
         _check_etf_dims(feature_dim, num_classes)
         if rotation == "random":
+            seed = as_size("seed", seed, 0)
             U0 = random_stiefel(feature_dim, num_classes, generator=torch.Generator().manual_seed(seed))
         elif rotation == "canonical":
             U0 = canonical_stiefel(feature_dim, num_classes)
@@ -454,6 +457,7 @@ class FixedETFHead(Head):
             raise ValueError(f"unknown rotation {rotation!r}; choose 'random' or 'canonical'")
         self.rotation = rotation
         self.register_buffer("fixed_weight", etf_weight(U0))
+        sync_distributed = as_flag("sync_distributed", sync_distributed)
         self.global_mean = RunningMean(feature_dim, mean_schedule, alpha_min, ema_alpha, sync=sync_distributed)
 
     def _logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -509,8 +513,8 @@ class StandardHead(Head):
             bias: learn a bias ``b`` (``False``: none, ``bias`` reads zeros).
         """
         super().__init__(feature_dim, num_classes, temperature, normalize_features)
-        self.normalize_weights = normalize_weights
-        self.linear = nn.Linear(self.feature_dim, self.num_classes, bias=bias)
+        self.normalize_weights = as_flag("normalize_weights", normalize_weights)
+        self.linear = nn.Linear(self.feature_dim, self.num_classes, bias=as_flag("bias", bias))
         self.after_step()
 
     def _logits(self, h: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
@@ -555,6 +559,12 @@ def head_options(method: str) -> set[str]:
         raise ValueError(f"unknown head method {method!r}; choose one of {METHODS}")
     cls, fixed = _REGISTRY[method]
     return set(inspect.signature(cls.__init__).parameters) - {"self", "feature_dim", "num_classes"} - set(fixed)
+
+
+def head_option_types(method: str) -> dict[str, object]:
+    """``head_options(method)`` with each option's annotated type, e.g. ``{"bias": bool, "temperature": float}``."""
+    hints = typing.get_type_hints(_REGISTRY[method][0].__init__) if method in _REGISTRY else {}
+    return {name: hints[name] for name in head_options(method)}
 
 
 def build_head(method: str, feature_dim: int, num_classes: int, **kwargs) -> Head:

@@ -51,7 +51,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .etf import as_size
+from .etf import as_flag, as_real, as_size
 
 __all__ = ["SCHEDULES", "mean_alpha", "batch_class_sums", "fill_unseen", "RunningMean", "RunningClassMeans"]
 
@@ -168,9 +168,9 @@ class RunningMean(nn.Module):
         """
         super().__init__()
         feature_dim = as_size("feature_dim", feature_dim, 1)
-        _check_schedule(schedule, alpha_min, ema_alpha)
+        alpha_min, ema_alpha = _check_schedule(schedule, alpha_min, ema_alpha)
         self.feature_dim, self.schedule, self.alpha_min, self.ema_alpha = feature_dim, schedule, alpha_min, ema_alpha
-        self.sync = sync
+        self.sync = as_flag("sync", sync)
         self.register_buffer("mean", torch.zeros(feature_dim))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("count", torch.zeros((), dtype=torch.float64))
@@ -213,9 +213,10 @@ class RunningClassMeans(nn.Module):
         """
         super().__init__()
         feature_dim, num_classes = as_size("feature_dim", feature_dim, 1), as_size("num_classes", num_classes, 1)
-        _check_schedule(schedule, alpha_min, ema_alpha)
+        alpha_min, ema_alpha = _check_schedule(schedule, alpha_min, ema_alpha)
         self.feature_dim, self.num_classes = feature_dim, num_classes
-        self.schedule, self.alpha_min, self.ema_alpha, self.sync = schedule, alpha_min, ema_alpha, sync
+        self.schedule, self.alpha_min, self.ema_alpha = schedule, alpha_min, ema_alpha
+        self.sync = as_flag("sync", sync)
         self.register_buffer("means", torch.zeros(feature_dim, num_classes))
         self.register_buffer("global_mean", torch.zeros(feature_dim))
         self.register_buffer("steps", torch.zeros(num_classes + 1, dtype=torch.long))
@@ -277,10 +278,13 @@ def fill_unseen(A: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
     return torch.where(seen, A, fill.unsqueeze(1))
 
 
-def _check_schedule(schedule: str, alpha_min: float, ema_alpha: float) -> None:
-    if schedule not in SCHEDULES:
+def _check_schedule(schedule: str, alpha_min: float, ema_alpha: float) -> tuple[float, float]:
+    """``(alpha_min, ema_alpha)`` as floats, checked; ``ValueError`` naming the bad argument."""
+    alpha_min, ema_alpha = as_real("alpha_min", alpha_min), as_real("ema_alpha", ema_alpha)
+    if not isinstance(schedule, str) or schedule not in SCHEDULES:
         raise ValueError(f"unknown mean schedule {schedule!r}; choose one of {SCHEDULES}")
     if not 0.0 <= alpha_min <= 1.0:
         raise ValueError(f"alpha_min must lie in [0, 1]; got {alpha_min}")
     if not 0.0 < ema_alpha <= 1.0:
         raise ValueError(f"ema_alpha must lie in (0, 1]; got {ema_alpha}")
+    return alpha_min, ema_alpha

@@ -103,6 +103,8 @@ def _make_files(d: Path) -> None:
     _npz(d / "biglabel-float.npz", y_train=np.r_[np.arange(19) % 4, 1e30])
     _npz(d / "oneclass.npz", y_train=np.zeros(20, dtype=np.int64), y_test=np.arange(8) % 2)
     _npz(d / "hugex.npz", x_train=np.full((20, 6), 1e300))  # finite in float64, inf in float32
+    for name, content in TYPED_FILES.items():  # the files of the block "values read by their type" below
+        _npz(d / name, **content) if isinstance(content, dict) else (d / name).write_text(content)
     _make_report_folders(d)
 
 
@@ -383,6 +385,67 @@ CASES = [
     *REPORT_CASES,
 ]
 
+# ---- values read by their type: YAML's other notations, aliases, merge keys, digits beyond int(), keys given
+# ---- twice by a flag and --set, head options, npz labels
+_HUGE = "9" * 5000
+TYPED_FILES = {
+    "sexagesimal.yaml": "lr: 1:30.5\n",
+    "underscore-float.yaml": "lr: 1_0.5\n",
+    "set-tag.yaml": "model_kwargs: {widths: !!set {16: null}}\n",
+    "merge-twice.yaml": "a: &a {widths: [16]}\nb: &b {batch_norm: false}\nmodel_kwargs:\n  <<: *a\n  <<: *b\n",
+    "recursive.yaml": "model_kwargs: &r {widths: [16], me: *r}\n",
+    "laughs.yaml": "a: &a [" + ", ".join(["1"] * 50) + "]\nb: &b [" + ", ".join(["*a"] * 50) + "]\n"
+                   "model_kwargs: {widths: [" + ", ".join(["*b"] * 50) + "]}\n",
+    "deep.yaml": "model_kwargs: " + "[" * 5000 + "\n",
+    "huge-digits.yaml": f"epochs: {_HUGE}\n",
+    "huge-digits-nested.yaml": f"model_kwargs: {{widths: [{_HUGE}]}}\n",
+    "huge-digits.json": f'{{"epochs": {_HUGE}}}',
+    "huge-digits-seeds.yaml": f"seeds: [0, {_HUGE}]\n",
+    "head-flag.yaml": "method: standard\nhead_kwargs: {normalize_features: 'sure'}\n",
+    "label0d.npz": {"y_train": np.array(3)},
+    "label0d-test.npz": {"y_test": np.array(1)},
+    "label2d.npz": {"y_train": (np.arange(20) % 4).reshape(20, 1)},
+}
+CASES += [
+    (T + ["--config", "{D}/sexagesimal.yaml"], ["1:30.5", "decimal", "{D}/sexagesimal.yaml"]),
+    (T + ["--config", "{D}/underscore-float.yaml"], ["1_0.5", "decimal", "{D}/underscore-float.yaml"]),
+    (T + ["--set", "lr=1:30.5"], ["lr", "1:30.5"]),
+    (T + ["--set", "model_kwargs.widths=[1:30.5]"], ["model_kwargs.widths", "decimal"]),
+    (T + ["--config", "{D}/set-tag.yaml"], ["!!set", "{D}/set-tag.yaml"]),
+    (T + ["--config", "{D}/merge-twice.yaml"], ["two << merge keys", "lines 4 and 5", "{D}/merge-twice.yaml"]),
+    (T + ["--config", "{D}/recursive.yaml"], ["alias *r", "its own anchor", "{D}/recursive.yaml"]),
+    (T + ["--set", "model_kwargs=&r {widths: [16], me: *r}"], ["model_kwargs", "its own anchor"]),
+    (T + ["--config", "{D}/laughs.yaml"], ["aliases expand to", "{D}/laughs.yaml"]),
+    (T + ["--config", "{D}/deep.yaml"], ["too deeply", "{D}/deep.yaml"]),
+    (T + ["--config", "{D}/huge-digits.yaml"], ["epochs", "5000 digits", "{D}/huge-digits.yaml"]),
+    (T + ["--config", "{D}/huge-digits-nested.yaml"], ["widths", "5000 digits", "{D}/huge-digits-nested.yaml"]),
+    (T + ["--config", "{D}/huge-digits.json"], ["epochs", "5000 digits", "{D}/huge-digits.json"]),
+    (C + ["--config", "{D}/huge-digits-seeds.yaml"], ["seeds", "5000 digits", "{D}/huge-digits-seeds.yaml"]),
+    (T + ["--set", f"model_kwargs.widths=[{_HUGE}]"], ["model_kwargs.widths", "5000 digits"]),
+    (T + ["--set", f"model_kwargs={{widths: [{_HUGE}]}}"], ["model_kwargs", "widths", "5000 digits"]),
+    (C + ["--seeds", f"0,{_HUGE}"], ["seeds", "--seeds"]),
+    (C + ["--methods", "standard", "--report-epochs", _HUGE], ["report_epochs", "too large", "--report-epochs"]),
+    (C + ["--methods", "standard", "--grid", "lr=0.1,0.2", "--set", "grid=lr=0.3,0.4"],
+     ["grid", "twice", "--grid", "--set grid"]),
+    (C + ["--seeds", "2", "--set", "seeds=3"], ["seeds", "twice", "--seeds"]),
+    (T + ["--epochs", "2", "--set", "epochs=3"], ["epochs", "twice", "--epochs"]),
+    (T + ["--method", "standard", "--set", 'head_kwargs.normalize_weights="maybe"'],
+     ["head_kwargs.normalize_weights", "true or false"]),
+    (T + ["--method", "standard", "--set", "head_kwargs.bias=1"], ["head_kwargs.bias", "true or false"]),
+    (T + ["--method", "nearest-etf", "--set", "head_kwargs.sync_distributed=none"],
+     ["head_kwargs.sync_distributed", "true or false"]),
+    (T + ["--config", "{D}/head-flag.yaml"], ["head_kwargs.normalize_features", "{D}/head-flag.yaml"]),
+    (C + ["--methods", "standard", "--set", "device=cpu", "--grid", "amp=none,bf16"],
+     ["'amp'", "device='cpu'", "--grid"]),
+    (C + ["--methods", "standard", "--set", "schedule=step", "--grid", "gamma=0.1,0.5"],
+     ["'gamma'", "step_milestones=[]", "--grid"]),
+    (C + ["--methods", "standard", "--set", "head_kwargs.normalize_features=false", "--grid", "temperature=1,2"],
+     ["'temperature'", "not scaled", "--grid"]),
+    (T + ["--dataset", "npz:{D}/label0d.npz"], ["{D}/label0d.npz", "y_train", "1-D", "shape ()"]),
+    (T + ["--dataset", "npz:{D}/label0d-test.npz"], ["{D}/label0d-test.npz", "y_test", "1-D"]),
+    (T + ["--dataset", "npz:{D}/label2d.npz"], ["{D}/label2d.npz", "y_train", "1-D", "(20, 1)"]),
+]
+
 
 def _tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
@@ -412,7 +475,7 @@ def test_bad_input_one_line_exit_2_nothing_written(argv, expected, tmp_path, cap
     assert err.startswith("ncguide: error: ") and err.endswith("\n") and err.count("\n") == 1, err
     for word in expected:
         assert word.replace("{D}", str(d)) in err, (word, err)
-    assert "Traceback" not in err and "resume=False" not in err
+    assert "Traceback" not in err and "resume=False" not in err and len(err) < 1000, err[:2000]
     assert not out.exists() and _tree(tmp_path) == before, sorted(_tree(tmp_path) - before)
     assert "training" not in captured.out  # failed up front
 

@@ -148,13 +148,16 @@ def test_train_one_run(tmp_path, capsys):
 
 
 def test_precedence_config_flags_set(tmp_path):
-    """config file < explicit flags < --set."""
+    """config file < explicit flags and --set; a key given by both its flag and --set is refused."""
     path = tmp_path / "c.yaml"
     path.write_text("epochs: 7\nlr: 0.5\nbatch_size: 33\nmethods: [standard]\nseeds: 4\n")
     args = cli.build_parser().parse_args(
-        ["compare", "--config", str(path), "--epochs", "2", "--lr", "0.1", "--set", "lr=0.01", "--out", "x"])
+        ["compare", "--config", str(path), "--epochs", "2", "--set", "lr=0.01", "--out", "x"])
     d, compare = cli.resolve_config(args)
     assert (d["epochs"], d["lr"], d["batch_size"]) == (2, 0.01, 33)
+    args = cli.build_parser().parse_args(["compare", "--config", str(path), "--lr", "0.1", "--set", "lr=0.01"])
+    with pytest.raises(ValueError, match=r"lr is given twice \(--lr and --set lr=...\)"):
+        cli.resolve_config(args)
     assert compare == {"methods": ["standard"], "seeds": 4}
     args = cli.build_parser().parse_args(
         ["compare", "--config", str(path), "--seeds", "2", "--set", "methods=fixed-etf", "--out", "x"])

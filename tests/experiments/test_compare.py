@@ -5,6 +5,7 @@ folder layout, reuse and resume across grid points, diverged runs; run identity 
 import json
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -430,3 +431,22 @@ def test_train_acc_threshold_drives_selection_and_report(tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["thresholds"]["train_acc"]["value"] == 0.3
     with pytest.raises(ValueError, match="train_acc_threshold"):
         run_compare(BASE, ["standard"], [0], tmp_path / "o2", train_acc_threshold=1.5, progress="none", log=_quiet)
+
+
+def test_options_that_cannot_act_get_one_warning_each():
+    """A variant no listed method names never runs; the selection options without a grid select nothing: one warning
+    line each, and none for the same options at their defaults (as a resolved config.yaml lists them)."""
+    def notes(**options) -> list[str]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_compare(BASE, ["standard"], [0], "unused", check_only=True, **options)
+        return [str(w.message) for w in caught]
+
+    assert notes(selection_seeds=2, extend_edges=0, selection_metric="sustained") == []
+    got = notes(variants={"v": {"method": "standard", "lr": 0.1}}, selection_seeds=3, extend_edges=2,
+                selection_metric="first")
+    assert len(got) == 4, got
+    assert "variant 'v' is not in methods (standard)" in got[0]
+    assert [g.split()[0] for g in got[1:]] == ["selection_seeds", "extend_edges", "selection_metric"]
+    assert all("without a grid it is ignored" in g for g in got[1:])
+    assert notes(grid={"lr": [0.1, 0.2]}, selection_seeds=3, extend_edges=2, selection_metric="first") == []

@@ -1,6 +1,7 @@
 """Run configuration (``experiments/config.py``): round trip, the schema every value is read by (one rule at every
 entry point), the YAML/JSON loaders, ``head_kwargs`` shadowing, and the table of keys a run ignores."""
 
+import contextlib
 import json
 
 import pytest
@@ -24,7 +25,7 @@ from ncguide.experiments.config import (
     read_value,
 )
 from ncguide.experiments.optim import build_optimizer, lr_factor
-from ncguide.heads import METHODS, head_options
+from ncguide.heads import METHODS, head_option_types, head_options
 
 BASE = dict(dataset="digits", model="mlp", model_kwargs={"widths": [64, 64]}, epochs=3, batch_size=64,
             optimizer="sgd", lr=0.05, device="cpu", seed=0)
@@ -161,6 +162,40 @@ def test_head_kwargs_cannot_shadow_a_top_level_field():
     assert cfg_of(method="fixed-etf", head_kwargs=kept).head_kwargs == kept
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_head_kwargs_entries_are_read_by_the_heads_declared_types(method, tmp_path):
+    """Every bool option a head declares (and that is no field) is read as the bool fields are, at every entry:
+    ``off`` (YAML, --set) and the text ``"off"`` (a quoted YAML value, JSON) are false; ``"maybe"``, ``1`` and
+    ``None`` are refused naming ``head_kwargs.NAME``; a config built directly must hold a bool."""
+    flags = [n for n, tp in head_option_types(method).items() if tp is bool and n not in field_names()]
+    assert flags, method
+    for name in flags:
+        path = tmp_path / "c.yaml"
+        path.write_text(f"method: {method}\nhead_kwargs: {{{name}: 'off'}}\n")
+        entries = [load_config(path)["head_kwargs"], apply_overrides({}, [f"head_kwargs.{name}=off"])["head_kwargs"],
+                   {name: "off"}, {name: "no"}]
+        for hk in entries:
+            assert cfg_of(method=method, head_kwargs=hk).head_kwargs == {name: False}, (name, hk)
+        for bad in ("maybe", 1, 0.0, None, '"off"'):
+            with pytest.raises(ConfigError, match=f"head_kwargs.{name}.*true or false") as info:
+                cfg_of(method=method, head_kwargs={name: bad})
+            assert info.value.key == f"head_kwargs.{name}"
+        with pytest.raises(ConfigError) as info:
+            TrainConfig(method=method, head_kwargs={name: "off"}).validate()
+        assert info.value.key == f"head_kwargs.{name}"
+
+
+def test_a_head_kwargs_flag_read_as_false_trains_as_false():
+    """Oracle: ``head_kwargs.normalize_weights: "off"`` (text) builds the head ``False`` builds, not the default."""
+    weights = {}
+    for value in ("off", False, True):
+        torch.manual_seed(0)
+        cfg = cfg_of(method="standard", head_kwargs={"normalize_weights": value})
+        head = build_run_head(cfg, 16, 4)
+        weights[value] = head.weight.clone()
+    assert torch.equal(weights["off"], weights[False]) and not torch.equal(weights["off"], weights[True])
+
+
 def test_validate_checks_types_of_a_config_built_directly():
     """``TrainConfig(...)`` skips from_dict: validate() (which train() calls) refuses what from_dict would."""
     for bad, key in [(dict(epochs=2.7), "epochs"), (dict(epochs="3"), "epochs"), (dict(step_milestones=[1.5]),
@@ -268,6 +303,63 @@ def test_yaml_numbers_are_read_as_written(tmp_path):
     path.write_text("epochs: 0o17\n")  # text to YAML 1.1, and so refused by the schema
     with pytest.raises(ConfigError, match="'0o17'.*integer"):
         TrainConfig.from_dict(load_config(path))
+    for text in ("lr: 1:30.5\n", "lr: 1_0.5\n", "lr: !!float 1:30\n"):  # YAML 1.1: 90.5, 10.5, 90.0
+        path.write_text(text)
+        with pytest.raises(ValueError, match="not a number in decimal notation"):
+            load_config(path)
+
+
+def test_yaml_words_dates_and_other_tags(tmp_path):
+    """yes/no/on/off stay true/false (as the schema reads them from text), a date is text, and tags that would give
+    other Python types are refused."""
+    path = tmp_path / "c.yaml"
+    path.write_text("nesterov: yes\nstratified: Off\ndata_dir: 2024-01-01\nlr: .5e-1\n")
+    assert load_config(path) == {"nesterov": True, "stratified": False, "data_dir": "2024-01-01", "lr": 0.05}
+    assert read_value("nesterov", "on") is True and read_value("stratified", "NO") is False  # same words from text
+    for tag, value in [("set", "{1: null}"), ("binary", "aGk="), ("omap", "[{a: 1}]"), ("timestamp", "2024-01-01")]:
+        path.write_text(f"model_kwargs: {{widths: !!{tag} {value}}}\n")
+        with pytest.raises(ValueError, match=f"tag !!{tag} is not read"):
+            load_config(path)
+
+
+@pytest.mark.parametrize("text, match", [
+    ("a: &a {lr: 0.1}\nb: &b {epochs: 2}\nrun:\n  <<: *a\n  <<: *b\n", r"two << merge keys.*lines 4 and 5"),
+    ("model_kwargs: &r {widths: [16], me: *r}\n", r"alias \*r lies inside its own anchor &r"),
+    ("grid: &g [1, *g]\n", r"alias \*g lies inside"),
+    ("a: &a [" + ", ".join(["1"] * 50) + "]\nb: &b [" + ", ".join(["*a"] * 50) + "]\nc: [" + ", ".join(["*b"] * 50)
+     + "]\n", r"aliases expand to \d+ values \(more than 100000\)"),
+    ("a: " + "[" * 5000 + "\n", "too deeply"),
+])
+def test_yaml_refuses_aliases_that_hide_duplicates_or_recurse(tmp_path, text, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and len(str(info.value).splitlines()) == 1
+
+
+def test_yaml_merges_and_shared_anchors_still_load(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("a: &a {lr: 0.1}\nb: &b {epochs: 2}\nrun: {<<: [*a, *b], lr: 0.2}\nw: &w [8]\nv: [*w, *w]\n")
+    d = load_config(path)
+    assert d["run"] == {"lr": 0.2, "epochs": 2} and d["v"] == [[8], [8]]
+
+
+@pytest.mark.parametrize("suffix, text", [
+    (".yaml", "epochs: {N}\n"), (".yaml", "model_kwargs: {widths: [16, {N}]}\n"),
+    (".json", '{"epochs": {N}}'), (".json", '{"model_kwargs": {"widths": [16, {N}]}}'),
+])
+def test_integers_beyond_pythons_digit_limit_name_their_key(tmp_path, suffix, text):
+    """int() refuses more than 4300 digits with a message naming no key: the loaders name it."""
+    path = tmp_path / f"c{suffix}"
+    path.write_text(text.replace("{N}", "9" * 5000))
+    key = "epochs" if "epochs" in text else "widths"
+    with pytest.raises(ValueError, match=f"{key}: an integer of 5000 digits is too large") as info:
+        load_config(path)
+    assert len(str(info.value)) < 300
+    with pytest.raises(ConfigError, match="an integer of 5000 digits is too large") as info:
+        apply_overrides({}, ["model_kwargs.widths=[" + "9" * 5000 + "]"])
+    assert info.value.key == "model_kwargs.widths" and len(str(info.value)) < 300
 
 
 # ---------------------------------------------------------------------------------------------- ignored keys
@@ -368,3 +460,57 @@ def test_ignored_optimiser_schedule_and_data_fields_cannot_change_the_run():
     fixed = [cfg_of(**ufm, train_per_class=5, samples_per_class=s) for s in (7, 9)]
     assert torch.equal(load_data(fixed[0]).y_train, load_data(fixed[1]).y_train)
     assert "samples_per_class" in ignored_fields(fixed[0])
+
+
+def test_keys_ignored_because_of_another_value_cannot_change_the_run(tmp_path):
+    """Oracles for the rows conditioned on a value: gamma without milestones (gamma**0), amp and check_every on the
+    CPU (training in float32, checking every step), temperature when the standard head does not scale features."""
+    from ncguide.experiments.train import train
+
+    def factors(gamma):
+        return [lr_factor(s, total_steps=20, schedule="step", milestones=[], gamma=gamma) for s in range(20)]
+
+    assert factors(0.1) == factors(0.5)
+    assert "gamma" in ignored_fields(cfg_of(schedule="step"))
+    assert "gamma" not in ignored_fields(cfg_of(schedule="step", step_milestones=[1]))
+    assert ignored_reason(cfg_of(schedule="step"), "gamma") == "gamma is not used with step_milestones=[]"
+
+    tiny = dict(model_kwargs={"widths": [16]}, train_per_class=5, test_per_class=2, epochs=1, batch_size=16)
+    logs = {}
+    for name, extra in [("base", {}), ("amp", {"amp": "bf16"}), ("check_every", {"check_every": 7})]:
+        cfg = cfg_of(**tiny, **extra)
+        assert set(extra) <= ignored_fields(cfg)
+        with pytest.warns(UserWarning, match="bf16") if extra.get("amp") else contextlib.nullcontext():
+            train(cfg, tmp_path / name, progress="none")
+        logs[name] = [{k: v for k, v in json.loads(line).items() if k not in ("wall_s", "time")}
+                      for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert logs["amp"] == logs["base"] and logs["check_every"] == logs["base"]
+    assert not {"amp", "check_every"} & ignored_fields(cfg_of(device="cuda"))
+    assert ignored_reason(cfg_of(amp="bf16"), "amp") == \
+        "amp is not used with device='cpu', where training runs on the CPU"
+
+    plain = dict(method="standard", head_kwargs={"normalize_features": False})
+    a, b = _head_outputs(cfg_of(**plain, temperature=1.0)), _head_outputs(cfg_of(**plain, temperature=10.0))
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and "temperature" in ignored_fields(cfg_of(**plain))
+
+
+def test_rerunning_from_resolved_files_warns_only_about_keys_set_to_other_values(tmp_path, capsys):
+    """A resolved file lists every field at its value, defaults included (a run's config.json, a compare's
+    config.yaml): fed back, it warns only about an ignored key whose value differs from its default."""
+    saved = TrainConfig.from_dict({**BASE, "method": "standard"}).to_dict()  # as config.json stores it
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert cli.main(["train", "--config", str(path), "--print-config"]) == 0
+    assert "ignored" not in capsys.readouterr().err
+    path.write_text(json.dumps({**saved, "delta": 0.5, "optimizer": "adam", "momentum": 0.5}))
+    assert cli.main(["train", "--config", str(path), "--print-config"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "ignored" in line]
+    assert len(warned) == 2 and "delta" in warned[0] and "momentum" in warned[1], warned
+
+    argv = ["compare", "--dataset", "digits", "--methods", "standard", "--seeds", "1", "--set", "optimizer=adam"]
+    assert cli.main([*argv, "--print-config"]) == 0
+    resolved = tmp_path / "config.yaml"
+    resolved.write_text(capsys.readouterr().out)
+    assert cli.main(["compare", "--config", str(resolved), "--print-config"]) == 0
+    assert "ignored" not in capsys.readouterr().err

@@ -61,7 +61,7 @@ Run `ncguide <command> --help` for the options of each command."""
 
 _EPILOG_CONFIG = """\
 configuration (lowest to highest precedence):
-  TrainConfig defaults < --config FILE.yaml < explicit flags < --set key=value
+  TrainConfig defaults < --config FILE.yaml < explicit flags and --set key=value (not both for one key)
   Any TrainConfig field can be set with --set, e.g. --set optimizer=adam --set temperature=10;
   one entry of a dict field with a dot: --set model_kwargs.width=0.5. Unknown keys are rejected
   with the list of valid ones; --print-config shows every field and its resolved value.
@@ -395,7 +395,7 @@ def _source(args: argparse.Namespace, key: str) -> str | None:
     top = key.partition(".")[0]
     for item in reversed(getattr(args, "overrides", None) or []):
         if item.partition("=")[0].strip().partition(".")[0] == top:
-            return f"from --set {item}"
+            return f"from --set {item if len(item) <= 60 else item[:57] + '...'}"
     dests = {field: dest for dest, field in _COMMON_FLAGS.items()}
     dest = dests.get(top, top)
     repeated = {"variants": "--variant", "grid": "--grid", "loggers": "--logger", "slurm_setup": "--slurm-setup",
@@ -416,7 +416,8 @@ def _source(args: argparse.Namespace, key: str) -> str | None:
 
 
 def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) -> tuple[dict, dict]:
-    """(TrainConfig fields, compare settings) from defaults < ``--config`` < explicit flags < ``--set``.
+    """(TrainConfig fields, compare settings) from defaults < ``--config`` < explicit flags and ``--set`` (a key
+    given both by its flag and by ``--set`` is refused: one of the two would be dropped without a word).
 
     Compare settings are the keys ``methods`` and ``seeds`` (YAML top level, ``--methods``/``--seeds``,
     ``--set methods=a,b``); they are not TrainConfig fields."""
@@ -428,11 +429,15 @@ def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) ->
     flags.update(extra_flags or {})
     d.update({k: read_value(k, v) for k, v in flags.items() if v is not None})  # by the schema, as --set and files
     given: dict[str, str] = {}
+    by_flag = _keys_given_by_flags(args, extra_flags)
     for item in args.overrides:
         key = item.partition("=")[0].strip()
         if key in given and key:
             raise ConfigError(key, f"--set {key} is given twice (--set {given[key]} and --set {item}); give it once")
         given[key] = item
+        top = key.partition(".")[0]
+        if top in by_flag:  # the flag's value would be dropped without a word
+            raise ConfigError(top, f"{top} is given twice ({by_flag[top]} and --set {top}=...); give it once")
     compare.update({k: getattr(args, k) for k in _COMPARE_KEYS
                     if k not in ("grid", "variants") and getattr(args, k, None) is not None})
     if getattr(args, "grid", None) is not None:  # --grid items replace the file's grid as a whole
@@ -449,6 +454,16 @@ def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) ->
         else:
             train_sets.append(item)
     return (apply_overrides(d, train_sets) if train_sets else d), compare
+
+
+def _keys_given_by_flags(args: argparse.Namespace, extra_flags: dict | None) -> dict[str, str]:
+    """The config and compare keys the command line gives by a flag (not ``--set``): key -> the flag."""
+    flags = {"grid": "--grid", "variants": "--variant", "loggers": "--logger", "slurm_setup": "--slurm-setup",
+             "slurm_extra": "--slurm-extra"}
+    keys = {field: dest for dest, field in _COMMON_FLAGS.items()} | {k: k for k in _COMPARE_KEYS}
+    keys |= {k: k for k, v in (extra_flags or {}).items() if v is not None}
+    return {key: flags.get(key, "--" + dest.replace("_", "-")) for key, dest in keys.items()
+            if getattr(args, dest, None) is not None}
 
 
 def _parse_variant_flags(items: list[str]) -> dict[str, dict]:
@@ -554,10 +569,11 @@ def _warn_variants(variants, method: str, config: str | None) -> None:
 
 
 def _warn_ignored(cfg, given: set[str], args: argparse.Namespace) -> None:
-    """One warning line per key the user set (file, flag, ``--set``) that this run ignores."""
-    from .config import ignored_fields, ignored_reason
+    """One warning line per key the user set (file, flag, ``--set``) to a value other than its default that this run
+    ignores (a resolved file, such as a run's config.json, lists every field at its default)."""
+    from .config import ignored_fields, ignored_reason, non_default
 
-    for key in sorted(ignored_fields(cfg) & given):
+    for key in sorted(ignored_fields(cfg) & non_default({k: getattr(cfg, k) for k in given})):
         source = _source(args, key)
         warnings.warn(f"{ignored_reason(cfg, key)}: the value you set is ignored{f' ({source})' if source else ''}",
                       stacklevel=2)

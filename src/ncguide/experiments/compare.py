@@ -66,9 +66,11 @@ from .config import (
     ConfigError,
     Rule,
     TrainConfig,
+    _shown,
     field_names,
     ignored_fields,
     ignored_reason,
+    non_default,
     read_integer,
     read_value,
     with_defaults,
@@ -124,7 +126,7 @@ MAX_SEEDS = 1000  # seeds per comparison (a count beyond it is a typo, and would
 def parse_seeds(seeds: int | str | Iterable[int], base: int = 0, what: str = "seeds") -> list[int]:
     """``3`` or ``"3"`` → ``[base, base+1, base+2]``; ``"0,4"`` or ``[0, 4]`` → ``[0, 4]``. Read by the rule of the
     config's integers: a count in 1..``MAX_SEEDS``, or distinct seeds in 0..2**32 - 1 (the ``seed`` field's range)."""
-    bad = f"bad {what} {seeds!r}; " + _SEEDS_HELP.replace("0..N-1", f"{base}..{base}+N-1")
+    bad = f"bad {what} {_shown(seeds)}; " + _SEEDS_HELP.replace("0..N-1", f"{base}..{base}+N-1")
     if isinstance(seeds, str) and "," in seeds:
         seeds = seeds.split(",")
     if isinstance(seeds, (list, tuple)):
@@ -297,7 +299,8 @@ def run_compare(
     Bad settings raise :class:`ncguide.experiments.config.ConfigError` (a ``ValueError``) naming the key.
     """
     base_dict = base.to_dict() if isinstance(base, TrainConfig) else dict(base)
-    given = set() if isinstance(base, TrainConfig) else set(base_dict) - {"method", "seed"}  # set by the caller
+    # set by the caller, to other values than the defaults (a resolved config.yaml lists every default)
+    given = set() if isinstance(base, TrainConfig) else non_default(base_dict) - {"method", "seed"}
     base_dict.pop("method", None)
     base_dict.pop("seed", None)
     variants = _keyed("variants", parse_variants, variants)
@@ -308,7 +311,7 @@ def run_compare(
         raise ConfigError("selection_seeds", f"selection_seeds {sorted(set(sel_seeds) & set(seeds))} are also "
                                              "report seeds; the two sets must be disjoint (selection seeds count "
                                              "from 1000 by default)")
-    sel_seeds = sel_seeds if grid else []
+    sel_given, sel_seeds = sel_seeds, sel_seeds if grid else []
     for name, spec in variants.items():
         clash = sorted(set(spec) & set(grid))
         if clash and name in methods:
@@ -353,6 +356,10 @@ def run_compare(
     if metric_epoch(selection_metric) is not None and len(points) > 1:
         _check_metric_epoch(selection_metric, [r.cfg for r in selection])
     notes = _ignored_settings(given, variants, planned)
+    default_sel = parse_seeds(DEFAULT_SELECTION_SEEDS, SELECTION_SEED_BASE)
+    notes += _unused_options(variants, methods, grid, selection_seeds=(sel_given, default_sel),
+                             extend_edges=(extend_edges, 0),
+                             selection_metric=(selection_metric, parse_selection_metric(DEFAULT_SELECTION_METRIC)))
     runs = {r.path: r.cfg for r in selection}  # every run folder the comparison may train: where the launcher looks
     runs.update({run_dir(out_dir, m, s, p): config(m, p, s) for m in methods for p in points for s in seeds})
     launcher = make_launcher(parse_launch(launch), runs, out_dir=Path(out_dir).absolute(), resume=resume,
@@ -603,10 +610,21 @@ def _ignored_settings(given: set[str], variants: dict, planned: dict[tuple[str, 
                      "comparison")
     for (method, _), cfg in planned.items():
         spec = variants.get(method, {})
-        for key in sorted(ignored_fields(cfg) & set(spec) - unused):
+        for key in sorted(ignored_fields(cfg) & non_default(spec) - unused):
             note = f"variant {method!r}: {ignored_reason(cfg, key)}: the value it sets is ignored"
             if note not in notes:
                 notes.append(note)
+    return notes
+
+
+def _unused_options(variants: dict, methods: list[str], grid: dict, **grid_options: tuple) -> list[str]:
+    """Warnings: a variant that no listed method names (it never runs); a selection option (value, default) set to
+    another value than its default for a comparison without a grid (it has nothing to select)."""
+    notes = [f"variant {name!r} is not in methods ({', '.join(methods)}), so it does not run; list it in --methods "
+             "(or methods:) to compare it" for name in variants if name not in methods]
+    if not grid:
+        notes += [f"{key} applies to a tuned comparison only (--grid, or grid:); without a grid it is ignored"
+                  for key, (value, default) in grid_options.items() if value != default]
     return notes
 
 

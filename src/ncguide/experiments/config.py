@@ -17,16 +17,21 @@ Python) or text (the command line; quoted YAML), read by the same grammar:
 
 then checked against its range (``epochs >= 0``, ``num_classes >= 2``, every integer at most 2**63 - 1,
 the largest torch holds; ``seed`` in 0..2**32 - 1). Files are read by a YAML loader that refuses a key
-given twice, reads integers in decimal only (YAML 1.1 would read ``010`` as 8 and ``1:30`` as 90) and
-``1e-3`` as a number (YAML 1.2). ``from_dict`` rejects unknown keys; ``validate()`` (called by
+given twice (two ``<<`` merge keys in one mapping too), reads integers and numbers in decimal notation only (YAML
+1.1 would read ``010`` as 8, ``1:30`` as 90 and ``1:30.5`` as 90.5) and ``1e-3`` as a number (YAML 1.2), keeps
+YAML 1.1's ``yes/no/on/off`` as true/false (the words the schema reads from text), reads a date as text, and
+refuses an alias inside its own anchor, aliases that expand to more than 100,000 values and tags of other Python
+types (``!!set``, ``!!binary``, ...). An integer of more than 4300 digits (Python's ``int()`` limit) is refused
+by the YAML and JSON loaders naming its key. ``from_dict`` rejects unknown keys; ``validate()`` (called by
 ``from_dict`` and by ``train``) checks the types and ranges of a built config and the rules between
 fields, and raises :class:`ConfigError` (a ``ValueError`` carrying the offending ``key``) with a one-line
 message that states the rule.
 
 **Keys a run ignores.** ``USED_ONLY_WHEN`` says, in one table, which fields a run uses only under some
-method, data set, optimiser or schedule (``delta`` only for the nearest-ETF heads, ``momentum`` only for
-sgd, ``num_classes`` only for ``ufm``, ...); :func:`ignored_fields` gives those a config ignores. A grid
-over such a key is refused (``compare``), a key set explicitly but ignored is warned about (``ncguide``).
+method, data set, optimiser or schedule, or another value (``delta`` only for the nearest-ETF heads,
+``momentum`` only for sgd, ``num_classes`` only for ``ufm``, ``gamma`` only with step milestones, ``amp`` not on
+the CPU, ...); :func:`ignored_fields` gives those a config ignores. A grid over such a key is refused
+(``compare``); a key set explicitly to a value other than its default, but ignored, is warned about (``ncguide``).
 ``head_kwargs`` cannot hold a top-level field (``head_kwargs.temperature`` would override ``temperature``
 behind the saved config's back).
 """
@@ -51,7 +56,7 @@ from .optim import OPTIMIZERS, SCHEDULES
 
 __all__ = ["ConfigError", "TrainConfig", "load_config", "apply_overrides", "with_defaults", "field_names", "DEVICES",
            "AMP", "RULES", "Rule", "USED_ONLY_WHEN", "read_value", "read_integer", "ignored_fields", "ignored_reason",
-           "INT_MAX", "SEED_MAX"]
+           "non_default", "INT_MAX", "SEED_MAX"]
 
 DEVICES = ("auto", "cpu", "cuda")
 AMP = ("none", "bf16")
@@ -286,13 +291,25 @@ RULES: dict[str, Rule] = {
 
 @dataclass(frozen=True)
 class When:
-    """A condition on another field: its value is one of ``values`` (or, ``negate``, none of them)."""
+    """A condition on another field: its value is one of ``values`` (or, ``negate``, none of them); or, given
+    ``test``, ``test(value)`` holds (``says``: what a value that fails it means, for the warning)."""
 
-    values: tuple
+    values: tuple = ()
     negate: bool = False
+    test: typing.Callable[[Any], bool] | None = None
+    says: str = ""
 
     def holds(self, value: Any) -> bool:
-        return (value in self.values) != self.negate
+        return self.test(value) if self.test is not None else (value in self.values) != self.negate
+
+
+def _not_on_cpu(device: str) -> bool:
+    """Whether a run of ``device`` may train on CUDA: ``auto`` picks CUDA when this machine has it."""
+    if device != "auto":
+        return device != "cpu"
+    import torch
+
+    return torch.cuda.is_available()
 
 
 _NEAREST = ("nearest-etf", "nearest-etf-nograd")
@@ -301,7 +318,9 @@ _SCALED = tuple(m for m in METHODS if m != "standard-plain")  # the heads that s
 
 # The fields a run uses only under some settings (every condition must hold); any other field every run uses.
 USED_ONLY_WHEN: dict[str, dict[str, When]] = {
-    "temperature": {"method": When(_SCALED)},
+    "temperature": {"method": When(_SCALED),  # and not with head_kwargs.normalize_features=false (h~ = h)
+                    "head_kwargs": When(test=lambda hk: hk.get("normalize_features") is not False,
+                                        says="the features are not scaled")},
     "delta": {"method": When(_NEAREST)},
     "solver": {"method": When(_NEAREST)},
     "mean_schedule": {"method": When(_MEANS)},
@@ -314,7 +333,9 @@ USED_ONLY_WHEN: dict[str, dict[str, When]] = {
     "momentum": {"optimizer": When(("sgd",))},
     "nesterov": {"optimizer": When(("sgd",))},
     "step_milestones": {"schedule": When(("step",))},
-    "gamma": {"schedule": When(("step",))},
+    "gamma": {"schedule": When(("step",)), "step_milestones": When(([],), negate=True)},  # gamma^0 without milestones
+    "amp": {"device": When(test=_not_on_cpu, says="training runs on the CPU")},  # bf16 autocast is CUDA's only
+    "check_every": {"device": When(test=_not_on_cpu, says="training runs on the CPU")},  # the CPU checks every step
     "num_classes": {"dataset": When(("ufm",))},
     "samples_per_class": {"dataset": When(("ufm",)), "train_per_class": When((None,))},  # else train_per_class
     "feature_dim": {"model": When(("ufm",))},
@@ -334,8 +355,24 @@ def ignored_reason(cfg: TrainConfig, name: str) -> str:
     """Why ``cfg`` ignores field ``name``, e.g. ``"momentum is not used with optimizer='adam'"``."""
     for other, w in USED_ONLY_WHEN.get(name, {}).items():
         if not w.holds(getattr(cfg, other)):
-            return f"{name} is not used with {other}={getattr(cfg, other)!r}"
+            return f"{name} is not used with {other}={getattr(cfg, other)!r}{f', where {w.says}' if w.says else ''}"
     return f"{name} is used by every run"
+
+
+def non_default(d: dict[str, Any]) -> set[str]:
+    """The fields in ``d`` (a config dict, values typed or text) whose value differs from the field's default: the
+    keys a user set, when ``d`` is a resolved file that lists every field (``config.json``, a compare's
+    ``config.yaml``). A value the schema refuses counts as set (its error comes from elsewhere)."""
+    default, out = TrainConfig(), set()
+    for key, value in d.items():
+        if key in _hints():
+            try:
+                if read_value(key, value) == getattr(default, key):
+                    continue
+            except ConfigError:
+                pass
+            out.add(key)
+    return out
 
 
 def read_value(key: str, value: Any) -> Any:
@@ -374,8 +411,34 @@ def _read(key: str, value: Any, text: bool) -> Any:
             value = _parse_text(value, key) if value.strip() else {}
         if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
             raise _type_error(key, value, tp, optional)
+        if key == "head_kwargs":
+            return {name: _head_option(name, v, text) for name, v in value.items()}
         return dict(value)
     return _check(key, _scalar(key, value, origin, text, optional), rule, optional)
+
+
+def _head_option(name: str, value: Any, text: bool) -> Any:
+    """An entry of ``head_kwargs`` read by the type its head's constructor declares (``bias: bool``: ``"off"`` is
+    false or refused, never a true string), as a field of that type is; an option of no head, a top-level field
+    (``validate`` refuses both) and a type of no field (``solve_dtype``) are left to the checks that follow."""
+    tp = _head_option_types().get(name)
+    args = typing.get_args(tp)
+    optional = type(None) in args
+    if optional:
+        if value is None or (text and isinstance(value, str) and value.strip().lower() in ("", "none", "null", "~")):
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if name in _hints() or tp not in (bool, int, float, str):
+        return value
+    return _scalar(f"head_kwargs.{name}", value, tp, text, optional)
+
+
+@functools.cache
+def _head_option_types() -> dict[str, Any]:
+    """Every head option's declared type (an option has one type in every head that takes it)."""
+    from ..heads import head_option_types
+
+    return {name: tp for method in METHODS for name, tp in head_option_types(method).items()}
 
 
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
@@ -482,6 +545,8 @@ def _type_error(key: str, value: Any, tp: Any, optional: bool) -> ConfigError:
 
 def _shown(value: Any) -> str:
     """``repr(value)``, cut to 40 characters (a number of 5000 digits is not shown whole)."""
+    if isinstance(value, int) and value.bit_length() > 14_000:  # repr() refuses more than 4300 digits
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -516,12 +581,14 @@ def load_config(path: str | Path) -> dict[str, Any]:
                          "save it as UTF-8") from None
     if str(path).endswith(".json"):
         try:
-            d = json.loads(text, object_pairs_hook=_json_mapping)
+            d = json.loads(text, object_pairs_hook=_json_mapping, parse_int=_json_int)
         except json.JSONDecodeError as e:
             raise ValueError(f"malformed JSON in {path} at line {e.lineno}, column {e.colno}: {e.msg}; "
                              "fix the syntax of that line") from None
-        except _DuplicateKey as e:
+        except _JSONRefusal as e:
             raise ValueError(f"config file {path}: {e}") from None
+        except RecursionError:
+            raise ValueError(f"config file {path} nests lists or mappings too deeply; flatten it") from None
     else:
         import yaml
 
@@ -534,6 +601,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
             if isinstance(e, _yaml_refusal()):
                 raise ValueError(f"config file {path}{where}: {problem}") from None
             raise ValueError(f"malformed YAML in {path}{where}: {problem}; fix the syntax of that line") from None
+        except RecursionError:
+            raise ValueError(f"config file {path} nests lists or mappings too deeply; flatten it") from None
     if d is None:
         return {}
     if not isinstance(d, dict):
@@ -607,18 +676,32 @@ def _parse_text(text: str, key: str = "") -> Any:
         where = f" for config key {key!r}" if key else ""
         problem = getattr(e, "problem", None) if isinstance(e, _yaml_refusal()) else None
         why = problem or f"not valid YAML ({str(e).splitlines()[0]})"
-        raise ConfigError(key, f"bad value {text!r}{where}: {why}") from None
+        raise ConfigError(key, f"bad value {_shown(text)}{where}: {why}") from None
+    except RecursionError:
+        raise ConfigError(key, f"bad value {_shown(text)} for config key {key!r}: nested too deeply") from None
 
 
-class _DuplicateKey(ValueError):
+class _JSONRefusal(ValueError):
     pass
+
+
+class _Digits(str):
+    """A JSON integer of more than ``_MAX_DIGITS`` digits (Python's ``int()`` refuses it without naming a key): the
+    mapping that holds it refuses it, naming its key."""
+
+
+def _json_int(text: str) -> int | _Digits:
+    return _Digits(text) if len(text.lstrip("-")) > _MAX_DIGITS else int(text)
 
 
 def _json_mapping(pairs: list[tuple[str, Any]]) -> dict:
     out: dict = {}
     for k, v in pairs:
         if k in out:
-            raise _DuplicateKey(f"key {k!r} is given twice in one mapping; keep one")
+            raise _JSONRefusal(f"key {k!r} is given twice in one mapping; keep one")
+        digits = next((x for x in (v if isinstance(v, list) else [v]) if isinstance(x, _Digits)), None)
+        if digits is not None:
+            raise _JSONRefusal(f"{k}: {_too_many_digits('an integer', digits)}")
         out[k] = v
     return out
 
@@ -636,20 +719,74 @@ def _yaml_refusal() -> type:
 
 @functools.cache
 def _yaml_loader() -> type:
-    """``yaml.SafeLoader`` that refuses a key given twice in a mapping, reads integers in decimal only (YAML 1.1
-    reads ``010`` as 8, ``0x10`` as 16, ``1:30`` as 90: refused unless plain digits) and ``1e-3`` as a number."""
+    """``yaml.SafeLoader`` made strict (module docstring): a key twice in a mapping, two ``<<`` merge keys in one
+    mapping, an alias inside its own anchor (a value that contains itself), aliases that expand to more than
+    ``_YAML_MAX_VALUES`` values, an integer or number not in decimal notation (YAML 1.1 reads ``010`` as 8,
+    ``0x10`` as 16, ``1:30`` as 90, ``1:30.5`` as 90.5, ``1_000`` as 1000), an integer of more than
+    ``_MAX_DIGITS`` digits, and the tags that give other Python types (``!!set``, ``!!binary``, ``!!omap``,
+    ``!!pairs``, ``!!timestamp``) are refused; dates are text, ``1e-3`` is a number (YAML 1.2), and
+    ``yes/no/on/off`` (any case) stay YAML 1.1's true and false, as the schema reads them from text."""
     import yaml
 
     refusal = _yaml_refusal()
+    merge, int_tag, float_tag = "tag:yaml.org,2002:merge", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 
     class Loader(yaml.SafeLoader):
+        def __init__(self, stream):
+            super().__init__(stream)
+            self._open: set[str] = set()  # anchors of the collections being composed
+
+        # -- composing: an alias of an anchor still open would make a value that contains itself
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent) and self.peek_event().anchor in self._open:
+                event = self.peek_event()
+                raise refusal(None, None, f"alias *{event.anchor} lies inside its own anchor &{event.anchor} (a value "
+                                          "that contains itself); write the value out", event.start_mark)
+            return super().compose_node(parent, index)
+
+        def compose_sequence_node(self, anchor):
+            return self._composing(anchor, super().compose_sequence_node)
+
+        def compose_mapping_node(self, anchor):
+            return self._composing(anchor, super().compose_mapping_node)
+
+        def _composing(self, anchor, compose):
+            self._open.add(anchor)
+            try:
+                return compose(anchor)
+            finally:
+                self._open.discard(anchor)
+
+        def compose_document(self):
+            node = super().compose_document()
+            sizes: dict[int, int] = {}
+
+            def size(n) -> int:  # values once every alias is expanded (json.dumps of the config expands them)
+                if id(n) not in sizes:
+                    children = [c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode) else \
+                        n.value if isinstance(n, yaml.SequenceNode) else []
+                    sizes[id(n)] = 1 + sum(size(c) for c in children)
+                return sizes[id(n)]
+
+            if node is not None and size(node) > _YAML_MAX_VALUES:
+                raise refusal(None, None, f"its aliases expand to {size(node)} values (more than {_YAML_MAX_VALUES}); "
+                                          "write the values out", node.start_mark)
+            return node
+
+        # -- constructing
         def construct_mapping(self, node, deep=False):
             if isinstance(node, yaml.MappingNode):
                 seen: dict = {}
-                for key_node, _ in node.value:
-                    if key_node.tag == "tag:yaml.org,2002:merge":  # ``<<: *base`` merges: its keys may be overridden
+                merges = [k for k, _ in node.value if k.tag == merge]
+                if len(merges) > 1:  # YAML would keep the last one's keys only
+                    lines = " and ".join(str(k.start_mark.line + 1) for k in merges[:2])
+                    raise refusal(None, None, f"two << merge keys in one mapping (lines {lines}); merge several "
+                                              "with one: <<: [*a, *b]", merges[1].start_mark)
+                for key_node, value_node in node.value:
+                    if key_node.tag == merge:  # ``<<: *base`` merges: its keys may be overridden
                         continue
                     key = self.construct_object(key_node, deep=True)
+                    _check_digits(key, value_node, refusal)
                     try:
                         first = seen.get(key)
                     except TypeError:  # an unhashable key: the base class says so
@@ -665,12 +802,57 @@ def _yaml_loader() -> type:
     def decimal_int(loader, node):
         text = loader.construct_scalar(node)
         if not _INT_TEXT.fullmatch(text):
-            raise refusal(None, None, f"{text} is not an integer in decimal digits; write it as one (YAML 1.1 would "
-                                      "read it in another base)", node.start_mark)
+            raise refusal(None, None, f"{_shown_text(text)} is not an integer in decimal digits; write it as one "
+                                      "(YAML 1.1 would read it in another base)", node.start_mark)
+        if len(text) > _MAX_DIGITS:
+            raise refusal(None, None, _too_many_digits("an integer", text), node.start_mark)
         return int(text)
 
-    Loader.add_constructor("tag:yaml.org,2002:int", decimal_int)
-    Loader.add_implicit_resolver("tag:yaml.org,2002:float",
-                                 re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    def decimal_float(loader, node):
+        text = loader.construct_scalar(node)
+        if not _FLOAT_TEXT.fullmatch(text):
+            raise refusal(None, None, f"{_shown_text(text)} is not a number in decimal notation; write it as one "
+                                      "(YAML 1.1 would read 1:30.5 as 90.5 and 1_0.5 as 10.5)", node.start_mark)
+        return yaml.SafeLoader.construct_yaml_float(loader, node)
+
+    def other_type(loader, node):
+        raise refusal(None, None, f"YAML tag {node.tag.replace('tag:yaml.org,2002:', '!!')} is not read in config "
+                                  "files (values are numbers, text, true/false, none, lists and mappings)",
+                      node.start_mark)
+
+    timestamp = "tag:yaml.org,2002:timestamp"
+    Loader.yaml_implicit_resolvers = {c: [(t, r) for t, r in rs if t != timestamp]  # a date is text
+                                      for c, rs in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_constructor(int_tag, decimal_int)
+    Loader.add_constructor(float_tag, decimal_float)
+    for tag in ("timestamp", "binary", "set", "omap", "pairs"):
+        Loader.add_constructor(f"tag:yaml.org,2002:{tag}", other_type)
+    Loader.add_implicit_resolver(float_tag, re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
                                  list("-+0123456789."))
     return Loader
+
+
+_YAML_MAX_VALUES = 100_000  # values of a config once its aliases are expanded (ours hold a few hundred)
+_MAX_DIGITS = 4300  # Python's own limit on the digits int() reads: any integer beyond is far beyond every range
+_FLOAT_TEXT = re.compile(r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"  # decimal, or YAML's .inf, .nan
+                         r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)")
+
+
+def _check_digits(key: Any, node: Any, refusal: type) -> None:
+    """The YAML loader's refusal naming ``key`` for an integer of more than ``_MAX_DIGITS`` digits in ``node`` or in
+    a list under it (a mapping under it names its own keys)."""
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _check_digits(key, item, refusal)
+    elif isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:int" and len(node.value) > _MAX_DIGITS:
+        raise refusal(None, None, f"{key}: {_too_many_digits('an integer', node.value)}", node.start_mark)
+
+
+def _too_many_digits(what: str, text: str) -> str:
+    return f"{what} of {len(text.lstrip('+-'))} digits is too large: integers stop at {INT_MAX} (2**63 - 1)"
+
+
+def _shown_text(text: str) -> str:
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -175,16 +175,17 @@ def read_npz(path: str | os.PathLike, num_classes: int | None = None) -> dict[st
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
         if x.ndim < 2 or len(x) == 0:
             raise ValueError(f"{path}: x_{split} must have shape (N, ...) with N >= 1, got {x.shape}")
-        if len(x) != len(y):
-            raise ValueError(f"{path}: x_{split} has {len(x)} samples but y_{split} has {len(y)} labels")
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_) or np.iscomplexobj(x):
             raise ValueError(f"{path}: x_{split} must be real numbers, got dtype {x.dtype}")
+        y = _int_labels(y, f"y_{split}", path)  # 1-D first: len() of a 0-d array is a TypeError
+        if len(x) != len(y):
+            raise ValueError(f"{path}: x_{split} has {len(x)} samples but y_{split} has {len(y)} labels")
         if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
             raise ValueError(f"{path}: x_{split} holds {int((~np.isfinite(x)).sum())} NaN or infinite values")
         if np.issubdtype(x.dtype, np.floating) and x.size and np.abs(x).max() > np.finfo(np.float32).max:
             raise ValueError(f"{path}: x_{split} overflows float32 (|x| > 3.4e38), the precision of training; "
                              "rescale your data")
-        out[f"x_{split}"], out[f"y_{split}"] = x, _int_labels(y, f"y_{split}", path)
+        out[f"x_{split}"], out[f"y_{split}"] = x, y
     if out["x_train"].shape[1:] != out["x_test"].shape[1:]:
         raise ValueError(
             f"{path}: train samples have shape {out['x_train'].shape[1:]} but test samples {out['x_test'].shape[1:]}"
