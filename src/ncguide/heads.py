@@ -26,7 +26,9 @@ their state — a NaN in one sample rejects the whole batch — and an empty bat
 ``ValueError``) with the state exactly as before the call. On other devices the default does not read
 the flag on the host (that would add a sync per step): every buffer (the warm solver's and the update
 count included) is kept by ``torch.where`` on the device and the logits are NaN, which the training
-loop's own loss check reports. ``StandardHead`` keeps no running state and does not check (NaN rows
+loop's own loss check reports; the warm solver's host-side schedule is put back one call later, when the
+flag's non-blocking copy has arrived (``warm_polar.py``), so the next step is that of a head that never saw
+the batch. ``StandardHead`` keeps no running state and does not check (NaN rows
 give NaN logits).
 
 ``torch.compile``: every head compiles to one graph, with no recompile across training steps, for the
