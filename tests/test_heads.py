@@ -822,6 +822,28 @@ def test_a_float64_trained_head_round_trips_in_float64(solver):
 
 
 @pytest.mark.parametrize("method,kw", EDGE_HEADS)
+def test_a_float64_head_loads_into_a_float32_head_in_float64(method, kw):
+    """``head.double()`` trained, then loaded into a head built as usual (float32): every buffer — ``U``, the running
+    means, the fixed weight — keeps the dtype it was saved in, so training and evaluation continue bitwise."""
+    d, k = 16, 4
+    head = build_head(method, d, k, **kw).double()
+    for s in range(3):
+        _train_both((head,), make_batch(24, d, k, seed=s, dtype=torch.float64))
+    fresh = build_head(method, d, k, **kw)
+    fresh.load_state_dict(head.state_dict())
+    saved = {name: b.dtype for name, b in head.named_buffers()}
+    assert {name: b.dtype for name, b in fresh.named_buffers()} == saved
+    assert torch.float64 in saved.values()
+    for s in (7, 8):
+        (a, ga), (b, gb) = _train_both((head, fresh), make_batch(24, d, k, seed=s, dtype=torch.float64))
+        assert torch.equal(a, b) and torch.equal(ga, gb)
+    head.eval()
+    fresh.eval()
+    f, _ = make_batch(24, d, k, seed=9, dtype=torch.float64)
+    assert torch.equal(fresh(f), head(f))
+
+
+@pytest.mark.parametrize("method,kw", EDGE_HEADS)
 def test_without_the_host_check_a_rejected_batch_changes_no_buffer_and_is_not_counted(method, kw):
     """check_finite = False runs the CUDA default's code path on CPU: the batch is rejected by device-side selects
     only, and every buffer — the update count and the warm solver's V, X, Y and counters included — keeps its

@@ -67,6 +67,14 @@ def orth_tol(Z: torch.Tensor, gram: bool = False) -> float:
     return 2 * polar_tol(Z, gram, kappa=None if gram else 1.0)
 
 
+def iteration_grad_rtol(Z: torch.Tensor, steps: int) -> float:
+    """Bound on the relative error of the implicit gradient from the matrix-product route (``polar-ns``): its
+    Lyapunov solve ``Ω`` is the product of ``steps`` polynomial steps with no refinement step after them, each
+    rounding at the level of a polar factor (``polar_tol``, ``κ`` from the small eigen-directions of ``P``), and
+    the errors of the steps add: ``steps × polar_tol``."""
+    return steps * polar_tol(Z)
+
+
 def polar_grad_rtol(Z: torch.Tensor) -> float:
     """Bound on the relative (Frobenius) error of the implicit gradient ``∂L/∂Z`` of the polar factor (the SVD
     form or the matrix-product route, float64): ``2 × polar_tol`` (the forward, and a Lyapunov solve alike)."""

@@ -26,7 +26,9 @@ their state — a NaN in one sample rejects the whole batch — and an empty bat
 ``ValueError``) with the state exactly as before the call. On other devices the default does not read
 the flag on the host (that would add a sync per step): every buffer (the warm solver's and the update
 count included) is kept by ``torch.where`` on the device and the logits are NaN, which the training
-loop's own loss check reports. ``StandardHead`` keeps no running state and does not check (NaN rows
+loop's own loss check reports; the warm solver's host-side schedule is put back one call later, when the
+flag's non-blocking copy has arrived (``warm_polar.py``), so the next step is that of a head that never saw
+the batch. ``StandardHead`` keeps no running state and does not check (NaN rows
 give NaN logits).
 
 ``torch.compile``: every head compiles to one graph, with no recompile across training steps, for the
@@ -51,7 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .etf import as_flag, as_real, as_size, canonical_stiefel, etf_weight, random_stiefel
-from .means import RunningClassMeans, RunningMean
+from .means import RunningClassMeans, RunningMean, keep_saved_dtypes
 from .solve import SOLVERS, nearest_etf, ns_schedule, polar_target
 from .warm_polar import WarmPolarSolver
 
@@ -232,7 +234,8 @@ class NearestETFHead(Head):
     when that bound reaches ``n`` (one sync, at the freeze). Every DDP rank counts alike.
 
     ``state_dict()`` holds the whole state; ``U`` is float32, or float64 once a float64 solve has run (float64
-    features or ``solve_dtype``), and ``load_state_dict`` keeps the precision it was saved in.
+    features or ``solve_dtype``), and ``load_state_dict`` gives every buffer (``U``, the running means) the dtype
+    it was saved in, whatever the dtype the receiving head was built in.
     """
 
     needs_targets = True
@@ -357,15 +360,12 @@ class NearestETFHead(Head):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         """Read ``updates``/``frozen`` back to the host (one sync per load). A state saved before they
-        existed counts its non-empty batches (``means.steps[K]``) as updates and is not frozen. ``U`` keeps the
-        precision it was saved in (float32, or float64 after a float64 solve), as the head itself keeps it."""
+        existed counts its non-empty batches (``means.steps[K]``) as updates and is not frozen. ``U`` (and every other
+        floating-point buffer, the running means' included) keeps the dtype it was saved in."""
         if prefix + "updates" not in state_dict and prefix + "means.steps" in state_dict:
             state_dict[prefix + "updates"] = state_dict[prefix + "means.steps"][-1].clone()
             state_dict.setdefault(prefix + "frozen", torch.tensor(False))
-        saved_U = state_dict.get(prefix + "U")
-        if isinstance(saved_U, torch.Tensor) and saved_U.dtype in (torch.float32, torch.float64) \
-                and saved_U.dtype != self.U.dtype and saved_U.shape == self.U.shape:
-            self.U = torch.empty_like(self.U, dtype=saved_U.dtype)
+        keep_saved_dtypes(self, state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._updates = int(self.updates)
         due = self.freeze_after is not None and self._updates >= self.freeze_after
@@ -468,6 +468,10 @@ class FixedETFHead(Head):
             mu = self.global_mean.mean.to(h.dtype)
         W = self.fixed_weight.to(h.dtype)
         return h @ W.T - W @ mu
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        keep_saved_dtypes(self, state_dict, prefix)  # a float64 state loads as float64
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def weight(self) -> torch.Tensor:

@@ -184,6 +184,10 @@ class RunningMean(nn.Module):
             features, self.mean, self.step, self.count, self.schedule, self.alpha_min, self.ema_alpha, self.sync)
         return mu
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        keep_saved_dtypes(self, state_dict, prefix)  # a float64 state loads as float64
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
 
 class RunningClassMeans(nn.Module):
     """The running class-mean estimate ``A_t`` (``d×K``) of the module docstring, and the running
@@ -259,6 +263,10 @@ class RunningClassMeans(nn.Module):
         self.steps, self.counts = torch.cat([self.steps[:k], step]), torch.cat([self.counts[:k], count])
         return mu
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        keep_saved_dtypes(self, state_dict, prefix)  # a float64 state loads as float64
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     @property
     def class_steps(self) -> torch.Tensor:
         """Batches in which each class appeared (``K``); 0 = never seen."""
@@ -267,6 +275,18 @@ class RunningClassMeans(nn.Module):
     def estimate(self) -> torch.Tensor:
         """Current ``A`` with never-seen classes set to the mean of the seen columns (detached)."""
         return fill_unseen(self.means, self.class_steps > 0)
+
+
+def keep_saved_dtypes(module: nn.Module, state_dict: dict, prefix: str) -> None:
+    """Give each floating-point buffer of ``module`` (its own, not its children's) the dtype of its saved value,
+    before ``load_state_dict`` copies into it: a state saved in float64 (``head.double()``, float64 features) comes
+    back in float64, not rounded to the dtype the fresh module was built in. Same shape required (else
+    ``load_state_dict`` reports the mismatch); parameters keep the module's dtype (an optimiser holds them)."""
+    for name, buf in list(module._buffers.items()):
+        saved = state_dict.get(prefix + name)
+        if (buf is not None and isinstance(saved, torch.Tensor) and buf.is_floating_point()
+                and saved.is_floating_point() and saved.dtype != buf.dtype and saved.shape == buf.shape):
+            setattr(module, name, torch.empty_like(buf, dtype=saved.dtype))
 
 
 def fill_unseen(A: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:

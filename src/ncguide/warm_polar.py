@@ -43,6 +43,9 @@ first order ``‖U − polar(Z)‖ ≲ η``: the certificate measures the error 
     the next step refreshes. ``fallbacks`` thus counts the steps whose answer was not within ``hard_tol``.
     In the convergence-parity runs (studies/results/warm-parity) misses came only in the first epoch,
     before ``cold_steps`` existed.
+- A call rejected by the caller (``accept=False``: a non-finite or empty batch) leaves no trace: the buffers
+  are put back by device-side selects, the policy when the flag reaches the host (one call later, through a
+  non-blocking copy, or at ``state_dict()``): the next call decides as if the rejected one never happened.
 
 **Backward** of a regular step (the implicit derivative, as in :mod:`ncguide.polar_iteration`):
 ``∂L/∂Z = U (Ω − W P⁻¹) + G P⁻¹`` with ``W = UᵀG`` and ``P Ω + Ω P = W − Wᵀ``, the Lyapunov equation
@@ -260,6 +263,8 @@ class WarmPolarSolver(nn.Module):
         self.settings = settings or WarmSettings()  # sets the policy's interval and drift threshold
         self._eta_host: torch.Tensor | None = None
         self._eta_event = None
+        self._unsettled: tuple | None = None  # (the policy before a call with ``accept``, the flag's copy event)
+        self._accept_host: torch.Tensor | None = None
         self.last_refreshed = False
 
     @property
@@ -272,6 +277,8 @@ class WarmPolarSolver(nn.Module):
         fresh solver would), so ``solver.settings = WarmSettings(...)`` means the same as passing them."""
         if not isinstance(settings, WarmSettings):
             raise ValueError(f"settings must be a WarmSettings; got {type(settings).__name__}")
+        if getattr(self, "_unsettled", None) is not None:
+            self._settle()
         self._settings = settings
         self._policy.update(interval=settings.first_interval, drift_max=settings.drift_max)
 
@@ -288,9 +295,11 @@ class WarmPolarSolver(nn.Module):
 
     # ---- policy state in the checkpoint -------------------------------------------------------------
     def get_extra_state(self) -> dict:
+        self._settle()  # a rejected last call must not be saved as counted
         return {"policy": dict(self._policy), "settings": asdict(self.settings)}
 
     def set_extra_state(self, state: dict) -> None:
+        self._unsettled = None  # the loaded policy replaces the current one, settled or not
         self.settings = WarmSettings(**state["settings"])
         self._policy = dict(state["policy"])
         self._eta_host = None  # a pending certificate is read from the loaded ``eta`` buffer
@@ -300,14 +309,19 @@ class WarmPolarSolver(nn.Module):
     def forward(self, Z: torch.Tensor, U_prev: torch.Tensor, accept: torch.Tensor | None = None) -> torch.Tensor:
         """``U ≈ polar(Z)`` (``d×K``, differentiable w.r.t. ``Z``); ``U_prev`` is the fallback of a failed step.
 
-        ``accept`` (a 0-dim device bool, e.g. "this batch was finite"): where ``False``, every buffer (``V, X, Y,
-        eta`` and the counters) is put back as it was by device-side selects, without a host read; the host-side
-        refresh schedule still counts the call.
+        ``accept`` (a 0-dim device bool, e.g. "this batch was finite and not empty"): where ``False``, the call
+        leaves no trace in the solver's state. Every buffer (``V, X, Y, eta`` and the counters) is put back at once
+        by device-side selects, without a host read; the host-side policy (the refresh schedule's counters) is put
+        back when the flag reaches the host — its copy is started without waiting and read at the next call, or by
+        ``state_dict()`` (then one sync) — so the next call and a checkpoint see the solver of a run that never
+        made the rejected call. The rejected call itself still computes (a refresh among them: its host reads).
         """
         if Z.dim() != 2:
             raise ValueError(f"the warm route solves one d×K problem at a time; got Z of shape {tuple(Z.shape)}")
+        self._settle()
         if accept is None:
             return self._step(Z, U_prev)
+        policy = dict(self._policy)
         before = {name: buf.clone() for name, buf in self.named_buffers(recurse=False)}
         U = self._step(Z, U_prev)
         with torch.no_grad():  # rebound, not copied into: the step's backward may have saved V
@@ -315,7 +329,32 @@ class WarmPolarSolver(nn.Module):
                 setattr(self, name, torch.where(accept, getattr(self, name), old))
         if self._eta_host is not None:
             self._post_eta()  # the late certificate is that of the state kept
+        self._post_accept(policy, accept)
         return U
+
+    def _post_accept(self, policy: dict, accept: torch.Tensor) -> None:
+        """Start copying ``accept`` to the host without waiting; :meth:`_settle` puts ``policy`` back if false."""
+        pin = accept.device.type == "cuda"
+        if self._accept_host is None or self._accept_host.is_pinned() != pin:  # allocated once (pinning syncs)
+            self._accept_host = torch.zeros((), dtype=torch.bool, pin_memory=pin)
+        self._accept_host.copy_(accept.detach().reshape(()), non_blocking=True)
+        event = None
+        if pin:
+            event = torch.cuda.Event()
+            event.record()
+        self._unsettled = (policy, event)
+
+    def _settle(self) -> None:
+        """Read the flag of the latest call with ``accept`` (its copy started a call ago: no wait in practice) and,
+        if it was rejected, put the host-side policy back as it was before that call."""
+        if self._unsettled is None:
+            return
+        policy, event = self._unsettled
+        self._unsettled = None
+        if event is not None:
+            event.synchronize()
+        if not bool(self._accept_host.numpy()):  # a host value: no dispatch, no device read
+            self._policy = policy
 
     def _step(self, Z: torch.Tensor, U_prev: torch.Tensor) -> torch.Tensor:
         pol, s = self._policy, self.settings

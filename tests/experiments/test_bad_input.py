@@ -382,6 +382,23 @@ CASES = [
     (T + ["--dataset", "npz:{D}/biglabel-float.npz"], ["{D}/biglabel-float.npz", "y_train labels"]),
     (T + ["--dataset", "npz:{D}/oneclass.npz"], ["{D}/oneclass.npz", "single class", "at least 2 classes"]),
     (T + ["--dataset", "npz:{D}/hugex.npz"], ["{D}/hugex.npz", "x_train", "float32"]),
+    # sizes no machine's memory holds (petabytes), and per-class subsets larger than a class: refused up front,
+    # naming the key (not the flag of the step that would have overflowed), before a lock or config.yaml
+    (T + ["--dataset", "ufm", "--model", "ufm", "--set", "feature_dim=100000000000"], ["feature_dim", "GiB"]),
+    (T + ["--dataset", "ufm", "--model", "ufm", "--set", "samples_per_class=4611686018427387904"],
+     ["samples_per_class", "GiB", "from --set samples_per_class"]),
+    (T + ["--dataset", "ufm", "--model", "ufm", "--set", "train_per_class=4611686018427387904"], ["train_per_class"]),
+    (T + ["--dataset", "ufm", "--model", "ufm", "--set", "num_classes=100000000000000"], ["num_classes", "GiB"]),
+    (C + ["--methods", "standard", "--dataset", "ufm", "--model", "ufm", "--set", "feature_dim=100000000000"],
+     ["feature_dim", "GiB"]),
+    (T + ["--set", "model_kwargs.widths=[10000000000000]"], ["model_kwargs", "parameters", "GiB"]),
+    (T + TINY + ["--set", "train_per_class=500"], ["train_per_class=500", "139", "training split"]),
+    (T + TINY + ["--set", "test_per_class=100"], ["test_per_class=100", "35", "test split"]),
+    (T + ["--dataset", "npz:{D}/good.npz", "--set", "train_per_class=6"], ["train_per_class", "has 5 in"]),
+    (T + ["--dataset", "npz:{D}/good.npz", "--set", "test_per_class=3"], ["test_per_class", "has 2 in"]),
+    (T + ["--dataset", "cifar10", "--model", "resnet18", "--set", "train_per_class=5001"], ["train_per_class", "5000"]),
+    (C + TINY + ["--methods", "standard", "--set", "train_per_class=500"], ["train_per_class", "139"]),
+    (C + TINY + ["--methods", "standard", "--grid", "train_per_class=10,500"], ["train_per_class", "139"]),
     *REPORT_CASES,
 ]
 

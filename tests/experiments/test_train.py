@@ -285,6 +285,24 @@ def test_an_error_inside_a_step_keeps_its_type_and_says_where(tmp_path, exc):
     assert where in (getattr(exc, "__notes__", None) or [str(exc)])[0]
 
 
+def test_a_failure_after_the_lock_is_taken_releases_it_for_the_rerun(tmp_path, monkeypatch):
+    """An allocation that fails while the run is built (inside the folder's lock): ``.lock`` stays as an empty file,
+    which is how a released lock looks (locks.py), and the rerun into the same folder is not blocked."""
+    train_module = sys.modules["ncguide.experiments.train"]  # the package's attribute `train` is the function
+
+    def fail(*_args, **_kw):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory (simulated)")
+
+    cfg = cfg_of(epochs=1)
+    with monkeypatch.context() as m:
+        m.setattr(train_module, "build_backbone", fail)
+        with pytest.raises(RuntimeError, match="allocate"):
+            train(cfg, tmp_path, progress="none")
+    assert (tmp_path / ".lock").read_text() == ""
+    train(cfg, tmp_path, progress="none")  # in this same process: a lock still held would conflict
+    assert is_finished(tmp_path)
+
+
 def test_train_restores_every_global_setting_it_changes(tmp_path):
     import random
 

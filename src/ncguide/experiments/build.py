@@ -5,10 +5,12 @@
     head = build_run_head(cfg, model.feature_dim, ds.num_classes, steps_per_epoch(cfg, ds))
 
 ``check_buildable(cfg)`` checks, before any data is loaded or anything is written, everything those calls
-would reject later: the data set's files (``data.dataset_info``), the model options and their types, the
-model on the data set's inputs (built and run on the ``meta`` device: no memory, no arithmetic), the head
-options and ``feature_dim >= num_classes`` for the ETF heads, the loader options, and, for
-``optimizer="agd"``, that every trained parameter is a weight matrix or kernel (``bias_free``).
+would reject later: the data set's files (``data.dataset_info``), the subset sizes against the data set's
+smallest class (``train_per_class``, ``test_per_class``), the model options and their types, the model on the
+data set's inputs (built and run on the ``meta`` device: no memory, no arithmetic), sizes that cannot fit in
+this machine's memory (the UFM's table and data set, any model's parameters), the head options and
+``feature_dim >= num_classes`` for the ETF heads, the loader options, and, for ``optimizer="agd"``, that every
+trained parameter is a weight matrix or kernel (``bias_free``).
 
 The unconstrained-features model (UFM) is the one setting with special rules, and they all live in
 this file (see "UFM" below).
@@ -21,18 +23,20 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..heads import Head, build_head, head_options
 from .config import ConfigError, TrainConfig
-from .data import Dataset, DatasetLoader, TensorLoader, dataset_info, load_dataset
+from .data import Dataset, DatasetLoader, TensorLoader, _parse_name, dataset_info, load_dataset
 from .loggers import check_loggers
 from .models import MODELS, build_model
 
@@ -118,7 +122,8 @@ def steps_per_epoch(cfg: TrainConfig, ds: Dataset, world: int = 1, batch_norm: b
 def check_buildable(cfg: TrainConfig) -> None:
     """:class:`ConfigError` naming the key for anything in ``cfg`` that ``load_data``, ``build_backbone``,
     ``build_run_head`` or ``make_loaders`` would reject, without loading the data (see the module docstring).
-    Not checked: the files of a data set that would be downloaded, and subset sizes."""
+    Not checked: the files of a data set that would be downloaded, and subset sizes of ``imagenet`` (its class
+    folders are counted when the run starts)."""
     cfg.validate()
     check_loggers(cfg.loggers)  # names, and the packages of tensorboard / wandb
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -132,7 +137,11 @@ def check_buildable(cfg: TrainConfig) -> None:
         key = "model" if cfg.dataset != "ufm" else "dataset"
         raise ConfigError(key, f"model 'ufm' goes with dataset 'ufm' only (its inputs are sample indices, one free "
                                f"feature each); got model {cfg.model!r} on dataset {cfg.dataset!r}")
+    _check_subset_sizes(cfg, k)
+    if cfg.model == "ufm":
+        _check_ufm_size(cfg, k)  # before the model is built, even on the meta device: its sizes may overflow int64
     model = _check_model(cfg, shape, k)
+    _check_parameter_memory(cfg, model)
     feature_dim = int(model.feature_dim)
     batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if cfg.method in ETF_METHODS and feature_dim < k:
@@ -176,6 +185,90 @@ def check_all_buildable(configs: Iterable[TrainConfig]) -> None:
 def _first_line(e: BaseException) -> str:
     line = (str(e).strip().splitlines() or [type(e).__name__])[0]
     return line if len(line) <= 200 else line[:197] + "..."
+
+
+# Samples per class of the splits of the public data sets that are downloaded or read from fixed files
+# (train, test); every class has the same number.
+_CLASS_SIZES = {"fashion-mnist": (6000, 1000), "cifar10": (5000, 1000), "cifar100": (500, 100), "stl10": (500, 800)}
+
+
+def _smallest_classes(cfg: TrainConfig, num_classes: int) -> tuple[int, int] | None:
+    """The fewest samples of any class in the training and in the test split of ``cfg.dataset`` (before subsets),
+    without reading its inputs: a fixed table, the labels of an npz file, or the small generated sets themselves;
+    ``None`` where unknown without reading the files (``imagenet``) and for the ``ufm`` (it generates its samples)."""
+    key, path = _parse_name(cfg.dataset)
+    if key in _CLASS_SIZES:
+        return _CLASS_SIZES[key]
+    if key == "npz":  # read and validated by dataset_info: its labels are integers in 0..K-1
+        with np.load(Path(path).expanduser(), allow_pickle=False) as f:
+            return tuple(int(np.bincount(f[y].astype(np.int64).ravel(), minlength=num_classes).min())
+                         for y in ("y_train", "y_test"))
+    if key in ("digits", "mnist1d"):  # small: generated or read in well under a second
+        ds = load_dataset(cfg.dataset, data_dir=cfg.data_dir, seed=cfg.seed)
+        return tuple(int(torch.bincount(y, minlength=num_classes).min()) for y in (ds.y_train, ds.y_test))
+    return None
+
+
+def _check_subset_sizes(cfg: TrainConfig, num_classes: int) -> None:
+    """``train_per_class``/``test_per_class`` at most the smallest class of their split (the subsets are balanced)."""
+    wanted = {"train_per_class": cfg.train_per_class, "test_per_class": cfg.test_per_class}
+    if cfg.dataset == "ufm" or all(v is None for v in wanted.values()):
+        return
+    try:
+        sizes = _smallest_classes(cfg, num_classes)
+    except ValueError as e:  # e.g. the package that generates the data set is missing
+        raise ConfigError("dataset", str(e)) from None
+    if sizes is None:
+        return
+    for (key, per_class), smallest, split in zip(wanted.items(), sizes, ("training", "test")):
+        if per_class is not None and per_class > smallest:
+            raise ConfigError(key, f"{key}={per_class} asks for {per_class} samples of every class, but the smallest "
+                                   f"class of dataset {cfg.dataset!r} has {smallest} in its {split} split; use "
+                                   f"{key} <= {smallest}")
+
+
+def _memory_bytes() -> int | None:
+    """The physical memory of this machine (``None`` where the platform does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def _check_ufm_size(cfg: TrainConfig, num_classes: int) -> None:
+    """The UFM's table (``N × feature_dim`` float32 features, ``N = num_classes × samples per class``) and its
+    data set (two int64 values per sample) must fit in this machine's memory — the run creates them there —
+    and ``N × feature_dim`` within int64, where torch counts tensor sizes."""
+    per_key = "train_per_class" if cfg.train_per_class is not None else "samples_per_class"
+    per_class = cfg.train_per_class if cfg.train_per_class is not None else cfg.samples_per_class
+    n = num_classes * per_class
+    need = 4 * n * cfg.feature_dim + 16 * n
+    memory = _memory_bytes()
+    if need <= (memory if memory is not None else 2**63 - 1) and n * cfg.feature_dim <= 2**63 - 1:
+        return
+    factors = {"num_classes": num_classes, per_key: per_class, "feature_dim": cfg.feature_dim}
+    key = max(factors, key=lambda name: factors[name])  # the factor that makes it huge
+    have = f"the {_gib(memory)} of memory of this machine" if memory is not None else "what torch can index"
+    raise ConfigError(key, f"the UFM of num_classes={num_classes} × {per_key}={per_class} samples × feature_dim="
+                           f"{cfg.feature_dim} needs {_gib(need)} for its features and samples, more than {have}; "
+                           f"lower {key}")
+
+
+def _check_parameter_memory(cfg: TrainConfig, model: nn.Module) -> None:
+    """The model's parameters alone (built on the meta device: their sizes, no memory) must fit in this machine's
+    memory, where the run builds them (gradients and optimiser state need more)."""
+    memory = _memory_bytes()
+    need = sum(p.numel() * p.element_size() for p in model.parameters())
+    if memory is None or need <= memory:
+        return
+    count = sum(p.numel() for p in model.parameters())
+    key = "feature_dim" if cfg.model == "ufm" else "model_kwargs" if cfg.model_kwargs else "model"
+    raise ConfigError(key, f"model {cfg.model!r} with model_kwargs {cfg.model_kwargs} has {count:,} parameters, "
+                           f"{_gib(need)}, more than the {_gib(memory)} of memory of this machine; make it smaller")
 
 
 def _check_agd(cfg: TrainConfig, model: nn.Module, head: nn.Module) -> None:
