@@ -389,15 +389,25 @@ def read_integer(key: str, value: Any, rule: Rule) -> int:
     return _check(key, _scalar(key, value, int, text=True, optional=False), rule)
 
 
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    """``(T, True)`` for ``T | None``, else ``(tp, False)``."""
+    args = typing.get_args(tp)
+    if type(None) not in args:
+        return tp, False
+    return next(a for a in args if a is not type(None)), True
+
+
+def _is_none(value: Any, text: bool) -> bool:
+    """``None``, or (reading text) an empty, ``none``, ``null`` or ``~`` string."""
+    return value is None or (text and isinstance(value, str) and value.strip().lower() in ("", "none", "null", "~"))
+
+
 def _read(key: str, value: Any, text: bool) -> Any:
     """``read_value``; ``text=False`` (``validate``): a value of the field's own type only, no text to read."""
     tp, rule = _hints()[key], RULES[key]
-    args = typing.get_args(tp)
-    optional = type(None) in args
-    if optional:
-        if value is None or (text and isinstance(value, str) and value.strip().lower() in ("", "none", "null", "~")):
-            return None
-        tp = next(a for a in args if a is not type(None))
+    tp, optional = _unwrap_optional(tp)
+    if optional and _is_none(value, text):
+        return None
     origin = typing.get_origin(tp) or tp
     if origin is list:
         items = _list_items(key, value) if text else value
@@ -421,13 +431,9 @@ def _head_option(name: str, value: Any, text: bool) -> Any:
     """An entry of ``head_kwargs`` read by the type its head's constructor declares (``bias: bool``: ``"off"`` is
     false or refused, never a true string), as a field of that type is; an option of no head, a top-level field
     (``validate`` refuses both) and a type of no field (``solve_dtype``) are left to the checks that follow."""
-    tp = _head_option_types().get(name)
-    args = typing.get_args(tp)
-    optional = type(None) in args
-    if optional:
-        if value is None or (text and isinstance(value, str) and value.strip().lower() in ("", "none", "null", "~")):
-            return None
-        tp = next(a for a in args if a is not type(None))
+    tp, optional = _unwrap_optional(_head_option_types().get(name))
+    if optional and _is_none(value, text):
+        return None
     if name in _hints() or tp not in (bool, int, float, str):
         return value
     return _scalar(f"head_kwargs.{name}", value, tp, text, optional)
