@@ -450,6 +450,22 @@ def test_digits_offline_and_split_by_seed():
     assert not torch.equal(same.x_test, other.x_test)
 
 
+@pytest.mark.parametrize("shipped_file", [True, False])
+def test_digits_arrays_equal_sklearn_in_order(monkeypatch, shipped_file):
+    """The CSV read without importing scikit-learn gives scikit-learn's arrays, row for row (the seeded split
+    depends on the order); without the file, the fallback is scikit-learn itself."""
+    from sklearn.datasets import load_digits
+
+    from ncguide.experiments.data import offline
+
+    if not shipped_file:
+        monkeypatch.setattr(offline.importlib.util, "find_spec", lambda name: None)
+    raw = load_digits()
+    data, target = offline._digits_arrays()
+    assert np.array_equal(data, raw.data) and np.array_equal(target, raw.target)
+    assert target.dtype == np.int64 or not shipped_file
+
+
 def test_mnist1d_generated_and_cached(tmp_path):
     np_state, py_state = np.random.get_state(), random.getstate()  # noqa: NPY002
     ds = load_dataset("mnist1d", data_dir=tmp_path)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import random
@@ -60,12 +61,27 @@ def load_digits(
     data_dir: str | os.PathLike | None = None, seed: int = 0, *, test_fraction: float = 0.2
 ) -> Dataset:
     """scikit-learn's 8×8 digits in ``[0, 1]``, split ``1-test_fraction : test_fraction`` per class by ``seed``."""
-    datasets = _require("sklearn.datasets")
-    raw = datasets.load_digits()
-    x = torch.from_numpy(raw.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
-    y = torch.from_numpy(raw.target.astype(np.int64))
+    data, target = _digits_arrays()
+    x = torch.from_numpy(data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
+    y = torch.from_numpy(target.astype(np.int64))
     train, test = stratified_split(y, test_fraction, seeded_generator(seed, 0xD1617))
     return Dataset("digits", x[train], y[train], x[test], y[test], 10, (1, 8, 8))
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """``(data (1797, 64), target (1797,))`` of scikit-learn's digits, read from the CSV file scikit-learn ships
+    (``sklearn/datasets/data/digits.csv.gz``: 64 pixel columns, then the label) without importing scikit-learn,
+    whose import (~1.5 s, scipy.stats) would dominate the start of each run's process; through
+    ``sklearn.datasets.load_digits`` where that file is not found."""
+    spec = importlib.util.find_spec("sklearn")
+    if spec is not None and spec.origin:
+        path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            if table.ndim == 2 and table.shape[1] == 65:
+                return table[:, :-1], table[:, -1].astype(np.int64)
+    raw = _require("sklearn.datasets").load_digits()
+    return raw.data, raw.target
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
