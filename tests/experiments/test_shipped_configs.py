@@ -16,11 +16,37 @@ def test_config_dir_is_inside_the_package():
     assert "demo" in shipped_configs() and "mnist1d" in shipped_configs()
 
 
-@pytest.mark.parametrize("name", ["demo", "demo.yaml", "/demo"])
-def test_a_name_finds_the_shipped_file(name, tmp_path, monkeypatch):
+def test_a_name_finds_the_shipped_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # no file of that name here
-    assert find_config(name) == CONFIG_DIR / "demo.yaml"
-    assert load_config(name) == load_config(CONFIG_DIR / "demo.yaml")
+    assert find_config("demo") == CONFIG_DIR / "demo.yaml"
+    assert load_config("demo") == load_config(CONFIG_DIR / "demo.yaml")
+    assert find_config("paper/ufm-k10") == CONFIG_DIR / "paper" / "ufm-k10.yaml"
+
+
+@pytest.mark.parametrize("name,meant", [("./demo.yaml", "demo"), ("/demo", "demo"), ("demo.yaml", "demo"),
+                                        ("./paper/ufm-k10.yml", "paper/ufm-k10"), ("~/no/such/demo.json", "demo"),
+                                        ("./mine.yaml", None)])
+def test_a_missing_path_is_an_error_not_a_shipped_config(name, meant, tmp_path, monkeypatch):
+    """Anything that looks like a path is a path only: missing, it is named, with the shipped name it may mean."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(ValueError, match="not found") as e:
+        find_config(name)
+    msg = str(e.value)
+    assert repr(name) in msg and "\n" not in msg
+    assert (f"did you mean --config {meant} " in msg) if meant else "did you mean" not in msg
+
+
+def test_a_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "paper" / "ufm-k10").mkdir(parents=True)
+    assert find_config("demo") == CONFIG_DIR / "demo.yaml"
+    assert find_config("paper/ufm-k10") == CONFIG_DIR / "paper" / "ufm-k10.yaml"
+    with pytest.raises(ValueError, match="'./demo' is a directory, not a file; did you mean --config demo "):
+        find_config("./demo")
+    assert main(["train", "--config", "demo", "--method", "standard", "--print-config"]) == 0
+    assert "dataset: mnist1d" in capsys.readouterr().out
 
 
 def test_nested_names_and_listing(tmp_path):
@@ -31,19 +57,35 @@ def test_nested_names_and_listing(tmp_path):
     (root / "notes.txt").write_text("not a config\n")
     assert shipped_configs(root) == ["demo", "paper/ufm-k10"]
     assert find_config("paper/ufm-k10", root) == root / "paper" / "ufm-k10.yaml"
-    assert find_config("paper/ufm-k10.yaml", root) == root / "paper" / "ufm-k10.yaml"
+    with pytest.raises(ValueError, match="did you mean --config paper/ufm-k10 "):
+        find_config("paper/ufm-k10.yaml", root)  # a suffix makes it a path
     with pytest.raises(ValueError, match=r"not found.*shipped: demo, paper/ufm-k10\)"):
         find_config("ufm-k10", root)  # only by its full name
     with pytest.raises(ValueError, match="not found"):
-        find_config("../configs/demo", root / "paper")  # no escape from the root
+        find_config("paper/../../configs/demo", root / "paper")  # no escape from the root
 
 
 def test_a_file_path_wins_over_a_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "demo").write_text("epochs: 7\n")
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "paper" / "ufm-k10").write_text("epochs: 8\n")
     assert find_config("demo").resolve() == tmp_path / "demo" and load_config("demo") == {"epochs": 7}
+    assert load_config("paper/ufm-k10") == {"epochs": 8}
     with pytest.raises(ValueError, match="is a directory"):
         find_config(str(tmp_path))
+
+
+@pytest.mark.parametrize("command", ["train", "compare"])
+@pytest.mark.parametrize("config,words", [("", ["--config is empty"]),
+                                          ("./demo.yaml", ["'./demo.yaml' not found", "did you mean --config demo"])])
+def test_cli_empty_or_missing_config_is_one_line(command, config, words, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = ["--method", "standard"] if command == "train" else []
+    assert main([command, *run, "--config", config, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ncguide: error:") and err.count("\n") == 1 and all(w in err for w in words), err
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_unknown_name_is_one_line_listing_the_names(tmp_path, capsys, monkeypatch):

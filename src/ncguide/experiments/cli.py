@@ -423,7 +423,7 @@ def resolve_config(args: argparse.Namespace, extra_flags: dict | None = None) ->
     ``--set methods=a,b``); they are not TrainConfig fields."""
     from .config import ConfigError, apply_overrides, read_value
 
-    d = _load_yaml(args.config) if args.config else {}
+    d = _load_yaml(args.config) if args.config is not None else {}  # --config "": its error
     compare = {k: d.pop(k) for k in _COMPARE_KEYS if k in d}
     flags = {field: getattr(args, dest) for dest, field in _COMMON_FLAGS.items()}
     flags.update(extra_flags or {})
