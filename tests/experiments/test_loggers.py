@@ -16,7 +16,7 @@ import pytest
 from ncguide.experiments.cli import main
 from ncguide.experiments.compare import run_compare
 from ncguide.experiments.config import ConfigError, TrainConfig
-from ncguide.experiments.loggers import CSV, WANDB_ID, CSVLogger, check_loggers, scalars
+from ncguide.experiments.loggers import CSV, WANDB_ID, CSVLogger, check_loggers, read_wandb_id, scalars
 from ncguide.experiments.train import train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -194,10 +194,12 @@ def test_loggers_asked_for_a_finished_run_are_written_from_its_log(tmp_path):
 
 
 class FakeWandb(types.ModuleType):
-    """Records what the adapter asks of ``wandb``; a resumed id continues at the step after its last log."""
+    """Records what the adapter asks of ``wandb``. Online, a resumed id continues at the step after its last log;
+    ``offline=True``: a resumed run says step 0, as W&B offline does (it cannot ask the server)."""
 
-    def __init__(self):
+    def __init__(self, offline: bool = False):
         super().__init__("wandb")
+        self.offline = offline
         self.inits, self.logs, self.finished, self.steps = [], [], 0, {}
 
     def init(self, **kwargs):
@@ -207,7 +209,7 @@ class FakeWandb(types.ModuleType):
         fake, run_id = self, kwargs["id"]
 
         class Run:
-            step = fake.steps.get(run_id, 0)
+            step = 0 if fake.offline else fake.steps.get(run_id, 0)
 
             def log(self, data, step):
                 fake.logs.append((run_id, step, dict(data)))
@@ -217,6 +219,21 @@ class FakeWandb(types.ModuleType):
                 fake.finished += 1
 
         return Run()
+
+    def steps_of(self, run_id: str) -> list[int]:
+        return [step for rid, step, _ in self.logs if rid == run_id]
+
+
+@pytest.fixture
+def no_wandb_login(tmp_path, monkeypatch):
+    """An environment where W&B has no login and is not offline: no key, no netrc, no settings file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_DISABLED", "WANDB_BASE_URL", "WANDB_CONFIG_DIR", "NETRC"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return home
 
 
 def test_wandb_adapter_logs_every_record_once_and_respects_offline_mode(tmp_path, monkeypatch):
@@ -228,16 +245,127 @@ def test_wandb_adapter_logs_every_record_once_and_respects_offline_mode(tmp_path
     out = tmp_path / "cmp" / "runs" / "nearest-etf" / "seed-0"
     train(cfg, out, progress="none")
     (init,) = fake.inits
-    run_id = (out / WANDB_ID).read_text().strip()
+    run_id = read_wandb_id(out)[0]
     assert init["id"] == run_id and init["resume"] == "allow" and init["dir"] == str(out)
     assert init["config"] == cfg.to_dict() and init["project"] == "ncguide"
     assert init["name"] == "nearest-etf/seed-0" and init["group"] == "cmp"
     assert "mode" not in init and init["env_mode"] == "offline"  # W&B reads WANDB_MODE itself
     assert fake.logs == [(run_id, r["epoch"], scalars(r)) for r in records(out)] and fake.finished == 1
+    assert read_wandb_id(out) == (run_id, records(out)[-1]["epoch"])
 
-    train(cfg, out, progress="none")  # finished: the same W&B run, nothing logged twice
-    assert [i["id"] for i in fake.inits] == [run_id, run_id] and len(fake.logs) == len(records(out))
-    assert fake.finished == 2
+    train(cfg, out, progress="none")  # finished, and W&B has every record: no W&B run is opened again
+    assert len(fake.inits) == 1 and len(fake.logs) == len(records(out)) and fake.finished == 1
+
+
+@pytest.mark.parametrize("offline", [True, False])
+def test_wandb_resume_sends_each_epoch_once_and_no_resume_starts_a_new_run(offline, tmp_path, monkeypatch):
+    """Offline, a resumed W&B run cannot say what it has: the epoch kept in wandb-run-id does. Steps only grow."""
+    fake = FakeWandb(offline=offline)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setenv("WANDB_MODE", "offline" if offline else "online")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    cfg = TrainConfig.from_dict({**BASE, "epochs": 3, "method": "nearest-etf", "loggers": ["wandb"]})
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, out, progress="none", model=build_probe(cfg, sigint_at=15))  # inside epoch 2
+    run_id = read_wandb_id(out)[0]
+    assert fake.steps_of(run_id) == [0, 1]
+    train(cfg, out, progress="none", model=build_probe(cfg))
+    train(cfg, out, progress="none", model=build_probe(cfg))  # finished: nothing more to send
+    assert [i["id"] for i in fake.inits] == [run_id, run_id]  # the same W&B run, resumed
+    assert fake.steps_of(run_id) == [r["epoch"] for r in records(out)] == [0, 1, 2, 3]
+    assert [d for rid, _, d in fake.logs] == [scalars(r) for r in records(out)]
+
+    train(cfg, out, resume=False, progress="none", model=build_probe(cfg))  # --no-resume: a new W&B run
+    new_id = read_wandb_id(out)[0]
+    assert new_id != run_id and fake.inits[-1]["id"] == new_id and fake.steps_of(new_id) == [0, 1, 2, 3]
+
+
+def test_wandb_not_logged_in_is_refused_before_training(tmp_path, monkeypatch, no_wandb_login):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = TrainConfig.from_dict({**UFM, "method": "standard", "loggers": ["wandb"]})
+    with pytest.raises(ConfigError, match="not logged in.*wandb login.*WANDB_MODE=offline") as e:
+        train(cfg, tmp_path / "run", progress="none")
+    assert e.value.key == "loggers" and not (tmp_path / "run").exists() and not fake.inits
+
+
+@pytest.mark.parametrize("how", ["key", "netrc", "netrc_env", "mode", "settings", "self_hosted"])
+def test_wandb_login_is_found_without_the_network(how, monkeypatch, no_wandb_login):
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb())
+    host = "api.wandb.ai"
+    if how == "key":
+        monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    elif how in ("netrc", "self_hosted"):
+        if how == "self_hosted":
+            host = "wandb.example.org"
+            monkeypatch.setenv("WANDB_BASE_URL", f"https://{host}")
+        (no_wandb_login / ".netrc").write_text(f"machine {host}\n  login user\n  password {'k' * 40}\n")
+    elif how == "netrc_env":
+        (no_wandb_login / "rc").write_text(f"machine {host} login user password {'k' * 40}\n")
+        monkeypatch.setenv("NETRC", str(no_wandb_login / "rc"))
+    elif how == "mode":
+        monkeypatch.setenv("WANDB_MODE", "disabled")
+    elif how == "settings":  # what `wandb offline` writes
+        (no_wandb_login / ".config" / "wandb").mkdir(parents=True)
+        (no_wandb_login / ".config" / "wandb" / "settings").write_text("[default]\nmode = offline\n")
+    assert check_loggers(["wandb"]) == ["wandb"]
+    if how == "self_hosted":  # the key of another host does not count
+        monkeypatch.delenv("WANDB_BASE_URL")
+        with pytest.raises(ConfigError, match="no api.wandb.ai entry"):
+            check_loggers(["wandb"])
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "train --print-config"])
+def test_cli_wandb_not_logged_in_is_one_line_before_anything_is_written(command, tmp_path, capsys, monkeypatch,
+                                                                       no_wandb_login):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    name, *extra = command.split()
+    run = ["--method", "standard"] if name == "train" else ["--methods", "standard", "--seeds", "1"]
+    out = tmp_path / "out"
+    assert main([name, *run, *extra, "--dataset", "ufm", "--model", "ufm", "--epochs", "1", "--logger", "wandb",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ncguide: error:") and err.count("\n") == 1, err
+    assert all(w in err for w in ("not logged in", "`wandb login`", "WANDB_MODE=offline", "--logger")), err
+    assert not out.exists() and not fake.inits
+
+
+# ----------------------------------------------------------------------- outputs of loggers not asked for
+
+
+def test_a_run_trained_without_a_logger_deletes_its_stale_files(tmp_path):
+    """Resumed without csv/tensorboard, their files would describe only the first part: deleted, with a warning.
+    A finished run reused leaves them (they hold its whole log); --no-resume deletes them too."""
+    logged = TrainConfig.from_dict({**BASE, "epochs": 3, "method": "nearest-etf", "loggers": ["csv", "tensorboard"]})
+    plain = TrainConfig.from_dict({**BASE, "epochs": 3, "method": "nearest-etf"})
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(logged, out, progress="none", model=build_probe(logged, sigint_at=15))
+    assert (out / CSV).is_file() and list(out.glob("events.out.tfevents.*"))
+    with pytest.warns(UserWarning) as caught:
+        train(plain, out, progress="none", model=build_probe(plain))
+    notes = [str(w.message) for w in caught]
+    assert len(notes) == 2 and "\n" not in "".join(notes)
+    assert any(n.startswith(f"deleted {out / CSV} of the csv logger") for n in notes)
+    assert any("of the tensorboard logger" in n for n in notes)
+    assert not (out / CSV).exists() and not list(out.glob("events.out.tfevents.*"))
+    assert [r["epoch"] for r in records(out)] == [0, 1, 2, 3]
+
+    train(logged, out, progress="none", model=build_probe(logged))  # finished: written from the whole log
+    assert_csv_matches_log(out)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(plain, out, progress="none", model=build_probe(plain))  # reused: nothing deleted, no warning
+    assert_csv_matches_log(out)
+    assert_tensorboard_matches_log(out)
+    (out / WANDB_ID).write_text("abc123\n3\n")
+    with pytest.warns(UserWarning, match="from an earlier run"):
+        train(plain, out, resume=False, progress="none", model=build_probe(plain))
+    assert not (out / CSV).exists() and not list(out.glob("events.out.tfevents.*")) and not (out / WANDB_ID).exists()
 
 
 # ------------------------------------------------------------------------------------- bad input
@@ -250,18 +378,22 @@ def test_check_loggers():
     assert e.value.key == "loggers"
 
 
-@pytest.mark.parametrize("command", ["train", "compare"])
+@pytest.mark.parametrize("command", ["train", "compare", "train --print-config", "compare --print-config"])
 @pytest.mark.parametrize("args,words", [
     (["--logger", "wandb"], ["logger 'wandb' needs the wandb package", "pip install wandb", "--logger"]),
     (["--set", "loggers=csv,bogus"], ["unknown logger 'bogus'", "--set loggers=csv,bogus"]),
     (["--logger", "bogus"], ["--logger", "invalid choice: 'bogus'"]),
+    (["--set", "loggers=csv,CSV"], ["unknown logger 'CSV'", "--set loggers=csv,CSV"]),
 ])
 def test_bad_loggers_are_one_line_errors_before_anything_is_written(command, args, words, tmp_path, capsys,
                                                                      monkeypatch):
+    """The same checks with --print-config, which trains nothing (names are exact, as the flags' choices)."""
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    command, *extra = command.split()
     run = ["--method", "standard"] if command == "train" else ["--methods", "standard", "--seeds", "1"]
     out = tmp_path / "out"
-    assert main([command, *run, "--dataset", "ufm", "--model", "ufm", "--epochs", "1", *args, "--out", str(out)]) == 2
+    argv = [command, *extra, *run, "--dataset", "ufm", "--model", "ufm", "--epochs", "1", *args, "--out", str(out)]
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("ncguide: error:") and err.count("\n") == 1 and all(w in err for w in words), err
     assert not out.exists()

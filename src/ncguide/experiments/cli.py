@@ -532,12 +532,12 @@ def _cmd_train(args) -> int:
     d, compare = resolve_config(args, {"method": args.method, "seed": args.seed})  # methods/seeds of a compare
     cfg = TrainConfig.from_dict(d)
     _warn_variants(compare.get("variants"), cfg.method, args.config)
+    check_buildable(cfg)  # before creating --out (a mistake leaves nothing behind); --print-config too, as compare
     if args.print_config:
         _warn_ignored(cfg, set(d), args)
         return _print_config(cfg.to_dict())
     if args.out is None or not args.out.strip():
         _check_out(args.out)  # its one-line error
-    check_buildable(cfg)  # before creating --out: a mistake leaves nothing behind
     out = _check_out(args.out)
     _warn_ignored(cfg, set(d), args)
     print(f"ncguide: training {cfg.method} on {cfg.dataset} ({cfg.model}), seed {cfg.seed} -> {out}", flush=True)

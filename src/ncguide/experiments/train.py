@@ -29,7 +29,10 @@ Outputs in ``out_dir`` (only rank 0 writes):
   non-finite value (NaN, inf) is written as ``null`` too. Each line is fsynced when written
   (``runlog.py`` says what the log guarantees).
 - ``metrics.csv``, TensorBoard event files, a W&B run: the same records, for the loggers ``cfg.loggers``
-  asks for (``loggers.py``); on resume they are rewritten from the restored ``metrics.jsonl``.
+  asks for (``loggers.py``); on resume they are rewritten from the restored ``metrics.jsonl`` (W&B gets only
+  the records it has not had). A run that trains without the csv or tensorboard logger deletes that
+  logger's files left by an earlier start, with a warning (they would miss the new records); a fresh start
+  also forgets the W&B run id, so a new W&B run begins.
 - ``checkpoint.pt`` (``checkpoint.py``): after every epoch, atomically; ``finished`` marks a
   completed run (``is_finished``). It keeps a copy of the log's lines.
 - ``machine.json`` (``machine.py``): one entry per start or resume (host, CPU, GPU, torch threads, versions,
@@ -212,7 +215,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
         log_lines = restore_log(out, ckpt, write=where.rank == 0)  # the log as the checkpoint counted it
         if ckpt.get("finished"):  # nothing to do: skip loading data and building the model
             restore_config(out, ckpt, write=where.rank == 0)
-            with open_loggers(cfg, out, log_lines, write=where.rank == 0):  # their outputs agree with the log
+            with open_loggers(cfg, out, log_lines, write=where.rank == 0, grows=False):  # outputs agree with the log
                 pass
             return json.loads(log_lines[-1]) if log_lines else last_record(out / METRICS)
         threads = ckpt.get("num_threads")
@@ -238,7 +241,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, progress: str, model, head
     watch = _NonFiniteWatch(run)
     with _InterruptFlag(enabled=where.world == 1) as interrupt, \
             Progress(progress if where.rank == 0 else "none", cfg.epochs, len(run.loader)) as show, \
-            open_loggers(cfg, out, run.log, write=where.rank == 0) as run.loggers:  # from the restored log
+            open_loggers(cfg, out, run.log, write=where.rank == 0, fresh=fresh) as run.loggers:  # the restored log
         show.note(settings_line(cfg))
         if fresh:
             show.record(_log_evaluation(run))
