@@ -380,6 +380,35 @@ def test_ignored_fields_examples():
     assert ignored_reason(cfg_of(optimizer="adam"), "momentum") == "momentum is not used with optimizer='adam'"
 
 
+@pytest.mark.parametrize("dataset", ["ufm", "digits", "npz"])
+def test_data_dir_is_ignored_by_the_data_sets_that_read_no_files_from_it(dataset, tmp_path, capsys):
+    """ufm, digits and npz:PATH load the same data with any data_dir and never look in it; the table says so, the
+    settings line leaves it out and `ncguide train` warns. mnist1d caches its data there: used."""
+    import numpy as np
+
+    from ncguide.experiments.data import load_dataset
+    from ncguide.experiments.progress import settings_line
+
+    name = dataset
+    if dataset == "npz":
+        x = np.random.default_rng(0).normal(size=(12, 3)).astype(np.float32)
+        np.savez(tmp_path / "d.npz", x_train=x, y_train=np.arange(12) % 3, x_test=x[:6], y_test=np.arange(6) % 3)
+        name = f"npz:{tmp_path / 'd.npz'}"
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    a, b = load_dataset(name, data_dir=data_dir), load_dataset(name, data_dir=None)
+    assert torch.equal(a.x_train, b.x_train) and torch.equal(a.y_test, b.y_test) and not list(data_dir.iterdir())
+    model = {"ufm": "ufm", "digits": "mlp", "npz": "mlp"}[dataset]
+    cfg = TrainConfig.from_dict({"dataset": name, "model": model, "data_dir": str(data_dir)})
+    assert "data_dir" in ignored_fields(cfg) and "data_dir=" not in settings_line(cfg)
+    assert ignored_reason(cfg, "data_dir").startswith(f"data_dir is not used with dataset={name!r}")
+    assert "data_dir" not in ignored_fields(TrainConfig.from_dict({"dataset": "mnist1d", "data_dir": "x"}))
+    assert cli.main(["train", "--method", "standard", "--dataset", name, "--model", model, "--data-dir",
+                     str(data_dir), "--print-config"]) == 0
+    err = capsys.readouterr().err
+    assert "data_dir is not used with dataset=" in err and "the value you set is ignored (from --data-dir)" in err
+
+
 def test_ignored_head_fields_agree_with_the_heads_options():
     """A head field the table says a method uses is one its head takes (build.head_kwargs passes it); the method
     fields the heads take only for some methods are used exactly by those."""

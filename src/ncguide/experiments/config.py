@@ -29,9 +29,10 @@ message that states the rule.
 
 **Keys a run ignores.** ``USED_ONLY_WHEN`` says, in one table, which fields a run uses only under some
 method, data set, optimiser or schedule, or another value (``delta`` only for the nearest-ETF heads,
-``momentum`` only for sgd, ``num_classes`` only for ``ufm``, ``gamma`` only with step milestones, ``amp`` not on
-the CPU, ...); :func:`ignored_fields` gives those a config ignores. A grid over such a key is refused
-(``compare``); a key set explicitly to a value other than its default, but ignored, is warned about (``ncguide``).
+``momentum`` only for sgd, ``num_classes`` only for ``ufm``, ``data_dir`` not for ``ufm``, ``digits`` and
+``npz:``, ``gamma`` only with step milestones, ``amp`` not on the CPU, ...); :func:`ignored_fields` gives
+those a config ignores. A grid over such a key is refused (``compare``); a key set explicitly to a value other
+than its default, but ignored, is warned about (``ncguide``).
 ``head_kwargs`` cannot hold a top-level field (``head_kwargs.temperature`` would override ``temperature``
 behind the saved config's back).
 """
@@ -341,6 +342,9 @@ USED_ONLY_WHEN: dict[str, dict[str, When]] = {
     "feature_dim": {"model": When(("ufm",))},
     "test_per_class": {"dataset": When(("ufm",), negate=True)},  # the UFM has no test split
     "num_workers": {"dataset": When(("imagenet",))},  # loader processes for file-backed data only
+    # ufm and digits read no files, npz:PATH reads PATH; mnist1d caches its generated data there
+    "data_dir": {"dataset": When(test=lambda d: str(d).partition(":")[0] not in ("ufm", "digits", "npz"),
+                                 says="the data set reads no files from data_dir")},
 }
 
 
