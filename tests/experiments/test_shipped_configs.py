@@ -100,3 +100,33 @@ def test_cli_unknown_name_is_one_line_listing_the_names(tmp_path, capsys, monkey
 def test_cli_runs_a_shipped_config_by_name(capsys):
     assert main(["train", "--config", "digits", "--method", "standard", "--print-config"]) == 0
     assert "dataset: digits" in capsys.readouterr().out
+
+
+PAPER_AND_DEMO = ["demo", *(n for n in shipped_configs() if n.startswith("paper/"))]
+
+
+@pytest.mark.parametrize("name", PAPER_AND_DEMO)
+def test_shipped_configs_warn_about_no_ignored_key(name, tmp_path, capsys):
+    """A shipped config's keys that some of its methods use are not the user's mistake: `compare` and `train` of
+    each of its methods print no "ignored" warning."""
+    data = tmp_path / "data"  # imagenet's folders, for the configs that need them
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (data / split / cls).mkdir(parents=True)
+    extra = ["--data-dir", str(data)] if "imagenet" in name else []
+    assert main(["compare", "--config", name, *extra, "--print-config"]) == 0
+    for method in load_config(name)["methods"]:
+        assert main(["train", "--config", name, "--method", method, *extra, "--print-config"]) == 0
+    err = capsys.readouterr().err
+    assert "ignored" not in err, err
+
+
+@pytest.mark.parametrize("command", [["train", "--method", "standard"], ["compare", "--methods", "standard"]])
+def test_a_key_the_user_sets_for_no_run_still_warns(command, capsys):
+    """--set delta for standard only is the user's mistake; fixed_etf of paper/ufm-k10 (its fixed-etf method's) is
+    not, for `train --method standard` (compare --methods standard: no run of the comparison uses it, it warns)."""
+    assert main([*command, "--config", "paper/ufm-k10", "--set", "delta=0.5", "--print-config"]) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "ignored" in line]
+    assert any(line.startswith("ncguide: warning: delta is not used with method='standard'") and "delta=0.5" in line
+               or "every run" in line and "delta" in line for line in warned), warned
+    assert any("fixed_etf" in line for line in warned) == (command[0] == "compare"), warned

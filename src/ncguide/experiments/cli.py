@@ -532,14 +532,15 @@ def _cmd_train(args) -> int:
     d, compare = resolve_config(args, {"method": args.method, "seed": args.seed})  # methods/seeds of a compare
     cfg = TrainConfig.from_dict(d)
     _warn_variants(compare.get("variants"), cfg.method, args.config)
+    file_runs = _file_runs(cfg, compare)  # a comparison file's keys that some of its methods use are quiet
     check_buildable(cfg)  # before creating --out (a mistake leaves nothing behind); --print-config too, as compare
     if args.print_config:
-        _warn_ignored(cfg, set(d), args)
+        _warn_ignored(cfg, set(d), args, file_runs)
         return _print_config(cfg.to_dict())
     if args.out is None or not args.out.strip():
         _check_out(args.out)  # its one-line error
     out = _check_out(args.out)
-    _warn_ignored(cfg, set(d), args)
+    _warn_ignored(cfg, set(d), args, file_runs)
     print(f"ncguide: training {cfg.method} on {cfg.dataset} ({cfg.model}), seed {cfg.seed} -> {out}", flush=True)
     record = train(cfg, out, resume=args.resume)
     figures = plot_figures({cfg.method: {cfg.seed: read_jsonl(out / METRICS)}}, out)  # a compare's, one run
@@ -568,13 +569,38 @@ def _warn_variants(variants, method: str, config: str | None) -> None:
                   f"settings for {method} (to train it as the comparison does, add {how})", stacklevel=2)
 
 
-def _warn_ignored(cfg, given: set[str], args: argparse.Namespace) -> None:
+def _file_runs(cfg, compare: dict) -> list:
+    """``ncguide train`` with a comparison's config file (one that lists ``methods:``): the configs of its methods
+    (a variant with its own settings) as this run's; empty for a file of one run."""
+    from .compare import parse_methods, parse_variants
+    from .config import TrainConfig
+
+    if not compare.get("methods"):
+        return []
+    try:
+        variants = parse_variants(compare.get("variants"))
+        names = parse_methods(compare["methods"], variants)
+    except ValueError:  # compare's own errors; train does not read these keys
+        return []
+    runs = []
+    for name in names:
+        try:
+            runs.append(TrainConfig.from_dict({**cfg.to_dict(), **variants.get(name, {"method": name})}))
+        except ValueError:
+            pass
+    return runs
+
+
+def _warn_ignored(cfg, given: set[str], args: argparse.Namespace, file_runs: list = ()) -> None:
     """One warning line per key the user set (file, flag, ``--set``) to a value other than its default that this run
-    ignores (a resolved file, such as a run's config.json, lists every field at its default)."""
+    ignores (a resolved file, such as a run's config.json, lists every field at its default). A key that comes
+    from a comparison's config file and that one of the file's methods uses is not a mistake: quiet."""
     from .config import ignored_fields, ignored_reason, non_default
 
     for key in sorted(ignored_fields(cfg) & non_default({k: getattr(cfg, k) for k in given})):
         source = _source(args, key)
+        if (source or "").startswith("in config file") and any(key not in ignored_fields(c) for c in file_runs):
+            continue
         warnings.warn(f"{ignored_reason(cfg, key)}: the value you set is ignored{f' ({source})' if source else ''}",
                       stacklevel=2)
 
