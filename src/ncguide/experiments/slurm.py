@@ -250,10 +250,6 @@ def job_states(user: str | None = None) -> dict[str, str]:
     return dict(line.split(None, 1) for line in res.stdout.splitlines() if len(line.split(None, 1)) == 2)
 
 
-def _alive(state: str | None) -> bool:
-    return state is not None and state not in _FINAL and state not in _MAYBE_FINAL
-
-
 def _in_queue(state: str | None) -> bool:
     """Queued, running, or ended in a way a requeue may still follow."""
     return state is not None and state not in _FINAL
@@ -296,7 +292,7 @@ def check_queued(planned: Mapping[Path, object], *, local: bool = False) -> None
                                           "--launcher slurm, or scancel them")
         return
     for path, record in records.items():
-        if not _alive(states.get(record["job_id"])):
+        if not _in_queue(states.get(record["job_id"])):
             continue
         try:
             queued = json.loads((path / LAUNCH_SPEC).read_text())["config"]
