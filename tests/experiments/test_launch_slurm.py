@@ -4,6 +4,7 @@ job cancelled mid-run reported and resumed by a rerun, a requeued job resuming f
 options refused before anything is submitted."""
 
 import json
+import re
 import shutil
 import subprocess
 import time
@@ -85,23 +86,44 @@ def test_slurm_gives_the_local_results_and_no_wait_collects_later(tmp_path, monk
     assert {p: _job(p) for p in first} == first
 
 
-def test_a_cancelled_job_is_reported_and_a_rerun_resumes_its_run(tmp_path):
+@pytest.mark.parametrize("wait", [True, False])
+def test_a_cancelled_job_is_reported_and_a_rerun_resumes_its_run(tmp_path, wait):
+    """Whether the compare waits for the job or a later one collects it (``--no-wait``): the cancelled job is
+    reported as a failed run with its logs, not submitted again by that command, and kept in slurm.json; the
+    next command submits the run again, saying which job failed before, and it resumes from its checkpoint."""
     args = [*LONG_FLAGS, "--methods", "standard", "--seeds", "1", *SLURM_FLAGS, "--out", "out"]
     run = tmp_path / "out/runs/standard/seed-0"
-    proc, log = start_compare(tmp_path, *args)
+    if wait:
+        proc, log = start_compare(tmp_path, *args)
+    else:
+        submitted = run_cli(tmp_path, *args, "--no-wait")
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        proc, log = None, None
     wait_for(lambda: records(run) >= 2 and holder_pid(run), "the run's second record", proc=proc, log=log)
     job = _job(run)
     subprocess.run(["scancel", job], check=True)
-    assert proc.wait(timeout=600) == 1
-    error = log.read_text().strip().splitlines()[-1]
-    assert error.startswith(f"ncguide: error: 1 run failed: runs/standard/seed-0 (Slurm job {job} cancelled before "
-                            "the run finished"), error
-    assert "; log out/runs/standard/seed-0/launch.log, " in error and f"slurm/{job}_0_log.err)" in error
+    if wait:
+        assert proc.wait(timeout=600) == 1
+        error = log.read_text().strip().splitlines()[-1]
+    else:
+        wait_for(lambda: _state(job) in ("", "CANCELLED"), "the job to end", every=0.5)
+        collect = run_cli(tmp_path, *args, "--no-wait")
+        assert collect.returncode == 1 and "submitted" not in collect.stdout, collect.stdout + collect.stderr
+        error = collect.stderr.strip().splitlines()[-1]
+    gone = "cancelled" if wait else "(cancelled|left the queue)"
+    assert re.match(rf"ncguide: error: 1 run failed: runs/standard/seed-0 \(Slurm job {job} {gone} before the run "
+                    "finished", error), error
+    logs = rf"; log out/runs/standard/seed-0/launch.log, \S*/out/slurm/[^/ ]+/{job}_0_log.err\)"
+    assert re.search(logs, error), error
+    record = json.loads((run / "slurm.json").read_text())
+    assert record["job_id"] == job and record["stderr"].endswith(f"/{job}_0_log.err") and "failed" in record
     kept = (run / "metrics.jsonl").read_text().splitlines()[:2]
 
     rerun = run_cli(tmp_path, *args)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"standard seed 0: retrying; Slurm job {job} failed before (Slurm job {job} " in rerun.stdout, rerun.stdout
     assert _job(run) != job  # a new job
+    assert json.loads((run / "slurm.json").read_text())["previous_jobs"] == [record]
     assert "resuming from its checkpoint" in (run / "launch.log").read_text().split("====")[-1]
     assert (run / "metrics.jsonl").read_text().splitlines()[:2] == kept
 

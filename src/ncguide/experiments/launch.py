@@ -621,6 +621,9 @@ def make_launcher(launch: LaunchConfig, planned: Mapping[Path, TrainConfig], *, 
         threads = launch.threads_per_run or launch.slurm.cpus_per_run or 1
         return SlurmLauncher(launch.slurm, out_dir=out_dir, resume=resume, threads=threads, wait=launch.wait,
                              log=log)
+    from .slurm import check_queued
+
+    check_queued(planned, local=True)  # no run may train here while its Slurm job is queued or running
     cuda = _uses_cuda(planned.values())
     gpus_per_run = (launch.gpus_per_run or 1) if cuda else 1
     if launch.jobs == 1 and gpus_per_run == 1:

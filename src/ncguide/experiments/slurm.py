@@ -5,32 +5,41 @@
 
 Each stage of each method's pipeline (``launch.drive``) goes out as one job array; a job runs the run's
 child (``python -m ncguide.experiments.run_one RUN_DIR``, through torchrun for several GPUs) with its output
-appended to ``RUN_DIR/launch.log``; submitit's own logs and pickles sit in ``OUT/slurm/``. The job id is
-recorded in ``RUN_DIR/slurm.json``.
+appended to ``RUN_DIR/launch.log``; submitit's own logs and pickles sit in a fresh folder per submission,
+``OUT/slurm/<time>-<pid>-<random>/`` (created here, never reused: a job only unpickles what its own ``compare``
+wrote there). ``RUN_DIR/slurm.json`` records the job id, its log files, a failure once reported
+(``failed``) and the run's earlier jobs (``previous_jobs``).
 
 - Settings (``--slurm-*`` flags, YAML ``slurm_*`` keys; :func:`parse_slurm`): partition, time (required:
-  each job's limit), account, GPUs and CPUs per run (a run's thread count is its CPUs), memory, array
-  parallelism, setup lines run before the job (module loads, environment activation) and extra ``#SBATCH``
-  options passed through. They are checked with ``sbatch --test-only`` before anything is written or
-  submitted (:func:`check_cluster`).
-- Preemption and time limits: Slurm warns the job with SIGUSR2 90 s ahead; submitit calls
-  :meth:`RunJob.checkpoint`, which stops the child (it saves a checkpoint at its current step), and requeues
-  the job, which resumes from that checkpoint (up to ``MAX_TIMEOUTS`` times after time limits; any number of
-  preemptions). A job requeued by hand (``scontrol requeue``) or by the cluster resumes the same way.
+  each job's limit, at least ``MIN_TIME_MIN`` minutes), account, GPUs and CPUs per run (a run's thread
+  count is its CPUs), memory, array parallelism, setup lines run before the job (module loads, environment
+  activation) and extra ``#SBATCH`` options passed through. They are checked with ``sbatch --test-only``
+  before anything is written or submitted (:func:`check_cluster`).
+- Preemption and time limits: Slurm warns the job with SIGUSR2 ``SIGNAL_DELAY_S`` (90) s ahead (up to 60 s
+  more: Slurm's timing); submitit calls :meth:`RunJob.checkpoint`, which stops the child (it saves a
+  checkpoint at its current step, within ``STOP_GRACE_S``), and requeues the job, which resumes from that
+  checkpoint (up to ``MAX_TIMEOUTS`` times after time limits; any number of preemptions). A run that has
+  already ended (finished, diverged, or its child exited by itself) is not requeued. A job requeued by hand
+  (``scontrol requeue``) or by the cluster resumes the same way.
 - What happened is read from the run folders (a finished checkpoint, ``DIVERGED``) and from ``squeue`` (is
   the job still queued or running?); ``sacct`` is not needed. A job that left the queue without finishing its
-  run is a failed run, named with its logs.
+  run is a failed run, named with its logs (``launch.log`` and the job's stderr), whether the command waited
+  or collects later; it is recorded as reported in ``slurm.json``, and the next ``compare`` submits the
+  run again (saying so, and which job failed before).
 - Waiting: the submitting ``compare`` polls every ``POLL_S`` seconds and shows runs queued / running /
   finished / failed. With ``--no-wait`` it returns after submitting; running the same ``compare`` again
   collects what finished, advances the stages, and never submits a run whose job is still queued or running.
-  Ctrl-C leaves the jobs running (``scancel`` stops them).
+  Ctrl-C leaves the jobs running (``scancel`` stops them). The local launcher refuses to start while runs
+  of the comparison are queued or running as Slurm jobs (:func:`check_queued`).
 """
 
 from __future__ import annotations
 
 import getpass
 import json
+import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -59,7 +68,7 @@ from .launch import (
 from .report import DIVERGED
 
 __all__ = ["SLURM_KEYS", "SLURM_RECORD", "SlurmConfig", "SlurmError", "parse_slurm", "slurm_minutes", "check_cluster",
-           "check_queued", "job_states", "SlurmLauncher", "RunJob"]
+           "check_queued", "job_states", "SlurmLauncher", "RunJob", "MIN_TIME_MIN"]
 
 SLURM_KEYS = ("slurm_partition", "slurm_time", "slurm_account", "slurm_gpus_per_run", "slurm_cpus_per_run",
               "slurm_mem", "slurm_array_parallelism", "slurm_setup", "slurm_extra")
@@ -67,6 +76,10 @@ SLURM_RECORD = "slurm.json"
 POLL_S = 5.0  # seconds between two looks at the queue (one squeue call)
 MAX_TIMEOUTS = 10  # requeues after a time limit before a run's job gives up (preemptions do not count)
 STOP_GRACE_S = 60.0  # a job's child gets this long to checkpoint before it is killed
+SIGNAL_DELAY_S = 90  # Slurm warns a job (SIGUSR2) this long before its time limit (submitit's signal_delay_s)
+SIGNAL_SLACK_S = 60  # ... or up to this much earlier (sbatch --signal: Slurm's event resolution)
+# the shortest --slurm-time: the earliest warning and the checkpoint's grace, plus a minute of training
+MIN_TIME_MIN = -(-(SIGNAL_DELAY_S + SIGNAL_SLACK_S + int(STOP_GRACE_S) + 60) // 60)
 # states after which a job will not run again; those of the second set may still turn into a requeue
 _FINAL = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "OUT_OF_MEMORY", "REVOKED"}
 _MAYBE_FINAL = {"NODE_FAIL", "PREEMPTED", "TIMEOUT"}
@@ -139,6 +152,11 @@ def parse_slurm(settings: Mapping) -> SlurmConfig:
         minutes = slurm_minutes(settings["slurm_time"])
     except ValueError as e:
         raise ConfigError("slurm_time", str(e)) from None
+    if minutes < MIN_TIME_MIN:
+        raise ConfigError("slurm_time", f"slurm_time {settings['slurm_time']!r} is too short: each job needs at least "
+                                        f"{MIN_TIME_MIN} minutes (Slurm warns it up to "
+                                        f"{SIGNAL_DELAY_S + SIGNAL_SLACK_S} s before its limit, then its run gets up "
+                                        f"to {STOP_GRACE_S:g} s to save a checkpoint)")
     names = {}
     for key in ("slurm_partition", "slurm_account"):
         value = settings.get(key)
@@ -232,8 +250,9 @@ def job_states(user: str | None = None) -> dict[str, str]:
     return dict(line.split(None, 1) for line in res.stdout.splitlines() if len(line.split(None, 1)) == 2)
 
 
-def _alive(state: str | None) -> bool:
-    return state is not None and state not in _FINAL and state not in _MAYBE_FINAL
+def _in_queue(state: str | None) -> bool:
+    """Queued, running, or ended in a way a requeue may still follow."""
+    return state is not None and state not in _FINAL
 
 
 def _read_record(path: Path) -> dict | None:
@@ -244,15 +263,36 @@ def _read_record(path: Path) -> dict | None:
         return None
 
 
-def check_queued(planned: Mapping[Path, object]) -> None:
-    """A run folder whose recorded job is still queued or running must be waiting for the same run: else a
-    ``ValueError`` (before anything is written); ``planned`` maps run folders to their TrainConfig."""
+def check_queued(planned: Mapping[Path, object], *, local: bool = False) -> None:
+    """A run folder whose recorded job (``slurm.json``) is still in the queue must be waiting for the same run
+    (the Slurm launcher collects it); with ``local`` (the local launcher would train it a second time beside
+    its job) it must not be there at all, unless the run is already a result. Else a :class:`ConfigError`,
+    before anything is written; ``planned`` maps run folders to their TrainConfig. ``squeue`` is called only
+    when some folder has a ``slurm.json`` (and, for ``local``, only where Slurm's commands are)."""
     records = {p: r for p in planned if (r := _read_record(p)) is not None}
+    if local:
+        records = {p: r for p, r in records.items() if run_outcome(p) is None}
+        if records and shutil.which("squeue") is None:
+            return  # no Slurm here: nothing of this comparison can be queued from this machine
     if not records:
         return
-    states = job_states()
+    try:
+        states = job_states()
+    except SlurmError as e:
+        raise ConfigError("launcher", f"{e}; it is needed to check that the runs recorded as Slurm jobs "
+                                      f"(RUN_DIR/{SLURM_RECORD}) are not still queued") from None
+    if local:
+        queued = [(p, r["job_id"]) for p, r in records.items() if _in_queue(states.get(r["job_id"]))]
+        if queued:
+            shown = ", ".join(f"{p} (job {job})" for p, job in queued[:3]) + (", ..." if len(queued) > 3 else "")
+            raise ConfigError("launcher", f"{len(queued)} run{'s' if len(queued) > 1 else ''} of this comparison "
+                                          f"{'are' if len(queued) > 1 else 'is'} still queued or running as Slurm "
+                                          f"job{'s' if len(queued) > 1 else ''}: {shown}; the local launcher would "
+                                          "train them a second time: wait for the jobs, collect them with "
+                                          "--launcher slurm, or scancel them")
+        return
     for path, record in records.items():
-        if not _alive(states.get(record["job_id"])):
+        if not _in_queue(states.get(record["job_id"])):
             continue
         try:
             queued = json.loads((path / LAUNCH_SPEC).read_text())["config"]
@@ -276,6 +316,7 @@ class SlurmLauncher:
         self.cfg, self.out_dir, self.resume, self.threads = cfg, out_dir, resume, threads
         self.wait_, self.log, self.poll_s = wait, log, POLL_S if poll_s is None else poll_s
         self.tracked: dict[Path, tuple[Run, str]] = {}  # run folder -> (run, job id)
+        self.collected: list[tuple[Run, Outcome]] = []  # runs whose job ended before this command: the next wait()
         self.states: dict[str, str] = {}
         self._seen_final: set[str] = set()  # jobs seen once in a state that may still turn into a requeue
 
@@ -293,6 +334,10 @@ class SlurmLauncher:
         return False
 
     def submit(self, runs: list[Run]) -> None:
+        """Submit ``runs``, except those whose recorded job is still in the queue (tracked, not submitted
+        twice) and, when resuming, those whose job ended without finishing the run and was not reported yet:
+        they are failed runs, returned by the next :meth:`wait` (reported once; the next command submits them
+        again)."""
         if not runs:
             return
         records = {r.path: _read_record(r.path) for r in runs}
@@ -300,21 +345,31 @@ class SlurmLauncher:
         fresh = []
         for r in runs:
             record = records[r.path]
-            if record is not None and _alive(states.get(record["job_id"])):
-                self.tracked[r.path] = (r, record["job_id"])
-                self.log(f"{r.tag}: already queued as Slurm job {record['job_id']} ({states[record['job_id']]})")
-            else:
+            job = record["job_id"] if record is not None else None
+            if record is None:
                 fresh.append(r)
+            elif _in_queue(states.get(job)):
+                self.tracked[r.path] = (r, job)
+                self.log(f"{r.tag}: already queued as Slurm job {job} ({states[job]})")
+            elif _reported(record) or not self.resume:  # retried, or (--no-resume) trained again from scratch
+                if _reported(record):
+                    self.log(f"{r.tag}: retrying; Slurm job {job} failed before ({record['failed'].get('why', '?')})")
+                fresh.append(r)
+            else:
+                self.collected.append((r, self._outcome(r, job, states.get(job))))
         if fresh:
-            self._submit(fresh)
+            self._submit(fresh, records)
 
-    def _submit(self, runs: list[Run]) -> None:
+    def _submit(self, runs: list[Run], records: Mapping[Path, dict | None]) -> None:
         import submitit
 
         for r in runs:
             write_spec(r, self.resume, self.threads)
             (r.path / DIVERGED).unlink(missing_ok=True)
-        executor = submitit.SlurmExecutor(folder=self.out_dir / "slurm", max_num_timeout=MAX_TIMEOUTS)
+        # a folder of its own (exist_ok=False): the jobs unpickle only what this submission writes there
+        folder = self.out_dir / "slurm" / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(4)}"
+        folder.mkdir(parents=True, exist_ok=False)
+        executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=MAX_TIMEOUTS)
         executor.update_parameters(**self._parameters())
         try:
             with executor.batch():
@@ -326,6 +381,11 @@ class SlurmLauncher:
         for r, job in zip(runs, jobs):
             record = {"job_id": str(job.job_id), "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr),
                       "submitted": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+            before = records.get(r.path)
+            if before is not None:  # the run's earlier jobs, oldest first, each with its logs (and failure)
+                earlier = before.get("previous_jobs")
+                record["previous_jobs"] = [*(earlier if isinstance(earlier, list) else []),
+                                           {k: v for k, v in before.items() if k != "previous_jobs"}]
             atomic_write_text(r.path / SLURM_RECORD, json_text(record, indent=2) + "\n")
             self.tracked[r.path] = (r, record["job_id"])
             self.states[record["job_id"]] = "PENDING"
@@ -333,7 +393,8 @@ class SlurmLauncher:
 
     def _parameters(self) -> dict:
         c = self.cfg
-        params = {"job_name": "ncguide", "time": c.time_min, "partition": c.partition, "account": c.account,
+        params = {"job_name": "ncguide", "time": c.time_min, "signal_delay_s": SIGNAL_DELAY_S,
+                  "partition": c.partition, "account": c.account,
                   "cpus_per_task": c.cpus_per_run, "gpus_per_node": c.gpus_per_run or None, "mem": c.mem,
                   "setup": list(c.setup) or None, "additional_parameters": dict(c.extra) or None}
         if c.array_parallelism is not None:
@@ -345,6 +406,9 @@ class SlurmLauncher:
         return len(self.tracked) - running, running
 
     def wait(self) -> list[tuple[Run, Outcome]]:
+        if self.collected:
+            ended, self.collected = self.collected, []
+            return ended
         while self.tracked:
             try:
                 states = job_states()
@@ -387,7 +451,16 @@ class SlurmLauncher:
         tail = last_line(run.path / LAUNCH_LOG)
         outcome = Outcome("failed", f"{why}: {tail}" if tail else why, logs or (run.path / LAUNCH_LOG,))
         self.log(f"{run.tag}: FAILED ({outcome.why}); log {', '.join(str(p) for p in outcome.logs)}")
+        if record.get("job_id") == job:  # reported: the next compare submits the run again
+            record["failed"] = {"why": outcome.why, "logs": [str(p) for p in outcome.logs],
+                                "reported": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+            atomic_write_text(run.path / SLURM_RECORD, json_text(record, indent=2) + "\n")
         return outcome
+
+
+def _reported(record: dict) -> bool:
+    """Whether the failure of ``record``'s job was already reported (by a waiting or a collecting compare)."""
+    return isinstance(record.get("failed"), dict)
 
 
 _child: subprocess.Popen | None = None  # the running job's child (RunJob.checkpoint stops it)
@@ -397,7 +470,8 @@ class RunJob:
     """What one Slurm job runs (pickled by submitit): the run's child process, as a local launcher starts it.
 
     submitit calls :meth:`checkpoint` when Slurm warns of preemption or the time limit (SIGUSR2): the child
-    is stopped (it saves a checkpoint at its current step) and the job requeued; the requeued job resumes."""
+    is stopped (it saves a checkpoint at its current step) and the job requeued; the requeued job resumes.
+    A run that has already ended is not requeued."""
 
     def __init__(self, run_dir: str, gpus: int, threads: int):
         self.run_dir, self.gpus, self.threads = run_dir, gpus, threads
@@ -417,15 +491,20 @@ class RunJob:
 
     def checkpoint(self, *args, **kwargs):
         """Stop the child (SIGTERM: it checkpoints at its current step; SIGKILL after ``STOP_GRACE_S``), then
-        hand submitit this job again, which it requeues."""
+        hand submitit this job again, which it requeues. Not when the run has already ended (its child exited
+        by itself, or the run is finished or diverged): None, and submitit ends the job instead (the
+        comparison reads what happened from the run's folder)."""
         from submitit.helpers import DelayedSubmission
 
         child = _child
-        if child is not None and child.poll() is None:
+        ended = child is not None and child.poll() is not None  # by itself: finished, diverged or failed
+        if child is not None and not ended:
             signal_group(child, signal.SIGTERM)
             deadline = time.monotonic() + STOP_GRACE_S
             while child.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.2)
             if child.poll() is None:
                 signal_group(child, signal.SIGKILL)
+        if ended or run_outcome(Path(self.run_dir)) is not None:
+            return None
         return DelayedSubmission(self, *args, **kwargs)
