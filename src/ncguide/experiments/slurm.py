@@ -1,6 +1,6 @@
 """The runs of a comparison as Slurm jobs, through submitit (``pip install 'ncguide[slurm]'``).
 
-    ncguide compare --config configs/cifar10-resnet18.yaml --out out/c10 --launcher slurm \\
+    ncguide compare --config cifar10-resnet18 --out out/c10 --launcher slurm \\
         --slurm-partition gpu --slurm-time 12:00:00 --slurm-gpus-per-run 1 --slurm-cpus-per-run 8
 
 Each stage of each method's pipeline (``launch.drive``) goes out as one job array; a job runs the run's
