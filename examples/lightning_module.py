@@ -12,6 +12,7 @@ logged at the end of each epoch.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,12 @@ from ncguide import NearestETFHead, nc_metrics
 try:
     import lightning.pytorch as pl
 except ImportError:
-    import pytorch_lightning as pl
+    try:
+        import pytorch_lightning as pl
+    except ImportError as e:
+        print(f"this example needs PyTorch Lightning, which does not import here ({type(e).__name__}: {e}); "
+              "pip install lightning", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 class ETFClassifier(pl.LightningModule):

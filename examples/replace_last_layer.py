@@ -13,6 +13,8 @@ The data are random class templates plus noise, 16x16 RGB; put your own loader i
 from __future__ import annotations
 
 import argparse
+import importlib
+import sys
 from collections import OrderedDict
 
 import torch
@@ -22,18 +24,27 @@ from torch import nn
 import ncguide
 
 SOURCES = ("ncguide", "torchvision", "timm")
+PAIR = "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu"  # or .../whl/cu126
+
+
+def need(module: str):
+    """``import module``, or one line saying what is missing and how to install it, and exit 2."""
+    try:
+        return importlib.import_module(module)
+    except (ImportError, RuntimeError) as e:  # RuntimeError: torchvision built for another torch
+        why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+        then = ", then pip install timm" if module == "timm" else ""
+        print(f"--source {module} needs {module}, which does not import here ({why}); install torch and torchvision "
+              f"as a matching pair from one index: {PAIR}{then} (see the README's Install section)", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def existing_model(source: str, num_classes: int) -> nn.Module:
     """A ResNet-18 classifier as each library builds it (untrained here; load your weights as usual)."""
     if source == "torchvision":
-        import torchvision
-
-        return torchvision.models.resnet18(num_classes=num_classes)
+        return need("torchvision").models.resnet18(num_classes=num_classes)
     if source == "timm":
-        import timm
-
-        return timm.create_model("resnet18", pretrained=False, num_classes=num_classes)
+        return need("timm").create_model("resnet18", pretrained=False, num_classes=num_classes)
     from ncguide.experiments.models import build_model
 
     trunk = build_model("resnet18", (3, 16, 16), num_classes, width=0.25)  # features only, no classifier

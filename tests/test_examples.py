@@ -5,6 +5,7 @@ skip, saying why, where it does not import."""
 import importlib
 import importlib.util
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,60 @@ def test_replace_last_layer(source):
     result = example("replace_last_layer").main(["--source", source, "--epochs", "1"])
     assert result["replaced"] == "fc" and result["accuracy"] > 2 / result["num_classes"]
     assert result["feature_dim"] == (128 if source == "ncguide" else 512)
+
+
+class _Missing:
+    """A meta path finder under which ``names`` (and their submodules) are not installed."""
+
+    def __init__(self, names):
+        self.names = set(names)
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named '{fullname}'", name=fullname)
+        return None
+
+
+def not_installed(monkeypatch, *names: str) -> None:
+    for name in [m for m in sys.modules if m.split(".")[0] in names]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setattr(sys, "meta_path", [_Missing(names), *sys.meta_path])
+
+
+@pytest.mark.parametrize("source,missing", [("torchvision", "torchvision"), ("timm", "timm"),
+                                            ("timm", "torchvision")])  # timm installed, torchvision not
+def test_a_missing_package_is_one_line_and_exit_2(source, missing, monkeypatch, capsys, tmp_path):
+    not_installed(monkeypatch, missing)
+    if source != missing:
+        (tmp_path / "timm.py").write_text("import torchvision\n")  # as timm's own import does
+        monkeypatch.delitem(sys.modules, "timm", raising=False)
+        monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(SystemExit) as e:
+        example("replace_last_layer").main(["--source", source, "--epochs", "1"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"No module named '{missing}'" in err
+    assert f"--source {source} needs {source}" in err and "pip install torch torchvision --index-url" in err
+    assert ("then pip install timm" in err) == (source == "timm")
+
+
+def test_lightning_missing_is_one_line_and_exit_2(monkeypatch, capsys):
+    not_installed(monkeypatch, "lightning", "pytorch_lightning")
+    with pytest.raises(SystemExit) as e:
+        example("lightning_module")
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "needs PyTorch Lightning" in err and "pip install lightning" in err
+
+
+def test_a_missing_package_as_a_script_exits_2_without_a_traceback(tmp_path):
+    (tmp_path / "timm.py").write_text("raise ModuleNotFoundError(\"No module named 'timm'\", name='timm')\n")
+    src = Path(__file__).resolve().parents[1] / "src"
+    out = subprocess.run([sys.executable, str(EXAMPLES / "replace_last_layer.py"), "--source", "timm"],
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(src)])})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "--source timm needs timm" in out.stderr
 
 
 @pytest.mark.slow

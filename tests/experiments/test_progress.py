@@ -97,12 +97,40 @@ def test_format_duration(seconds, text):
 
 def test_eta_seconds_against_hand_numbers():
     durations = {("a", "p1"): [10.0, 20.0], ("a", "p2"): [40.0], ("b", "p"): [6.0]}
-    remaining = [("a", "p1"), ("a", None), ("b", None), ("c", None)]
+    remaining = [("a", "p1", 0.0), ("a", None, 0.0), ("b", None, 0.0), ("c", None, 0.0)]
     # own point: 15; a's mean: 70/3; b's: 6; c has none: the mean of all, 76/4
     assert eta_seconds(remaining, durations, 2) == pytest.approx((15 + 70 / 3 + 6 + 19) / 2)
     assert eta_seconds(remaining[:1], durations, 4) == pytest.approx(15)  # one run left: one slot of use
     assert eta_seconds([], durations, 2) == 0
     assert eta_seconds(remaining, {}, 2) is None
+    # running runs: their elapsed time comes off, floored at 0 (a run past its estimate)
+    running = [("a", "p1", 11.0), ("b", None, 9.0), ("c", None, 0.0)]
+    assert eta_seconds(running, durations, 2) == pytest.approx((4 + 0 + 19) / 2)
+
+
+def test_running_runs_count_with_their_time_left_on_a_fake_clock():
+    now = [100.0]
+    p = CompareProgress({"a": 4}, slots=2, clock=lambda: now[0])
+    p.stage("a", [("r1", {}), ("r2", {}), ("r3", {})], reused=0)
+    p.started("r1", at=100.0)
+    p.started("r2", at=100.0)
+    now[0] = 110.0
+    p.ended("r1", "finished", 10.0, "a")  # each run of a takes 10 s
+    p.started("r3", at=110.0)
+    now[0] = 116.0  # r2 has trained 16 s (past its estimate: 0 left), r3 6 s (4 left), the 4th not started (10)
+    assert [e for _, _, e in p.remaining()] == [16.0, 6.0, 0.0]
+    assert eta_seconds(p.remaining(), p.durations, 2) == pytest.approx((0 + 4 + 10) / 2)
+    assert "ETA ~ 7 s" in p.line()
+    etas = []
+    for t in (116.0, 117.0, 118.0, 119.0):  # no run ends: the estimate falls with the clock, it does not jump
+        now[0] = t
+        etas.append(eta_seconds(p.remaining(), p.durations, 2))
+    assert etas == pytest.approx([7.0, 6.5, 6.0, 5.5])
+    p.started("r3", at=110.0)  # said again at the next line: the same start
+    assert eta_seconds(p.remaining(), p.durations, 2) == pytest.approx(5.5)
+    p.started("unknown", at=0.0)  # not a run of this comparison (or one that ended): ignored
+    p.ended("r3", "finished", 10.0, "a")
+    assert "unknown" not in p.since and "r3" not in p.since
 
 
 class TimedLauncher:
@@ -127,6 +155,53 @@ class TimedLauncher:
         r = self.queue.pop(0)
         status = "failed" if r.tag in self.fail else "finished"
         return [(r, Outcome(status, "boom" if status == "failed" else "", seconds=self.seconds[r.tag]))]
+
+
+class PoolLikeLauncher(TimedLauncher):
+    """Two slots: runs start when submitted; ``wait`` moves a fake clock (``now``) to the next end.
+    ``started_at`` and ``clock`` as LocalPool's."""
+
+    at_once = 2
+
+    def __init__(self, seconds, now):
+        super().__init__(seconds)
+        self.now, self.running = now, {}
+
+    def clock(self):
+        return self.now[0]
+
+    def submit(self, runs):
+        super().submit(runs)
+        while self.queue and len(self.running) < 2:
+            r = self.queue.pop(0)
+            self.running[r.path] = (r, self.now[0])
+
+    def wait(self):
+        if not self.running:
+            return []
+        path, (r, t0) = min(self.running.items(), key=lambda kv: kv[1][1] + self.seconds[kv[1][0].tag])
+        del self.running[path]
+        self.now[0] = t0 + self.seconds[r.tag]
+        return [(r, Outcome("finished", "", seconds=self.seconds[r.tag]))]
+
+    def started_at(self):
+        return {path: t0 for path, (r, t0) in self.running.items()}
+
+
+def test_drive_takes_the_running_runs_time_off_the_eta(tmp_path):
+    clock = [0.0]
+    lines = []
+    launcher = PoolLikeLauncher({"a1": 10, "b1": 4, "a2": 20, "a3": 12, "b2": 5}, clock)
+    drive(_two_methods(tmp_path), launcher, resume=False, out_dir=tmp_path, log=lines.append,
+          expected={"a": 3, "b": 2})
+    # a1, b1 start at 0. b1 ends at 4 (b's runs: 4 s); a2 starts. a has no finished run: all's mean, 4 s.
+    # Left: a1 4-4=0, a2 4, b2 4, a's report run 4: 12 s over 2 slots (16/2 without a1's 4 s trained)
+    # a1 ends at 10 (a's runs: 10 s); b2 starts. Left: a2 10-6=4, b2 4, a's report run 10: 18/2
+    # b2 ends at 15. Left: a2 10-11 -> 0, a's report run 10: 10/2
+    # a2 ends at 24; a3 starts. Left: a3 10 (its point's), one at a time
+    assert [line.split(" (estimate")[0] for line in lines] == [
+        "runs: 1/5 done; ETA ~ 6 s", "runs: 2/5 done; ETA ~ 9 s", "runs: 3/5 done; ETA ~ 5 s",
+        "runs: 4/5 done; ETA ~ 10 s", "runs: 5/5 done"]
 
 
 def _run(tmp_path, tag, order, point):

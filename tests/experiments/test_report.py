@@ -389,6 +389,34 @@ def test_six_methods_each_keep_their_own_style_and_one_legend_below():
     plt.close(one)
 
 
+def test_the_overview_of_a_ufm_comparison_has_no_blank_panel(tmp_path):
+    """The UFM has no test set (test_acc null in its logs): its test-accuracy panel says so instead of staying
+    blank; every other panel has its curves."""
+    for method in ("standard", "nearest-etf"):
+        d = tmp_path / "runs" / method / "seed-0"
+        d.mkdir(parents=True)
+        d.joinpath("metrics.jsonl").write_text("".join(json.dumps({
+            "epoch": e, "step": e, "wall_s": e, "train_loss": 1 / (e + 1), "train_acc": 0.5 + 0.1 * e,
+            "test_loss": None, "test_acc": None, "nc1": 1 / (e + 1), "nc2_w": 0.1, "nc2_h": 0.2, "nc3": 0.3,
+            "nc4": 0.1}) + "\n" for e in range(5)))
+        d.joinpath("config.json").write_text(json.dumps({"method": method, "seed": 0, "dataset": "ufm", "epochs": 4}))
+    fig = report_mod.figure(load_runs(tmp_path), "overview.png")
+    try:
+        panels = {ax.get_title(): ax for ax in fig.axes}
+        assert len(panels) == 8
+        for title, ax in panels.items():
+            texts = [t.get_text() for t in ax.texts if t.get_visible() and t.get_text().strip()]
+            assert ax.get_lines() or texts, f"panel {title!r} is blank"
+        test_ax = panels["Test accuracy (zoomed)"]
+        assert not test_ax.get_lines() and "no test set" in test_ax.texts[0].get_text()
+        assert all(ax.get_lines() and not ax.texts for t, ax in panels.items() if not t.startswith("Test"))
+        assert report_mod.figure(load_runs(tmp_path), "test_acc.png") is None  # no figure of test accuracy at all
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+
 def test_setup_line_lists_only_settings_a_run_uses():
     """The report's "Setup:" line leaves out what no reported run uses (config.ignored_fields): AGD has no
     learning rate, a standard head no delta; a setting one run uses is shown with that run's value."""

@@ -379,7 +379,8 @@ def drive(pipelines: Mapping[str, Iterator[list[Run]]], launcher, *, resume: boo
     pending: dict[str, set[Path]] = {}  # pipeline -> runs of its current stage not done yet
     blocked: set[str] = set()
     failed: list[tuple[Run, Outcome]] = []
-    progress = CompareProgress(expected, getattr(launcher, "at_once", 1))
+    progress = CompareProgress(expected, getattr(launcher, "at_once", 1),
+                               clock=getattr(launcher, "clock", time.perf_counter))  # started_at's time base
 
     def advance(name: str) -> list[Run]:
         while (batch := next(pipelines[name], None)) is not None:
@@ -412,6 +413,8 @@ def drive(pipelines: Mapping[str, Iterator[list[Run]]], launcher, *, resume: boo
                     if name not in blocked:
                         new += advance(name)
             launcher.submit(sorted(new, key=lambda r: r.order))  # also lets a pool fill the slots just freed
+            for path, t0 in getattr(launcher, "started_at", dict)().items():  # running runs: their time so far
+                progress.started(path, t0)
             log(progress.line(*launcher.counts()) if launcher.shows_status else progress.line())
     finally:
         for gen in pipelines.values():
@@ -527,6 +530,7 @@ class LocalPool:
     """Up to ``len(slots)`` runs at once, each a child process (:func:`start_child`) in one of ``slots``."""
 
     shows_status = True
+    clock = staticmethod(time.perf_counter)  # the time base of started_at
 
     def __init__(self, slots: list[Slot], *, resume: bool, log: Callable[[str], None], gpus_per_run: int = 1,
                  grace_s: float = 60.0, poll_s: float = 0.1):
@@ -564,6 +568,10 @@ class LocalPool:
     def counts(self) -> tuple[int, int]:
         return len(self.queue), len(self.running)
 
+    def started_at(self) -> dict[Path, float]:
+        """When each running run started (``clock``'s time), by run folder: the ETA takes its time so far off."""
+        return {run.path: t0 for run, _, t0 in self.running.values()}
+
     def wait(self) -> list[tuple[Run, Outcome]]:
         self._fill()
         if not self.running:
@@ -574,7 +582,7 @@ class LocalPool:
                 code = p.poll()
                 if code is not None:
                     del self.running[index]
-                    ended.append((run, self._outcome(run, code, time.perf_counter() - t0)))
+                    ended.append((run, self._outcome(run, code, self.clock() - t0)))
             if ended:
                 return ended
             time.sleep(self.poll_s)
@@ -587,7 +595,7 @@ class LocalPool:
                 write_spec(run, self.resume, slot.threads)
                 (run.path / DIVERGED).unlink(missing_ok=True)
                 p = start_child(run.path, self.gpus_per_run, child_env(slot.threads, slot.gpus, self.at_once))
-                self.running[index] = (run, p, time.perf_counter())
+                self.running[index] = (run, p, self.clock())
                 self.log(f"{run.tag}: {'resuming' if resuming else 'training'} in {run.path} ({slot.describe()}; "
                          f"log {run.path / LAUNCH_LOG})")
 

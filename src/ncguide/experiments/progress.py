@@ -14,7 +14,8 @@ A comparison (:class:`CompareProgress`, printed by ``launch.drive`` each time ru
 The total is every method's selection runs plus its report runs (it grows when a grid is extended beyond
 an edge, and drops the runs a failed method will not reach). The ETA (:func:`eta_seconds`) assumes each
 remaining run takes as long as the mean of the runs of the same method and grid point that finished in this
-process (else of the same method, else of all of them), and that they share the launcher's slots evenly.
+process (else of the same method, else of all of them), less the time a running run has already trained
+(``CompareProgress.started``; floored at 0), and that they share the launcher's slots evenly.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import dataclasses
 import json
 import math
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 
 import torch
 
@@ -158,12 +160,13 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
-def eta_seconds(remaining: list[tuple[str, str | None]], durations: Mapping[tuple[str, str], list[float]],
+def eta_seconds(remaining: list[tuple[str, str | None, float]], durations: Mapping[tuple[str, str], list[float]],
                 slots: int) -> float | None:
-    """Seconds until ``remaining`` runs (``(method, point)``; point None: not known yet) are done, from the
-    ``durations`` of finished runs by ``(method, point)``: each run is estimated by the mean of its own
-    method and point, else of its method, else of every finished run; their sum is shared by ``min(slots,
-    len(remaining))`` runs at once. 0 with nothing remaining; None with no finished run to go by."""
+    """Seconds until ``remaining`` runs (``(method, point, elapsed)``; point None: not known yet; elapsed: the
+    seconds a running run has trained, 0 for one not started) are done, from the ``durations`` of finished
+    runs by ``(method, point)``: each run is estimated by the mean of its own method and point, else of its
+    method, else of every finished run, less its elapsed time (floored at 0); their sum is shared by
+    ``min(slots, len(remaining))`` runs at once. 0 with nothing remaining; None with no finished run to go by."""
     if not remaining:
         return 0.0
     every = [d for ds in durations.values() for d in ds]
@@ -173,19 +176,22 @@ def eta_seconds(remaining: list[tuple[str, str | None]], durations: Mapping[tupl
     for (method, _), ds in durations.items():
         by_method.setdefault(method, []).extend(ds)
     total = 0.0
-    for method, point in remaining:
+    for method, point, elapsed in remaining:
         ds = durations.get((method, point)) or by_method.get(method) or every
-        total += math.fsum(ds) / len(ds)
+        total += max(0.0, math.fsum(ds) / len(ds) - elapsed)
     return total / min(slots, len(remaining))
 
 
 class CompareProgress:
     """Runs done out of the comparison's total, and an ETA (the module docstring). ``expected``: the runs each
     method will train at least (selection and report runs); ``slots``: runs the launcher trains at once (None:
-    no estimate, e.g. Slurm jobs that wait in a queue)."""
+    no estimate, e.g. Slurm jobs that wait in a queue); ``clock``: seconds, in the time base of the start times
+    given to :meth:`started` (``time.perf_counter``, what the launchers measure with)."""
 
-    def __init__(self, expected: Mapping[str, int] | None = None, slots: int | None = 1):
-        self.expected, self.slots = dict(expected or {}), slots
+    def __init__(self, expected: Mapping[str, int] | None = None, slots: int | None = 1,
+                 clock: Callable[[], float] = time.perf_counter):
+        self.expected, self.slots, self.clock = dict(expected or {}), slots, clock
+        self.since: dict[object, float] = {}  # run id -> when it started training (running runs)
         self.seen: dict[str, int] = {}  # runs each method's pipeline has yielded so far
         self.stopped: set[str] = set()  # methods stopped by a failed run: their later stages never come
         self.outstanding: dict[object, tuple[str, str]] = {}  # given to the launcher, not ended
@@ -204,9 +210,16 @@ class CompareProgress:
         self.reused += reused
         self.outstanding.update({i: self.key(method, point) for i, point in todo})
 
+    def started(self, run_id, at: float | None = None) -> None:
+        """Run ``run_id`` started training at ``at`` (``clock()``'s time base; None: now). Its elapsed time comes
+        off its estimate. Saying it again for the same start changes nothing."""
+        if run_id in self.outstanding:
+            self.since[run_id] = self.clock() if at is None else at
+
     def ended(self, run_id, status: str, seconds: float | None, method: str) -> None:
         """A run ended: ``finished``, ``diverged`` or ``failed`` after ``seconds`` (None: not measured)."""
         key = self.outstanding.pop(run_id, None)
+        self.since.pop(run_id, None)
         if status == "failed":
             self.failed += 1
             self.stopped.add(method)
@@ -220,12 +233,15 @@ class CompareProgress:
         return sum(self.seen.get(m, 0) if m in self.stopped else max(self.expected.get(m, 0), self.seen.get(m, 0))
                    for m in methods)
 
-    def remaining(self) -> list[tuple[str, str | None]]:
-        """The runs not ended yet: those out with the launcher, then those of stages still to come."""
-        left = list(self.outstanding.values())
+    def remaining(self) -> list[tuple[str, str | None, float]]:
+        """The runs not ended yet, ``(method, point, seconds trained so far)``: those out with the launcher
+        (running ones with their elapsed time), then those of stages still to come."""
+        now = self.clock() if self.since else 0.0
+        left = [(m, point, max(0.0, now - self.since[i]) if i in self.since else 0.0)
+                for i, (m, point) in self.outstanding.items()]
         for m, n in self.expected.items():
             if m not in self.stopped:
-                left += [(m, None)] * max(0, n - self.seen.get(m, 0))
+                left += [(m, None, 0.0)] * max(0, n - self.seen.get(m, 0))
         return left
 
     def line(self, queued: int | None = None, running: int | None = None) -> str:

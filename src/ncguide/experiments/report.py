@@ -30,7 +30,8 @@ Conventions (also written into ``report.md``):
 - Curves: the median over seeds at each evaluated epoch, with a min–max band; one colour and dash pattern
   per method, the same in every figure, and one legend below the panels. Loss and NC metrics use a log
   scale (symlog near zero when a curve touches 0), NC2 of H and of W a panel each (the ETF heads' W sits
-  near 1e-8). Accuracy is drawn on 0–100% and zoomed to the data (:func:`accuracy_zoom`).
+  near 1e-8). Accuracy is drawn on 0–100% and zoomed to the data (:func:`accuracy_zoom`). An overview panel
+  without data says why (the UFM has no test set) instead of staying blank.
 - Runs whose log lost or cut records (``runlog.check_run_log``: judged against the run's checkpoint, or
   against its ``config.json`` when the checkpoint was deleted) are left out; ``summary.json``
   (``excluded``: ``[{"run", "why"}]``) and ``report.md`` name them and say why.
@@ -733,6 +734,10 @@ def _pyplot():
     return plt
 
 
+# what an overview panel without data says instead
+_NO_DATA = {"test_acc": "no test set in these runs\n(e.g. the unconstrained-features model)"}
+
+
 def figure(runs: dict[str, dict[int, list[dict]]], name: str):
     """The matplotlib figure of ``name`` (a key of ``FIGURES``, or ``overview.png``), None when none of its
     panels has data. The caller saves and closes it."""
@@ -741,9 +746,11 @@ def figure(runs: dict[str, dict[int, list[dict]]], name: str):
     if name == OVERVIEW:
         fig, axes = plt.subplots(2, 4, figsize=(18, 8.6))
         drawn = [_draw(ax, runs, styles, p) for ax, p in zip(axes.flat, _OVERVIEW_PANELS)]
-        for ax, ok in zip(axes.flat, drawn):
-            if not ok:
+        for ax, ok, (_, key, _) in zip(axes.flat, drawn, _OVERVIEW_PANELS):
+            if not ok:  # say why the panel is empty rather than leave a blank square under its title
                 ax.set_axis_off()
+                ax.text(0.5, 0.5, _NO_DATA.get(key, f"no {key} in these runs' logs"), ha="center", va="center",
+                        transform=ax.transAxes, fontsize=9, color="0.35")
         _legend(fig, axes.flat, 6)
         fig.tight_layout(rect=(0, 0.05, 1, 1))
         return fig
