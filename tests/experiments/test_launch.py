@@ -23,6 +23,7 @@ from ncguide.experiments.launch import (
     child_env,
     cpu_plan,
     drive,
+    failure_cause,
     make_launcher,
     parse_launch,
 )
@@ -168,6 +169,66 @@ def test_slurm_minutes_reads_slurm_time_formats(text, minutes):
 def test_slurm_minutes_refuses_the_rest(text):
     with pytest.raises(ValueError, match="bad Slurm time"):
         slurm_minutes(text)
+
+
+# ----------------------------------------------------------------------------------------------------
+# why a run failed, from its log
+
+_HEADER = "==== 2026-01-01 12:00:00 python -m ncguide.experiments.run_one RUN\n"
+_TABLE = "  epoch  train_loss  train_acc\n      0      1.3863     25.00%\n     10      0.5127     80.00%\n"
+_OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+_TRACEBACK = ("Traceback (most recent call last):\n  File \"run_one.py\", line 53, in main\n    record = train(cfg)\n"
+              "             ^^^^^^^^^^\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+_TORCHRUN = ("E1205 06:48:15.075000 14005 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1)\n"
+             "Traceback (most recent call last):\n  File \"<frozen runpy>\", line 198, in _run_module_as_main\n"
+             "    raise ChildFailedError(\ntorch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+             + "=" * 60 + "\nncguide.experiments.run_one FAILED\n" + "-" * 60
+             + "\nRoot Cause (first observed failure):\n[0]:\n  exitcode  : 1 (pid: 14010)\n" + "=" * 60 + "\n")
+
+
+@pytest.mark.parametrize("log,cause", [
+    # run_one's traceback then its one line: the exception line, with its type
+    (_HEADER + _TABLE + _TRACEBACK + "ncguide: error: CUDA out of memory. Tried to allocate 2.00 GiB\n",
+     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+    # torchrun: its own ChildFailedError traceback and table come last; the rank's traceback says why
+    (_HEADER + _TABLE + _TRACEBACK + _TORCHRUN, _OOM),
+    # newer torch prefixes each rank's lines
+    (_HEADER + "".join(f"[rank1]: {x}\n" for x in _TRACEBACK.splitlines()) + _TORCHRUN,
+     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+    # chained exceptions: the last one
+    (_HEADER + _TRACEBACK + "\nDuring handling of the above exception, another exception occurred:\n\n"
+     + _TRACEBACK.replace("torch.OutOfMemoryError: CUDA", "OSError: [Errno 28] No space left on device; CUDA"),
+     "OSError: [Errno 28] No space left on device; CUDA out of memory. Tried to allocate 2.00 GiB"),
+    # no traceback: our one line
+    (_HEADER + _TABLE + "ncguide: error: run folder RUN is in use by pid 42\n",
+     "error: run folder RUN is in use by pid 42"),
+    # only the last attempt counts: an earlier attempt's traceback is not this failure's cause
+    (_HEADER + _TABLE + _TRACEBACK + _HEADER + _TABLE, "10      0.5127     80.00%"),
+    # nothing better: the last line
+    (_HEADER + _TABLE, "10      0.5127     80.00%"),
+    ("", ""),
+])
+def test_failure_cause_is_the_exception_not_the_last_line(tmp_path, log, cause):
+    path = tmp_path / "launch.log"
+    path.write_text(log)
+    assert failure_cause(path) == cause
+    last = log.split(_HEADER)[-1]
+    if "Traceback" not in last and "error:" not in last:
+        assert failure_cause(path, fallback=False) == ""  # killed by a signal: the signal is the cause
+    assert failure_cause(tmp_path / "missing.log") == ""
+
+
+def test_a_failed_childs_reason_is_its_exception(tmp_path):
+    """A real child whose run cannot start (no launch.json): the pool's reason is the exception, not the last line."""
+    pool = LocalPool([launch_mod.Slot(None, 1)], resume=True, log=lambda *_: None)
+    run = Run("report", "standard", {}, 0, TrainConfig(), tmp_path / "run", tag="r")
+    run.path.mkdir()
+    (run.path / "launch.log").write_text("")
+    p = launch_mod.start_child(run.path, 1, launch_mod.child_env(1))
+    code = p.wait(timeout=600)
+    outcome = pool._outcome(run, code, 0.0)
+    assert outcome.status == "failed" and code == 1
+    assert outcome.why.startswith("exit code 1: FileNotFoundError: ") and "launch.json" in outcome.why, outcome.why
 
 
 # ----------------------------------------------------------------------------------------------------

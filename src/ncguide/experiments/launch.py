@@ -32,6 +32,7 @@ import dataclasses
 import heapq
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,8 +59,8 @@ if TYPE_CHECKING:
 __all__ = ["LAUNCHERS", "LOCAL_KEYS", "LAUNCH_LOG", "LAUNCH_SPEC", "LaunchConfig", "Run", "Outcome", "Slot",
            "LaunchError", "RunsFailedError", "parse_launch", "cpu_plan", "assign_gpus", "visible_gpus",
            "available_cores", "drive", "InProcess", "LocalPool", "make_launcher", "run_outcome", "record_divergence",
-           "child_command", "child_env", "write_spec", "start_child", "stop_children", "last_line", "whole_number",
-           "signal_group"]
+           "child_command", "child_env", "write_spec", "start_child", "stop_children", "last_line", "failure_cause",
+           "whole_number", "signal_group"]
 
 LAUNCHERS = ("local", "slurm")
 LAUNCH_SPEC = "launch.json"
@@ -350,14 +351,49 @@ def _exit_text(code: int) -> str:
 
 
 def last_line(path: Path) -> str:
-    """The last non-empty line of a log file ('' if none): usually what went wrong."""
+    """The last non-empty line of a log file ('' if none)."""
+    lines = _log_tail(path, 4096)
+    return lines[-1][:300] if lines else ""
+
+
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")  # what torchrun may put before a rank's lines
+_TORCHRUN_AGENT = "ChildFailedError"  # torchrun's own traceback after a rank failed: the rank's says why
+
+
+def failure_cause(path: Path, fallback: bool = True) -> str:
+    """Why the last attempt in a run's log (``launch.log``, attempts separated by :func:`start_child`'s ``====``
+    header) failed: the exception line of its last Python traceback (``RuntimeError: ...``; torchrun's
+    ``ChildFailedError`` gives way to its rank's), else our one line ``error: ...``, else (``fallback``) its last
+    line, which may be a metrics row; '' when the log says nothing."""
+    lines = _log_tail(path, 65536)
+    starts = [i for i, x in enumerate(lines) if x.startswith("==== ")]
+    lines = lines[starts[-1] + 1:] if starts else lines
+    errors = [x for x in (_exception_line(lines, i) for i, x in enumerate(lines) if x.startswith("Traceback ("))
+              if x]
+    errors = [x for x in errors if _TORCHRUN_AGENT not in x.split(":")[0]] or errors
+    if errors:
+        return errors[-1][:300]
+    ours = [x.removeprefix("ncguide: ") for x in lines if x.startswith("ncguide: error: ")]
+    if ours:
+        return ours[-1][:300]
+    return lines[-1].strip()[:300] if lines and fallback else ""
+
+
+def _exception_line(lines: list[str], start: int) -> str:
+    """The line that ends the traceback beginning at ``lines[start]``: the first one after it not indented (its
+    frames are)."""
+    return next((x.strip() for x in lines[start + 1:] if x.strip() and not x[0].isspace()), "")
+
+
+def _log_tail(path: Path, size: int) -> list[str]:
+    """The non-empty lines of the last ``size`` bytes of a log file, indentation kept ([] if unreadable)."""
     try:
         with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = [x.strip() for x in f.read().decode("utf-8", "replace").splitlines() if x.strip()]
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            text = f.read().decode("utf-8", "replace")
     except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
+        return []
+    return [_RANK_PREFIX.sub("", x).rstrip() for x in text.splitlines() if x.strip()]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -598,7 +634,7 @@ class LocalPool:
             self.log(f"{run.tag}: {verb} in {seconds:.1f} s ({outcome.why})")
             return dataclasses.replace(outcome, seconds=seconds)
         why = _exit_text(code) if code else "exited without finishing"
-        tail = last_line(run.path / LAUNCH_LOG)
+        tail = failure_cause(run.path / LAUNCH_LOG, fallback=code >= 0)  # a signal is the cause
         outcome = Outcome("failed", f"{why}: {tail}" if tail else why, (run.path / LAUNCH_LOG,))
         self.log(f"{run.tag}: FAILED ({outcome.why}); log {run.path / LAUNCH_LOG}")
         return outcome
