@@ -652,6 +652,8 @@ def _cmd_report(args) -> int:
         raise ValueError(f"--report-epochs {report_epochs[-1]} is past the last epoch of every run ({last}); choose "
                          f"epochs in 0..{last}")
     summary = write_report(out, thresholds, report_epochs, focus=args.focus)
+    if summary.get("partial"):
+        print(f"partial report: the tuning is under way. {summary['partial']}\n")
     for x in summary["excluded"]:
         print(f"ncguide: warning: {x['run']} left out of the report: {x['why']}", file=sys.stderr)
     print(summary_table(summary))
