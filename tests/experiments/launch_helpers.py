@@ -73,11 +73,56 @@ def holder_pid(run: Path) -> int | None:
         return None
 
 
-def start_compare(cwd: Path, *args: str, name: str = "compare") -> tuple[subprocess.Popen, Path]:
-    """``python -m ncguide compare ARGS`` in ``cwd``, its stdout and stderr in ``cwd/<name>.out``."""
+def child_pythonpath(*first: Path) -> str:
+    """A ``PYTHONPATH`` under which a child process imports the ncguide these tests import (whatever the cwd),
+    after the folders ``first``."""
+    import ncguide
+
+    return os.pathsep.join([*map(str, first), str(Path(ncguide.__file__).resolve().parents[1]),
+                            *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))])
+
+
+# Imported first by every Python process started with hold_env: run_one's children stop after the checkpoint of
+# their record HOLD_AT (0: the evaluation before training), until SIGINT (Ctrl-C, or SIGTERM through run_one) or a
+# kill. A test that stops runs at that point does not race the runs to their end, however loaded the machine.
+_HOLD = """import os, signal, sys, time
+import ncguide.experiments.train
+
+_t = sys.modules["ncguide.experiments.train"]  # (the package's ``train`` is the function)
+
+_real, _at = _t._save, int(os.environ["NCGUIDE_TEST_HOLD_AT"])
+_which = os.environ["NCGUIDE_TEST_HOLD"].split(",")
+
+
+def _save(run, finished=False):
+    _real(run, finished)
+    if not finished and len(run.log) == _at + 1 and any(run.out.as_posix().endswith(w) for w in _which):
+        # while train's SIGINT handler is in place: its first SIGINT (also one that came before this loop) sets
+        # its flag and puts the previous handler back; train then stops at this checkpoint
+        while isinstance(getattr(signal.getsignal(signal.SIGINT), "__self__", None), _t._InterruptFlag):
+            time.sleep(0.01)
+
+
+_t._save = _save
+"""
+
+
+def hold_env(folder: Path, runs: list[str], at_record: int = 1) -> dict[str, str]:
+    """Environment for :func:`start_compare` whose child runs named ``runs`` (ends of their folders) stop after
+    record ``at_record`` until stopped (``_HOLD``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(_HOLD)
+    return {"PYTHONPATH": child_pythonpath(folder), "NCGUIDE_TEST_HOLD": ",".join(runs),
+            "NCGUIDE_TEST_HOLD_AT": str(at_record)}
+
+
+def start_compare(cwd: Path, *args: str, name: str = "compare",
+                  env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
+    """``python -m ncguide compare ARGS`` in ``cwd`` (``env``: added to this process's environment), its stdout and
+    stderr in ``cwd/<name>.out``."""
     log = cwd / f"{name}.out"
     f = log.open("wb")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": child_pythonpath(), **(env or {})}
     p = subprocess.Popen([sys.executable, "-m", "ncguide", "compare", *args], cwd=cwd, stdout=f,
                          stderr=subprocess.STDOUT, env=env)
     f.close()
@@ -86,7 +131,7 @@ def start_compare(cwd: Path, *args: str, name: str = "compare") -> tuple[subproc
 
 def run_cli(cwd: Path, *args: str, timeout: float = 900.0) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "ncguide", "compare", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env={**os.environ, "PYTHONPATH": child_pythonpath()})
 
 
 def alive(pid: int) -> bool:

@@ -160,7 +160,7 @@ CASES = [
     (["report", "{D}/report", "--nc1-threshold", "-1"], ["--nc1-threshold", "> 0"]),
     (["report", "{D}/report", "--nc1-threshold", "inf"], ["--nc1-threshold", "finite"]),
     (["report", "{D}/report", "--nc1-threshold", "abc"], ["--nc1-threshold", "'abc'"]),
-    (["report", "{D}/report"], ["no run logs"]),
+    (["report", "{D}/report"], ["{D}/report is not a comparison folder", "ncguide compare"]),
     (["report", "{D}/missing"], ["{D}/missing", "not a directory"]),
     (["report", "{D}/afile"], ["{D}/afile", "not a directory"]),
     # keys of the other command

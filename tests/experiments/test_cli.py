@@ -195,7 +195,7 @@ def _errors(tmp_path: Path) -> list[tuple[list[str], str]]:
         (base + ["--config", str(tmp_path / "list.yaml")], "must hold a mapping"),
         (base + ["--config", str(tmp_path / "key.yaml")], "unknown config key 'epoch'"),
         (["compare", "--seeds", "0", "--out", out], "seeds must be a count >= 1"),
-        (["report", str(tmp_path)], "no run logs"),
+        (["report", str(tmp_path)], "is not a comparison folder"),
         (["report", str(tmp_path / "missing")], "not a directory"),
         (["compare", "--dataset", "digits"], "add --out DIR"),
     ]

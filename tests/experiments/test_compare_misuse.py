@@ -116,16 +116,16 @@ def test_report_selection_missing_folder_is_said(tuned, tmp_path, capsys):
             or _err(capsys), "method `standard` silently vanished from the report"
 
 
-# DEFECT (low): after selection.json is deleted from a tuned compare, `ncguide report` says "no run logs under
-# T/runs/<method>/seed-<s>/metrics.jsonl" although the logs are there (in runs/<method>/<point>/seed-<s>); the
-# message should say that selection.json is missing.
+# Once a DEFECT (low): after selection.json is deleted from a tuned compare, `ncguide report` said "no run logs under
+# T/runs/<method>/seed-<s>/metrics.jsonl" although the logs are there. Without selection.json a tuned comparison is one
+# whose tuning is under way (#20): the report is partial, its selection runs so far, and says why.
 def test_report_without_selection_names_it(tuned, tmp_path, capsys):
     out = tmp_path / "t"
     shutil.copytree(tuned, out)
     (out / "selection.json").unlink()
     capsys.readouterr()
-    assert main(["report", str(out)]) == 2
-    assert "selection.json" in _err(capsys)[0].replace(str(out), "DIR")
+    assert main(["report", str(out)]) == 0
+    assert "partial report: the tuning is under way. `selection.json` is not written yet" in capsys.readouterr().out
 
 
 # DEFECT (medium): bad input accepted with exit 0: --selection-seeds (flag or YAML) is not checked without a grid,

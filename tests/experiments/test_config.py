@@ -305,8 +305,22 @@ def test_yaml_numbers_are_read_as_written(tmp_path):
         TrainConfig.from_dict(load_config(path))
     for text in ("lr: 1:30.5\n", "lr: 1_0.5\n", "lr: !!float 1:30\n"):  # YAML 1.1: 90.5, 10.5, 90.0
         path.write_text(text)
-        with pytest.raises(ValueError, match="not a number in decimal notation"):
+        with pytest.raises(ValueError, match="decimal notation"):
             load_config(path)
+
+
+@pytest.mark.parametrize("text,shown", [("slurm_time: 8:00:00\n", "8:00:00"), ("slurm_time: 1:30\n", "1:30"),
+                                        ("lr: 1:30.5\n", "1:30.5"), ("slurm_time: -2:00\n", "-2:00"),
+                                        ("epochs: 1:00:00.5\n", "1:00:00.5")])
+def test_an_unquoted_time_is_refused_with_the_advice_to_quote_it(tmp_path, text, shown):
+    """YAML 1.1 reads 8:00:00 as 28800 (base 60): the refusal says to quote it, not to write an integer."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=f'base 60.*quote it: "{shown}"') as e:
+        load_config(path)
+    assert "write it as one" not in str(e.value)
+    path.write_text(text.replace(shown, f'"{shown}"'))
+    assert list(load_config(path).values()) == [shown]  # quoted, it is the text
 
 
 def test_yaml_words_dates_and_other_tags(tmp_path):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from ncguide.experiments import launch as launch_mod
+from ncguide.experiments.checkpoint import load_checkpoint
 from ncguide.experiments.cli import main
 from ncguide.experiments.config import ConfigError, TrainConfig
 from ncguide.experiments.launch import (
@@ -23,6 +24,7 @@ from ncguide.experiments.launch import (
     child_env,
     cpu_plan,
     drive,
+    failure_cause,
     make_launcher,
     parse_launch,
 )
@@ -104,6 +106,25 @@ def test_make_launcher_on_a_fake_four_gpu_machine(tmp_path, monkeypatch):
         make_launcher(LaunchConfig(jobs=2, gpus_per_run=8), _planned(tmp_path, "cuda"), **kw)
 
 
+def test_gpu_settings_on_a_cpu_comparison_are_refused_or_warned(tmp_path, monkeypatch):
+    """--gpus-per-run / --runs-per-gpu place runs on GPUs: refused when the runs train on device cpu, a warning
+    when device auto finds no CUDA device (the same command serves a GPU machine)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(launch_mod, "available_cores", lambda: 2)
+    kw = dict(out_dir=tmp_path, resume=True, progress="none", log=print, train_fn=None)
+    for launch, key in ((LaunchConfig(jobs=2, gpus_per_run=2), "gpus_per_run"),
+                        (LaunchConfig(jobs=2, runs_per_gpu=4), "runs_per_gpu")):
+        with pytest.raises(ConfigError, match=f"{key} .* but this comparison trains on device cpu") as e:
+            make_launcher(launch, _planned(tmp_path, "cpu"), **kw)
+        assert e.value.key == key
+        with pytest.warns(UserWarning, match=f"{key} .* ignored: no CUDA device here"):
+            pool = make_launcher(launch, _planned(tmp_path, "auto"), **kw)
+        assert isinstance(pool, LocalPool) and pool.gpus_per_run == 1 and all(s.gpus is None for s in pool.slots)
+    assert isinstance(make_launcher(LaunchConfig(), _planned(tmp_path, "cpu"), **kw), InProcess)  # nothing given
+
+
 def test_make_launcher_on_cpu(tmp_path, monkeypatch):
     monkeypatch.setattr(launch_mod, "available_cores", lambda: 2)
     kw = dict(out_dir=tmp_path, resume=True, progress="none", log=print, train_fn=None)
@@ -134,6 +155,10 @@ def test_make_launcher_on_cpu(tmp_path, monkeypatch):
     ({"launcher": "slurm", "slurm_time": 10, "slurm_setup": ["a\nb"]}, "slurm_setup"),
     ({"launcher": "slurm", "slurm_time": 10, "slurm_partition": "a b"}, "slurm_partition"),
     ({"launcher": "slurm", "slurm_time": 10, "slurm_cpus_per_run": 0}, "slurm_cpus_per_run"),
+    # settings of the local launcher that Slurm would ignore: each has a Slurm counterpart
+    ({"launcher": "slurm", "slurm_time": 10, "jobs": 4}, "jobs"),
+    ({"launcher": "slurm", "slurm_time": 10, "gpus_per_run": 2}, "gpus_per_run"),
+    ({"launcher": "slurm", "slurm_time": 10, "runs_per_gpu": 4}, "runs_per_gpu"),
 ])
 def test_bad_launch_settings_name_their_key(settings, key):
     with pytest.raises(ConfigError) as e:
@@ -144,8 +169,9 @@ def test_bad_launch_settings_name_their_key(settings, key):
 def test_launch_settings_from_yaml_and_cli_strings():
     c = parse_launch({"jobs": "3", "threads_per_run": 2, "gpus_per_run": "1", "runs_per_gpu": 4})
     assert (c.launcher, c.jobs, c.threads_per_run, c.runs_per_gpu, c.wait) == ("local", 3, 2, 4, True)
-    # slurm settings next to an explicit local launcher are left alone (a YAML file made for both)
-    assert parse_launch({"launcher": "local", "slurm_time": "1:00"}).slurm is None
+    # slurm settings next to an explicit local launcher (a YAML file made for both) are ignored, with a warning
+    with pytest.warns(UserWarning, match="slurm_partition, slurm_time ignored: the launcher is local"):
+        assert parse_launch({"launcher": "local", "slurm_time": "1:00", "slurm_partition": "gpu"}).slurm is None
     s = parse_launch({"launcher": "slurm", "slurm_time": "1-00:00:00", "slurm_partition": "gpu", "wait": "false",
                       "slurm_cpus_per_run": "8", "slurm_gpus_per_run": 2, "slurm_mem": "32G",
                       "slurm_setup": ["module load cuda", "source venv/bin/activate"],
@@ -168,6 +194,66 @@ def test_slurm_minutes_reads_slurm_time_formats(text, minutes):
 def test_slurm_minutes_refuses_the_rest(text):
     with pytest.raises(ValueError, match="bad Slurm time"):
         slurm_minutes(text)
+
+
+# ----------------------------------------------------------------------------------------------------
+# why a run failed, from its log
+
+_HEADER = "==== 2026-01-01 12:00:00 python -m ncguide.experiments.run_one RUN\n"
+_TABLE = "  epoch  train_loss  train_acc\n      0      1.3863     25.00%\n     10      0.5127     80.00%\n"
+_OOM = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"
+_TRACEBACK = ("Traceback (most recent call last):\n  File \"run_one.py\", line 53, in main\n    record = train(cfg)\n"
+              "             ^^^^^^^^^^\ntorch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB\n")
+_TORCHRUN = ("E1205 06:48:15.075000 14005 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1)\n"
+             "Traceback (most recent call last):\n  File \"<frozen runpy>\", line 198, in _run_module_as_main\n"
+             "    raise ChildFailedError(\ntorch.distributed.elastic.multiprocessing.errors.ChildFailedError: \n"
+             + "=" * 60 + "\nncguide.experiments.run_one FAILED\n" + "-" * 60
+             + "\nRoot Cause (first observed failure):\n[0]:\n  exitcode  : 1 (pid: 14010)\n" + "=" * 60 + "\n")
+
+
+@pytest.mark.parametrize("log,cause", [
+    # run_one's traceback then its one line: the exception line, with its type
+    (_HEADER + _TABLE + _TRACEBACK + "ncguide: error: CUDA out of memory. Tried to allocate 2.00 GiB\n",
+     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+    # torchrun: its own ChildFailedError traceback and table come last; the rank's traceback says why
+    (_HEADER + _TABLE + _TRACEBACK + _TORCHRUN, _OOM),
+    # newer torch prefixes each rank's lines
+    (_HEADER + "".join(f"[rank1]: {x}\n" for x in _TRACEBACK.splitlines()) + _TORCHRUN,
+     "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+    # chained exceptions: the last one
+    (_HEADER + _TRACEBACK + "\nDuring handling of the above exception, another exception occurred:\n\n"
+     + _TRACEBACK.replace("torch.OutOfMemoryError: CUDA", "OSError: [Errno 28] No space left on device; CUDA"),
+     "OSError: [Errno 28] No space left on device; CUDA out of memory. Tried to allocate 2.00 GiB"),
+    # no traceback: our one line
+    (_HEADER + _TABLE + "ncguide: error: run folder RUN is in use by pid 42\n",
+     "error: run folder RUN is in use by pid 42"),
+    # only the last attempt counts: an earlier attempt's traceback is not this failure's cause
+    (_HEADER + _TABLE + _TRACEBACK + _HEADER + _TABLE, "10      0.5127     80.00%"),
+    # nothing better: the last line
+    (_HEADER + _TABLE, "10      0.5127     80.00%"),
+    ("", ""),
+])
+def test_failure_cause_is_the_exception_not_the_last_line(tmp_path, log, cause):
+    path = tmp_path / "launch.log"
+    path.write_text(log)
+    assert failure_cause(path) == cause
+    last = log.split(_HEADER)[-1]
+    if "Traceback" not in last and "error:" not in last:
+        assert failure_cause(path, fallback=False) == ""  # killed by a signal: the signal is the cause
+    assert failure_cause(tmp_path / "missing.log") == ""
+
+
+def test_a_failed_childs_reason_is_its_exception(tmp_path):
+    """A real child whose run cannot start (no launch.json): the pool's reason is the exception, not the last line."""
+    pool = LocalPool([launch_mod.Slot(None, 1)], resume=True, log=lambda *_: None)
+    run = Run("report", "standard", {}, 0, TrainConfig(), tmp_path / "run", tag="r")
+    run.path.mkdir()
+    (run.path / "launch.log").write_text("")
+    p = launch_mod.start_child(run.path, 1, launch_mod.child_env(1))
+    code = p.wait(timeout=600)
+    outcome = pool._outcome(run, code, 0.0)
+    assert outcome.status == "failed" and code == 1
+    assert outcome.why.startswith("exit code 1: FileNotFoundError: ") and "launch.json" in outcome.why, outcome.why
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -236,6 +322,94 @@ def test_a_failed_run_stops_its_method_only_and_is_named_at_the_end(tmp_path):
     assert [r.tag for r, _ in e.value.failed] == ["a2"]
 
 
+def test_ctrl_c_says_which_stopped_runs_resume_and_which_start_again(tmp_path):
+    """A stopped run with a checkpoint resumes; one stopped before its first checkpoint starts again."""
+    import subprocess
+    import sys
+
+    lines = []
+    pool = LocalPool([launch_mod.Slot(None, 1)] * 2, resume=True, log=lines.append, grace_s=60.0)
+    runs = [Run("report", m, {}, 0, TrainConfig(), tmp_path / m, tag=m) for m in ("saved", "early")]
+    for r in runs:
+        r.path.mkdir()
+    (tmp_path / "saved/checkpoint.pt").write_bytes(b"")
+    with pool:
+        for i, r in enumerate(runs):  # children that wait for SIGTERM, as a run does
+            p = subprocess.Popen([sys.executable, "-c", "import time\nwhile True: time.sleep(1)"],
+                                 start_new_session=True)
+            pool.running[i] = (r, p, 0.0)
+    assert "saved: stopped (killed by SIGTERM); rerunning resumes it" in lines, lines
+    assert "early: stopped (killed by SIGTERM); rerunning starts it again (no checkpoint yet)" in lines, lines
+
+
+def _staged(tmp_path, stages: dict[str, tuple[list[str], list[str]]]):
+    """Pipelines of a selection stage then a report stage: ``{name: (selection tags, report tags)}``."""
+    def stage(phase, tags, rank):
+        return [Run(phase, t[0], {}, 0, TrainConfig(), tmp_path / t, order=(rank, i), tag=t)
+                for i, t in enumerate(tags)]
+
+    def pipe(sel, rep):
+        yield stage("selection", sel, 0)
+        yield stage("report", rep, 1)
+
+    return {name: pipe(*spec) for name, spec in stages.items()}
+
+
+@pytest.mark.parametrize("stages,fail,stop_after,says", [
+    # a's selection failed: its report runs never started; b went on to the end
+    ({"a": (["a1", "a2"], ["a3", "a4"]), "b": (["b1"], ["b2"])}, {"a1"}, None,
+     "; 3 other runs done; the 2 report runs of a never started (a run of its selection failed); run the same"),
+    # the only run failed: nothing else is done, and nothing is said to have finished
+    ({"a": ([], ["a1"])}, {"a1"}, None, "1 run failed: a1 (boom; log {D}/a1/launch.log); no other run done; run the"),
+    # a report run failed: nothing of its method is left to start
+    ({"a": (["a1"], ["a2", "a3"])}, {"a3"}, None, "; 2 other runs done; run the same command"),
+    # a launcher that stopped waiting (Slurm --no-wait) with runs still out
+    ({"a": (["a1"], ["a2"]), "b": (["b1", "b2", "b3"], ["b4"])}, {"a1"}, 2,
+     "1 run failed: a1 (boom; log {D}/a1/launch.log); 1 other run done; 2 runs still queued or running; the 1 "
+     "report run of a never started"),
+])
+def test_the_end_says_what_failed_finished_and_never_started(tmp_path, stages, fail, stop_after, says):
+    launcher = ScriptedLauncher(fail=fail, stop_after=stop_after)
+    report_runs = {name: len(rep) for name, (_, rep) in stages.items()}
+    with pytest.raises(RunsFailedError) as e:
+        drive(_staged(tmp_path, stages), launcher, resume=False, out_dir=tmp_path, log=lambda *_: None,
+              report_runs=report_runs)
+    assert says.replace("{D}", str(tmp_path)) in str(e.value), str(e.value)
+    assert "the other runs finished" not in str(e.value)
+
+
+def test_jobs_1_a_run_that_raises_fails_alone_and_the_others_go_on(tmp_path, monkeypatch, capsys):
+    """--jobs 1 (in this process) as --jobs 2: the run that raises is named with its log (its traceback), the other
+    runs train to the end, and the command exits 1 with one line."""
+    from ncguide.experiments import compare as compare_mod
+
+    real = compare_mod.train
+
+    def train(cfg, path, **kw):
+        if cfg.method == "standard" and cfg.seed == 0:
+            raise RuntimeError("boom at epoch 1\nsecond line")
+        return real(cfg, path, **kw)
+
+    monkeypatch.setattr(compare_mod, "train", train)
+    out = tmp_path / "out"
+    flags = TINY[:-4]  # without --methods and --seeds
+    assert main(["compare", *flags, "--methods", "standard,nearest-etf", "--seeds", "2", "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    err = captured.err
+    log = out / "runs/standard/seed-0/launch.log"
+    assert err.count("\n") == 1 and err.startswith(f"ncguide: error: 1 run failed: runs/standard/seed-0 (RuntimeError: "
+                                                   f"boom at epoch 1; log {log}); 3 other runs done; "), err
+    assert "standard seed 0: FAILED (RuntimeError: boom at epoch 1)" in captured.out
+    for m, s in (("standard", 1), ("nearest-etf", 0), ("nearest-etf", 1)):  # the others trained to the end
+        assert load_checkpoint(out / f"runs/{m}/seed-{s}/checkpoint.pt")["finished"]
+    assert "Traceback (most recent call last)" in log.read_text() and failure_cause(log) == (
+        "RuntimeError: boom at epoch 1")
+    assert not (out / "summary.json").exists()  # no report of an incomplete comparison
+    monkeypatch.setattr(compare_mod, "train", real)
+    assert main(["compare", *flags, "--methods", "standard,nearest-etf", "--seeds", "2", "--out", str(out)]) == 0
+    assert "reused finished run" in capsys.readouterr().out
+
+
 def test_a_launcher_that_does_not_wait_leaves_runs_pending(tmp_path):
     launcher = ScriptedLauncher(stop_after=2)
     pending = drive(_pipelines(tmp_path, []), launcher, resume=False, out_dir=tmp_path, log=lambda *_: None)
@@ -280,6 +454,9 @@ TINY = ["--dataset", "ufm", "--model", "ufm", "--set", "num_classes=4", "--set",
     (["--launcher", "slurm", "--slurm-time", "5", "--slurm-extra", "time=5"], "set with --slurm-time"),
     (["--launcher", "slurm", "--slurm-time", "5", "--slurm-mem", "4X"], "slurm_mem must be a size"),
     (["--set", "runs_per_gpu=2", "--gpus-per-run", "2"], "cannot be combined with gpus_per_run 2"),
+    (["--launcher", "slurm", "--slurm-time", "5", "--jobs", "4"], "--slurm-array-parallelism N"),
+    (["--launcher", "slurm", "--slurm-time", "5", "--gpus-per-run", "2"], "with --slurm-gpus-per-run"),
+    (["--gpus-per-run", "2", "--jobs", "2"], "trains on device cpu"),
 ])
 def test_bad_launch_flags_exit_2_with_one_line_and_no_folder(tmp_path, capsys, flags, says):
     out = tmp_path / "out"
@@ -295,6 +472,13 @@ def test_slurm_launcher_without_slurm_commands_is_one_line(tmp_path, capsys, mon
     assert main(["compare", *TINY, "--launcher", "slurm", "--slurm-time", "5", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sbatch is not on PATH" in err and not out.exists()
+
+
+def test_slurm_settings_with_the_local_launcher_say_they_are_ignored(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["compare", *TINY, "--launcher", "local", "--slurm-time", "5", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "ncguide: warning: slurm_time ignored: the launcher is local" in err, err
 
 
 def test_launch_keys_in_yaml(tmp_path, capsys):

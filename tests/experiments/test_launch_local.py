@@ -14,6 +14,7 @@ from launch_helpers import (
     LONG_FLAGS,
     METHODS,
     alive,
+    hold_env,
     holder_pid,
     quiet,
     records,
@@ -64,7 +65,8 @@ def test_a_killed_run_is_reported_the_others_finish_and_a_rerun_retries_only_it(
     args = [*LONG_FLAGS, "--methods", "standard,slow", "--variant", "slow:method=nearest-etf", "--seeds", "1",
             "--jobs", "2", "--out", "out"]
     slow, fast = tmp_path / "out/runs/slow/seed-0", tmp_path / "out/runs/standard/seed-0"
-    proc, log = start_compare(tmp_path, *args)
+    # the slow run stops after its second record until killed: the kill cannot come after its end
+    proc, log = start_compare(tmp_path, *args, env=hold_env(tmp_path / "hold", ["slow/seed-0"]))
     wait_for(lambda: records(slow) >= 2 and holder_pid(slow), "the slow run's second record", proc=proc, log=log)
     pid = holder_pid(slow)
     os.kill(pid, signal.SIGKILL)
@@ -95,7 +97,8 @@ def test_ctrl_c_stops_every_child_and_a_rerun_ends_bitwise_as_uninterrupted(tmp_
     args = [*LONG_FLAGS, "--methods", ",".join(METHODS), "--seeds", "1", "--jobs", "2", "--threads-per-run", "1",
             "--out", "out"]
     runs = [tmp_path / f"out/runs/{m}/seed-0" for m in METHODS]
-    proc, log = start_compare(tmp_path, *args)
+    # each run stops after its second record until Ctrl-C reaches it: Ctrl-C cannot come after their end
+    proc, log = start_compare(tmp_path, *args, env=hold_env(tmp_path / "hold", ["seed-0"]))
     wait_for(lambda: all(records(r) >= 2 and holder_pid(r) for r in runs), "both runs' second record", proc=proc,
              log=log)
     children = [holder_pid(r) for r in runs]

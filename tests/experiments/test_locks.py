@@ -15,6 +15,7 @@ import pytest
 
 from ncguide.experiments.cli import main
 from ncguide.experiments.compare import run_compare
+from ncguide.experiments.launch import RunsFailedError
 from ncguide.experiments.locks import LOCK, RunLockedError, folder_lock, rank0_folder_lock
 from ncguide.experiments.train import train
 
@@ -86,9 +87,13 @@ def test_compare_into_a_folder_in_use_fails(held):
 def test_compare_whose_run_folder_is_in_use_fails(tmp_path):
     out = tmp_path / "cmp"
     with folder_lock(out / "runs" / "standard" / "seed-0"):
-        with pytest.raises(RunLockedError, match=r"seed-0 is in use"):
-            run_compare(BASE, ["standard"], 1, out, progress="none", log=lambda s: None, report=False)
-    run_compare(BASE, ["standard"], 1, out, progress="none", log=lambda s: None, report=False)  # released
+        # a failed run (named with the holder), not an exception that stops the comparison: the other run went on
+        with pytest.raises(RunsFailedError, match=r"1 run failed: runs/standard/seed-0 \(ncguide\.experiments\.locks\."
+                                                  r"RunLockedError: .*seed-0 is in use .*; 1 other run done;") as e:
+            run_compare(BASE, ["standard"], 2, out, progress="none", log=lambda s: None, report=False)
+        assert not (out / "runs/standard/seed-0/launch.log").exists()  # nothing written into the holder's folder
+        assert e.value.failed[0][1].logs == ()
+    run_compare(BASE, ["standard"], 2, out, progress="none", log=lambda s: None, report=False)  # released
 
 
 @pytest.mark.parametrize("command", ["train", "compare"])

@@ -70,8 +70,61 @@ def test_load_runs_groups_by_method_and_seed(out):
 
 
 def test_load_runs_errors_without_logs(tmp_path):
-    with pytest.raises(ValueError, match="no run logs"):
+    with pytest.raises(ValueError, match="is not a comparison folder"):
         load_runs(tmp_path)
+
+
+@pytest.mark.parametrize("make,says", [
+    (lambda d: None, ["is not a comparison folder (no config.yaml, no runs/)",
+                      "ncguide compare --config CONFIG --out"]),
+    (lambda d: (d / "metrics.jsonl").write_text(""), ["is a run of `ncguide train`, not a comparison"]),
+    (lambda d: (d / "config.yaml").write_text("methods: [standard]\n"),
+     ["no run of the comparison in", "has logged anything yet", "--config {D}/config.yaml --out {D}"]),
+    (lambda d: (d / "runs/standard/seed-0").mkdir(parents=True), ["has logged anything yet"]),
+])
+def test_report_on_a_folder_with_nothing_to_report_says_what_is_missing(tmp_path, capsys, make, says):
+    """One line, exit 2, true advice: an empty folder is not a comparison; one that is has no run yet."""
+    from ncguide.experiments.cli import main
+
+    folder = tmp_path / "d"
+    folder.mkdir()
+    make(folder)
+    assert main(["report", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ncguide: error: "), err
+    assert "point `ncguide report` at the --out directory" not in err
+    for x in says:
+        assert x.replace("{D}", str(folder)) in err, err
+
+
+def test_report_of_a_tuning_under_way_shows_the_selection_runs_so_far(tmp_path, capsys, no_figures):
+    """Before selection.json is written (some method still tunes) the report is partial: one row per method and
+    grid point over the selection seeds finished so far, marked as such; no winner, no report seeds, no verdict."""
+    from ncguide.experiments.checkpoint import load_checkpoint, save_checkpoint
+    from ncguide.experiments.cli import main
+    from ncguide.experiments.compare import run_compare
+
+    base = {"dataset": "ufm", "model": "ufm", "num_classes": 4, "feature_dim": 8, "samples_per_class": 5,
+            "epochs": 2, "batch_size": 10, "device": "cpu"}
+    out = tmp_path / "out"
+    run_compare(base, ["standard", "nearest-etf"], [0], out, grid={"lr": [0.01, 0.1]}, selection_seeds=[1000, 1001],
+                progress="none", log=lambda *_: None)
+    (out / "selection.json").unlink()  # as while a method still tunes
+    unfinished = out / "runs/nearest-etf/lr=0.1/seed-1001"
+    ckpt = load_checkpoint(unfinished / "checkpoint.pt")
+    save_checkpoint(unfinished / "checkpoint.pt", {**ckpt, "finished": False})  # still training
+    assert main(["report", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("partial report: the tuning is under way.")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["partial"] and summary["verdict"] is None and "selected" not in summary
+    assert {m: v["seeds"] for m, v in summary["methods"].items()} == {
+        "standard lr=0.01": [1000, 1001], "standard lr=0.1": [1000, 1001], "nearest-etf lr=0.01": [1000, 1001],
+        "nearest-etf lr=0.1": [1000]}  # the report seed 0 is not a selection run; seed 1001 is unfinished
+    assert [x["run"] for x in summary["excluded"]] == ["runs/nearest-etf/lr=0.1/seed-1001"]
+    md = (out / "report.md").read_text()
+    assert md.startswith("# ncguide comparison\n\n**Partial: the tuning is under way.**")
+    assert "`standard lr=0.01`" in md
 
 
 @pytest.mark.parametrize("key,factor", [("nc2_w", 0.1), ("nc2_h", 0.2), ("nc3", 0.3)])

@@ -222,9 +222,10 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
 def _add_launch_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("where the runs train (YAML: the same names with underscores)")
     g.add_argument("--jobs", metavar="N", help="train up to N runs at once, each in its own process (default 1: "
-                                               "one after another in this process)")
+                                               "one after another in this process; Slurm: --slurm-array-parallelism)")
     g.add_argument("--gpus-per-run", dest="gpus_per_run", metavar="G",
-                   help="GPUs of each run on CUDA (default 1; G > 1 runs it through torchrun)")
+                   help="GPUs of each run on CUDA (default 1; G > 1 runs it through torchrun; Slurm: "
+                        "--slurm-gpus-per-run)")
     g.add_argument("--runs-per-gpu", dest="runs_per_gpu", metavar="M",
                    help="let M small runs share one GPU (default 1)")
     g.add_argument("--threads-per-run", dest="threads_per_run", metavar="T",
@@ -678,6 +679,8 @@ def _cmd_report(args) -> int:
         raise ValueError(f"--report-epochs {report_epochs[-1]} is past the last epoch of every run ({last}); choose "
                          f"epochs in 0..{last}")
     summary = write_report(out, thresholds, report_epochs, focus=args.focus)
+    if summary.get("partial"):
+        print(f"partial report: the tuning is under way. {summary['partial']}\n")
     for x in summary["excluded"]:
         print(f"ncguide: warning: {x['run']} left out of the report: {x['why']}", file=sys.stderr)
     print(summary_table(summary))

@@ -430,7 +430,7 @@ def _compare_locked(out_dir, methods, seeds, points, grid, sel_seeds, variants, 
     with launcher:
         expected = {m: sum(r.method == m for r in selection) + len(seeds) for m in methods}  # before extensions
         pending = drive({m: pipeline(m) for m in methods}, launcher, resume=resume, out_dir=out_dir, log=log,
-                        expected=expected)
+                        expected=expected, report_runs={m: len(seeds) for m in methods})
     if pending or not report:
         return {}
     summary = write_report(out_dir, report_epochs=report_epochs, focus=rule.focus)

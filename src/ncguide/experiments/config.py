@@ -811,6 +811,8 @@ def _yaml_loader() -> type:
 
     def decimal_int(loader, node):
         text = loader.construct_scalar(node)
+        if _SEXAGESIMAL.fullmatch(text):
+            raise refusal(None, None, _sexagesimal(text), node.start_mark)
         if not _INT_TEXT.fullmatch(text):
             raise refusal(None, None, f"{_shown_text(text)} is not an integer in decimal digits; write it as one "
                                       "(YAML 1.1 would read it in another base)", node.start_mark)
@@ -820,6 +822,8 @@ def _yaml_loader() -> type:
 
     def decimal_float(loader, node):
         text = loader.construct_scalar(node)
+        if _SEXAGESIMAL.fullmatch(text):
+            raise refusal(None, None, _sexagesimal(text), node.start_mark)
         if not _FLOAT_TEXT.fullmatch(text):
             raise refusal(None, None, f"{_shown_text(text)} is not a number in decimal notation; write it as one "
                                       "(YAML 1.1 would read 1:30.5 as 90.5 and 1_0.5 as 10.5)", node.start_mark)
@@ -862,6 +866,16 @@ def _check_digits(key: Any, node: Any, refusal: type) -> None:
 
 def _too_many_digits(what: str, text: str) -> str:
     return f"{what} of {len(text.lstrip('+-'))} digits is too large: integers stop at {INT_MAX} (2**63 - 1)"
+
+
+# YAML 1.1's base-60 numbers (8:00:00 is 28800, 1:30.5 is 90.5): written like a time or a duration
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?")
+
+
+def _sexagesimal(text: str) -> str:
+    """The refusal of an unquoted ``8:00:00``: YAML 1.1 reads it as a number in base 60, so quote it."""
+    return (f"{_shown_text(text)} is read by YAML 1.1 as a number in base 60; if it is a time or a duration, quote "
+            f"it: \"{_shown_text(text)}\" (a number is written in decimal notation)")
 
 
 def _shown_text(text: str) -> str:

@@ -10,8 +10,8 @@ finished one may unlock a whole stage), then in the comparison's seed-major orde
 
 Launchers (``--launcher``, ``--jobs``):
 
-- :class:`InProcess` (``--jobs 1``, the default): one run after another in this process, exceptions
-  propagating as from ``train``.
+- :class:`InProcess` (``--jobs 1``, the default): one run after another in this process; a run that raises is
+  a failed run (its traceback appended to ``RUN_DIR/launch.log``) and the others go on, as in a pool.
 - :class:`LocalPool` (``--jobs N``): up to N runs at once, each its own process
   ``python -m ncguide.experiments.run_one RUN_DIR`` (``torchrun --standalone --nproc_per_node G ...`` for
   G GPUs per run) in its own process group, its output in ``RUN_DIR/launch.log``. On CPU each gets
@@ -32,6 +32,7 @@ import dataclasses
 import heapq
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from typing import TYPE_CHECKING
 from .checkpoint import CHECKPOINT, load_checkpoint
 from .config import ConfigError, Rule, TrainConfig, read_integer
 from .files import atomic_write_text, json_text, last_record, open_regular
+from .locks import RunLockedError
 from .machine import CONCURRENT_ENV
 from .progress import CompareProgress
 from .report import DIVERGED, short_record
@@ -58,8 +60,8 @@ if TYPE_CHECKING:
 __all__ = ["LAUNCHERS", "LOCAL_KEYS", "LAUNCH_LOG", "LAUNCH_SPEC", "LaunchConfig", "Run", "Outcome", "Slot",
            "LaunchError", "RunsFailedError", "parse_launch", "cpu_plan", "assign_gpus", "visible_gpus",
            "available_cores", "drive", "InProcess", "LocalPool", "make_launcher", "run_outcome", "record_divergence",
-           "child_command", "child_env", "write_spec", "start_child", "stop_children", "last_line", "whole_number",
-           "signal_group"]
+           "child_command", "child_env", "write_spec", "start_child", "stop_children", "last_line", "failure_cause",
+           "whole_number", "signal_group"]
 
 LAUNCHERS = ("local", "slurm")
 LAUNCH_SPEC = "launch.json"
@@ -103,16 +105,30 @@ class LaunchError(RuntimeError):
 
 
 class RunsFailedError(LaunchError):
-    """Runs of a comparison failed (each named with its log); the others finished. Rerunning the comparison
-    retries only what is unfinished."""
+    """Runs of a comparison failed (each named with its log); the message also says how many other runs are done,
+    which are still queued or running, and which never started (a failed run stops its method's later stages).
+    Rerunning the comparison retries only what is unfinished."""
 
-    def __init__(self, failed: list[tuple[Run, Outcome]], out_dir: Path):
+    def __init__(self, failed: list[tuple[Run, Outcome]], out_dir: Path, *, done: int | None = None,
+                 reused: int = 0, pending: int = 0, never: Mapping[str, int | None] | None = None):
         self.failed = failed
         names = [f"{_rel(r.path, out_dir)} ({o.why}; log {', '.join(str(p) for p in o.logs) or 'none'})"
                  for r, o in failed]
-        super().__init__(f"{len(failed)} run{'s' if len(failed) > 1 else ''} failed: {'; '.join(names)}; the other "
-                         "runs finished; run the same command again to retry the failed ones (finished runs are "
-                         "reused)")
+        parts = [f"{_count(len(failed), 'run')} failed: {'; '.join(names)}"]
+        if done is not None:
+            parts.append(f"{_count(done, 'other run') if done else 'no other run'} done"
+                         + (f" ({reused} reused)" if reused else ""))
+        if pending:
+            parts.append(f"{_count(pending, 'run')} still queued or running")
+        for method, n in (never or {}).items():
+            what = f"the {_count(n, 'report run')}" if n else "the report runs"
+            parts.append(f"{what} of {method} never started (a run of its selection failed)")
+        super().__init__("; ".join(parts) + "; run the same command again to retry the failed ones (finished runs "
+                         "are reused)")
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
 
 
 def run_outcome(path: Path) -> Outcome | None:
@@ -141,14 +157,14 @@ def record_divergence(path: Path, error: BaseException) -> str:
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    """Where the runs of a comparison train. ``gpus_per_run`` None: 1 on CUDA; ``threads_per_run`` None:
-    ``cores // concurrent runs`` (local), the CPUs of a Slurm job; ``jobs == 1`` on CPU trains in this process
-    (with the process's threads unless ``threads_per_run`` is set)."""
+    """Where the runs of a comparison train. ``gpus_per_run`` None: 1 on CUDA; ``runs_per_gpu`` None: 1;
+    ``threads_per_run`` None: ``cores // concurrent runs`` (local), the CPUs of a Slurm job; ``jobs == 1`` on CPU
+    trains in this process (with the process's threads unless ``threads_per_run`` is set)."""
 
     launcher: str = "local"
     jobs: int = 1
     gpus_per_run: int | None = None
-    runs_per_gpu: int = 1
+    runs_per_gpu: int | None = None
     threads_per_run: int | None = None
     wait: bool = True
     slurm: SlurmConfig | None = None  # with launcher "slurm"
@@ -180,6 +196,15 @@ def parse_launch(settings: LaunchConfig | Mapping | None) -> LaunchConfig:
     if launcher == "local" and slurm_given and "launcher" not in settings:
         raise ConfigError(slurm_given[0], f"{slurm_given[0]} is a Slurm setting but the launcher is local; add "
                                           "--launcher slurm (YAML launcher: slurm) to submit the runs to Slurm")
+    if launcher == "local" and slurm_given:  # e.g. a YAML file made for both launchers: a local run needs none
+        warnings.warn(f"{', '.join(slurm_given)} ignored: the launcher is local (--launcher slurm submits the runs "
+                      "to Slurm)", stacklevel=2)
+    if launcher == "slurm":  # each has a Slurm counterpart; ignoring it would give the jobs other resources
+        for key, instead in _NOT_FOR_SLURM.items():
+            if settings.get(key) is not None:
+                flag = "--" + key.replace("_", "-")
+                raise ConfigError(key, f"{key} ({flag}) is a setting of the local launcher; with --launcher slurm "
+                                       f"{instead}")
     if launcher == "local" and wait is False:
         raise ConfigError("wait", "--no-wait (wait: false) submits Slurm jobs and returns; it needs --launcher "
                                   "slurm (local runs are children of this process)")
@@ -187,8 +212,16 @@ def parse_launch(settings: LaunchConfig | Mapping | None) -> LaunchConfig:
         raise ConfigError("runs_per_gpu", f"runs_per_gpu {per_gpu} shares one GPU between runs; it cannot be "
                                           f"combined with gpus_per_run {gpus} (several GPUs per run)")
     slurm = parse_slurm(settings) if launcher == "slurm" else None
-    return LaunchConfig(launcher=launcher, jobs=jobs or 1, gpus_per_run=gpus, runs_per_gpu=per_gpu or 1,
+    return LaunchConfig(launcher=launcher, jobs=jobs or 1, gpus_per_run=gpus, runs_per_gpu=per_gpu,
                         threads_per_run=threads, wait=True if wait is None else wait, slurm=slurm)
+
+
+_NOT_FOR_SLURM = {
+    "jobs": "every run is its own job; --slurm-array-parallelism N (YAML slurm_array_parallelism) limits how many "
+            "run at once",
+    "gpus_per_run": "give each run's job its GPUs with --slurm-gpus-per-run (YAML slurm_gpus_per_run)",
+    "runs_per_gpu": "each run's job has GPUs of its own (--slurm-gpus-per-run); runs do not share them",
+}
 
 
 def whole_number(settings: Mapping, key: str, minimum: int) -> int | None:
@@ -350,14 +383,49 @@ def _exit_text(code: int) -> str:
 
 
 def last_line(path: Path) -> str:
-    """The last non-empty line of a log file ('' if none): usually what went wrong."""
+    """The last non-empty line of a log file ('' if none)."""
+    lines = _log_tail(path, 4096)
+    return lines[-1][:300] if lines else ""
+
+
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)\d+\]:\s?")  # what torchrun may put before a rank's lines
+_TORCHRUN_AGENT = "ChildFailedError"  # torchrun's own traceback after a rank failed: the rank's says why
+
+
+def failure_cause(path: Path, fallback: bool = True) -> str:
+    """Why the last attempt in a run's log (``launch.log``, attempts separated by :func:`start_child`'s ``====``
+    header) failed: the exception line of its last Python traceback (``RuntimeError: ...``; torchrun's
+    ``ChildFailedError`` gives way to its rank's), else our one line ``error: ...``, else (``fallback``) its last
+    line, which may be a metrics row; '' when the log says nothing."""
+    lines = _log_tail(path, 65536)
+    starts = [i for i, x in enumerate(lines) if x.startswith("==== ")]
+    lines = lines[starts[-1] + 1:] if starts else lines
+    errors = [x for x in (_exception_line(lines, i) for i, x in enumerate(lines) if x.startswith("Traceback ("))
+              if x]
+    errors = [x for x in errors if _TORCHRUN_AGENT not in x.split(":")[0]] or errors
+    if errors:
+        return errors[-1][:300]
+    ours = [x.removeprefix("ncguide: ") for x in lines if x.startswith("ncguide: error: ")]
+    if ours:
+        return ours[-1][:300]
+    return lines[-1].strip()[:300] if lines and fallback else ""
+
+
+def _exception_line(lines: list[str], start: int) -> str:
+    """The line that ends the traceback beginning at ``lines[start]``: the first one after it not indented (its
+    frames are)."""
+    return next((x.strip() for x in lines[start + 1:] if x.strip() and not x[0].isspace()), "")
+
+
+def _log_tail(path: Path, size: int) -> list[str]:
+    """The non-empty lines of the last ``size`` bytes of a log file, indentation kept ([] if unreadable)."""
     try:
         with path.open("rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
-            lines = [x.strip() for x in f.read().decode("utf-8", "replace").splitlines() if x.strip()]
+            f.seek(max(0, f.seek(0, os.SEEK_END) - size))
+            text = f.read().decode("utf-8", "replace")
     except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
+        return []
+    return [_RANK_PREFIX.sub("", x).rstrip() for x in text.splitlines() if x.strip()]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -365,7 +433,8 @@ def last_line(path: Path) -> str:
 
 
 def drive(pipelines: Mapping[str, Iterator[list[Run]]], launcher, *, resume: bool, out_dir: Path,
-          log: Callable[[str], None] = print, expected: Mapping[str, int] | None = None) -> int:
+          log: Callable[[str], None] = print, expected: Mapping[str, int] | None = None,
+          report_runs: Mapping[str, int] | None = None) -> int:
     """Run every pipeline to its end over ``launcher``; return how many runs are still pending (not 0 only
     for a launcher that does not wait: ``--no-wait``).
 
@@ -374,10 +443,12 @@ def drive(pipelines: Mapping[str, Iterator[list[Run]]], launcher, *, resume: boo
     diverged runs are reused when ``resume`` (they are not given to the launcher). Each time runs end, one
     line says how many of the comparison's runs are done and estimates the time left
     (``progress.CompareProgress``; ``expected``: the runs each pipeline will yield at least). Raises
-    :class:`RunsFailedError` at the end when runs failed."""
+    :class:`RunsFailedError` at the end when runs failed, counting the runs done, those still out and, per
+    pipeline stopped before its ``"report"`` runs, those (``report_runs``: how many) that never started."""
     owner: dict[Path, str] = {}
     pending: dict[str, set[Path]] = {}  # pipeline -> runs of its current stage not done yet
     blocked: set[str] = set()
+    reporting: set[str] = set()  # pipelines that yielded their report runs
     failed: list[tuple[Run, Outcome]] = []
     progress = CompareProgress(expected, getattr(launcher, "at_once", 1),
                                clock=getattr(launcher, "clock", time.perf_counter))  # started_at's time base
@@ -385,6 +456,7 @@ def drive(pipelines: Mapping[str, Iterator[list[Run]]], launcher, *, resume: boo
     def advance(name: str) -> list[Run]:
         while (batch := next(pipelines[name], None)) is not None:
             todo = [r for r in batch if not (resume and _reused(r, log))]
+            reporting.update(name for r in batch if r.phase == "report")
             progress.stage(name, [(r.path, r.point) for r in todo], len(batch) - len(todo))
             if todo:
                 pending[name] = {r.path for r in todo}
@@ -419,9 +491,11 @@ def drive(pipelines: Mapping[str, Iterator[list[Run]]], launcher, *, resume: boo
     finally:
         for gen in pipelines.values():
             gen.close()
+    left = sum(len(v) for v in pending.values())
     if failed:
-        raise RunsFailedError(failed, out_dir)
-    return sum(len(v) for v in pending.values())
+        never = {name: (report_runs or {}).get(name) for name in pipelines if name in blocked - reporting}
+        raise RunsFailedError(failed, out_dir, done=progress.done, reused=progress.reused, pending=left, never=never)
+    return left
 
 
 def _reused(run: Run, log: Callable[[str], None]) -> bool:
@@ -466,8 +540,9 @@ class _Queue:
 
 
 class InProcess:
-    """One run after another in this process (``--jobs 1``). ``train_fn`` is ``train.train``'s signature;
-    its exceptions propagate, except divergence (``DIVERGED``)."""
+    """One run after another in this process (``--jobs 1``). ``train_fn`` is ``train.train``'s signature. A run
+    that raises an ``Exception`` failed (its traceback goes to ``RUN_DIR/launch.log``) and the others go on;
+    divergence is a result (``DIVERGED``); Ctrl-C (``KeyboardInterrupt``) propagates."""
 
     shows_status = False
     at_once = 1  # runs at most at once
@@ -507,9 +582,37 @@ class InProcess:
             seconds = time.perf_counter() - t0
             self.log(f"{r.tag}: diverged after {seconds:.1f} s ({line})")
             return [(r, Outcome("diverged", line, seconds=seconds))]
+        except Exception as e:  # noqa: BLE001 (the run failed; the others go on, as in a pool of processes)
+            # a folder another process holds is its log: the reason names the holder
+            logs = () if isinstance(e, RunLockedError) else _log_traceback(r.path)
+            outcome = Outcome("failed", _exception_text(e), logs)
+            self.log(f"{r.tag}: FAILED ({outcome.why}); log {', '.join(map(str, outcome.logs)) or 'none'}")
+            return [(r, outcome)]
         seconds = time.perf_counter() - t0
         self.log(f"{r.tag}: done in {seconds:.1f} s ({short_record(record or {})})")
         return [(r, Outcome("finished", short_record(record or {}), seconds=seconds))]
+
+
+def _exception_text(e: BaseException) -> str:
+    """``ValueError: the first line of its message``, as a traceback ends."""
+    kind = type(e).__qualname__ if type(e).__module__ == "builtins" else f"{type(e).__module__}.{type(e).__qualname__}"
+    line = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
+    return f"{kind}: {line}"[:300] if line else kind
+
+
+def _log_traceback(run_dir: Path) -> tuple[Path, ...]:
+    """Append the exception being handled, with its traceback, to ``RUN_DIR/launch.log`` (as a child's output
+    is); ``(log,)``, or ``()`` when the folder cannot be written."""
+    import traceback
+
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with os.fdopen(open_regular(run_dir / LAUNCH_LOG, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as log:
+            log.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} in the compare process (pid {os.getpid()})\n"
+                      f"{traceback.format_exc()}".encode())
+    except OSError:
+        return ()
+    return (run_dir / LAUNCH_LOG,)
 
 
 @contextmanager
@@ -554,7 +657,8 @@ class LocalPool:
                          f"checkpoint at its current step (up to {self.grace_s:g} s; Ctrl-C again to kill them now)")
                 stop_children(children, self.grace_s)
                 for run, p, _ in self.running.values():
-                    self.log(f"{run.tag}: stopped ({_exit_text(p.returncode)}); rerunning resumes it")
+                    again = "resumes it" if (run.path / CHECKPOINT).is_file() else "starts it again (no checkpoint yet)"
+                    self.log(f"{run.tag}: stopped ({_exit_text(p.returncode)}); rerunning {again}")
                 self.running.clear()
         finally:
             if self._previous_sigterm is not None:
@@ -606,7 +710,7 @@ class LocalPool:
             self.log(f"{run.tag}: {verb} in {seconds:.1f} s ({outcome.why})")
             return dataclasses.replace(outcome, seconds=seconds)
         why = _exit_text(code) if code else "exited without finishing"
-        tail = last_line(run.path / LAUNCH_LOG)
+        tail = failure_cause(run.path / LAUNCH_LOG, fallback=code >= 0)  # a signal is the cause
         outcome = Outcome("failed", f"{why}: {tail}" if tail else why, (run.path / LAUNCH_LOG,))
         self.log(f"{run.tag}: FAILED ({outcome.why}); log {run.path / LAUNCH_LOG}")
         return outcome
@@ -633,18 +737,27 @@ def make_launcher(launch: LaunchConfig, planned: Mapping[Path, TrainConfig], *, 
 
     check_queued(planned, local=True)  # no run may train here while its Slurm job is queued or running
     cuda = _uses_cuda(planned.values())
+    gpu_keys = [k for k in ("gpus_per_run", "runs_per_gpu") if getattr(launch, k) is not None]
+    if gpu_keys and not cuda:
+        key = gpu_keys[0]
+        setting = f"{key} {getattr(launch, key)} (--{key.replace('_', '-')})"
+        if all(c.device == "cpu" for c in planned.values()):
+            raise ConfigError(key, f"{setting} places runs on GPUs, but this comparison trains on device cpu; drop it, "
+                                   "or train on CUDA (--device cuda)")
+        warnings.warn(f"{setting} ignored: no CUDA device here, so the runs (device auto) train on CPU", stacklevel=2)
     gpus_per_run = (launch.gpus_per_run or 1) if cuda else 1
+    runs_per_gpu = launch.runs_per_gpu or 1
     if launch.jobs == 1 and gpus_per_run == 1:
         return InProcess(train_fn, resume=resume, progress=progress, log=log, threads=launch.threads_per_run)
     cores = available_cores()
     if cuda:
         try:
-            groups = assign_gpus(visible_gpus(), launch.jobs, gpus_per_run, launch.runs_per_gpu)
+            groups = assign_gpus(visible_gpus(), launch.jobs, gpus_per_run, runs_per_gpu)
         except ValueError as e:
             raise ConfigError("gpus_per_run", str(e)) from None
         if len(groups) < launch.jobs:
             warnings.warn(f"jobs {launch.jobs}: only {len(groups)} runs fit on the GPUs at once ({gpus_per_run} per "
-                          f"run, {launch.runs_per_gpu} per GPU); running {len(groups)} at a time", stacklevel=2)
+                          f"run, {runs_per_gpu} per GPU); running {len(groups)} at a time", stacklevel=2)
         threads = launch.threads_per_run or max(1, cores // len(groups))
         slots = [Slot(g, threads) for g in groups]
     else:

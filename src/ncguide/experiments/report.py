@@ -62,6 +62,7 @@ __all__ = [
     "selection_metric_label",
     "median_or_inf",
     "read_selection",
+    "tuning_under_way",
     "run_folders",
     "load_runs",
     "run_configs",
@@ -106,6 +107,11 @@ _OVERVIEW_PANELS = [FIGURES["train_acc.png"][1], FIGURES["test_acc.png"][1], _LO
 OVERVIEW = "overview.png"
 DIVERGED = "DIVERGED"  # in a run folder of a compare: that run stopped on a non-finite loss (the reason inside)
 SELECTION = "selection.json"  # written by a compare with a grid: the tuning table and each method's winner
+PARTIAL_TUNING = (
+    "`selection.json` is not written yet (a tuned comparison writes it once every method has its winner), so this "
+    "report shows the selection runs finished so far, one row per method and grid point over the selection seeds: "
+    "no winner, no report seeds, no verdict. Run the same `ncguide compare` command to go on; `ncguide report` then "
+    "writes the full report.")
 WALL_CLOCK_CAVEAT = (
     "**Seconds are not a speed benchmark.** They are wall-clock training time, measured while other work may have "
     "run on the same machine (other runs of this comparison, other programs), with whatever threads each run had. "
@@ -186,6 +192,8 @@ def run_folders(out_dir: str | Path) -> dict[str, dict[int, Path]]:
     runs_dir = Path(out_dir) / "runs"
     selection = read_selection(out_dir)
     found: dict[str, dict[int, Path]] = {}
+    if selection is None and tuning_under_way(out_dir):
+        return _selection_runs_so_far(Path(out_dir))
     if selection is None:
         for path in sorted(runs_dir.glob("*/seed-*")):
             if (seed := _seed_of(path)) is not None and path.is_dir():
@@ -198,6 +206,31 @@ def run_folders(out_dir: str | Path) -> dict[str, dict[int, Path]]:
                     found.setdefault(method, {})[seed] = path
     order = _order_methods(found, _compare_setting(Path(out_dir), "methods"))
     return {m: dict(sorted(found[m].items())) for m in order}
+
+
+def tuning_under_way(out_dir: str | Path) -> bool:
+    """A tuned comparison whose selection has not ended: its ``config.yaml`` has a grid, ``selection.json`` is
+    not written yet (``compare`` writes it once every method has its winner)."""
+    grid = _compare_setting(Path(out_dir), "grid")
+    return isinstance(grid, dict) and bool(grid) and not (Path(out_dir) / SELECTION).is_file()
+
+
+def _selection_runs_so_far(out_dir: Path) -> dict[str, dict[int, Path]]:
+    """The selection runs of a tuning under way, one row per method and grid point: ``{"<method> <point>": {seed:
+    folder}}`` on the comparison's selection seeds, in its method order."""
+    settings = compare_settings(out_dir)
+    seeds = settings.get("selection_seeds")
+    methods = settings.get("methods") if isinstance(settings.get("methods"), list) else []
+    found: dict[tuple[str, str], dict[int, Path]] = {}
+    for path in sorted((out_dir / "runs").glob("*/*/seed-*")):
+        seed = _seed_of(path)
+        if seed is not None and path.is_dir() and (not isinstance(seeds, list) or seed in seeds):
+            found.setdefault((path.parent.parent.name, path.parent.name), {})[seed] = path
+
+    def rank(key: tuple[str, str]):
+        return (methods.index(key[0]) if key[0] in methods else len(methods), key)
+
+    return {f"{m} {point}": dict(sorted(found[(m, point)].items())) for m, point in sorted(found, key=rank)}
 
 
 def load_runs(out_dir: str | Path, excluded: list[dict] | None = None) -> dict[str, dict[int, list[dict]]]:
@@ -234,14 +267,23 @@ def load_runs(out_dir: str | Path, excluded: list[dict] | None = None) -> dict[s
     if not runs and left_out:
         raise ValueError(f"no complete run logs under {runs_dir}: all {len(left_out)} left out, e.g. {left_out[0]}")
     if not runs:
-        if selection is None and any(runs_dir.glob("*/*/seed-*/metrics.jsonl")):
+        if selection is None and any(runs_dir.glob("*/*/seed-*/metrics.jsonl")) and not tuning_under_way(out_dir):
             raise ValueError(f"{runs_dir} holds runs of grid points (runs/<method>/<point>/seed-<s>) but "
                              f"{Path(out_dir) / SELECTION} is missing; rerun the tuned compare (its runs are reused)")
-        raise ValueError(
-            f"no run logs under {runs_dir}/<method>/seed-<s>/metrics.jsonl; "
-            "point `ncguide report` at the --out directory of `ncguide compare`"
-        )
+        raise ValueError(_nothing_to_report(Path(out_dir)))
     return runs
+
+
+def _nothing_to_report(out_dir: Path) -> str:
+    """Why ``out_dir`` has no run to report, and what to run."""
+    if (out_dir / "config.yaml").is_file() or (out_dir / "runs").is_dir():
+        return (f"no run of the comparison in {out_dir} has logged anything yet; run `ncguide compare --config "
+                f"{out_dir / 'config.yaml'} --out {out_dir}` to train its runs (or wait for the one under way)")
+    if (out_dir / "metrics.jsonl").is_file() or (out_dir / "checkpoint.pt").is_file():
+        return (f"{out_dir} is a run of `ncguide train`, not a comparison: `ncguide report` reads the --out folder of "
+                "`ncguide compare` (a run's own figures are written by `ncguide train`)")
+    return (f"{out_dir} is not a comparison folder (no config.yaml, no runs/); give the --out folder of `ncguide "
+            f"compare`, or make one: ncguide compare --config CONFIG --out {out_dir}")
 
 
 def _unfinished(folder: Path) -> str | None:
@@ -974,6 +1016,9 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
     runs = load_runs(out_dir, excluded)
     configs = run_configs(out_dir)
     selection = read_selection(out_dir)
+    partial = selection is None and tuning_under_way(out_dir)
+    if partial:
+        focus = None  # no method has its winner: no verdict between grid points
     if report_epochs is None:
         report_epochs = check_report_epochs(_compare_setting(out_dir, "report_epochs"))
     folders = run_folders(out_dir)
@@ -981,6 +1026,8 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
                 for m, by_seed in folders.items()}
     summary = summarize(runs, thresholds or report_thresholds(out_dir), report_epochs, diverged)
     summary["excluded"] = excluded
+    if partial:
+        summary["partial"] = PARTIAL_TUNING
     summary["diverged"] = {m: seeds for m, seeds in diverged.items() if seeds}
     summary["machines"] = summarize_machines({folders[m][s].relative_to(out_dir).as_posix(): read_starts(folders[m][s])
                                               for m, by_seed in runs.items() for s in by_seed})
@@ -997,11 +1044,14 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
     t = summary["thresholds"]
     reach = "; ".join(_threshold_label(k, v["op"], v["value"]) for k, v in t.items())
     md = ["# ncguide comparison", ""]
+    if partial:
+        md += [f"**Partial: the tuning is under way.** {PARTIAL_TUNING}", ""]
     if summary["verdict"] is not None:
         md += [*verdict_lines(summary["verdict"], summary.get("edge")), ""]
     if (caution := length_caution(summary["run_lengths"])) is not None:
         md += [caution, ""]
-    md += [_setup_line(configs, runs, set(selection["grid"]) if selection else set()), ""]
+    grid = selection["grid"] if selection else _compare_setting(out_dir, "grid") if partial else {}
+    md += [_setup_line(configs, runs, set(grid)), ""]
     if selection is not None:
         md += _selection_section(selection)
     epochs = ", ".join(map(str, summary["report_epochs"]))

@@ -58,7 +58,7 @@ from .launch import (
     Outcome,
     Run,
     child_env,
-    last_line,
+    failure_cause,
     run_outcome,
     signal_group,
     start_child,
@@ -448,7 +448,7 @@ class SlurmLauncher:
         record = _read_record(run.path) or {}
         logs = tuple(p for p in (run.path / LAUNCH_LOG, Path(record.get("stderr", ""))) if p.name and p.exists())
         why = f"Slurm job {job} {state.lower() if state else 'left the queue'} before the run finished"
-        tail = last_line(run.path / LAUNCH_LOG)
+        tail = failure_cause(run.path / LAUNCH_LOG)
         outcome = Outcome("failed", f"{why}: {tail}" if tail else why, logs or (run.path / LAUNCH_LOG,))
         self.log(f"{run.tag}: FAILED ({outcome.why}); log {', '.join(str(p) for p in outcome.logs)}")
         if record.get("job_id") == job:  # reported: the next compare submits the run again
