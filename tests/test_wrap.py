@@ -279,3 +279,48 @@ def test_an_uninitialised_lazy_linear_says_so_and_works_after_a_forward():
 def test_a_model_that_is_a_linear_has_no_features():
     with pytest.raises(ValueError, match="the model is itself a Linear layer"):
         replace_classifier(nn.Linear(4, 3), "standard")
+
+
+def test_a_model_that_fails_on_the_features_is_refused_and_given_back():
+    """A forward that reshapes fc's output to (N, K) fails on the (N, d) features: a ValueError naming the
+    post-processing, and the model works again as before (review finding)."""
+
+    class Viewed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.fc = nn.Linear(8, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(self.body(x)).view(x.shape[0], 3)
+
+    torch.manual_seed(0)
+    model, x = Viewed(), torch.randn(4, 8)
+    before = model(x).detach()
+    wrapped = replace_classifier(model, "standard")
+    with pytest.raises(ValueError, match="post-processes fc's output"):
+        wrapped(x, torch.randint(0, 3, (4,)))
+    assert isinstance(model.fc, nn.Linear) and torch.equal(model(x), before)
+
+
+def test_a_model_that_fails_before_the_classifier_keeps_its_own_error():
+    class Broken(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.fc = nn.Linear(8, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.fc(self.body(x.view(-1, 5)))
+
+    wrapped = replace_classifier(Broken(), "standard")
+    with pytest.raises(RuntimeError):
+        wrapped(torch.randn(4, 8))
+
+
+@pytest.mark.parametrize("tail", [[], [nn.Dropout(0.1)]])
+def test_replacing_twice_is_refused(tail):
+    """A second call would find the hidden Linear before the stand-in and put a head of the wrong size there."""
+    model = nn.Sequential(nn.Linear(8, 6), *tail, nn.Linear(6, 3))
+    first = replace_classifier(model, "standard")
+    with pytest.raises(ValueError, match="already has a layer replaced"):
+        replace_classifier(model, "nearest-etf")
+    assert first(torch.randn(4, 8), torch.randint(0, 3, (4,))).shape == (4, 3)

@@ -123,6 +123,18 @@ class HeadedModel(nn.Module):
             self._put_back(probe)
             raise ValueError(f"{e}: the model computes with the layer itself, so the head cannot stand in for it; "
                              f"{self.replaced} is back in the model. {_BY_HAND}") from None
+        except Exception as e:
+            ran = threading.get_ident() in probe.out  # the replaced layer's hook fired (its output may be freed)
+            probe.take()
+            if not ran:
+                raise  # it failed before the replaced layer ran: not the replacement's doing
+            # it failed after the replaced layer ran, on the features where logits were expected (e.g. a
+            # .view(N, K) of fc's output): the model post-processes that output
+            self._put_back(probe)
+            raise ValueError(f"{type(self.backbone).__name__}'s forward failed after {self.replaced} "
+                             f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}): it "
+                             f"post-processes {self.replaced}'s output, so the head cannot stand in for it; "
+                             f"{self.replaced} is back in the model. {_BY_HAND}") from e
         if probe.take() is not out:
             self._put_back(probe)
             raise ValueError(f"{type(self.backbone).__name__}'s forward does not return what {self.replaced} "
@@ -232,6 +244,9 @@ def replace_classifier(model: nn.Module, head: nn.Module | str, *, layer: str | 
     (:func:`find_classifier`). The model must return the Linear's output unchanged (the module docstring:
     checked on each forward). ``ValueError``, with the model left as it was, for a missing layer, an
     uninitialised ``nn.LazyLinear``, or a head that is not one or does not fit."""
+    if any(isinstance(m, _Replaced) for m in model.modules()):
+        raise ValueError(f"{type(model).__name__} already has a layer replaced by a head (replace_classifier was "
+                         "called on it before): use the HeadedModel that call returned")
     name, linear = find_classifier(model, layer)
     if isinstance(linear, nn.modules.lazy.LazyModuleMixin) and linear.has_uninitialized_params():
         raise ValueError(f"{name} of {type(model).__name__} is an uninitialised nn.LazyLinear (its in_features are "
