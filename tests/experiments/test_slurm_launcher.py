@@ -282,3 +282,20 @@ def test_checkpoint_does_not_requeue_a_run_that_ended(tmp_path, child):
     assert RunJob(str(done), 0, 1).checkpoint() is None  # finished
     p = child("import time; time.sleep(120)")  # a finished run's child still exiting: stopped, not requeued
     assert RunJob(str(done), 0, 1).checkpoint() is None and p.poll() is not None
+
+
+def test_a_job_cancelled_before_it_started_names_no_missing_log(tmp_path, fake_slurm):
+    """scancel of a pending job: no launch.log and no job log exist; the failure says so instead of pointing at
+    files that were never written (review finding)."""
+    out = tmp_path / "out"
+    run = _run(out)
+    _record(run, "9")
+    Path(json.loads((run.path / "slurm.json").read_text())["stderr"]).unlink()  # the job never ran
+    lines = []
+    launcher = _launcher(out, lines)
+    launcher.submit([run])
+    [(_, outcome)] = launcher.wait()
+    assert outcome.logs == () and "it never started: no log was written" in outcome.why
+    assert any("FAILED" in x and x.endswith("no log written") for x in lines), lines
+    error = RunsFailedError([(run, outcome)], out)
+    assert "no log written" in str(error) and "launch.log" not in str(error)

@@ -112,8 +112,8 @@ class RunsFailedError(LaunchError):
     def __init__(self, failed: list[tuple[Run, Outcome]], out_dir: Path, *, done: int | None = None,
                  reused: int = 0, pending: int = 0, never: Mapping[str, int | None] | None = None):
         self.failed = failed
-        names = [f"{_rel(r.path, out_dir)} ({o.why}; log {', '.join(str(p) for p in o.logs) or 'none'})"
-                 for r, o in failed]
+        names = [f"{_rel(r.path, out_dir)} ({o.why}; " + (f"log {', '.join(str(p) for p in o.logs)})" if o.logs else
+                                                         "no log written)") for r, o in failed]
         parts = [f"{_count(len(failed), 'run')} failed: {'; '.join(names)}"]
         if done is not None:
             parts.append(f"{_count(done, 'other run') if done else 'no other run'} done"
@@ -586,7 +586,8 @@ class InProcess:
             # a folder another process holds is its log: the reason names the holder
             logs = () if isinstance(e, RunLockedError) else _log_traceback(r.path)
             outcome = Outcome("failed", _exception_text(e), logs)
-            self.log(f"{r.tag}: FAILED ({outcome.why}); log {', '.join(map(str, outcome.logs)) or 'none'}")
+            self.log(f"{r.tag}: FAILED ({outcome.why}); " + (f"log {', '.join(map(str, outcome.logs))}" if outcome.logs
+                                                                 else "no log written"))
             return [(r, outcome)]
         seconds = time.perf_counter() - t0
         self.log(f"{r.tag}: done in {seconds:.1f} s ({short_record(record or {})})")

@@ -449,8 +449,11 @@ class SlurmLauncher:
         logs = tuple(p for p in (run.path / LAUNCH_LOG, Path(record.get("stderr", ""))) if p.name and p.exists())
         why = f"Slurm job {job} {state.lower() if state else 'left the queue'} before the run finished"
         tail = failure_cause(run.path / LAUNCH_LOG)
-        outcome = Outcome("failed", f"{why}: {tail}" if tail else why, logs or (run.path / LAUNCH_LOG,))
-        self.log(f"{run.tag}: FAILED ({outcome.why}); log {', '.join(str(p) for p in outcome.logs)}")
+        if not logs:  # cancelled while pending: the job never started, no file to point at
+            why += " (it never started: no log was written)"
+        outcome = Outcome("failed", f"{why}: {tail}" if tail else why, logs)
+        self.log(f"{run.tag}: FAILED ({outcome.why}); "
+                 + (f"log {', '.join(str(p) for p in outcome.logs)}" if outcome.logs else "no log written"))
         if record.get("job_id") == job:  # reported: the next compare submits the run again
             record["failed"] = {"why": outcome.why, "logs": [str(p) for p in outcome.logs],
                                 "reported": time.strftime("%Y-%m-%d %H:%M:%S %z")}
