@@ -484,3 +484,20 @@ def test_setup_line_lists_only_settings_a_run_uses():
     sgd = report_mod._setup_line([cfg(method="standard", lr=0.05), cfg(method="nearest-etf", delta=0.3)], runs)
     assert "lr=0.05" in sgd and "delta=0.3" in sgd
     assert "lr=" not in report_mod._setup_line([cfg(lr=0.05)], runs, vary={"lr"})
+
+
+@pytest.mark.parametrize("asked, missing", [
+    ({"methods": ["standard", "nearest-etf"], "seeds": [0, 1]}, None),  # every asked run is here
+    ({"methods": ["standard", "nearest-etf"], "seeds": [0, 1, 2]}, "`nearest-etf` seed 2"),  # a seed still out
+    ({"methods": ["standard", "nearest-etf", "fixed-etf"], "seeds": [0, 1]}, "`fixed-etf` seeds 0, 1"),
+])
+def test_a_report_missing_runs_the_comparison_asks_for_says_partial(out, no_figures, asked, missing):
+    """Report seeds still queued (e.g. Slurm jobs) or never started: the report says partial and names them,
+    instead of a full-looking report of the runs that happen to be there (review finding)."""
+    (out / "config.yaml").write_text(f"methods: {json.dumps(asked['methods'])}\nseeds: {json.dumps(asked['seeds'])}\n")
+    summary = write_report(out)
+    md = (out / "report.md").read_text()
+    if missing is None:
+        assert "partial" not in summary and "Partial" not in md
+    else:
+        assert missing in summary["partial"] and md.count("**Partial: not every run") == 1 and missing in md

@@ -278,7 +278,8 @@ def _nothing_to_report(out_dir: Path) -> str:
     """Why ``out_dir`` has no run to report, and what to run."""
     if (out_dir / "config.yaml").is_file() or (out_dir / "runs").is_dir():
         return (f"no run of the comparison in {out_dir} has logged anything yet; run `ncguide compare --config "
-                f"{out_dir / 'config.yaml'} --out {out_dir}` to train its runs (or wait for the one under way)")
+                f"{out_dir / 'config.yaml'} --out {out_dir}` with the launcher it was started with (e.g. `--launcher "
+                f"slurm ...`: config.yaml does not keep it) to train or collect its runs, or wait for those under way")
     if (out_dir / "metrics.jsonl").is_file() or (out_dir / "checkpoint.pt").is_file():
         return (f"{out_dir} is a run of `ncguide train`, not a comparison: `ncguide report` reads the --out folder of "
                 "`ncguide compare` (a run's own figures are written by `ncguide train`)")
@@ -987,6 +988,30 @@ def _verdict(out_dir: Path, runs: dict[str, dict[int, list[dict]]], summary: dic
     return build_verdict(data, focus, summary["thresholds"]["train_acc"]["value"], families)
 
 
+def _missing_runs(out_dir: Path, runs: dict[str, dict[int, list[dict]]]) -> dict[str, list[int]]:
+    """``{method: [seed, ...]}``: the runs the comparison's ``config.yaml`` asks for (``methods`` x ``seeds``, the
+    report seeds of a tuned one) that are not in ``runs``: not started, under way (queued or running, e.g. as
+    Slurm jobs) or left out. ``{}`` without a ``config.yaml`` that lists both."""
+    try:
+        methods, seeds = _compare_setting(out_dir, "methods"), _compare_setting(out_dir, "seeds")
+    except ValueError:
+        return {}
+    if not isinstance(methods, list) or not isinstance(seeds, list):
+        return {}
+    wanted = [s for s in seeds if isinstance(s, int) and not isinstance(s, bool)]
+    missing = {str(m): [s for s in wanted if s not in runs.get(str(m), {})] for m in methods}
+    return {m: seeds for m, seeds in missing.items() if seeds}
+
+
+def _partial_runs_text(missing: dict[str, list[int]], reported: int) -> str:
+    """One sentence for a report that lacks runs (:func:`_missing_runs`)."""
+    listed = "; ".join(f"`{m}` seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}" for m, s in missing.items())
+    return (f"{reported} run{'s' if reported != 1 else ''} reported; missing: {listed} (not started, under way — "
+            "queued or running, e.g. as Slurm jobs — or left out below). The verdict and the tables use the runs "
+            "that are here. Run the same `ncguide compare` command (with its launcher) to go on, or wait for its "
+            "jobs; `ncguide report` then writes the full report.")
+
+
 def _run_lengths(out_dir: Path, runs: dict[str, dict[int, list[dict]]]) -> dict[str, list[list[int]]]:
     """``{method: [[epochs, eval_every], ...]}``: the distinct lengths of the reported runs (their ``config.json``;
     a run without one is left out)."""
@@ -1028,6 +1053,8 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
     summary["excluded"] = excluded
     if partial:
         summary["partial"] = PARTIAL_TUNING
+    elif missing := _missing_runs(out_dir, runs):
+        summary["partial"] = _partial_runs_text(missing, sum(map(len, runs.values())))
     summary["diverged"] = {m: seeds for m, seeds in diverged.items() if seeds}
     summary["machines"] = summarize_machines({folders[m][s].relative_to(out_dir).as_posix(): read_starts(folders[m][s])
                                               for m, by_seed in runs.items() for s in by_seed})
@@ -1046,6 +1073,8 @@ def write_report(out_dir: str | Path, thresholds: dict[str, tuple[str, float]] |
     md = ["# ncguide comparison", ""]
     if partial:
         md += [f"**Partial: the tuning is under way.** {PARTIAL_TUNING}", ""]
+    elif "partial" in summary:
+        md += [f"**Partial: not every run of the comparison is in this report.** {summary['partial']}", ""]
     if summary["verdict"] is not None:
         md += [*verdict_lines(summary["verdict"], summary.get("edge")), ""]
     if (caution := length_caution(summary["run_lengths"])) is not None:
