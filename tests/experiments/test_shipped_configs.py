@@ -130,3 +130,10 @@ def test_a_key_the_user_sets_for_no_run_still_warns(command, capsys):
     assert any(line.startswith("ncguide: warning: delta is not used with method='standard'") and "delta=0.5" in line
                or "every run" in line and "delta" in line for line in warned), warned
     assert any("fixed_etf" in line for line in warned) == (command[0] == "compare"), warned
+
+
+def test_a_folder_that_is_no_shipped_name_is_named_a_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(ValueError, match="'mine' is a directory here and not a shipped config"):
+        find_config("mine")

@@ -63,6 +63,9 @@ def find_config(name: str | os.PathLike, root: str | os.PathLike = CONFIG_DIR) -
     if candidate is not None:
         return candidate
     names = shipped_configs(root)
+    if path.is_dir():
+        raise ValueError(f"config {name!r} is a directory here and not a shipped config (shipped: "
+                         f"{', '.join(names) or 'none'}); pass a YAML file or one of those names")
     raise ValueError(f"config {name!r} not found: neither a file nor a shipped config (shipped: "
                      f"{', '.join(names) or 'none'}); pass a YAML file or one of those names")
 
