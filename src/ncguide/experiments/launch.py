@@ -112,8 +112,7 @@ class RunsFailedError(LaunchError):
     def __init__(self, failed: list[tuple[Run, Outcome]], out_dir: Path, *, done: int | None = None,
                  reused: int = 0, pending: int = 0, never: Mapping[str, int | None] | None = None):
         self.failed = failed
-        names = [f"{_rel(r.path, out_dir)} ({o.why}; " + (f"log {', '.join(str(p) for p in o.logs)})" if o.logs else
-                                                         "no log written)") for r, o in failed]
+        names = [f"{_rel(r.path, out_dir)} ({o.why}; {where_logs(o.logs)})" for r, o in failed]
         parts = [f"{_count(len(failed), 'run')} failed: {'; '.join(names)}"]
         if done is not None:
             parts.append(f"{_count(done, 'other run') if done else 'no other run'} done"
@@ -129,6 +128,12 @@ class RunsFailedError(LaunchError):
 
 def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
+def where_logs(logs: tuple[Path, ...]) -> str:
+    """``log A, B`` for a failed run's logs, ``no log written`` when there is none (a job cancelled before it
+    started)."""
+    return f"log {', '.join(map(str, logs))}" if logs else "no log written"
 
 
 def run_outcome(path: Path) -> Outcome | None:
@@ -586,8 +591,7 @@ class InProcess:
             # a folder another process holds is its log: the reason names the holder
             logs = () if isinstance(e, RunLockedError) else _log_traceback(r.path)
             outcome = Outcome("failed", _exception_text(e), logs)
-            self.log(f"{r.tag}: FAILED ({outcome.why}); " + (f"log {', '.join(map(str, outcome.logs))}" if outcome.logs
-                                                                 else "no log written"))
+            self.log(f"{r.tag}: FAILED ({outcome.why}); {where_logs(outcome.logs)}")
             return [(r, outcome)]
         seconds = time.perf_counter() - t0
         self.log(f"{r.tag}: done in {seconds:.1f} s ({short_record(record or {})})")

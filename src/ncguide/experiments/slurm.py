@@ -62,6 +62,7 @@ from .launch import (
     run_outcome,
     signal_group,
     start_child,
+    where_logs,
     whole_number,
     write_spec,
 )
@@ -452,8 +453,7 @@ class SlurmLauncher:
         if not logs:  # cancelled while pending: the job never started, no file to point at
             why += " (it never started: no log was written)"
         outcome = Outcome("failed", f"{why}: {tail}" if tail else why, logs)
-        self.log(f"{run.tag}: FAILED ({outcome.why}); "
-                 + (f"log {', '.join(str(p) for p in outcome.logs)}" if outcome.logs else "no log written"))
+        self.log(f"{run.tag}: FAILED ({outcome.why}); {where_logs(outcome.logs)}")
         if record.get("job_id") == job:  # reported: the next compare submits the run again
             record["failed"] = {"why": outcome.why, "logs": [str(p) for p in outcome.logs],
                                 "reported": time.strftime("%Y-%m-%d %H:%M:%S %z")}
